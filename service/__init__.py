@@ -1,0 +1,1 @@
+"""BridgeNet inspection service: FastAPI + ONNX Runtime, no torch."""

@@ -1,0 +1,1 @@
+"""BridgeNet offline training, evaluation and ONNX export (PyTorch)."""
