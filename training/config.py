@@ -1,0 +1,109 @@
+"""The frozen training configuration that is saved with every checkpoint and run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Modality = Literal["rgb", "depth", "both"]
+Selection = Literal["validation", "last"]
+
+MODALITIES: dict[str, tuple[str, ...]] = {
+    "rgb": ("rgb",),
+    "depth": ("depth",),
+    "both": ("rgb", "depth"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's numbers. Saved as `config.json` in the run folder."""
+
+    data: str
+    category: str
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_weights: str | None = None
+    image_size: int = 256
+    feature_dim: int | None = None  # per modality; None → the backbone's default (256 lite0, 1536 WRN)
+    modality: Modality = "both"
+    epochs: int = 20
+    batch_size: int = 4
+    seed: int = 0
+    # Paper §4 / reference §4.2: Adam for the adaptor, AdamW (default weight decay) for the discriminator.
+    lr_adaptor: float = 5e-5
+    lr_discriminator: float = 1e-4
+    weight_decay_adaptor: float = 1e-5
+    weight_decay_discriminator: float = 0.01
+    # MGAG: σ at the input images, the per-modality features, and the adaptor output (reference Table 7).
+    mgag_input: bool = True
+    mgag_features: bool = True
+    mgag_adapted: bool = True
+    sigma_input: float = 0.12
+    sigma_features: float = 0.04
+    sigma_adapted: float = 0.02
+    alpha: float = 1 / 3
+    # UTAG: texture anomalies; DTD `images/` folder or the bundled fallback set when None.
+    utag: bool = True
+    textures: str | None = None
+    beta_mean: float = 0.5
+    beta_std: float = 0.3
+    # Few-shot: K training parts, each replicated `shot_repeats` times per epoch (paper appendix B: 200).
+    shots: int | None = None
+    shot_repeats: int = 200
+    selection: Selection = "validation"
+    eval_every: int = 1
+    target_false_reject_rate: float = 0.01
+    device: str = "cpu"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return MODALITIES[self.modality]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        checks = [
+            (
+                self.image_size >= 32 and self.image_size % 16 == 0,
+                "image_size must be a multiple of 16, ≥ 32",
+            ),
+            (self.epochs >= 1, "epochs must be ≥ 1"),
+            (self.batch_size >= 1, "batch_size must be ≥ 1"),
+            (self.modality in MODALITIES, f"modality must be one of {sorted(MODALITIES)}"),
+            (self.shots is None or self.shots >= 1, "shots must be ≥ 1"),
+            (self.shot_repeats >= 1, "shot_repeats must be ≥ 1"),
+            (self.selection in ("validation", "last"), "selection must be 'validation' or 'last'"),
+            (0.0 <= self.target_false_reject_rate < 1.0, "target_false_reject_rate must be in [0, 1)"),
+            (self.eval_every >= 1, "eval_every must be ≥ 1"),
+            (
+                min(self.sigma_input, self.sigma_features, self.sigma_adapted) >= 0,
+                "noise σ must be ≥ 0",
+            ),
+            (self.lr_adaptor > 0 and self.lr_discriminator > 0, "learning rates must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {message} (got {self})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}: written by a newer version?")
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is this a training run folder?")
+        return cls.from_dict(json.loads(path.read_text()))

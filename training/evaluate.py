@@ -1,0 +1,142 @@
+"""`python -m training evaluate`: test-split metrics, a paper-style table, anomaly maps and histograms."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from service.preprocessing import PreprocessConfig
+from training.dataset import PreparedSplit, prepare_split
+from training.figures import anomaly_sheet, score_histogram
+from training.inference import predict
+from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
+from training.runs import Run, load_run
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str = "cpu") -> dict[str, Any]:
+    """Metrics on the test split at the model's resolution (maps and masks at S×S)."""
+    scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
+    labels = test.labels
+    result: dict[str, Any] = {
+        "category": run.config.category,
+        "run": str(run.path),
+        "n_test": len(test),
+        "n_defective": int(labels.sum()),
+        "resolution": run.config.image_size,
+        **summarize(labels, scores, test.gt, maps, fpr_limit=0.3),
+        "per_defect_image_auroc": per_defect_image_auroc(test.defects, scores),
+    }
+    threshold = float(run.calibration["threshold"])
+    flagged = scores > threshold
+    f1_threshold, f1 = f1_optimal_threshold(labels, scores)
+    result["threshold"] = {
+        "calibrated": threshold,
+        "calibration_method": run.calibration["method"],
+        "test_false_reject_rate": float(flagged[~labels].mean()) if (~labels).any() else None,
+        "test_detection_rate": float(flagged[labels].mean()) if labels.any() else None,
+        "f1_optimal_on_test": f1_threshold,
+        "f1_at_f1_optimal": f1,
+        "note": "the F1-optimal threshold looks at the test split and is for information only",
+    }
+    result["selection"] = run.report.get("selection", {})
+    result["_scores"], result["_maps"] = scores, maps
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The paper's table layout: one column per category, one row per metric."""
+    cat = result["category"]
+    rows = [
+        ("I-AUROC", "image_auroc"),
+        ("P-AUROC", "pixel_auroc"),
+        ("AUPRO@0.3", "aupro"),
+        ("AUPRO@0.3 (reference variant)", "aupro_reference_variant"),
+    ]
+    lines = [f"| metric | {cat} |", "|---|---|"]
+    lines += [f"| {label} | {result[key]:.3f} |" for label, key in rows]
+    lines += ["", "| defect | I-AUROC vs good |", "|---|---|"]
+    lines += [f"| {d} | {v:.3f} |" for d, v in result["per_defect_image_auroc"].items()]
+    sel = result.get("selection", {})
+    lines += [
+        "",
+        f"Model selection: {sel.get('method', '?')} (epoch {sel.get('epoch', '?')}). "
+        f"Threshold {result['threshold']['calibrated']:.4f} ({result['threshold']['calibration_method']}): "
+        f"test false-reject rate {result['threshold']['test_false_reject_rate']}, "
+        f"detection rate {result['threshold']['test_detection_rate']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_figures(
+    result: dict[str, Any], test: PreparedSplit, folder: Path, *, per_defect: int = 2
+) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    scores, maps = result["_scores"], result["_maps"]
+    threshold = result["threshold"]["calibrated"]
+    written = []
+    seen: dict[str, int] = {}
+    for i, sample in enumerate(test.samples):
+        if seen.get(sample.defect, 0) >= per_defect:
+            continue
+        seen[sample.defect] = seen.get(sample.defect, 0) + 1
+        path = folder / f"{sample.defect}_{sample.stem}.png"
+        verdict = "NG" if scores[i] > threshold else "OK"
+        anomaly_sheet(
+            path,
+            test.rgb[i],
+            test.depth[i],
+            maps[i],
+            test.gt[i],
+            threshold=threshold,
+            title=f"{sample.defect}/{sample.stem}: score {scores[i]:.3f} → {verdict}",
+        )
+        written.append(str(path))
+    hist = folder / "score_histogram.png"
+    score_histogram(
+        hist, scores, test.defects, threshold=threshold, title=f"{result['category']}: test scores"
+    )
+    written.append(str(hist))
+    return written
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="training run folder")
+    p.add_argument("--data", default=None, help="data root (default: the run's)")
+    p.add_argument("--category", default=None, help="category (default: the run's)")
+    p.add_argument("--out", required=True, type=Path, help="metrics JSON file to write")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--figures-per-defect", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    trained = load_run(args.run, device=args.device)
+    config = trained.config
+    data = Path(args.data) if args.data else Path(config.data)
+    category = args.category or config.category
+    test = prepare_split(
+        data,
+        category,
+        "test",
+        PreprocessConfig.from_dict(config.preprocessing),
+        progress=not args.no_progress,
+    )
+    if not test.labels.any() or test.labels.all():
+        raise SystemExit(f"test split of {category} needs good and defective parts to compute AUROC")
+    result = evaluate(trained, test, batch_size=args.batch_size, device=args.device)
+    result["category"] = category
+    figures = args.out.parent / f"{args.out.stem}_figures"
+    result["figures"] = write_figures(result, test, figures, per_defect=args.figures_per_defect)
+    result.pop("_scores"), result.pop("_maps")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    table = markdown_table(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
