@@ -166,9 +166,7 @@ def _files_by_stem(folder: Path, extensions: Iterable[str], problems: list[str])
             ignored.append(path.name)
             continue
         if path.stem in found:
-            problems.append(
-                f"two files with stem {path.stem!r} in {folder}: {found[path.stem].name}, {path.name}"
-            )
+            problems.append(f"two files with stem {path.stem!r} in {folder}: {found[path.stem].name}, {path.name}")
             continue
         found[path.stem] = path
     if ignored:
