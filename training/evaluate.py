@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.preprocessing import PreprocessConfig
 from training.dataset import PreparedSplit, prepare_split
 from training.figures import anomaly_sheet, score_histogram
@@ -48,6 +50,10 @@ def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str 
     return result
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The paper's table layout: one column per category, one row per metric."""
     cat = result["category"]
@@ -58,9 +64,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         ("AUPRO@0.3 (reference variant)", "aupro_reference_variant"),
     ]
     lines = [f"| metric | {cat} |", "|---|---|"]
-    lines += [f"| {label} | {result[key]:.3f} |" for label, key in rows]
+    lines += [f"| {label} | {_fmt(result[key])} |" for label, key in rows]
     lines += ["", "| defect | I-AUROC vs good |", "|---|---|"]
-    lines += [f"| {d} | {v:.3f} |" for d, v in result["per_defect_image_auroc"].items()]
+    lines += [f"| {d} | {_fmt(v)} |" for d, v in result["per_defect_image_auroc"].items()]
     sel = result.get("selection", {})
     lines += [
         "",
@@ -72,9 +78,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_figures(
-    result: dict[str, Any], test: PreparedSplit, folder: Path, *, per_defect: int = 2
-) -> list[str]:
+def write_figures(result: dict[str, Any], test: PreparedSplit, folder: Path, *, per_defect: int = 2) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     scores, maps = result["_scores"], result["_maps"]
     threshold = result["threshold"]["calibrated"]
@@ -97,11 +101,22 @@ def write_figures(
         )
         written.append(str(path))
     hist = folder / "score_histogram.png"
-    score_histogram(
-        hist, scores, test.defects, threshold=threshold, title=f"{result['category']}: test scores"
-    )
+    score_histogram(hist, scores, test.defects, threshold=threshold, title=f"{result['category']}: test scores")
     written.append(str(hist))
     return written
+
+
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: NaN (a metric that is undefined for this data) becomes null."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,9 +148,19 @@ def run(args: argparse.Namespace) -> int:
     result["category"] = category
     figures = args.out.parent / f"{args.out.stem}_figures"
     result["figures"] = write_figures(result, test, figures, per_defect=args.figures_per_defect)
-    result.pop("_scores"), result.pop("_maps")
+    scores = result.pop("_scores")
+    result.pop("_maps")
+    result["parts"] = [
+        {
+            "defect": s.defect,
+            "stem": s.stem,
+            "score": float(v),
+            "is_anomalous": bool(v > result["threshold"]["calibrated"]),
+        }
+        for s, v in zip(test.samples, scores, strict=True)
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    args.out.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     table = markdown_table(result)
     args.out.with_suffix(".md").write_text(table)
     print(table)
