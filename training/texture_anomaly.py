@@ -9,13 +9,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+# The serving normalisation constants: textures must land in the space of the images they are blended into.
+from service.preprocessing.config import IMAGENET_MEAN, IMAGENET_STD
 from training.mgag import Modality, choose_modalities
 from training.perlin import patch_mask, perlin_mask
-
-# Same constants as service.preprocessing's ImageNet normalisation: textures must land in the feature
-# space of the images they are blended into.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 OpName = Literal["contrast", "brightness", "color", "hflip", "vflip", "grayscale", "autocontrast", "equalize", "rotate"]
 # The reference's nine texture augmentations (three distinct ones are applied per sample).
