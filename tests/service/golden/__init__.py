@@ -1,0 +1,1 @@
+"""Fixed synthetic inputs and stored golden outputs for the preprocessing tests."""
