@@ -16,6 +16,9 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class BackboneError(ValueError):
     """A backbone was asked for that does not exist or cannot be built as asked."""
@@ -36,6 +39,10 @@ class BackboneSpec:
     feature_dim: int  # default per-modality feature width (half per level)
     stem: tuple[str, ...]  # modules run before the first level
     levels: tuple[tuple[str, ...], tuple[str, ...]]  # modules that end at level 0 (stride 8), level 1 (16)
+    # The normalisation the weights were trained with. Our inputs are ImageNet-normalised (one preprocessing
+    # for every backbone, and the reference's noise σ live in that space); the backbone converts on entry.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -50,6 +57,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             stem=("conv_stem", "bn1", "blocks.0", "blocks.1"),
             # timm's stride-16 feature is the end of blocks.4 (112 ch), not blocks.3 (80 ch).
             levels=(("blocks.2",), ("blocks.3", "blocks.4")),
+            mean=(0.5, 0.5, 0.5),  # TF-ported weights: inputs in [-1, 1]
+            std=(0.5, 0.5, 0.5),
         ),
         BackboneSpec(
             name="wide_resnet50_2",
@@ -74,6 +83,12 @@ class FeatureBackbone(nn.Module):
         self.spec = spec
         self.stem = stem
         self.levels = levels
+        # x_backbone = (x·std_in + mean_in − mean_b) / std_b, folded into one per-channel affine map.
+        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean_b, std_b = torch.tensor(spec.mean), torch.tensor(spec.std)
+        self.renormalise = not (torch.equal(mean_in, mean_b) and torch.equal(std_in, std_b))
+        self.register_buffer("input_scale", (std_in / std_b).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", ((mean_in - mean_b) / std_b).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
             p.requires_grad_(False)
         self.train(False)
@@ -83,8 +98,10 @@ class FeatureBackbone(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """`x`: (B, 3, S, S) float32, normalised image -> [(B, C0, S/8, S/8), (B, C1, S/16, S/16)]."""
+        """`x`: (B, 3, S, S) float32, ImageNet-normalised image -> [(B, C0, S/8, S/8), (B, C1, S/16, S/16)]."""
         out = []
+        if self.renormalise:
+            x = x * self.input_scale + self.input_shift
         h = self.stem(x)
         for level in self.levels:
             h = level(h)

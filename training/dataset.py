@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, preprocess_part
-from training.anomalies import texture_anomaly
 from training.data import Sample, discover, load_sample
+from training.texture_anomaly import texture_anomaly
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import cv2
 import numpy as np
@@ -269,12 +269,14 @@ def texture_anomaly(
     beta_mean: float = 0.5,
     beta_std: float = 0.3,
     alpha: float = 1.0 / 3.0,
+    modalities: tuple[str, ...] = ("rgb", "depth"),
 ) -> TextureAnomaly:
     """Blend a random texture into the part, in RGB, depth or both (UTAG).
 
     `rgb`, `depth`: (3, S, S) float32, ImageNet-normalised model inputs (depth: gray replicated 3×).
     `foreground`: (S, S) bool, True on the part. `textures`: RGB textures, each (H, W, 3) uint8.
-    `grid`: (h, w) discriminator patch grid. The colour texture goes into RGB, its gray version into
+    `grid`: (h, w) discriminator patch grid. `modalities`: the model's inputs; with one, every sample's
+    texture goes into that one. The colour texture goes into RGB, its gray version into
     depth; both get the same augmentation ops and parameters (the reference re-draws them per image, so
     its two textures can differ geometrically; here they line up).
     Raises `EmptyForegroundError` if the foreground has no pixel.
@@ -293,6 +295,8 @@ def texture_anomaly(
 
     texture = textures[int(rng.integers(len(textures)))]
     modality = choose_modalities(rng, alpha)
+    if len(modalities) == 1:  # a single-modality model: the texture always goes where the model looks
+        modality = cast(Modality, modalities[0])
     ops = draw_texture_ops(rng)
     mask = perlin_mask((size, size), rng, foreground=foreground)
     beta = sample_beta(rng, beta_mean, beta_std)

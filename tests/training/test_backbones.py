@@ -154,3 +154,17 @@ def test_bad_arguments() -> None:
         build_backbone("resnet18")
     with pytest.raises(BackboneError, match="contradicts"):
         build_backbone("tf_efficientnet_lite0", weights=LITE0_FILE, pretrained=False)
+
+
+def test_lite0_converts_imagenet_normalised_input_to_its_own_normalisation(lite0: FeatureBackbone) -> None:
+    # Our preprocessing normalises with ImageNet mean/std; lite0's TF weights expect (x - 0.5) / 0.5.
+    # The backbone must see the same network input either way, or its features drift from ImageNet's.
+    full = load_imagenet_model("tf_efficientnet_lite0").eval()
+    raw = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = lite0((raw - mean) / std)
+        expected = full.forward_intermediates((raw - 0.5) / 0.5, indices=[2, 3], intermediates_only=True)
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
