@@ -190,7 +190,7 @@ def rgb_filter_vs_pil(size: int) -> dict[str, Any] | None:
         return None
     image = Image.open(path).convert("RGB")
     ours = cv2.resize(np.asarray(image), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
-    theirs = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32)
+    theirs = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
     diff = np.abs(ours - theirs) / 255
     return {
         "image": str(path),
@@ -254,7 +254,7 @@ def main() -> int:
     result = {
         "version": PREPROCESSING_VERSION,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_preprocessing.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_preprocessing.py", *sys.argv[1:]]),
         "machine": machine(),
         "input_hw": [800, 800],
         "image_size": args.size,
