@@ -1,0 +1,263 @@
+"""The model manifest: one schema, embedded in the ONNX metadata and written beside it as manifest.json.
+
+Unknown fields are refused (`extra="forbid"`) at every level except the free dicts `preprocessing`,
+`metrics` and `training`: a misspelt key ("treshold") must fail loudly rather than be dropped, and a
+manifest from a newer exporter must be refused by an older service instead of being half understood.
+Adding a field therefore bumps `SCHEMA_VERSION`, and the service says which version it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.preprocessing import PREPROCESSING_VERSION, ConfigError, PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "bridgenet_manifest"
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# A dimension of a tensor shape: a fixed size, or "batch" for the dynamic leading axis.
+Dim = int | Literal["batch"]
+
+
+class ManifestError(ValueError):
+    """A model directory, manifest file or embedded manifest that cannot be served; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Threshold(_Strict):
+    """The image-score threshold in effect by default (NG iff score > value) and how it was chosen."""
+
+    value: float
+    method: str = Field(min_length=1, examples=["validation_good_false_reject_rate"])
+    target_false_reject_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    n_parts: int = Field(ge=0, description="good validation parts the threshold was calibrated on")
+
+
+class ScoreStats(_Strict):
+    """Raw image scores of the good validation parts: the reference for spotting drift in production."""
+
+    n: int = Field(ge=1)
+    mean: float
+    std: float = Field(ge=0.0)
+    min: float
+    max: float
+    p50: float
+    p95: float
+    p99: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreStats:
+        values = [self.min, self.p50, self.p95, self.p99, self.max]
+        slack = 1e-9 * max(1.0, abs(self.min), abs(self.max))  # percentile interpolation rounds
+        if any(b < a - slack for a, b in itertools.pairwise(values)):
+            raise ValueError(f"expected min ≤ p50 ≤ p95 ≤ p99 ≤ max, got {values}")
+        return self
+
+
+class Manifest(_Strict):
+    """Everything the service needs to know about one exported model, and how it was made."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    version: str = Field(min_length=1)
+    created: AwareDatetime
+    git_sha: str | None = Field(description="commit the exporter ran from; 'unknown' or null outside git")
+    category: str = Field(min_length=1)
+    # The branch(es) the model was trained with. The graph always takes both inputs (see `inputs`).
+    modality: Literal["rgb", "depth", "both"]
+    backbone: str = Field(min_length=1)
+    image_size: int = Field(ge=8, description="model input side S in pixels")
+    feature_dim: int = Field(ge=1)
+    inputs: dict[str, list[Dim]]
+    outputs: dict[str, list[Dim]]
+    opset: int = Field(ge=1)
+    preprocessing: dict[str, Any] = Field(description="PreprocessConfig.to_dict(), including 'version'")
+    threshold: Threshold
+    score_stats: ScoreStats
+    metrics: dict[str, float] = Field(default_factory=dict, description="evaluation numbers, e.g. i_auroc")
+    selection: str = Field(min_length=1, description="how the checkpoint was chosen")
+    training: dict[str, Any] = Field(default_factory=dict, description="training settings: epochs, seed, ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_schema(cls, data: Any) -> Any:
+        # Checked before the fields, so a newer manifest gets this message, not a list of unknown fields.
+        if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
+                f"schema {SCHEMA_VERSION}; upgrade the service or re-export the model"
+            )
+        return data
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _has_version(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("version"), str):
+            raise ValueError(f"expected a 'version' string (PREPROCESSING_VERSION), got {value.get('version')!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        s = self.image_size
+        _check_tensors("inputs", self.inputs, {"rgb": [3, s, s], "depth": [3, s, s]})
+        _check_tensors("outputs", self.outputs, {"scores": [], "maps": [s, s]})
+        pre_size = self.preprocessing.get("image_size", s)
+        if pre_size != s:
+            raise ValueError(f"preprocessing.image_size {pre_size!r} differs from image_size {s}")
+        return self
+
+
+def _check_tensors(kind: str, tensors: dict[str, list[Dim]], expected: dict[str, list[int]]) -> None:
+    """Names must be exactly `expected`; each shape is [batch, *expected[name]] (batch: "batch" or ≥ 1)."""
+    if set(tensors) != set(expected):
+        raise ValueError(f"{kind} are {sorted(tensors)}; expected {sorted(expected)}")
+    for name, shape in tensors.items():
+        lead, tail = (shape[0], shape[1:]) if shape else (None, [])
+        if not (lead == "batch" or (isinstance(lead, int) and lead >= 1)) or tail != expected[name]:
+            raise ValueError(f"{kind}.{name} has shape {shape}; expected {['batch', *expected[name]]}")
+
+
+def _describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line each: 'threshold.value: Input should be a finite number (got nan)'."""
+    lines = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(part) for part in error["loc"]) or "manifest"
+        got = error.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {repr(got)[:60]})"
+        lines.append(f"{where}: {error['msg']}{shown}")
+    more = exc.error_count() - len(lines)
+    return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_manifest(data: Mapping[str, Any], source: str) -> Manifest:
+    """Validate a decoded manifest; `source` names where it came from in the error message."""
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{source} is not a valid manifest: {_describe(exc)}") from exc
+
+
+def manifest_to_metadata(m: Manifest) -> dict[str, str]:
+    """The ONNX metadata map entries (`onnx.helper.set_model_props`) that embed the manifest."""
+    return {METADATA_KEY: m.model_dump_json()}
+
+
+def manifest_from_metadata(meta: Mapping[str, str], source: str = "the ONNX metadata") -> Manifest:
+    """Inverse of `manifest_to_metadata`; `meta` is onnxruntime's `get_modelmeta().custom_metadata_map`."""
+    if METADATA_KEY not in meta:
+        raise ManifestError(
+            f"{source} has no {METADATA_KEY!r} entry (keys: {sorted(meta)}): the model was not exported "
+            "by `python -m training export`, or its metadata was stripped"
+        )
+    try:
+        data = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source}: the {METADATA_KEY!r} entry is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: the {METADATA_KEY!r} entry holds a JSON {type(data).__name__}, not an object")
+    return parse_manifest(data, f"the manifest embedded in {source}")
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in chunks (model files can be hundreds of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest_json(m: Manifest, model_dir: Path | str, onnx_sha256: str) -> Path:
+    """Write `model_dir/manifest.json`: the manifest plus the model file's `onnx_sha256`. Returns the path.
+
+    Written to a temporary file and renamed, so a reader never sees half a manifest.
+    """
+    if not _SHA256.fullmatch(onnx_sha256):
+        raise ManifestError(f"onnx_sha256 must be 64 lowercase hex digits, got {onnx_sha256!r}")
+    path = Path(model_dir) / MANIFEST_FILE
+    payload = {**m.model_dump(mode="json"), "onnx_sha256": onnx_sha256}
+    tmp = path.with_name(f".{MANIFEST_FILE}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} holds a JSON {type(data).__name__}; expected an object")
+    return data
+
+
+def _differences(a: Manifest, b: Manifest) -> list[str]:
+    left, right = a.model_dump(mode="json"), b.model_dump(mode="json")
+    return [key for key in left if left[key] != right[key]]
+
+
+def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manifest:
+    """Verify a model directory and return its manifest; raise ManifestError naming the file and the fault.
+
+    Checks, in order: `model.onnx` and `manifest.json` exist; the JSON parses and is a valid manifest with
+    an `onnx_sha256`; the model file's SHA-256 matches it; the manifest embedded in the ONNX metadata
+    (`embedded`, the session's `custom_metadata_map`) equals the JSON one; its preprocessing version is
+    the one this code implements and its preprocessing config loads.
+    """
+    folder = Path(model_dir)
+    onnx_path, json_path = folder / MODEL_FILE, folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise ManifestError(f"model directory {folder} does not exist")
+    for path in (onnx_path, json_path):
+        if not path.is_file():
+            raise ManifestError(f"{path} not found: a model directory holds {MODEL_FILE} and {MANIFEST_FILE}")
+    data = _read_json(json_path)
+    recorded = data.pop("onnx_sha256", None)
+    if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
+        raise ManifestError(f"{json_path}: onnx_sha256 is {recorded!r}; expected 64 lowercase hex digits")
+    manifest = parse_manifest(data, str(json_path))
+
+    actual = sha256_file(onnx_path)
+    if actual != recorded:
+        raise ManifestError(
+            f"{onnx_path} sha256 {actual[:12]}… does not match {json_path.name} ({recorded[:12]}…): "
+            "the file is corrupt or was replaced"
+        )
+    inner = manifest_from_metadata(embedded, str(onnx_path))
+    differing = _differences(manifest, inner)
+    if differing:
+        raise ManifestError(
+            f"the manifest embedded in {onnx_path} differs from {json_path} in {differing}: "
+            "one of them was edited, or they come from different exports"
+        )
+    version = manifest.preprocessing["version"]
+    if version != PREPROCESSING_VERSION:
+        raise ManifestError(
+            f"{json_path}: the model was trained with preprocessing version {version!r}, this service "
+            f"implements {PREPROCESSING_VERSION!r}; re-export the model with this code, or serve it with "
+            "the code version it was trained with"
+        )
+    try:
+        PreprocessConfig.from_dict(manifest.preprocessing)
+    except ConfigError as exc:
+        raise ManifestError(f"{json_path}: preprocessing config is invalid: {exc}") from exc
+    log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
+    return manifest
