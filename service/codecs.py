@@ -125,14 +125,15 @@ def _check_dims(field: str, fmt: str, height: int, width: int, limits: DecodeLim
         )
 
 
-def _png_dims(field: str, data: bytes) -> tuple[int, int]:
-    """(height, width) from IHDR, which the PNG spec puts first, after checking that every chunk fits in the
-    upload: OpenCV allocates a chunk's declared length before reading it (2 GiB for a 200-byte file)."""
+def _png_dims(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int]:
+    """(height, width) from IHDR, which the PNG spec puts first, checked against `limits`; then every chunk
+    must fit in the upload: OpenCV allocates a chunk's declared length before reading it (2 GiB for 200 B)."""
     if len(data) < 33 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
         raise CorruptInputError(field, "PNG without a valid IHDR chunk; expected a complete PNG file")
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     if depth not in _PNG_DEPTHS.get(colour, set()):
         raise CorruptInputError(field, f"PNG declares colour type {colour} with bit depth {depth}")
+    _check_dims(field, "PNG", height, width, limits)
     i, n = 8, len(data)
     while i + 12 <= n:
         length, kind = struct.unpack(">I4s", data[i : i + 8])
@@ -310,8 +311,7 @@ def decode_rgb(data: bytes | bytearray | memoryview, limits: DecodeLimits, field
     if fmt == "tiff":
         return _decode_rgb_tiff(field, data, limits)
     if fmt == "png":
-        height, width = _png_dims(field, data)
-        _check_dims(field, "PNG", height, width, limits)
+        height, width = _png_dims(field, data, limits)
     elif fmt == "jpeg":
         height, width, precision = _jpeg_dims(field, data)
         _check_dims(field, "JPEG", height, width, limits)

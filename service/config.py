@@ -1,0 +1,195 @@
+"""Service settings: the one object that reads the `BRIDGENET_*` environment variables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+from service.codecs import DecodeLimits
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "BRIDGENET_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_PRODUCTION_KEY_LENGTH = 16
+
+
+class SettingsError(ValueError):
+    """The environment holds a value the service cannot start with; the message names the variable."""
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field `x` is read from `BRIDGENET_X` (case-insensitive); empty
+    variables count as unset. Lists and maps are JSON; `models` also takes a comma-separated list."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True, allow_inf_nan=False
+    )
+
+    # Models: `models_dir/<name>/model.onnx + manifest.json`.
+    models_dir: Path = Path("models")
+    default_model: str = Field(default="demo", min_length=1)
+    models: Annotated[list[str] | None, NoDecode] = None  # None: every model folder in models_dir
+    # Execution providers: "auto" asks for CUDA when the machine has it and falls back to the CPU;
+    # "cpu" never tries CUDA. `require_cuda` refuses to start unless the sessions really run on CUDA.
+    providers: Literal["auto", "cpu"] = "auto"
+    require_cuda: bool = False
+    intra_op_threads: int | None = Field(default=None, ge=1)  # None: ONNX Runtime's default (all cores)
+    # Model name → threshold used instead of the manifest's (logged at start, reported in every answer).
+    threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+
+    # Input limits, per uploaded file; image sizes are checked from the file header before decoding.
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_image_side: int = Field(default=4096, gt=0)
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+
+    # Admission: requests processed at once, requests waiting beyond those (more get 429), time limit.
+    max_inflight: int = Field(default=2, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    # Micro-batching, off by default (size 1): on a CPU a batch costs about its size in time, so waiting
+    # for company only adds latency; on a GPU, e.g. 8 parts and 2 ms of waiting raise throughput.
+    batch_max_size: int = Field(default=1, ge=1, le=256)
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+
+    # Access: production refuses to start without an API key unless anonymous access is chosen explicitly.
+    environment: Literal["development", "production"] = "development"
+    api_key: SecretStr | None = None
+    allow_anonymous: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return _json(text, "models", "a JSON list of model names")
+            return [name.strip() for name in text.split(",")] if text else None
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value or any(not name for name in value):
+                raise ValueError(f"expected one or more non-empty model names, got {value}")
+            if len(set(value)) != len(value):
+                raise ValueError(f"model names must be distinct, got {value}")
+        return value
+
+    @field_validator("threshold_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _json(value, "threshold_overrides", 'a JSON object such as {"bagel": 0.73}')
+        return value
+
+    @field_validator("threshold_overrides")
+    @classmethod
+    def _finite_overrides(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: v for name, v in value.items() if not name or not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: Any) -> Any:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        problems = []
+        if self.models is not None:
+            if self.default_model not in self.models:
+                problems.append(f"{env_name('default_model')}={self.default_model!r} is not in {env_name('models')}")
+            unknown = sorted(set(self.threshold_overrides) - set(self.models))
+            if unknown:
+                problems.append(f"{env_name('threshold_overrides')} names models that are not loaded: {unknown}")
+        if self.require_cuda and self.providers == "cpu":
+            problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
+        if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:
+            problems.append(f"{env_name('batch_wait_ms')} must be shorter than {env_name('request_timeout_s')}")
+        if self.environment == "production":
+            key = self.api_key.get_secret_value() if self.api_key else ""
+            if not key and not self.allow_anonymous:
+                problems.append(
+                    f"{env_name('environment')}=production needs {env_name('api_key')}; set "
+                    f"{env_name('allow_anonymous')}=1 to serve without authentication on purpose"
+                )
+            elif key and len(key) < MIN_PRODUCTION_KEY_LENGTH:
+                problems.append(
+                    f"{env_name('api_key')} has {len(key)} characters; production needs at least "
+                    f"{MIN_PRODUCTION_KEY_LENGTH} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _json(text: str, field: str, expected: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected {expected}, got {text!r} ({exc.msg})") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One clause per bad value, named by its environment variable; secrets are never echoed."""
+    clauses = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        got = repr(error.get("input"))
+        shown = "" if field == "api_key" or not field or got in message else f" (got {got})"
+        clauses.append(f"{env_name(field)}: {message}{shown}" if field else message)
+    return "; ".join(clauses)
+
+
+def get_settings() -> Settings:
+    """Read and check the settings from the environment; raise SettingsError naming each bad variable.
+
+    Not cached: the app factory reads them once at start and hands the object to whoever needs it.
+    """
+    known = {env_name(name) for name in Settings.model_fields}
+    stray = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    if stray:  # a typo must not pass silently; compose-level variables (e.g. BRIDGENET_PORT) land here too
+        log.warning("ignoring unknown environment variable(s) %s; known: %s", stray, sorted(known))
+    # `from None`: pydantic's own error text would carry the raw inputs, the API key among them, into logs.
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {_describe(exc)}") from None
+    except _SourceError as exc:  # pydantic-settings could not parse a value from the environment
+        raise SettingsError(f"invalid settings: {exc}") from None
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """The per-file upload limits for service.codecs."""
+    return DecodeLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_side=settings.max_image_side,
+        max_pixels=settings.max_image_pixels,
+    )
