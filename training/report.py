@@ -32,18 +32,17 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
         pts = [(row["epoch"], row[key]) for row in history if key in row]
         if pts:
             ax_val.plot(*zip(*pts, strict=True), marker="o", label=key)
-    ax_val.set(
-        xlabel="epoch", ylabel="AUROC", title="validation (good + synthetic anomalies)", ylim=(0, 1.02)
-    )
-    ax_val.legend(fontsize=8)
+    ax_val.set(xlabel="epoch", ylabel="AUROC", title="validation (good + synthetic anomalies)", ylim=(0, 1.02))
+    if ax_val.lines:
+        ax_val.legend(fontsize=8)
+    else:
+        ax_val.text(0.5, 0.5, "last epoch taken: no validation curve", ha="center", transform=ax_val.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_train_report(
-    out: Path, config: TrainConfig, report: dict[str, Any], history: list[dict[str, Any]]
-) -> None:
+def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], history: list[dict[str, Any]]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     sel = report["selection"]
     cal = report["calibration"]

@@ -59,16 +59,12 @@ def load_splits(config: TrainConfig, *, progress: bool) -> Splits:
         validation = train.subset(sorted(order[:n_hold]))
         train_pool = sorted(order[n_hold:])
         source = "held out from train"
-        log.warning(
-            "no validation split: holding out %d of %d training parts for calibration", n_hold, len(train)
-        )
+        log.warning("no validation split: holding out %d of %d training parts for calibration", n_hold, len(train))
     indices = train_pool
     if config.shots is not None:
         if config.shots > len(train_pool):
             raise ValueError(f"--shots {config.shots} but only {len(train_pool)} training parts")
-        chosen = sorted(
-            np.random.default_rng(config.seed + 1).choice(train_pool, config.shots, replace=False)
-        )
+        chosen = sorted(np.random.default_rng(config.seed + 1).choice(train_pool, config.shots, replace=False))
         indices = [int(i) for i in chosen] * config.shot_repeats
     return Splits(train, validation, source, indices)
 
@@ -122,9 +118,7 @@ class Trainer:
         if cfg.mgag_input:
             noisy["bce_input"] = model.adapt(model.fuse(chunks_r[0], chunks_d[0]))
         if cfg.mgag_features:  # G2: noise on the per-modality features before the adaptor
-            r2, d2 = add_selective_noise(
-                chunks_r[-1], chunks_d[-1], cfg.sigma_features, self._which(), self.generator
-            )
+            r2, d2 = add_selective_noise(chunks_r[-1], chunks_d[-1], cfg.sigma_features, self._which(), self.generator)
             noisy["bce_features"] = model.adapt(model.fuse(r2, d2))
         if cfg.mgag_adapted:  # G3: noise on the adaptor output, both halves
             noisy["bce_adapted"] = add_noise(clean, cfg.sigma_adapted, self.generator)
@@ -163,9 +157,7 @@ class Trainer:
         self.opt_discriminator.load_state_dict(state["opt_discriminator"])
 
 
-def validation_metrics(
-    model: BridgeNet, val: tuple, device: torch.device, batch_size: int
-) -> dict[str, float]:
+def validation_metrics(model: BridgeNet, val: tuple, device: torch.device, batch_size: int) -> dict[str, float]:
     rgb, depth, labels, masks = val
     scores, maps = predict(model, rgb, depth, batch_size=batch_size, device=device)
     return {"val_image_auroc": image_auroc(labels, scores), "val_pixel_auroc": pixel_auroc(masks, maps)}
@@ -177,14 +169,14 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / runs.CHECKPOINT_FILE
     if checkpoint_path.exists() and not resume:
-        raise FileExistsError(
-            f"{out} already holds a run: pass --resume to continue it, or choose a new --out"
-        )
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
     if resume and (out / runs.CONFIG_FILE).exists():
         saved = TrainConfig.load(out / runs.CONFIG_FILE)
-        if saved != config:
+        # Only the epoch count may change on resume (to extend a run); anything else makes a different run.
+        changed = sorted(k for k, v in config.to_dict().items() if k != "epochs" and saved.to_dict()[k] != v)
+        if changed:
             raise ValueError(
-                f"--resume with a different config than {out / runs.CONFIG_FILE}; start a new run"
+                f"--resume with a different config than {out / runs.CONFIG_FILE}: {changed}; start a new run"
             )
     config.save(out / runs.CONFIG_FILE)
     device = torch.device(config.device)
@@ -307,9 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data root in the MVTec 3D-AD layout")
     p.add_argument("--category", required=True)
     p.add_argument("--out", required=True, type=Path, help="run folder (created)")
-    p.add_argument(
-        "--backbone", default=d.backbone, help="tf_efficientnet_lite0 (default) or wide_resnet50_2"
-    )
+    p.add_argument("--backbone", default=d.backbone, help="tf_efficientnet_lite0 (default) or wide_resnet50_2")
     p.add_argument("--backbone-weights", default=None, help="local ImageNet weights file (WideResNet-50-2)")
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--feature-dim", type=int, default=None, help="per-modality feature width")
@@ -322,9 +312,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--textures", default=None, help="DTD images/ folder (default: bundled fallback set)")
     p.add_argument("--no-mgag", action="store_true", help="no Gaussian anomalies at any level")
     for level in ("input", "features", "adapted"):
-        p.add_argument(
-            f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level"
-        )
+        p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
         p.add_argument(f"--sigma-{level}", type=float, default=getattr(d, f"sigma_{level}"))
     p.add_argument("--no-utag", action="store_true", help="no texture anomalies")
     p.add_argument("--lr-adaptor", type=float, default=d.lr_adaptor)

@@ -1,0 +1,115 @@
+"""End to end on a tiny synthetic category: train → evaluate → export, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import runs
+from training.cli import main as cli
+from training.synth import generate
+
+pytestmark = pytest.mark.slow
+
+TRAIN_ARGS = ["--image-size", "64", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    generate(root, ["puck"], seed=3, size=96, n_train=6, n_validation=3, n_test_per_defect=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert (
+        cli(["train", "--data", str(data), "--category", "puck", "--out", str(out), "--epochs", "2", *TRAIN_ARGS]) == 0
+    )
+    return out
+
+
+def test_train_writes_a_complete_run(trained: Path) -> None:
+    for name in ("config.json", "model.pt", "calibration.json", "report.json", "report.md", "history.csv",
+                 "losses.png", "samples.npz", "checkpoints/last.pt"):  # fmt: skip
+        assert (trained / name).is_file(), name
+    report = json.loads((trained / "report.json").read_text())
+    assert report["selection"]["method"] == "validation"
+    assert report["selection"]["epoch"] in (1, 2)
+    assert "test split is never read" in report["selection"]["criterion"]
+    cal = report["calibration"]
+    assert cal["n_parts"] == 3 and cal["method"] == "validation_good_false_reject_rate"
+    # With 3 good parts, a 1% false-reject target allows no reject: the threshold is the highest good score.
+    assert cal["threshold"] == pytest.approx(cal["score_stats"]["max"])
+    history = (trained / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "focal" in history[0] and "bce_input" in history[0]
+
+
+def test_refuses_to_overwrite_a_run(trained: Path, data: Path) -> None:
+    with pytest.raises(FileExistsError, match="--resume"):
+        cli(["train", "--data", str(data), "--category", "puck", "--out", str(trained), "--epochs", "2", *TRAIN_ARGS])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    common = ["--data", str(data), "--category", "puck", "--selection", "last", "--seed", "5", *TRAIN_ARGS]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli(["train", *common, "--out", str(straight), "--epochs", "2"]) == 0
+    assert cli(["train", *common, "--out", str(split), "--epochs", "1"]) == 0
+    # Extending a run may change the epoch count, nothing else.
+    with pytest.raises(ValueError, match="different config"):
+        cli(["train", *common, "--out", str(split), "--epochs", "2", "--resume", "--lr-adaptor", "1e-3"])
+    assert cli(["train", *common, "--out", str(split), "--epochs", "2", "--resume"]) == 0
+    a = torch.load(straight / runs.MODEL_FILE, weights_only=True)["state"]
+    b = torch.load(split / runs.MODEL_FILE, weights_only=True)["state"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_evaluate_writes_metrics_table_and_pictures(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    assert cli(["evaluate", "--run", str(trained), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["n_test"] == 12 and result["n_defective"] == 10
+    assert set(result["per_defect_image_auroc"]) == {"dent", "bump", "stain", "crack", "hole"}
+    assert len(result["parts"]) == 12
+    assert result["threshold"]["calibrated"] == pytest.approx(
+        json.loads((trained / "calibration.json").read_text())["threshold"]
+    )
+    table = out.with_suffix(".md").read_text()
+    assert "| AUPRO@0.3 |" in table and "| puck |" in table
+    figures = tmp_path / "metrics_figures"
+    assert (figures / "score_histogram.png").stat().st_size > 1000
+    assert len(list(figures.glob("*_*.png"))) >= 6
+
+
+def test_modality_and_switches_change_what_is_trained(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rgb"
+    args = ["--data", str(data), "--category", "puck", "--epochs", "1", "--modality", "rgb", "--no-mgag", *TRAIN_ARGS]
+    assert cli(["train", *args, "--out", str(out)]) == 0
+    history = (out / "history.csv").read_text().splitlines()[0]
+    assert "focal" in history and "bce_input" not in history
+    state = torch.load(out / runs.MODEL_FILE, weights_only=True)["state"]
+    # One modality: the adaptor works on feature_dim channels, not 2 × feature_dim.
+    assert state["adaptor.weight"].shape == (256, 256)
+
+
+def test_few_shot_replicates_the_chosen_parts(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shots"
+    args = ["--data", str(data), "--category", "puck", "--epochs", "1", "--shots", "2", "--shot-repeats", "3"]
+    assert cli(["train", *args, *TRAIN_ARGS, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_train_parts"] == 2 and report["n_train_items_per_epoch"] == 6
+
+
+def test_samples_saved_for_export_are_real_validation_parts(trained: Path) -> None:
+    samples = np.load(trained / runs.SAMPLES_FILE)
+    assert samples["rgb"].shape == (3, 3, 64, 64) and samples["depth"].shape == (3, 3, 64, 64)
+    assert np.isfinite(samples["rgb"]).all() and samples["depth"].std() > 0.1
