@@ -26,15 +26,11 @@ RNG_SEED = 1234
 
 
 def _png(image: np.ndarray, *params: int) -> bytes:
-    ok, buf = cv2.imencode(".png", image, list(params))
-    assert ok
-    return buf.tobytes()
+    return cv2.imencode(".png", image, list(params))[1].tobytes()
 
 
 def _jpeg(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])
-    assert ok
-    return buf.tobytes()
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
 
 
 def _tiff(array: np.ndarray, **kwargs: Any) -> bytes:
@@ -55,14 +51,8 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 
 def _png_raw(width: int, height: int, depth: int, colour: int, rows: bytes, extra: bytes = b"") -> bytes:
     """A PNG built chunk by chunk, so the header can declare what the test wants (CRCs kept valid)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + extra
-        + _chunk(b"IDAT", zlib.compress(rows))
-        + _chunk(b"IEND", b"")
-    )
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + extra + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
 
 
 def _patch_tiff_size(data: bytes, height: int, width: int) -> bytes:
@@ -94,7 +84,6 @@ def rng() -> np.random.Generator:
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records any call into a pixel decoder; a refusal from the header must leave it empty."""
     calls: list[str] = []
-    original_load = np.load
 
     def spy(name: str, fn: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -104,7 +93,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return wrapped
 
     monkeypatch.setattr(codecs.cv2, "imdecode", spy("imdecode", cv2.imdecode))
-    monkeypatch.setattr(codecs.np, "load", spy("np.load", original_load))
+    monkeypatch.setattr(codecs.np, "load", spy("np.load", np.load))
     monkeypatch.setattr(tifffile.TiffPage, "asarray", spy("asarray", tifffile.TiffPage.asarray))
     return calls
 
@@ -119,34 +108,21 @@ def test_png_rgb8_round_trips_exactly(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(out, rgb)
 
 
-def test_png_gray_is_replicated(rng: np.random.Generator) -> None:
+def test_png_gray_16bit_rgba_and_1bit(rng: np.random.Generator) -> None:
     gray = rng.integers(0, 256, (6, 4), dtype=np.uint8)
-    out = decode_rgb(_png(gray), LIMITS)
-    for c in range(3):
-        np.testing.assert_array_equal(out[:, :, c], gray)
-
-
-def test_png_16bit_is_scaled_to_full_8bit_range(rng: np.random.Generator) -> None:
+    np.testing.assert_array_equal(decode_rgb(_png(gray), LIMITS), np.repeat(gray[:, :, None], 3, axis=2))
     rgb16 = rng.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
     rgb16[0, 0] = (0, 65535, 257 * 100)
     out = decode_rgb(_png(rgb16[:, :, ::-1]), LIMITS)
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out[0, 0], (0, 255, 100))
+    assert out.dtype == np.uint8 and tuple(out[0, 0]) == (0, 255, 100)
     np.testing.assert_array_equal(out, np.round(rgb16 / 257.0).astype(np.uint8))
-
-
-def test_png_rgba_drops_alpha(rng: np.random.Generator) -> None:
     bgra = rng.integers(0, 256, (3, 3, 4), dtype=np.uint8)
     bgra[:, :, 3] = 0  # fully transparent: colours must survive, not be composited away
-    out = decode_rgb(_png(bgra), LIMITS)
-    np.testing.assert_array_equal(out, bgra[:, :, 2::-1])
-
-
-def test_png_one_bit_gray_expands() -> None:
+    np.testing.assert_array_equal(decode_rgb(_png(bgra), LIMITS), bgra[:, :, 2::-1])
     bw = (np.arange(24).reshape(4, 6) % 3 == 0).astype(np.uint8) * 255
-    data = _png(bw, cv2.IMWRITE_PNG_BILEVEL, 1)
-    assert data[24] == 1  # really a 1-bit PNG
-    np.testing.assert_array_equal(decode_rgb(data, LIMITS)[:, :, 1], bw)
+    bilevel = _png(bw, cv2.IMWRITE_PNG_BILEVEL, 1)
+    assert bilevel[24] == 1  # really a 1-bit PNG
+    np.testing.assert_array_equal(decode_rgb(bilevel, LIMITS)[:, :, 1], bw)
 
 
 def test_palette_png_expands_to_colours() -> None:
@@ -197,7 +173,7 @@ def test_xyz_npy_float32_float64_fortran_and_big_endian(rng: np.random.Generator
         out = decode_xyz(_npy(variant), LIMITS)
         assert out.dtype == np.float32 and out.shape == (4, 5, 3) and out.flags.c_contiguous
         np.testing.assert_array_equal(out, xyz)
-    assert npy_format.read_array_header_1_0(io.BytesIO(_npy(np.asfortranarray(xyz))[6 + 2 :]))[1]
+    assert b"'fortran_order': True" in _npy(np.asfortranarray(xyz))[:128]  # really stored in Fortran order
 
 
 def test_xyz_nan_and_zero_kept(rng: np.random.Generator) -> None:
@@ -212,13 +188,8 @@ def test_xyz_nan_and_zero_kept(rng: np.random.Generator) -> None:
 
 def test_xyz_tiff_float32_float64_deflate_planar(rng: np.random.Generator) -> None:
     xyz = rng.normal(size=(6, 5, 3)).astype(np.float32)
-    variants = [
-        _tiff(xyz),
-        _tiff(xyz.astype(np.float64)),
-        _tiff(xyz, compression="zlib"),
-        _tiff(xyz.transpose(2, 0, 1), planarconfig="separate", photometric="rgb"),
-    ]
-    for data in variants:
+    planar = _tiff(xyz.transpose(2, 0, 1), planarconfig="separate", photometric="rgb")
+    for data in (_tiff(xyz), _tiff(xyz.astype(np.float64)), _tiff(xyz, compression="zlib"), planar):
         np.testing.assert_array_equal(decode_xyz(data, LIMITS), xyz)
 
 
@@ -239,11 +210,15 @@ def _refused(reason: str, fn: Any, data: bytes, limits: DecodeLimits = LIMITS) -
     return info.value
 
 
-def test_empty_and_oversized_uploads() -> None:
+def test_empty_and_oversized_uploads_and_bad_arguments() -> None:
     err = _refused("empty", decode_rgb, b"")
     assert err.field == "rgb" and str(err).startswith("rgb: ")
     err = _refused("too_large", decode_xyz, b"\x93NUMPY" + b"\x00" * 200, DecodeLimits(max_bytes=100))
     assert "206 bytes" in str(err) and "100 bytes" in str(err)
+    with pytest.raises(ValueError, match="max_side"):
+        DecodeLimits(max_side=0)
+    with pytest.raises(TypeError, match="expected bytes"):  # a caller bug, not a bad upload
+        decode_rgb("not bytes", LIMITS)  # type: ignore[arg-type]
 
 
 def test_unknown_or_wrong_format(rng: np.random.Generator) -> None:
@@ -271,13 +246,9 @@ def test_corrupt_files(rng: np.random.Generator) -> None:
     assert "truncated" in str(err) and "768" in str(err)
 
 
-def test_bad_dimensions_zero_width() -> None:
-    err = _refused("bad_dimensions", decode_rgb, _png_raw(0, 4, 8, 0, b""))
-    assert "4×0" in str(err)
+def test_zero_sizes_and_per_side_and_total_pixel_limits() -> None:
+    assert "4×0" in str(_refused("bad_dimensions", decode_rgb, _png_raw(0, 4, 8, 0, b"")))
     _refused("bad_dimensions", decode_xyz, _npy(np.zeros((0, 5, 3), np.float32)))
-
-
-def test_per_side_and_total_pixel_limits() -> None:
     limits = DecodeLimits(max_side=50, max_pixels=40 * 40)
     _refused("too_large", decode_rgb, _png(np.zeros((10, 51, 3), np.uint8)), limits)
     err = _refused("too_large", decode_xyz, _npy(np.zeros((41, 41, 3), np.float32)), limits)
@@ -357,18 +328,14 @@ def test_infinite_and_out_of_range_coordinates() -> None:
     assert "2 coordinates" in str(err)
 
 
+UNPICKLED: list[str] = []
+
+
 class _Tripwire:
-    """Unpickling this sets a flag: proof that a refused pickle was never loaded."""
+    """Unpickling this records a call: proof that a refused pickle was never loaded."""
 
-    loaded = False
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return (_Tripwire._trip, ())
-
-    @staticmethod
-    def _trip() -> _Tripwire:
-        _Tripwire.loaded = True
-        return _Tripwire()
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (UNPICKLED.append, ("tripwire",))
 
 
 def test_pickled_npy_refused_without_unpickling() -> None:
@@ -376,14 +343,7 @@ def test_pickled_npy_refused_without_unpickling() -> None:
     payload[0, 0, :] = [_Tripwire(), 0.0, 0.0]
     err = _refused("bad_dtype", decode_xyz, _npy(payload, allow_pickle=True))
     assert "pickle" in str(err)
-    assert not _Tripwire.loaded
-
-
-def test_limits_validate_themselves() -> None:
-    with pytest.raises(ValueError, match="max_side"):
-        DecodeLimits(max_side=0)
-    with pytest.raises(TypeError, match="expected bytes"):
-        decode_rgb("not bytes", LIMITS)  # type: ignore[arg-type]
+    assert UNPICKLED == []
 
 
 # ---------- fuzz ----------
@@ -409,23 +369,13 @@ def test_fuzz_only_codec_errors_escape() -> None:
     rng = np.random.default_rng(RNG_SEED)
     image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     xyz = rng.normal(size=(12, 10, 3)).astype(np.float32)
-    seeds = [
-        _png(image),
-        _png(image[:, :, 0]),
-        _png(image.astype(np.uint16) * 257),
-        _jpeg(image),
-        _tiff(image, photometric="rgb"),
-        _tiff(xyz),
-        _tiff(xyz, compression="zlib"),
-        _npy(xyz),
-        _npy(xyz.astype(np.float64)),
-    ]
+    seeds = [_png(image), _png(image[:, :, 0]), _png(image.astype(np.uint16) * 257), _jpeg(image)]
+    seeds += [_tiff(image, photometric="rgb"), _tiff(xyz), _tiff(xyz, compression="zlib")]
+    seeds += [_npy(xyz), _npy(xyz.astype(np.float64))]
     magics = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"\x93NUMPY", b""]
     deadline = time.monotonic() + 4.0
-    cases = 0
-    outcomes = {"ok": 0, "refused": 0}
+    cases, decoded, slowest = 0, 0, 0.0
     reasons: set[str] = set()
-    slowest = 0.0
     while cases < 3000 and time.monotonic() < deadline:
         if cases % 5 == 0:
             data = magics[cases % len(magics)] + rng.integers(0, 256, int(rng.integers(0, 300)), np.uint8).tobytes()
@@ -436,16 +386,15 @@ def test_fuzz_only_codec_errors_escape() -> None:
             try:
                 out = fn(data, LIMITS)
             except CodecError as exc:
-                outcomes["refused"] += 1
                 reasons.add(exc.reason)
             else:
-                outcomes["ok"] += 1
+                decoded += 1
                 assert out.dtype == dtype and out.ndim == 3 and out.shape[2] == 3
             finally:
                 slowest = max(slowest, time.monotonic() - started)
         cases += 1
     assert cases >= 100, f"only {cases} fuzz cases ran in the time budget"
-    assert outcomes["refused"] > 0 and outcomes["ok"] > 0
+    assert decoded > 0  # some mutations stay decodable: the success path is fuzzed too
     assert {"corrupt", "unsupported_format", "too_large"} <= reasons, reasons  # parsers were reached
     # A tiny file must not cost real work: this once caught OpenCV allocating a PNG chunk's declared size.
     assert slowest < 1.0, f"one {slowest:.2f} s decode of a file under 1 KiB"
