@@ -28,8 +28,8 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check service training tests benchmarks
-	$(BIN)/ruff format --check service training tests benchmarks
+	$(BIN)/ruff check service training tests benchmarks docker
+	$(BIN)/ruff format --check service training tests benchmarks docker
 	$(BIN)/mypy
 
 format: install

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 
+from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
 from training.runs import Run, load_run
 
@@ -38,6 +38,8 @@ class ExportError(RuntimeError):
 
 def export_onnx(model: torch.nn.Module, path: Path, image_size: int) -> None:
     """Trace `model.forward(rgb, depth) -> (scores, maps)` into an ONNX file with a dynamic batch axis."""
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # hundreds of INFO lines per export otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     model = model.eval().cpu()
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -113,3 +113,47 @@ def test_samples_saved_for_export_are_real_validation_parts(trained: Path) -> No
     samples = np.load(trained / runs.SAMPLES_FILE)
     assert samples["rgb"].shape == (3, 3, 64, 64) and samples["depth"].shape == (3, 3, 64, 64)
     assert np.isfinite(samples["rgb"]).all() and samples["depth"].std() > 0.1
+
+
+def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) -> None:
+    """The service's answer for a part equals what the training pipeline computes for the same files."""
+    from service.engine import Engine, EngineOptions
+    from service.postprocessing import map_to_input_size
+    from service.preprocessing import PreprocessConfig, preprocess_part
+    from training.data import discover, load_sample
+    from training.inference import predict
+    from training.runs import load_run
+
+    models = tmp_path / "models"
+    assert cli(["export", "--run", str(trained), "--out", str(models / "tiny"), "--version", "7"]) == 0
+    manifest = json.loads((models / "tiny" / "manifest.json").read_text())
+    assert manifest["name"] == "tiny" and manifest["version"] == "7" and manifest["opset"] == 18
+    assert manifest["threshold"]["value"] == pytest.approx(
+        json.loads((trained / "calibration.json").read_text())["threshold"]
+    )
+
+    engine = Engine(EngineOptions(models_dir=models, default_model="tiny"))
+    engine.start()
+    run = load_run(trained)
+    config = PreprocessConfig.from_dict(run.config.preprocessing)
+    for sample in [s for s in discover(data, "puck", "test") if s.defect in ("good", "crack")][:3]:
+        part = load_sample(sample)
+        answer = engine.predict(part.rgb, part.xyz)
+        pre = preprocess_part(part.rgb, part.xyz, config)
+        scores, maps = predict(run.model, pre.rgb[None], pre.depth[None])
+        assert answer.score == pytest.approx(float(scores[0]), abs=1e-4)
+        expected_map = map_to_input_size(maps[0], *part.rgb.shape[:2])
+        assert answer.anomaly_map.shape == part.rgb.shape[:2]
+        np.testing.assert_allclose(answer.anomaly_map, expected_map, atol=1e-4)
+        assert answer.is_anomalous == (answer.score > manifest["threshold"]["value"])
+
+
+def test_export_refuses_a_run_without_saved_parts(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    (copy / runs.SAMPLES_FILE).unlink()
+    with pytest.raises(Exception, match=r"samples\.npz"):
+        cli(["export", "--run", str(copy), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
