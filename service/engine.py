@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -47,6 +47,7 @@ class EngineOptions:
     default_model: str
     models: tuple[str, ...] | None = None  # None: every sub-folder of models_dir holding a model.onnx
     require_cuda: bool = False
+    providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
 
@@ -105,10 +106,10 @@ def cuda_driver_present() -> bool:
     return True
 
 
-def session_providers(require_cuda: bool) -> list[str]:
-    """Providers to ask for, CUDA first when the build and the machine both have it."""
+def session_providers(require_cuda: bool, providers: Literal["auto", "cpu"] = "auto") -> list[str]:
+    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it)."""
     available = ort.get_available_providers()
-    if CUDA in available and cuda_driver_present():
+    if providers == "auto" and CUDA in available and cuda_driver_present():
         return [CUDA, CPU]
     if require_cuda:
         raise ModelLoadError(
@@ -145,9 +146,7 @@ class Engine:
             )
         for name, model in self._models.items():
             self._warm_up(model)
-            log.info(
-                "model %s ready", name, extra={"provider": model.provider, "version": model.manifest.version}
-            )
+            log.info("model %s ready", name, extra={"provider": model.provider, "version": model.manifest.version})
         self._ready = True
 
     def stop(self) -> None:
@@ -176,7 +175,7 @@ class Engine:
             options.intra_op_num_threads = self.options.intra_op_threads
         try:
             session = ort.InferenceSession(
-                str(onnx_path), options, providers=session_providers(self.options.require_cuda)
+                str(onnx_path), options, providers=session_providers(self.options.require_cuda, self.options.providers)
             )
         except ModelLoadError:
             raise
@@ -188,9 +187,7 @@ class Engine:
             raise ModelLoadError(f"model {name!r}: {exc}") from exc
         provider = session.get_providers()[0]
         if self.options.require_cuda and provider != CUDA:
-            raise ModelLoadError(
-                f"model {name!r}: BRIDGENET_REQUIRE_CUDA is set but the session runs on {provider}"
-            )
+            raise ModelLoadError(f"model {name!r}: BRIDGENET_REQUIRE_CUDA is set but the session runs on {provider}")
         self._check_io(name, session, manifest)
         threshold, source = manifest.threshold.value, "manifest"
         if name in self.options.threshold_overrides:
@@ -217,8 +214,7 @@ class Engine:
         outputs = [o.name for o in session.get_outputs()]
         if set(inputs) != {"rgb", "depth"} or outputs[:2] != ["scores", "maps"]:
             raise ModelLoadError(
-                f"model {name!r}: graph inputs {sorted(inputs)} / outputs {outputs} are not "
-                "rgb, depth → scores, maps"
+                f"model {name!r}: graph inputs {sorted(inputs)} / outputs {outputs} are not rgb, depth → scores, maps"
             )
         size = manifest.image_size
         for input_name, shape in inputs.items():
@@ -237,9 +233,7 @@ class Engine:
         try:
             return self._models[key]
         except KeyError:
-            raise UnknownModelError(
-                f"model {key!r} is not loaded; available: {sorted(self._models)}"
-            ) from None
+            raise UnknownModelError(f"model {key!r} is not loaded; available: {sorted(self._models)}") from None
 
     def infer(self, model: LoadedModel, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`rgb`, `depth`: (B, 3, S, S) float32 → scores (B,), maps (B, S, S). The core stage only."""

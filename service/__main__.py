@@ -1,0 +1,60 @@
+"""`python -m service [--host H] [--port P]`: serve the configured models with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from service.logs import configure_logging
+
+log = logging.getLogger("service")
+
+# Extra seconds beyond request_timeout_s that SIGTERM waits for in-flight requests to finish.
+SHUTDOWN_MARGIN_S = 5.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM. Returns non-zero when the settings or a model fail to load."""
+    args = parse_args(argv)
+    configure_logging("INFO")
+    # Imported here so that a broken environment still gets a JSON log line rather than a bare traceback.
+    from service.config import get_settings
+    from service.main import create_app
+
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError names every bad variable
+        log.error("invalid settings: %s", exc)
+        return 2
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,  # keep our JSON handler on the root logger
+        access_log=False,  # the request middleware logs every request with its id
+        lifespan="on",
+        # SIGTERM: stop accepting, let in-flight requests finish (they end by request_timeout_s), then the
+        # lifespan stops the engine.
+        timeout_graceful_shutdown=int(settings.request_timeout_s + SHUTDOWN_MARGIN_S),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        log.error("the service did not start; see the start-up error above")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Typed FastAPI dependencies: the service's shared state, reached through the app instead of globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+
+from service.api.admission import Admission
+from service.api.errors import NotReadyError
+from service.codecs import DecodeLimits
+from service.engine import Engine
+from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+
+@dataclass
+class ServiceState:
+    """What the app holds between requests. `admission` exists once the lifespan has started."""
+
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+    limits: DecodeLimits
+    admission: Admission | None = None
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def get_ready_state(request: Request) -> ServiceState:
+    """The state, or 503 not_ready while the models are still loading (or already stopped)."""
+    state = get_state(request)
+    if state.admission is None or not state.engine.ready:
+        raise NotReadyError("the service is not ready: models are loading or the service is stopping")
+    return state
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+ReadyState = Annotated[ServiceState, Depends(get_ready_state)]

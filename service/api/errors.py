@@ -1,0 +1,171 @@
+"""The one place where errors become HTTP answers: status, stable code, message, one JSON body shape.
+
+Body: `{"error": {"code": "<reason>", "message": "<names the problem>", "request_id": "..."}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.codecs import CodecError
+from service.engine import EngineError, UnknownModelError
+from service.logs import current_request
+from service.preprocessing import (
+    ConfigError,
+    EmptyPointCloudError,
+    ImageTooSmallError,
+    InvalidImageError,
+    InvalidPointCloudError,
+    NoForegroundError,
+    PlaneFitError,
+    PreprocessingError,
+    SizeMismatchError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the HTTP layer itself raises (admission, auth, readiness, limits)."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(ApiError):
+    status, code = 429, "queue_full"
+
+
+class RequestTimeoutError(ApiError):
+    status, code = 503, "timeout"
+
+
+class NotReadyError(ApiError):
+    status, code = 503, "not_ready"
+
+
+class UnauthorizedError(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class PayloadTooLargeError(ApiError):
+    status, code = 413, "too_large"
+
+
+class BodyTooLargeHTTPError(StarletteHTTPException):
+    """Raised from inside body reading when a streamed body passes the limit. It must subclass
+    HTTPException: FastAPI turns any other exception raised while parsing a form into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit:,} bytes")
+
+
+# Preprocessing refusals: the input is well-formed but unusable for this model (422).
+_PREPROCESSING_CODES: dict[type[PreprocessingError], str] = {
+    NoForegroundError: "no_foreground",
+    SizeMismatchError: "size_mismatch",
+    EmptyPointCloudError: "empty_point_cloud",
+    PlaneFitError: "plane_fit_failed",
+    ImageTooSmallError: "image_too_small",
+    InvalidPointCloudError: "invalid_point_cloud",
+    InvalidImageError: "invalid_image",
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    status: int
+    code: str
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def describe(exc: Exception) -> ErrorInfo | None:
+    """Status, code and message for a known refusal; None for anything else (a bug → 500)."""
+    if isinstance(exc, ApiError):
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+        return ErrorInfo(exc.status, exc.code, exc.message, headers)
+    if isinstance(exc, CodecError):
+        return ErrorInfo(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
+    if isinstance(exc, PreprocessingError) and not isinstance(exc, ConfigError):
+        code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
+        return ErrorInfo(422, code, str(exc))
+    if isinstance(exc, UnknownModelError):
+        return ErrorInfo(404, "unknown_model", str(exc))
+    if isinstance(exc, RequestValidationError):
+        return _describe_validation(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return ErrorInfo(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    return None
+
+
+def _describe_validation(exc: RequestValidationError) -> ErrorInfo:
+    """FastAPI's validation errors → one message naming every bad field, e.g. "form field 'xyz' is required"."""
+    parts: list[str] = []
+    missing = False
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        name = ".".join(loc) or "request"
+        if err.get("type") == "missing":
+            missing = True
+            parts.append(f"form field {name!r} is required")
+        else:
+            parts.append(f"form field {name!r}: {err.get('msg', 'invalid value')}")
+    return ErrorInfo(422, "missing_field" if missing else "invalid_field", "; ".join(parts) or "invalid request")
+
+
+def error_response(info: ErrorInfo) -> JSONResponse:
+    ctx = current_request()
+    if ctx is not None:
+        ctx.error_code = info.code
+    body = {"error": {"code": info.code, "message": info.message, "request_id": ctx.request_id if ctx else None}}
+    return JSONResponse(body, status_code=info.status, headers=dict(info.headers))
+
+
+def internal_error_response(exc: BaseException) -> JSONResponse:
+    """A server error is a bug: log the traceback, answer 500 without internals in the body."""
+    log.error("unhandled %s: %s", type(exc).__name__, exc, exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(ErrorInfo(500, "internal_error", "internal server error; the request id is in the log"))
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    info = describe(exc)
+    if info is None:
+        return internal_error_response(exc)
+    if isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
+        log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
+    return error_response(info)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the domain and framework error types; unexpected exceptions reach the request middleware,
+    which answers 500 through `internal_error_response`."""
+    for exc_type in (
+        ApiError,
+        CodecError,
+        PreprocessingError,
+        EngineError,
+        RequestValidationError,
+        StarletteHTTPException,
+    ):
+        app.add_exception_handler(exc_type, _handle)

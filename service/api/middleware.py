@@ -1,0 +1,120 @@
+"""Per-request plumbing (pure ASGI): request id, body-size limit, access log, request metrics, last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import BodyTooLargeHTTPError, ErrorInfo, error_response, internal_error_response
+from service.logs import bind_request, current_request, unbind_request
+from service.metrics import Metrics
+
+access_log = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's id is echoed into logs and headers: accept only short, plain tokens (no log injection).
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+PREDICT_PATH = "/v1/predict"
+
+
+def accepted_request_id(value: str | None) -> str | None:
+    """The client's X-Request-ID if it is a plain token of at most 128 characters, else None."""
+    return value if value is not None and _REQUEST_ID_RE.fullmatch(value) else None
+
+
+class RequestMiddleware:
+    """Binds the request context, refuses oversized bodies, and logs and counts every answer.
+
+    Bodies: a declared Content-Length above `max_body_bytes` is refused before a byte of the body is
+    read; a streamed body (no Content-Length) is counted while it arrives and stopped at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = accepted_request_id(headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+        token = bind_request(request_id)
+        start = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLargeHTTPError(self.max_body_bytes)
+            return message
+
+        try:
+            declared = _content_length(headers)
+            if declared is not None and declared > self.max_body_bytes:
+                info = ErrorInfo(
+                    413,
+                    "too_large",
+                    f"the request body is {declared:,} bytes (Content-Length); the limit is {self.max_body_bytes:,}",
+                )
+                await error_response(info)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        except Exception as exc:
+            if response_started:  # too late for an error body; the server closes the connection
+                access_log.error("exception after the response started", exc_info=True)
+                raise
+            await internal_error_response(exc)(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+            unbind_request(token)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        if endpoint == PREDICT_PATH:
+            self.metrics.request_duration.observe(seconds)
+        ctx = current_request()
+        code = ctx.error_code if ctx else None
+        if code is not None and status != 500:
+            self.metrics.rejected.labels(reason=code).inc()
+        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+        access_log.log(
+            level,
+            "%s %s %d",
+            scope.get("method", "?"),
+            scope.get("path", "?"),
+            status,
+            extra={"status": status, "duration_ms": round(seconds * 1e3, 3), "endpoint": endpoint, "code": code},
+        )
+
+
+def _content_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -1,0 +1,85 @@
+"""Response schemas of the HTTP API (pydantic), kept apart from the engine's domain objects."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class AnomalyMap(BaseModel):
+    width: int = Field(description="Width of the uploaded image, pixels.")
+    height: int = Field(description="Height of the uploaded image, pixels.")
+    encoding: Literal["png", "npy"] = Field(
+        description="png: 16-bit grayscale, score = pixel / 65535 (clipped to [0, 1]); npy: float32 (H, W) array."
+    )
+    data: str = Field(description="The encoded map, base64.")
+
+
+class Timings(BaseModel):
+    queue: float = Field(description="Waiting for a free inference slot, ms.")
+    decode: float
+    preprocess: float
+    inference: float
+    postprocess: float = Field(description="Map resize, area fraction and map encoding, ms.")
+    total: float = Field(description="From the request's arrival at the handler to the answer, ms.")
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    part_id: str | None
+    score: float = Field(description="Raw image score (max of the anomaly map at model resolution).")
+    threshold: float = Field(description="Threshold in effect: score > threshold means NG.")
+    threshold_source: Literal["manifest", "override"]
+    is_anomalous: bool
+    anomaly_map: AnomalyMap | None = None
+    defect_area_fraction: float = Field(
+        description="Share of the image's pixels whose map value exceeds the threshold."
+    )
+    timings_ms: Timings
+    provider: str = Field(description="ONNX Runtime execution provider that ran the model.")
+    request_id: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    category: str | None = None
+    modality: str | None = None
+    backbone: str
+    image_size: int
+    provider: str
+    threshold: float
+    threshold_source: Literal["manifest", "override"]
+    manifest_threshold: float
+    created: str
+    default: bool = Field(description="Whether requests without a `model` field go to this model.")
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["alive"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    models: list[str]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. too_large, no_foreground, queue_full.")
+    message: str = Field(description="What was wrong, naming the field or value.")
+    request_id: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,100 @@
+"""The app factory: settings → engine → FastAPI app whose lifespan loads, verifies and warms the models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.api import health_router, models_router, predict_router
+from service.api.admission import Admission
+from service.api.deps import ServiceState
+from service.api.errors import install_error_handlers
+from service.api.middleware import RequestMiddleware
+from service.config import Settings, decode_limits, get_settings
+from service.engine import Engine, EngineOptions
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Multipart framing and the small text fields on top of the two files.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def _version() -> str:
+    try:
+        return metadata.version("bridgenet-inspection")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never pip-installed
+        return "0+unknown"
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    """The engine's view of the settings (the engine never sees the settings object itself)."""
+    return EngineOptions(
+        models_dir=settings.models_dir,
+        default_model=settings.default_model,
+        models=tuple(settings.models) if settings.models else None,
+        require_cuda=settings.require_cuda,
+        providers=settings.providers,
+        threshold_overrides=dict(settings.threshold_overrides),
+        intra_op_threads=settings.intra_op_threads,
+    )
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Largest request body accepted: two uploads at the per-file limit plus form overhead."""
+    return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. Nothing is loaded here: the lifespan starts the engine (load, verify, warm up) and
+    only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine)."""
+    settings = settings or get_settings()
+    engine = engine or Engine(engine_options(settings))
+    metrics = Metrics()
+    state = ServiceState(settings=settings, engine=engine, metrics=metrics, limits=decode_limits(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("starting: models from %s", engine.options.models_dir)
+        try:
+            if not engine.ready:
+                # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
+                await run_in_threadpool(engine.start)
+        except Exception as exc:
+            log.error("start-up failed: %s", exc)
+            raise
+        for name, loaded in engine.models.items():
+            metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
+            log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
+        state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
+        log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
+        try:
+            yield
+        finally:
+            # Uvicorn has finished (or given up on) in-flight requests by now; work that outlived its
+            # request after a timeout still holds a session, so wait for it before dropping the sessions.
+            admission, state.admission = state.admission, None
+            if admission is not None:
+                await admission.drain()
+            engine.stop()
+            metrics.clear_model_info()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="BridgeNet inspection service",
+        description="RGB image + organized point cloud per part → anomaly score, OK/NG verdict, anomaly map.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(models_router)
+    app.include_router(predict_router)
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
+    return app

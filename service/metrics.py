@@ -1,0 +1,94 @@
+"""Every Prometheus collector of the service, on one registry per app, with stable names and few labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# Seconds; a part takes ~5 ms (tiny model) to a few seconds (WideResNet-50 at 576 px on a CPU).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+# Raw scores of a BridgeNet discriminator are sigmoid outputs in [0, 1]; fine steps near the top,
+# where calibrated thresholds usually sit.
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+STAGES = ("decode", "preprocess", "inference", "postprocess")
+
+
+class Metrics:
+    """The collectors of one app. Each app owns a registry, so tests can build several apps in one process
+    without prometheus_client's "Duplicated timeseries" error."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.predictions = Counter(
+            "bridgenet_predictions_total",
+            "Parts scored, by model and verdict (ok/ng).",
+            ["model", "verdict"],
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "bridgenet_stage_duration_seconds",
+            "Time per pipeline stage of a prediction.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "bridgenet_request_duration_seconds",
+            "Wall time of POST /v1/predict requests, queueing and refusals included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.anomaly_score = Histogram(
+            "bridgenet_anomaly_score", "Raw image scores, by model.", ["model"], buckets=SCORE_BUCKETS, registry=r
+        )
+        self.model_info = Gauge(
+            "bridgenet_model_info",
+            "Loaded models (value 1), with version, execution provider and backbone.",
+            ["model", "version", "provider", "backbone"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "bridgenet_inflight_requests", "Predictions admitted and not yet answered (running or queued).", registry=r
+        )
+        self.rejected = Counter(
+            "bridgenet_rejected_requests_total", "Requests refused, by error code.", ["reason"], registry=r
+        )
+        self.requests = Counter(
+            "bridgenet_requests_total",
+            "HTTP requests, by route template and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        for stage in STAGES:  # expose every stage from the start, so dashboards see zeros, not gaps
+            self.stage_duration.labels(stage=stage)
+
+    def observe_prediction(self, model: str, score: float, is_anomalous: bool, timings_ms: Mapping[str, float]) -> None:
+        """Record one scored part: its verdict, its score and the duration of each known stage."""
+        self.predictions.labels(model=model, verdict="ng" if is_anomalous else "ok").inc()
+        self.anomaly_score.labels(model=model).observe(score)
+        for stage in STAGES:
+            if stage in timings_ms:
+                self.stage_duration.labels(stage=stage).observe(timings_ms[stage] / 1e3)
+
+    def set_model_info(self, model: str, version: str, provider: str, backbone: str) -> None:
+        self.model_info.labels(model=model, version=version, provider=provider, backbone=backbone).set(1)
+
+    def clear_model_info(self) -> None:
+        self.model_info.clear()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

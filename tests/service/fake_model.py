@@ -1,0 +1,176 @@
+"""A tiny deterministic ONNX model (built with onnx.helper, no torch) + manifest, and synthetic test parts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+import tifffile
+from onnx import TensorProto, helper
+
+from service.config import Settings
+from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
+from service.preprocessing import PreprocessConfig
+
+SIZE = 32  # model input side S
+POOL = 4  # the fake "patch grid" is S / POOL
+OPSET = 18
+THRESHOLD = 0.9
+
+
+def build_graph(size: int = SIZE) -> onnx.ModelProto:
+    """(rgb, depth): [batch, 3, S, S] float32 → scores [batch], maps [batch, S, S].
+
+    maps = sigmoid(bilinear-upsampled 4×4-average of (channel mean of rgb + channel mean of depth) / 2),
+    scores = max of each map. Deterministic and cheap; it has the real model's inputs and outputs.
+    """
+    nodes = [
+        helper.make_node("ReduceMean", ["rgb", "axis1"], ["rgb_mean"], keepdims=1),
+        helper.make_node("ReduceMean", ["depth", "axis1"], ["depth_mean"], keepdims=1),
+        helper.make_node("Add", ["rgb_mean", "depth_mean"], ["summed"]),
+        helper.make_node("Mul", ["summed", "half"], ["mixed"]),
+        helper.make_node("AveragePool", ["mixed"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+        helper.make_node("Resize", ["pooled", "", "scales"], ["upsampled"], mode="linear"),
+        helper.make_node("Sigmoid", ["upsampled"], ["sig"]),
+        helper.make_node("Squeeze", ["sig", "axis1"], ["maps"]),
+        helper.make_node("ReduceMax", ["maps", "axes12"], ["scores"], keepdims=0),
+    ]
+    initializers = [
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(POOL), float(POOL)]),
+    ]
+    image: list[str | int | None] = ["batch", 3, size, size]
+    graph = helper.make_graph(
+        nodes,
+        "fake_bridgenet",
+        inputs=[
+            helper.make_tensor_value_info("rgb", TensorProto.FLOAT, image),
+            helper.make_tensor_value_info("depth", TensorProto.FLOAT, image),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["batch", size, size]),
+        ],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9  # readable by every onnxruntime this project supports
+    onnx.checker.check_model(model)
+    return model
+
+
+def fake_manifest(name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1") -> Manifest:
+    """A manifest as training.export would write it, for the fake graph."""
+    data: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "created": dt.datetime(2025, 1, 1, tzinfo=dt.UTC).isoformat(),
+        "git_sha": "0" * 40,
+        "category": "fake",
+        "modality": "both",
+        "backbone": "fake_pool",
+        "image_size": size,
+        "feature_dim": 1,
+        "inputs": {"rgb": ["batch", 3, size, size], "depth": ["batch", 3, size, size]},
+        "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
+        "opset": OPSET,
+        "preprocessing": PreprocessConfig(image_size=size).to_dict(),
+        "threshold": {"value": threshold, "method": "fixed", "target_false_reject_rate": 0.0, "n_parts": 0},
+        "score_stats": {
+            "n": 8,
+            "mean": 0.5,
+            "std": 0.01,
+            "min": 0.48,
+            "max": 0.53,
+            "p50": 0.5,
+            "p95": 0.52,
+            "p99": 0.53,
+        },
+        "metrics": {},
+        "selection": "last epoch",
+        "training": {},
+    }
+    return Manifest.model_validate(data)
+
+
+def write_fake_model(models_dir: Path, name: str = "fake", **manifest_kwargs: Any) -> Path:
+    """Write `<models_dir>/<name>/model.onnx` (manifest embedded) + `manifest.json`; return the folder."""
+    folder = models_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = fake_manifest(name, **manifest_kwargs)
+    model = build_graph(manifest.image_size)
+    helper.set_model_props(model, manifest_to_metadata(manifest))
+    onnx.save(model, str(folder / "model.onnx"))
+    write_manifest_json(manifest, folder, sha256_file(folder / "model.onnx"))
+    return folder
+
+
+# --- synthetic parts -------------------------------------------------------------------------------
+
+
+def make_part(height: int = 40, width: int = 48, seed: int = 0, flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A part on a table: `rgb` (H, W, 3) uint8 noise; `xyz` (H, W, 3) float32 metres, plane at z = 0.5,
+    a 2 cm high box in the middle (none when `flat`), a few missing points (NaN and 0)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+    z = np.full((height, width), 0.5, np.float32)
+    if not flat:
+        z[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 0.48
+    xyz = np.stack([(u - width / 2) * 1e-3, (v - height / 2) * 1e-3, z], axis=2).astype(np.float32)
+    xyz[height // 2, 1] = np.nan
+    xyz[1, width // 2] = 0.0
+    return rgb, xyz
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB → PNG bytes."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+def tiff_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, array)
+    return out.getvalue()
+
+
+def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=allow_pickle)
+    return out.getvalue()
+
+
+def make_settings(models_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: every value the API tests depend on is given, so the environment cannot leak in."""
+    values: dict[str, Any] = {
+        "models_dir": models_dir,
+        "default_model": "fake",
+        "models": None,
+        "require_cuda": False,
+        "providers": "cpu",  # same numbers and fast session start on a GPU machine too
+        "threshold_overrides": {},
+        "max_upload_bytes": 1024 * 1024,
+        "max_image_side": 1024,
+        "max_image_pixels": 1024 * 1024,
+        "max_inflight": 2,
+        "max_queue": 4,
+        "request_timeout_s": 10.0,
+        "api_key": None,
+        "allow_anonymous": False,
+        "environment": "development",
+        "log_level": "INFO",
+        "intra_op_threads": 1,
+        "batch_max_size": 1,
+        "batch_wait_ms": 0.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
