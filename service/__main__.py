@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.logs import configure_logging
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger("service")
 
@@ -23,6 +28,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def build_server(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Server:
+    """The uvicorn server for `app`. On SIGTERM it stops accepting, lets in-flight requests finish (each
+    ends by request_timeout_s) for up to `timeout_graceful_shutdown`, then the lifespan stops the engine."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep our JSON handler on the root logger
+        access_log=False,  # the request middleware logs every request with its id
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.request_timeout_s + SHUTDOWN_MARGIN_S),
+    )
+    return uvicorn.Server(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM. Returns non-zero when the settings or a model fail to load."""
     args = parse_args(argv)
@@ -33,22 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = get_settings()
-    except Exception as exc:  # pydantic's ValidationError names every bad variable
+    except Exception as exc:  # SettingsError names every bad BRIDGENET_* variable
         log.error("invalid settings: %s", exc)
         return 2
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,  # keep our JSON handler on the root logger
-        access_log=False,  # the request middleware logs every request with its id
-        lifespan="on",
-        # SIGTERM: stop accepting, let in-flight requests finish (they end by request_timeout_s), then the
-        # lifespan stops the engine.
-        timeout_graceful_shutdown=int(settings.request_timeout_s + SHUTDOWN_MARGIN_S),
-    )
-    server = uvicorn.Server(config)
+    server = build_server(create_app(settings), settings, args.host, args.port)
     server.run()
     if not server.started:
         log.error("the service did not start; see the start-up error above")

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             # request after a timeout still holds a session, so wait for it before dropping the sessions.
             admission, state.admission = state.admission, None
             if admission is not None:
-                await admission.drain()
+                await admission.drain(settings.request_timeout_s)
             engine.stop()
             metrics.clear_model_info()
             log.info("stopped")

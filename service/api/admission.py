@@ -113,7 +113,12 @@ class Admission:
             retry_after_s=TIMEOUT_RETRY_AFTER_S,
         )
 
-    async def drain(self) -> None:
-        """Wait for work that outlived its request (after a timeout), e.g. before the engine stops."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for work that outlived its request (after a timeout), e.g. before the
+        engine stops. Returns whether everything finished; a hung thread must not block shutdown forever."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        if pending:
+            log.warning("%d prediction(s) still running after %.1f s; stopping anyway", len(pending), timeout_s)
+        return not pending

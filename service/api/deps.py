@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.admission import Admission
 from service.api.errors import NotReadyError
 from service.codecs import DecodeLimits
+from service.config import Settings
 from service.engine import Engine
 from service.metrics import Metrics
 
-if TYPE_CHECKING:
-    from service.config import Settings
+NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
 
 @dataclass
@@ -37,7 +37,10 @@ def get_ready_state(request: Request) -> ServiceState:
     """The state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
     if state.admission is None or not state.engine.ready:
-        raise NotReadyError("the service is not ready: models are loading or the service is stopping")
+        raise NotReadyError(
+            "the service is not ready: models are loading or the service is stopping",
+            retry_after_s=NOT_READY_RETRY_AFTER_S,
+        )
     return state
 
 

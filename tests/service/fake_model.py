@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import tifffile
 from onnx import TensorProto, helper
 
 from service.config import Settings
+from service.engine import Engine, EngineOptions, Prediction
 from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from service.preprocessing import PreprocessConfig
 
@@ -110,6 +112,21 @@ def write_fake_model(models_dir: Path, name: str = "fake", **manifest_kwargs: An
     onnx.save(model, str(folder / "model.onnx"))
     write_manifest_json(manifest, folder, sha256_file(folder / "model.onnx"))
     return folder
+
+
+class GatedEngine(Engine):
+    """An engine whose predictions wait until the test opens `gate`; `entered` counts started predictions."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        super().__init__(options)
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
+        self.entered.release()
+        if not self.gate.wait(timeout=10):
+            raise RuntimeError("the test never opened the gate")
+        return super().predict(rgb, xyz, model_name=model_name)
 
 
 # --- synthetic parts -------------------------------------------------------------------------------

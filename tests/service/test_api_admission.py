@@ -8,31 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api.deps import ServiceState
-from service.engine import Engine, EngineOptions, Prediction
 from service.main import create_app, engine_options
-from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import GatedEngine, make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 
 RGB, XYZ = make_part(40, 48, seed=4)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
-
-
-class GatedEngine(Engine):
-    """An engine whose predictions wait until the test opens the gate."""
-
-    def __init__(self, options: EngineOptions) -> None:
-        super().__init__(options)
-        self.gate = threading.Event()
-        self.entered = threading.Semaphore(0)
-
-    def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
-        self.entered.release()
-        assert self.gate.wait(timeout=10), "the test never opened the gate"
-        return super().predict(rgb, xyz, model_name=model_name)
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,29 @@ def test_predict_answers_score_verdict_and_timings(client: TestClient, xyz_encod
     assert timings["total"] >= timings["decode"] + timings["preprocess"] + timings["inference"]
 
 
+def encode_rgb_variant(kind: str) -> bytes:
+    """The test image in the other accepted RGB encodings."""
+    gray = cv2.cvtColor(RGB, cv2.COLOR_RGB2GRAY)
+    if kind == "gray16_png":
+        ok, buf = cv2.imencode(".png", gray.astype(np.uint16) * 257)
+    elif kind == "rgba_png":
+        ok, buf = cv2.imencode(".png", np.dstack([RGB[:, :, ::-1], np.full(gray.shape, 255, np.uint8)]))
+    elif kind == "jpeg":
+        ok, buf = cv2.imencode(".jpg", RGB[:, :, ::-1])
+    else:
+        return tiff_bytes(RGB)
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["gray16_png", "rgba_png", "jpeg", "tiff"])
+def test_other_rgb_encodings_and_float64_cloud_are_accepted(client: TestClient, kind: str) -> None:
+    xyz64 = npy_bytes(XYZ.astype(np.float64))
+    response = client.post("/v1/predict", files=files(encode_rgb_variant(kind), xyz64, xyz_name="xyz.npy"))
+    assert response.status_code == 200, response.text
+    assert 0.0 < response.json()["score"] < 1.0
+
+
 def test_low_threshold_flags_the_part_and_its_area(models_dir: Path) -> None:
     settings = make_settings(models_dir, threshold_overrides={"fake": 0.01})
     with TestClient(create_app(settings)) as c:
@@ -196,6 +219,7 @@ def test_declared_content_length_over_the_limit_is_413_before_reading(small_clie
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
     assert "Content-Length" in response.json()["error"]["message"]
+    assert_still_ready(small_client)
 
 
 def test_streamed_body_over_the_limit_is_413(small_client: TestClient) -> None:

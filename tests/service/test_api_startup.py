@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
+from service.__main__ import build_server
 from service.engine import ModelLoadError
-from service.main import create_app
-from tests.service.fake_model import make_settings, write_fake_model
+from service.main import create_app, engine_options
+from tests.service.fake_model import GatedEngine, make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 
 REPO = Path(__file__).resolve().parents[2]
+RGB, XYZ = make_part(40, 48, seed=5)
 
 
 def start_app(models_dir: Path) -> None:
@@ -129,3 +132,37 @@ def test_python_m_service_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
     assert "ready" in messages and "stopped" in messages
     access = [r for r in json_lines(stderr) if r["logger"] == "service.access"]
     assert access and access[-1]["status"] == 200
+
+
+def test_shutdown_finishes_the_in_flight_request_before_stopping_the_engine(tmp_path: Path) -> None:
+    write_fake_model(tmp_path, "fake")
+    settings = make_settings(tmp_path)
+    engine = GatedEngine(engine_options(settings))
+    port = free_port()
+    server = build_server(create_app(settings, engine=engine), settings, "127.0.0.1", port)
+    serving = threading.Thread(target=server.run)  # off the main thread: no signal handlers installed
+    serving.start()
+    results: list[httpx.Response] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and serving.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        files = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
+        client = threading.Thread(
+            target=lambda: results.append(httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=files, timeout=10))
+        )
+        client.start()
+        assert engine.entered.acquire(timeout=5)
+        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        time.sleep(0.3)
+        assert engine.ready, "the engine stopped while a request was in flight"
+        engine.gate.set()
+        client.join(10)
+        serving.join(10)
+    finally:
+        engine.gate.set()
+        server.should_exit = True
+        serving.join(10)
+    assert results and results[0].status_code == 200
+    assert not serving.is_alive() and not engine.ready
