@@ -8,14 +8,17 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
+from service.batching import Batcher, BatchOutcome
 from service.manifest import Manifest, ManifestError, load_model_dir
 from service.postprocessing import defect_area_fraction, map_to_input_size
 from service.preprocessing import PreprocessConfig, preprocess_part
@@ -50,6 +53,9 @@ class EngineOptions:
     providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
+    # Micro-batching (service.batching): 1 = off, every request runs its own session call.
+    batch_max_size: int = 1
+    batch_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,10 @@ class Engine:
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self._models: dict[str, LoadedModel] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._ready = False
+        # Called with (model name, batch size) after every session run; the app points it at its metrics.
+        self.batch_observer: Callable[[str, int], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -147,11 +156,30 @@ class Engine:
         for name, model in self._models.items():
             self._warm_up(model)
             log.info("model %s ready", name, extra={"provider": model.provider, "version": model.manifest.version})
+        if self.options.batch_max_size > 1:  # after every warm-up: a failed start leaves no worker thread behind
+            self._batchers = {
+                name: Batcher(
+                    partial(self.infer, model),
+                    max_size=self.options.batch_max_size,
+                    wait_s=self.options.batch_wait_ms / 1e3,
+                    name=name,
+                    on_batch=partial(self._observe_batch, name),
+                )
+                for name, model in self._models.items()
+            }
         self._ready = True
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Run the parts the batchers still hold (up to `drain_timeout_s` each), then drop the sessions."""
         self._ready = False
+        batchers, self._batchers = self._batchers, {}
+        for batcher in batchers.values():
+            batcher.close(drain_timeout_s)
         self._models.clear()
+
+    def _observe_batch(self, name: str, size: int) -> None:
+        if self.batch_observer is not None:
+            self.batch_observer(name, size)
 
     def _model_names(self) -> list[str]:
         root = self.options.models_dir
@@ -225,8 +253,10 @@ class Engine:
 
     def _warm_up(self, model: LoadedModel) -> None:
         size = model.manifest.image_size
-        zeros = np.zeros((1, 3, size, size), np.float32)
-        model.session.run(None, {"rgb": zeros, "depth": zeros})
+        # The largest batch too: a first run at a new shape allocates (and on CUDA, tunes) for it.
+        for batch in sorted({1, self.options.batch_max_size}):
+            zeros = np.zeros((batch, 3, size, size), np.float32)
+            model.session.run(None, {"rgb": zeros, "depth": zeros})
 
     def get(self, name: str | None) -> LoadedModel:
         key = name or self.options.default_model
@@ -243,20 +273,29 @@ class Engine:
     def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
         """`rgb`: (H, W, 3) uint8; `xyz`: (H, W, 3) float32, metres, 0 or NaN = no point.
 
-        Raises UnknownModelError, or the preprocessing errors (PreprocessingError) for unusable input.
+        `timings_ms` holds preprocess, batch_wait (0 when batching is off), inference (the whole batch's
+        session time) and postprocess; `info["batch_size"]` is the number of parts in the session run.
+        Raises UnknownModelError, or the preprocessing errors (PreprocessingError) for unusable input;
+        with batching on, BatchError when the batch's run failed and BatcherClosedError while stopping.
         """
         model = self.get(model_name)
+        batcher = self._batchers.get(model.name)
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        part = preprocess_part(rgb, xyz, model.preprocess_config)
-        timings["preprocess"] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        scores, maps = self.infer(model, part.rgb[None], part.depth[None])
-        timings["inference"] = (time.perf_counter() - t) * 1e3
+        # Announce the part to the batcher before preprocessing, so a batch waits for it (service.batching).
+        with batcher.reserve() if batcher is not None else nullcontext() as ticket:
+            t = time.perf_counter()
+            part = preprocess_part(rgb, xyz, model.preprocess_config)
+            timings["preprocess"] = (time.perf_counter() - t) * 1e3
+            if ticket is not None:
+                core = ticket.submit(part.rgb, part.depth)
+            else:
+                core = self._infer_one(model, part.rgb, part.depth)
+        timings["batch_wait"] = core.wait_ms
+        timings["inference"] = core.inference_ms
         t = time.perf_counter()
         height, width = rgb.shape[:2]
-        amap = map_to_input_size(maps[0], height, width)
-        score = float(scores[0])
+        amap = map_to_input_size(core.anomaly_map, height, width)
+        score = core.score
         area = defect_area_fraction(amap, model.threshold)
         timings["postprocess"] = (time.perf_counter() - t) * 1e3
         return Prediction(
@@ -270,5 +309,13 @@ class Engine:
             defect_area_fraction=area,
             timings_ms=timings,
             provider=model.provider,
-            info=part.info,
+            info={**part.info, "batch_size": core.batch_size},
         )
+
+    def _infer_one(self, model: LoadedModel, rgb: np.ndarray, depth: np.ndarray) -> BatchOutcome:
+        """Batching off: the part's own session run, in the request's thread. `rgb`, `depth`: (3, S, S)."""
+        t = time.perf_counter()
+        scores, maps = self.infer(model, rgb[None], depth[None])
+        inference_ms = (time.perf_counter() - t) * 1e3
+        self._observe_batch(model.name, 1)
+        return BatchOutcome(float(scores[0]), maps[0], batch_size=1, wait_ms=0.0, inference_ms=inference_ms)

@@ -42,6 +42,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         providers=settings.providers,
         threshold_overrides=dict(settings.threshold_overrides),
         intra_op_threads=settings.intra_op_threads,
+        batch_max_size=settings.batch_max_size,
+        batch_wait_ms=settings.batch_wait_ms,
     )
 
 
@@ -57,6 +59,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     engine = engine or Engine(engine_options(settings))
     metrics = Metrics()
     state = ServiceState(settings=settings, engine=engine, metrics=metrics, limits=decode_limits(settings))
+    engine.batch_observer = metrics.observe_batch
+    if settings.batch_max_size > settings.max_inflight:
+        # Admission lets at most max_inflight predictions reach the engine at once: batches never grow beyond.
+        log.warning(
+            "BRIDGENET_BATCH_MAX_SIZE=%d exceeds BRIDGENET_MAX_INFLIGHT=%d; batches stay at most %d parts",
+            settings.batch_max_size,
+            settings.max_inflight,
+            settings.max_inflight,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

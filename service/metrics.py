@@ -20,6 +20,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 
 # Raw scores of a BridgeNet discriminator are sigmoid outputs in [0, 1]; fine steps near the top,
 # where calibrated thresholds usually sit.
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+# Parts per session run (micro-batching); 1 when batching is off.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 
 
@@ -72,6 +74,13 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
+        self.batch_size = Histogram(
+            "bridgenet_batch_size",
+            "Parts per ONNX Runtime session run, by model (1 when micro-batching is off).",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
         for stage in STAGES:  # expose every stage from the start, so dashboards see zeros, not gaps
             self.stage_duration.labels(stage=stage)
 
@@ -82,6 +91,10 @@ class Metrics:
         for stage in STAGES:
             if stage in timings_ms:
                 self.stage_duration.labels(stage=stage).observe(timings_ms[stage] / 1e3)
+
+    def observe_batch(self, model: str, size: int) -> None:
+        """Record one session run of `size` parts (called from the engine's batcher threads)."""
+        self.batch_size.labels(model=model).observe(size)
 
     def set_model_info(self, model: str, version: str, provider: str, backbone: str) -> None:
         self.model_info.labels(model=model, version=version, provider=provider, backbone=backbone).set(1)

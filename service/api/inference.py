@@ -1,7 +1,7 @@
 """The blocking part of a prediction, run in a worker thread: decode → engine → encode the map.
 
-This is the one place that calls into the engine, so a micro-batcher can replace `engine.predict` here
-without touching the routes.
+This is the one place that calls into the engine. Micro-batching happens inside `engine.predict`
+(service.batching): this thread preprocesses, waits for its batch's session run, then postprocesses.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class PredictOutcome:
     """A prediction plus what the HTTP answer needs beyond it.
 
     `map_b64`: the anomaly map encoded as asked, base64 text; None when no map was asked for.
-    `timings_ms`: queue, decode, preprocess, inference, postprocess (map encoding included), in ms.
+    `timings_ms`: queue, decode, preprocess, batch_wait, inference (the batch's session time), postprocess
+    (map encoding included), in ms.
     """
 
     prediction: Prediction

@@ -1,0 +1,222 @@
+"""Micro-batching: one worker thread per model gathers concurrent parts into one (B, 3, S, S) session run.
+
+Rule for gathering: the worker takes the oldest queued part and waits for company only while the batch is
+not full, the oldest part has waited less than `wait_s`, and another request for the model has announced
+itself (it is between `reserve()` and `submit()`, i.e. preprocessing). A lone request therefore never waits
+for the window: with nobody else on the way, waiting could only add latency. No part waits longer than
+`wait_s` for gathering; it may also wait for the previous batch of its model to finish (`wait_ms` counts
+both).
+
+Pre- and postprocessing stay in each request's own thread; only the core stage is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# `run`: rgb, depth (B, 3, S, S) float32 → scores (B,) float32, maps (B, S, S) float32.
+RunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class BatchError(Exception):
+    """The batched session run failed; every request of the batch gets its own copy, chained to the cause."""
+
+
+class BatcherClosedError(Exception):
+    """A part was submitted after the batcher was closed, or was still queued when closing gave up."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One part's share of a batch run.
+
+    `score`: float, raw image score; `anomaly_map`: (S, S) float32 at the model's resolution;
+    `batch_size`: parts in the run; `wait_ms`: from `submit` to the start of the run (gathering plus any
+    previous run of the model); `inference_ms`: the whole batch's session time.
+    """
+
+    score: float
+    anomaly_map: np.ndarray
+    batch_size: int
+    wait_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Item:
+    rgb: np.ndarray
+    depth: np.ndarray
+    submitted_at: float
+    future: Future[BatchOutcome]
+
+
+class Ticket:
+    """A request's announcement to the batcher (see `Batcher.reserve`); `submit` at most once."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self.submitted = False
+
+    def submit(self, rgb: np.ndarray, depth: np.ndarray) -> BatchOutcome:
+        """`rgb`, `depth`: (3, S, S) float32, the preprocessed part. Blocks until its batch has run.
+
+        Raises BatchError when the batch run failed, BatcherClosedError when the batcher is closed.
+        """
+        if self.submitted:
+            raise RuntimeError("a ticket submits one part only")
+        self.submitted = True
+        return self._batcher._submit(rgb, depth, announced=True)
+
+
+class Batcher:
+    """Gathers parts for one model's session into batches of at most `max_size`; see the module docstring."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_size: int,
+        wait_s: float,
+        name: str = "model",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_size < 1 or wait_s < 0:
+            raise ValueError(f"batcher {name!r}: expected max_size ≥ 1 and wait_s ≥ 0, got {max_size}, {wait_s}")
+        self.name = name
+        self.max_size = max_size
+        self.wait_s = wait_s
+        self._run = run
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._announced = 0  # requests between reserve() and submit(): parts that are on their way
+        self._closed = False
+        self._cond = threading.Condition()
+        self._worker = threading.Thread(target=self._loop, name=f"bridgenet-batcher-{name}", daemon=True)
+        self._worker.start()
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    @contextmanager
+    def reserve(self) -> Iterator[Ticket]:
+        """Announce a coming part before preprocessing it, so the worker knows company is worth waiting for.
+
+        Leaving the block without `ticket.submit` (e.g. preprocessing refused the input) withdraws it.
+        """
+        with self._cond:
+            self._announced += 1
+        ticket = Ticket(self)
+        try:
+            yield ticket
+        finally:
+            if not ticket.submitted:
+                with self._cond:
+                    self._announced -= 1
+                    self._cond.notify_all()  # the worker may be waiting for this part only
+
+    def submit(self, rgb: np.ndarray, depth: np.ndarray) -> BatchOutcome:
+        """Submit without an announcement. `rgb`, `depth`: (3, S, S) float32. Blocks until the batch ran."""
+        return self._submit(rgb, depth, announced=False)
+
+    def _submit(self, rgb: np.ndarray, depth: np.ndarray, *, announced: bool) -> BatchOutcome:
+        item = _Item(rgb, depth, time.perf_counter(), Future())
+        with self._cond:
+            if announced:
+                self._announced -= 1
+            if self._closed:
+                raise BatcherClosedError(f"model {self.name!r}: the engine is stopping; the part was not run")
+            self._queue.append(item)
+            self._cond.notify_all()
+        # No timeout: the worker resolves every future it takes, and close() fails the ones it leaves.
+        return item.future.result()
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Stop taking parts, run what is queued (drain), stop the worker. Returns whether it finished within
+        `timeout_s`; parts still queued after that are failed with BatcherClosedError, so no caller hangs."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout_s)
+        if not self._worker.is_alive():
+            return True
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for item in left:
+            item.future.set_exception(
+                BatcherClosedError(f"model {self.name!r}: the engine stopped before this part's batch could run")
+            )
+        log.warning(
+            "batcher %s: a batch was still running after %.1f s; %d queued part(s) failed",
+            self.name,
+            timeout_s,
+            len(left),
+        )
+        return False
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            self._run_batch(batch)
+
+    def _gather(self) -> list[_Item] | None:
+        """The next batch per the gathering rule; None once closed and empty."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].submitted_at + self.wait_s
+            while len(self._queue) < self.max_size and self._announced > 0 and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            size = min(self.max_size, len(self._queue))
+            return [self._queue.popleft() for _ in range(size)]
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            scores, maps = self._run(np.stack([i.rgb for i in batch]), np.stack([i.depth for i in batch]))
+            if len(scores) != len(batch) or len(maps) != len(batch):
+                raise ValueError(f"the session answered {len(scores)} scores / {len(maps)} maps for {len(batch)} parts")
+        except Exception as exc:  # any failure of the run must reach every waiting request
+            log.error("batch of %d for model %s failed: %s", len(batch), self.name, exc)
+            for item in batch:
+                error = BatchError(f"model {self.name!r}: the batched run of {len(batch)} part(s) failed: {exc}")
+                error.__cause__ = exc
+                item.future.set_exception(error)
+            return
+        inference_ms = (time.perf_counter() - started) * 1e3
+        for k, item in enumerate(batch):
+            # Copies: a view would keep the whole batch's output alive as long as any one request holds it.
+            item.future.set_result(
+                BatchOutcome(
+                    score=float(scores[k]),
+                    anomaly_map=np.array(maps[k], dtype=np.float32),
+                    batch_size=len(batch),
+                    wait_ms=(started - item.submitted_at) * 1e3,
+                    inference_ms=inference_ms,
+                )
+            )
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(batch))
+            except Exception:  # a metrics hook must never stop the worker
+                log.exception("batch observer failed")
