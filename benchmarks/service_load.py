@@ -1,0 +1,266 @@
+"""Load on the real service: upload payloads, a `python -m service` subprocess on loopback, closed-loop clients.
+
+No torch here, so the throughput benchmark and the GPU check's HTTP part run wherever the service does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import REPO, stats
+
+ENV_PREFIX = "BRIDGENET_"
+
+
+# ---- payloads ----------------------------------------------------------------------------------------
+
+
+def encode_part(rgb: np.ndarray, xyz: np.ndarray) -> tuple[bytes, bytes]:
+    """`rgb` (H, W, 3) uint8, `xyz` (H, W, 3) float32 metres → (PNG bytes, uncompressed TIFF bytes), the
+    formats of MVTec 3D-AD files as a line camera would upload them."""
+    import cv2
+    import tifffile
+
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the RGB image as PNG")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, xyz)
+    return png.tobytes(), buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A ready-made multipart body for POST /v1/predict (built once, so timing excludes client encoding)."""
+
+    body: bytes
+    headers: dict[str, str]
+    part_hw: tuple[int, int]
+
+
+def build_payload(png: bytes, tiff: bytes, part_hw: tuple[int, int], return_map: str = "none") -> Payload:
+    import httpx
+
+    request = httpx.Request(
+        "POST",
+        "http://benchmark/v1/predict",
+        files={"rgb": ("rgb.png", png, "image/png"), "xyz": ("xyz.tiff", tiff, "image/tiff")},
+        data={"return_map": return_map},
+    )
+    body = request.read()
+    return Payload(body, {"content-type": request.headers["content-type"]}, part_hw)
+
+
+# ---- the real service in a subprocess ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def service_env(settings: Mapping[str, str | int | float]) -> dict[str, str]:
+    """The parent's environment without any BRIDGENET_* variable, plus `settings` (names without prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    env.update({f"{ENV_PREFIX}{k.upper()}": str(v) for k, v in settings.items()})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+class ServiceStartError(RuntimeError):
+    """`python -m service` exited or did not become ready in time; the message carries its log's tail."""
+
+
+@dataclass
+class Service:
+    """A running `python -m service` on loopback: its URL, process and log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def status_kb(self, key: str) -> int | None:
+        """A `/proc/<pid>/status` memory field in kB, e.g. VmHWM (peak RSS) or VmRSS."""
+        try:
+            text = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        found = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+        return int(found.group(1)) if found else None
+
+    def metric_sum(self, name: str) -> float | None:
+        """Sum over labels of a Prometheus sample `name` from /metrics; None when the service lacks it."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+        return sum(values) if values else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@contextmanager
+def running_service(
+    models_dir: Path,
+    model: str,
+    settings: Mapping[str, str | int | float],
+    log_path: Path,
+    ready_timeout_s: float = 180,
+) -> Iterator[Service]:
+    """Start `python -m service` serving `models_dir/model` with `settings` (BRIDGENET_* names, no prefix),
+    wait for /readyz, yield it, and stop it with SIGTERM (SIGKILL after 30 s)."""
+    import httpx
+
+    port = free_port()
+    values = {"models_dir": str(models_dir), "models": model, "default_model": model, "log_level": "WARNING"}
+    values.update({k: str(v) for k, v in settings.items()})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=service_env(values),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(f"http://127.0.0.1:{port}", process, log_path, values)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise ServiceStartError(f"the service exited with {process.returncode}:\n{service.log_tail()}")
+            if time.monotonic() > deadline:
+                waited = f"{ready_timeout_s:.0f} s"
+                raise ServiceStartError(f"the service was not ready after {waited}:\n{service.log_tail()}")
+            try:
+                if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield service
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# ---- HTTP load -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestResult:
+    latency_ms: float
+    status: int
+    server_ms: dict[str, float]
+    provider: str | None
+
+
+def post_part(client: Any, payload: Payload) -> RequestResult:
+    """One POST /v1/predict with a pre-built body; latency is the client's wall time to the parsed answer."""
+    start = time.perf_counter()
+    response = client.post("/v1/predict", content=payload.body, headers=payload.headers)
+    body = response.json()
+    latency = (time.perf_counter() - start) * 1e3
+    if response.status_code != 200:
+        return RequestResult(latency, response.status_code, {}, None)
+    return RequestResult(latency, 200, dict(body["timings_ms"]), body.get("provider"))
+
+
+def closed_loop(url: str, payload: Payload, clients: int, duration_s: float, warmup_s: float = 1.0) -> LoadRound:
+    """`clients` threads, each posting back to back for `warmup_s` (discarded) then `duration_s`.
+
+    Closed loop: a client sends its next part as soon as the last answer arrives, like a line controller
+    with `clients` stations. Requests still running at the deadline are waited for and counted.
+    """
+    import httpx
+
+    results: list[list[RequestResult]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    bounds: dict[str, float] = {}
+
+    def client_loop(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            barrier.wait()
+            while time.perf_counter() < bounds["warm_end"]:
+                post_part(client, payload)
+            while True:  # at least one measured request per client, however slow the warm-up was
+                results[index].append(post_part(client, payload))
+                if time.perf_counter() >= bounds["end"]:
+                    break
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    bounds.update(warm_end=now + warmup_s, end=now + warmup_s + duration_s)
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = max(time.perf_counter() - bounds["warm_end"], 1e-9)
+    return LoadRound(clients, elapsed, [r for rs in results for r in rs])
+
+
+@dataclass
+class LoadRound:
+    """One closed-loop run: every measured request's result and the window's length in seconds."""
+
+    clients: int
+    elapsed_s: float
+    results: list[RequestResult]
+
+    @property
+    def throughput(self) -> float:
+        return sum(r.status == 200 for r in self.results) / self.elapsed_s
+
+
+def summarise_rounds(rounds: list[LoadRound]) -> dict[str, Any]:
+    """Throughput median (and range) over rounds; latency and server stage medians over all answers."""
+    ok = [r for rnd in rounds for r in rnd.results if r.status == 200]
+    refused: dict[str, int] = {}
+    for rnd in rounds:
+        for r in rnd.results:
+            if r.status != 200:
+                refused[str(r.status)] = refused.get(str(r.status), 0) + 1
+    rates = [rnd.throughput for rnd in rounds]
+    out: dict[str, Any] = {
+        "clients": rounds[0].clients,
+        "rounds": len(rounds),
+        "seconds": round(sum(rnd.elapsed_s for rnd in rounds), 2),
+        "answered": len(ok),
+        "refused": refused,
+        "throughput_parts_per_s": round(float(np.median(rates)), 3),
+        "throughput_range": [round(min(rates), 3), round(max(rates), 3)],
+    }
+    if ok:
+        out["latency"] = stats([r.latency_ms for r in ok])
+        out["server_median_ms"] = {
+            key: round(float(np.median([r.server_ms.get(key, 0.0) for r in ok])), 3) for key in ok[0].server_ms
+        }
+        out["provider"] = ok[0].provider
+    return out

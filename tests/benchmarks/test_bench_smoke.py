@@ -1,0 +1,171 @@
+"""Smoke tests for the benchmark scripts: each runs end to end in a tiny mode on the fake ONNX model, so the
+scripts keep working as the service changes. Numbers are not checked, only that they exist and make sense."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.fake_model import SIZE, write_fake_model
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_env  # noqa: E402
+import harness  # noqa: E402
+
+SERVER_STAGES = ("queue", "decode", "preprocess", "inference", "postprocess")  # the response's timings_ms
+SCRIPT_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
+
+
+def run_script(name: str, *args: str | Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = Path(str(args[args.index("--out") + 1])) if "--out" in args else None
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+    )
+    data = json.loads(out.read_text()) if out is not None and out.is_file() else {}
+    return proc, data
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_model(tmp_path_factory.mktemp("models"))
+
+
+def assert_machine(data: dict[str, Any]) -> None:
+    m = data["machine"]
+    assert m["cpu_count"] >= 1 and m["cpu_model"] and m["python"] and m["onnxruntime"]
+    assert len(m["load_average_start"]) == 3 and m["date"].startswith("20")
+
+
+def assert_stats(s: dict[str, float]) -> None:
+    assert 0 < s["min_ms"] <= s["median_ms"] <= s["p95_ms"] and s["n"] >= 1
+
+
+def test_latency_quick(fake_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    proc, data = run_script(
+        "bench_latency.py", "--quick", "--no-torch", "--model-dir", fake_dir, "--cache-dir", tmp_path, "--out", out
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best:" in proc.stdout and "http/pipeline" in proc.stdout
+    assert_machine(data)
+    grid = data["session_options"]
+    assert len(grid["rows"]) == 8  # threads 1/2 × basic/extended/all, + no spinning at 1 and 2 threads
+    assert grid["best"] in {r["variant"] for r in grid["rows"]}
+    (model,) = data["models"]
+    assert set(model["paths"]) == {"ort_session", f"ort_pipeline@{SIZE}", f"http@{SIZE}", f"http_png@{SIZE}"}
+    for s in model["paths"].values():
+        assert_stats(s)
+    ratios = model["ratios"][str(SIZE)]
+    expected = model["paths"][f"http@{SIZE}"]["median_ms"] / model["paths"][f"ort_pipeline@{SIZE}"]["median_ms"]
+    assert ratios["http_over_pipeline_median"] == pytest.approx(expected, abs=1e-3)
+    assert ratios["target_met"] == (ratios["http_over_pipeline_median"] <= 1.3)
+    stages = model["stages"][f"http@{SIZE}"]
+    assert set(stages["share_pct"]) == {*SERVER_STAGES, "handler_other", "outside_handler"}
+    assert stages["median_ms"]["inference"] > 0 and model["service_peak_rss_mb"] > 0
+
+
+def test_throughput_quick(fake_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    proc, data = run_script(
+        "bench_throughput.py", "--quick", "--model-dir", fake_dir, "--cache-dir", tmp_path, "--out", out,
+        "--clients", "1", "3", "--duration-s", "0.3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_machine(data)
+    assert set(data["modes"]) == {"batching_off", "batching_on"}
+    assert data["modes"]["batching_on"]["settings"]["batch_max_size"] == 8
+    assert data["modes"]["batching_on"]["settings"]["max_inflight"] >= 8  # or batches could never fill
+    for mode in data["modes"].values():
+        assert [lv["clients"] for lv in mode["levels"]] == [1, 3]
+        for lv in mode["levels"]:
+            assert lv["answered"] >= lv["clients"] and lv["refused"] == {}, lv
+            assert lv["throughput_parts_per_s"] > 0
+            assert_stats(lv["latency"])
+            assert lv["peak_rss_mb"] >= mode["idle_rss_mb"] > 0
+    assert set(data["throughput_on_over_off"]) == {"1", "3"}
+
+
+@pytest.mark.skipif(gpu_env.probe()["gpu_present"], reason="this machine has a GPU: the no-GPU path is unreachable")
+def test_gpu_check_says_no_gpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    proc, data = run_script("gpu_check.py", "--budget-s", "20", "--out", out)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "NO GPU" in proc.stdout
+    assert data["status"] == "no_gpu" and data["models"] == [] and data["environment"]["gpu_present"] is False
+
+
+def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
+    """Every GPU-check step on the CPU provider: provider check, profile, parity, timings, HTTP both modes."""
+    out = tmp_path / "gpu.json"
+    proc, data = run_script(
+        "gpu_check.py", "--cpu-dry-run", "--no-torch", "--model-dir", fake_dir, "--wrn-sizes", "--repeats", "2",
+        "--clients", "1", "2", "--http-seconds", "0.3", "--cache-dir", tmp_path, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "CPU DRY RUN" in proc.stdout and data["dry_run"] is True
+    assert data["status"] == "cpu dry run: ok" and data["failures"] == []
+    (demo,) = data["models"]
+    assert demo["session_providers"][0] == "CPUExecutionProvider"
+    assert demo["profile"]["nodes_by_provider"]["CPUExecutionProvider"] > 0
+    assert demo["max_abs_diff_cuda_vs_cpu"] == {"scores": 0.0, "maps": 0.0}
+    assert_stats(demo["ort_cuda_b1"])
+    assert [lv["clients"] for lv in demo["http"]["batching_on"]] == [1, 2]
+    assert demo["not_run"] == ["torch CUDA timings"]
+
+
+def test_gpu_budget_skips_what_does_not_fit() -> None:
+    budget = gpu_env.Budget(10)
+    assert budget.allow("small", 1)
+    assert not budget.allow("large", 60)
+    assert budget.skipped and budget.skipped[0].startswith("large")
+
+
+def test_profile_providers_counts_nodes_and_convs(tmp_path: Path) -> None:
+    events = [
+        {"cat": "Session", "name": "model_run", "args": {}},
+        {"cat": "Node", "name": "conv1_kernel_time", "args": {"provider": "CUDAExecutionProvider", "op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_kernel_time", "args": {"provider": "CUDAExecutionProvider", "op_name": "Conv"}},
+        {"cat": "Node", "name": "shape_kernel_time", "args": {"provider": "CPUExecutionProvider", "op_name": "Shape"}},
+    ]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    found = gpu_env.profile_providers(str(path))
+    assert found["nodes_by_provider"] == {"CUDAExecutionProvider": 1, "CPUExecutionProvider": 1}
+    assert found["conv_by_provider"] == {"CUDAExecutionProvider": 1}
+
+
+def test_stats_and_interleaving() -> None:
+    s = harness.stats([float(v) for v in range(1, 101)])
+    assert s["median_ms"] == 50.5 and s["p95_ms"] == pytest.approx(95.05) and s["min_ms"] == 1.0
+    order: list[str] = []
+    times = harness.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, 1, 0.0)
+    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]  # one warm-up each, then round-robin
+    assert [len(v) for v in times.values()] == [3, 3]
+
+
+@pytest.mark.slow
+def test_torch_and_wrn_paths(fake_dir: Path, tmp_path: Path) -> None:
+    """The PyTorch side: a WideResNet-50-2 export (random weights, 32 px) timed eager, bare, over HTTP."""
+    out = tmp_path / "latency.json"
+    proc, data = run_script(
+        "bench_latency.py", "--quick", "--model-dir", fake_dir, "--wrn-sizes", "32", "--grid-threads", "1",
+        "--grid-levels", "all", "--cache-dir", tmp_path, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fake, wrn = data["models"]
+    assert "no PyTorch twin" in fake["torch_source"] and "torch_eager" not in fake["paths"]
+    assert wrn["backbone"] == "wide_resnet50_2" and wrn["image_size"] == 32 and wrn["feature_dim"] == 1536
+    assert_stats(wrn["paths"]["torch_eager"])
+    assert wrn["ratios"]["32"]["torch_over_session_median"] > 0
