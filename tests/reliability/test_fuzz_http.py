@@ -137,7 +137,6 @@ def test_fuzzed_uploads_in_process_never_5xx(models_dir: Path) -> None:
     assert slowest < 3.0, f"one fuzz case took {slowest:.2f} s"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_fuzzed_uploads_over_real_http_leave_the_service_ready(start_service: StartService, models_dir: Path) -> None:
     service = start_service(models_dir, max_upload_bytes=str(256 * 1024), request_timeout_s="5")
