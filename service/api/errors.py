@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.batching import BatcherClosedError
 from service.codecs import CodecError
 from service.engine import EngineError, UnknownModelError
 from service.logs import current_request
@@ -110,6 +111,8 @@ def describe(exc: Exception) -> ErrorInfo | None:
     if isinstance(exc, PreprocessingError) and not isinstance(exc, ConfigError):
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))
+    if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
+        return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
     if isinstance(exc, RequestValidationError):

@@ -25,7 +25,8 @@ class Timings(BaseModel):
     queue: float = Field(description="Waiting for a free inference slot, ms.")
     decode: float
     preprocess: float
-    inference: float
+    batch_wait: float = Field(0.0, description="Waiting in the micro-batch for other parts, ms (0 when off).")
+    inference: float = Field(description="Session time of the batch this part ran in, ms.")
     postprocess: float = Field(description="Map resize, area fraction and map encoding, ms.")
     total: float = Field(description="From the request's arrival at the handler to the answer, ms.")
 

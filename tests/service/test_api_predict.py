@@ -80,7 +80,7 @@ def test_predict_answers_score_verdict_and_timings(client: TestClient, xyz_encod
     assert body["provider"] == want.provider
     assert body["request_id"] == response.headers["X-Request-ID"]
     timings = body["timings_ms"]
-    assert set(timings) == {"queue", "decode", "preprocess", "inference", "postprocess", "total"}
+    assert set(timings) == {"queue", "decode", "preprocess", "batch_wait", "inference", "postprocess", "total"}
     assert all(v >= 0 for v in timings.values())
     assert timings["total"] >= timings["decode"] + timings["preprocess"] + timings["inference"]
 
