@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= out/demo-data
 DEMO_RUN ?= out/demo-run
 
+DEMO_EPOCHS ?= 20
+DEMO_TRAIN_ARGS ?=
+
 .PHONY: install run test test-fast lint format demo-model bench clean
 
 install: $(STAMP)
@@ -35,6 +38,20 @@ lint: install
 format: install
 	$(BIN)/ruff format service training tests benchmarks
 	$(BIN)/ruff check --fix service training tests benchmarks
+
+# Rebuild the bundled demo model from scratch: synthetic data → train → evaluate → export (+ a sample part).
+# Deterministic for the seed; about 10-15 minutes on a 2-core CPU.
+demo-model: install
+	$(BIN)/python -m training synth --out $(DEMO_DATA) --categories puck --seed 0 --overwrite
+	rm -rf $(DEMO_RUN)
+	$(BIN)/python -m training train --data $(DEMO_DATA) --category puck --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_ARGS)
+	$(BIN)/python -m training evaluate --run $(DEMO_RUN) --out $(DEMO_RUN)/eval.json
+	rm -rf models/demo
+	$(BIN)/python -m training export --run $(DEMO_RUN) --out models/demo --metrics $(DEMO_RUN)/eval.json
+	mkdir -p models/demo/sample
+	cp $(DEMO_DATA)/puck/test/crack/rgb/000.png models/demo/sample/rgb.png
+	cp $(DEMO_DATA)/puck/test/crack/xyz/000.tiff models/demo/sample/xyz.tiff
+	cp $(DEMO_RUN)/eval.md models/demo/EVALUATION.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
