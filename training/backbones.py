@@ -78,6 +78,9 @@ TORCHVISION_WRN_URL = "https://download.pytorch.org/models/wide_resnet50_2-95fac
 class FeatureBackbone(nn.Module):
     """Frozen feature extractor: `forward(x)` returns the stride-8 and stride-16 maps; always in eval mode."""
 
+    input_scale: Tensor
+    input_shift: Tensor
+
     def __init__(self, spec: BackboneSpec, stem: nn.Sequential, levels: nn.ModuleList) -> None:
         super().__init__()
         self.spec = spec

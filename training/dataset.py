@@ -92,6 +92,8 @@ def prepare_split(
     info: list[dict] = []
     for i, sample in enumerate(tqdm(samples, desc=f"preprocess {split}", disable=not progress, unit="part")):
         part = load_sample(sample)
+        if part.xyz is None:
+            raise ValueError(f"{sample.rgb_path}: no point cloud; training needs xyz for every part")
         try:
             pre = preprocess_part(part.rgb, part.xyz, config)
         except ValueError as exc:

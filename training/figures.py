@@ -62,7 +62,7 @@ def score_histogram(
     """Image scores of good parts vs each defect type, with the calibrated threshold."""
     defects_arr = np.asarray(defects)
     fig, ax = plt.subplots(figsize=(8, 4))
-    bins = np.linspace(min(scores.min(), threshold or 1.0), max(scores.max(), threshold or 0.0), 40)
+    bins = np.linspace(min(scores.min(), threshold or 1.0), max(scores.max(), threshold or 0.0), 40).tolist()
     for name in ["good", *sorted(set(defects) - {"good"})]:
         sel = defects_arr == name
         if sel.any():

@@ -174,9 +174,7 @@ def _region_weights(gt: np.ndarray) -> np.ndarray:
     return 1.0 / (areas[labels[gt]].astype(np.float64) * n_regions)
 
 
-def _tail_mass(
-    scores: np.ndarray, weights: np.ndarray | None, thresholds: np.ndarray, strict: bool
-) -> np.ndarray:
+def _tail_mass(scores: np.ndarray, weights: np.ndarray | None, thresholds: np.ndarray, strict: bool) -> np.ndarray:
     """For each threshold, the summed weight of scores >= it (> it if `strict`); weights None = 1/len.
 
     One sort, then a binary search per threshold: O((n + t) log n) instead of a pass per threshold.
@@ -341,9 +339,7 @@ def summarize(
     """
     n_images = np.asarray(labels).shape[:1]
     if n_images != np.asarray(anomaly_maps).shape[:1]:
-        raise MetricInputError(
-            f"labels cover {n_images} images but anomaly_maps {np.asarray(anomaly_maps).shape[:1]}"
-        )
+        raise MetricInputError(f"labels cover {n_images} images but anomaly_maps {np.asarray(anomaly_maps).shape[:1]}")
     try:
         reference = aupro_reference_variant(gt_masks, anomaly_maps, fpr_limit)
     except DegenerateCurveError as err:
@@ -359,9 +355,7 @@ def summarize(
     }
 
 
-def per_defect_image_auroc(
-    defects: Sequence[str], scores: np.ndarray, good_label: str = "good"
-) -> dict[str, float]:
+def per_defect_image_auroc(defects: Sequence[str], scores: np.ndarray, good_label: str = "good") -> dict[str, float]:
     """Image AUROC of each defect type against the good parts, keyed by defect type (sorted).
 
     `defects`: N defect-type names, `good_label` for good parts (MVTec folder names). `scores`: (N,) float.

@@ -63,9 +63,7 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(BACKBONE_PREFIX)]
     if missing or result.unexpected_keys:
-        raise ValueError(
-            f"saved weights do not fit the model: missing {missing}, unexpected {result.unexpected_keys}"
-        )
+        raise ValueError(f"saved weights do not fit the model: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 def load_run(path: Path, *, device: str = "cpu") -> Run:

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from training.dataset import PreparedSplit, TextureAnomalySet, prepare_split, sy
 from training.inference import predict
 from training.losses import bce_pair, focal_loss
 from training.metrics import image_auroc, pixel_auroc
-from training.mgag import add_noise, add_selective_noise, choose_modalities
+from training.mgag import Modality, add_noise, add_selective_noise, choose_modalities
 from training.model import BridgeNet
 from training.report import plot_history, write_train_report
 from training.textures import load_textures
@@ -92,9 +92,20 @@ class Trainer:
         self.generator.manual_seed(self.config.seed * 1_000_003 + epoch)
         self.rng = np.random.default_rng((self.config.seed, epoch, 7))
 
-    def _which(self) -> str:
+    def _which(self) -> Modality:
         mods = self.config.modalities
-        return choose_modalities(self.rng, self.config.alpha) if len(mods) == 2 else mods[0]
+        return choose_modalities(self.rng, self.config.alpha) if len(mods) == 2 else cast(Modality, mods[0])
+
+    def _feature_noise(
+        self, fr: torch.Tensor | None, fd: torch.Tensor | None, sigma: float
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """G2 on the per-modality features; a single-modality model has only one to perturb."""
+        if fr is None or fd is None:
+            return (
+                None if fr is None else add_noise(fr, sigma, self.generator),
+                None if fd is None else add_noise(fd, sigma, self.generator),
+            )
+        return add_selective_noise(fr, fd, sigma, self._which(), self.generator)
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, model = self.config, self.model
@@ -118,7 +129,7 @@ class Trainer:
         if cfg.mgag_input:
             noisy["bce_input"] = model.adapt(model.fuse(chunks_r[0], chunks_d[0]))
         if cfg.mgag_features:  # G2: noise on the per-modality features before the adaptor
-            r2, d2 = add_selective_noise(chunks_r[-1], chunks_d[-1], cfg.sigma_features, self._which(), self.generator)
+            r2, d2 = self._feature_noise(chunks_r[-1], chunks_d[-1], cfg.sigma_features)
             noisy["bce_features"] = model.adapt(model.fuse(r2, d2))
         if cfg.mgag_adapted:  # G3: noise on the adaptor output, both halves
             noisy["bce_adapted"] = add_noise(clean, cfg.sigma_adapted, self.generator)

@@ -157,3 +157,12 @@ def test_export_refuses_a_run_without_saved_parts(trained: Path, tmp_path: Path)
     with pytest.raises(Exception, match=r"samples\.npz"):
         cli(["export", "--run", str(copy), "--out", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+def test_single_modality_trains_with_every_anomaly_generator(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "depth"
+    args = ["--data", str(data), "--category", "puck", "--epochs", "1", "--modality", "depth", *TRAIN_ARGS]
+    assert cli(["train", *args, "--out", str(out)]) == 0
+    header = (out / "history.csv").read_text().splitlines()[0]
+    for loss in ("bce_input", "bce_features", "bce_adapted", "focal"):
+        assert loss in header
