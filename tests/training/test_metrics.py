@@ -108,9 +108,7 @@ def test_aupro_perfect_and_reversed_maps():
     assert aupro(gt, -perfect) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize(
-    ("seed", "levels", "fpr_limit"), [(1, None, 0.3), (2, 12, 0.3), (3, 6, 1.0), (4, None, 0.05)]
-)
+@pytest.mark.parametrize(("seed", "levels", "fpr_limit"), [(1, None, 0.3), (2, 12, 0.3), (3, 6, 1.0), (4, None, 0.05)])
 def test_aupro_matches_brute_force(seed, levels, fpr_limit):
     gt, maps = _random_case(seed, levels=levels)
     assert aupro(gt, maps, fpr_limit) == pytest.approx(_brute_force_aupro(gt, maps, fpr_limit), abs=1e-3)
@@ -184,9 +182,7 @@ def test_image_auroc_and_ap_match_sklearn_with_ties():
     labels = rng.random(60) < 0.4
     scores = np.round(rng.random(60) + 0.3 * labels, 1)  # ties across classes
     assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert image_ap(labels.astype(int), scores) == pytest.approx(
-        average_precision_score(labels, scores), abs=1e-12
-    )
+    assert image_ap(labels.astype(int), scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
 
 
 def test_pixel_auroc_and_ap_match_sklearn():
