@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= out/demo-data
 DEMO_RUN ?= out/demo-run
 
-DEMO_EPOCHS ?= 20
+DEMO_EPOCHS ?= 30
 DEMO_TRAIN_ARGS ?=
 
 .PHONY: install run test test-fast lint format demo-model bench clean
@@ -49,8 +49,10 @@ demo-model: install
 	rm -rf models/demo
 	$(BIN)/python -m training export --run $(DEMO_RUN) --out models/demo --metrics $(DEMO_RUN)/eval.json
 	mkdir -p models/demo/sample
-	cp $(DEMO_DATA)/puck/test/crack/rgb/000.png models/demo/sample/rgb.png
-	cp $(DEMO_DATA)/puck/test/crack/xyz/000.tiff models/demo/sample/xyz.tiff
+	cp $(DEMO_DATA)/puck/test/crack/rgb/001.png models/demo/sample/rgb.png
+	cp $(DEMO_DATA)/puck/test/crack/xyz/001.tiff models/demo/sample/xyz.tiff
+	cp $(DEMO_DATA)/puck/test/good/rgb/000.png models/demo/sample/good_rgb.png
+	cp $(DEMO_DATA)/puck/test/good/xyz/000.tiff models/demo/sample/good_xyz.tiff
 	cp $(DEMO_RUN)/eval.md models/demo/EVALUATION.md
 
 clean:
