@@ -4,13 +4,14 @@ Run from the repository root:
     python benchmarks/bench_latency.py --model-dir models/demo [--run-dir RUN] [--wait-quiet]
 Prints tables and writes benchmarks/results/latency.json. Paths are timed interleaved (A B C A B C ...) in
 one run, so their ratios hold even when the shared machine's load drifts. Where the paths differ:
-  torch_eager    BridgeNet.forward on preprocessed (1, 3, S, S) inputs, torch.inference_mode
-  ort_session    session.run on the same inputs (the "core" stage of service.engine)
+  torch_eager    BridgeNet.forward on the first part's preprocessed (1, 3, S, S) inputs, inference_mode
+  ort_session    session.run on a part's preprocessed inputs (the "core" stage of service.engine)
   ort_pipeline   what Engine.predict does for a part: preprocess_part + session.run + map back to the
                  input's H×W + defect area (decoded arrays in, no HTTP)
   http           POST /v1/predict to a real `python -m service` on loopback (PNG + TIFF upload, keep-alive
                  connection, body built once), client wall time to the parsed JSON; http_png also
                  returns the anomaly map as PNG
+  http_healthz   GET /healthz on the same connection: the fixed cost of one HTTP round trip
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def session_options_grid(onnx_path: Path, inputs: dict[str, np.ndarray], args: a
     times = harness.interleaved(fns, args.repeats, args.warmup, args.gap_ms / 1e3)
     rows = [{"variant": name, **variants[name], **harness.stats(times[name])} for name in variants]
     best = min(rows, key=lambda r: r["median_ms"])
-    return {"rows": rows, "best": best["variant"]}
+    uncontended = min(rows, key=lambda r: r["min_ms"])
+    return {"rows": rows, "best": best["variant"], "best_by_min": uncontended["variant"]}
 
 
 def model_paths(
@@ -78,14 +80,19 @@ def model_paths(
     threshold = float(manifest["threshold"]["value"])
     session = harness.ort_session(model_dir / "model.onnx", threads=args.threads)
     parts = {hw: synthetic_part(hw)[:2] for hw in sizes}
-    first = preprocess_part(*parts[sizes[0]], config)
-    inputs = {"rgb": first.rgb[None], "depth": first.depth[None]}
-
-    fns: dict[str, Callable[[], Any]] = {"ort_session": lambda: session.run(["scores", "maps"], inputs)}
+    # Per part: the same preprocessed inputs the pipeline and the service feed the session.
+    inputs = {}
+    for hw, (rgb, xyz) in parts.items():
+        pre = preprocess_part(rgb, xyz, config)
+        inputs[hw] = {"rgb": pre.rgb[None], "depth": pre.depth[None]}
+    fns: dict[str, Callable[[], Any]] = {
+        f"ort_session@{hw}": partial(session.run, ["scores", "maps"], feed) for hw, feed in inputs.items()
+    }
     if net is not None:
         import torch
 
-        t_rgb, t_depth = torch.from_numpy(inputs["rgb"]), torch.from_numpy(inputs["depth"])
+        # Eager on the first part only (on WRN at 576 px one call takes seconds).
+        t_rgb, t_depth = (torch.from_numpy(inputs[sizes[0]][k].copy()) for k in ("rgb", "depth"))
 
         def eager() -> Any:
             with torch.inference_mode():
@@ -102,7 +109,9 @@ def model_paths(
     for hw, (rgb, xyz) in parts.items():
         fns[f"ort_pipeline@{hw}"] = partial(pipeline, rgb, xyz)
 
-    settings: dict[str, str | int | float] = {"providers": "cpu", "batch_max_size": 1}
+    # A generous timeout: a WRN-50-2 part at 576 px takes seconds, more on a contended machine, and a 503
+    # would end the run; this benchmark measures one request at a time, not admission.
+    settings: dict[str, str | int | float] = {"providers": "cpu", "batch_max_size": 1, "request_timeout_s": 600}
     if args.threads:
         settings["intra_op_threads"] = args.threads
     server_timings: dict[str, list[dict[str, float]]] = {}
@@ -128,6 +137,7 @@ def model_paths(
                     server_timings[key].append({**result.server_ms, "client": result.latency_ms})
 
                 fns[key] = http
+        fns["http_healthz"] = lambda: client.get("/healthz").raise_for_status()
         times = harness.interleaved(fns, args.repeats, args.warmup, args.gap_ms / 1e3)
         peak_rss_kb = svc.status_kb("VmHWM")
 
@@ -141,24 +151,41 @@ def model_paths(
         "part_sizes": sizes,
         "service_peak_rss_mb": round(peak_rss_kb / 1024, 1) if peak_rss_kb else None,
         "paths": {k: harness.stats(v) for k, v in times.items()},
+        "samples_ms": {k: [round(t, 2) for t in v] for k, v in times.items()},
     }
-    out["ratios"] = {hw: ratios(out["paths"], hw) for hw in sizes}
+    out["ratios"] = {hw: ratios(out["paths"], times, hw, hw == sizes[0]) for hw in sizes}
     out["stages"] = {key: stage_shares(rows[args.warmup :]) for key, rows in server_timings.items()}
     return out
 
 
-def ratios(paths: dict[str, dict[str, float]], hw: int) -> dict[str, float | bool]:
-    http, pipe, sess = paths[f"http@{hw}"], paths[f"ort_pipeline@{hw}"], paths["ort_session"]
-    r: dict[str, float | bool] = {
-        "http_over_pipeline_median": round(http["median_ms"] / pipe["median_ms"], 3),
-        "http_over_pipeline_p95": round(http["p95_ms"] / pipe["p95_ms"], 3),
-        "http_over_session_median": round(http["median_ms"] / sess["median_ms"], 3),
-        "http_over_session_p95": round(http["p95_ms"] / sess["p95_ms"], 3),
-        "serving_overhead_ms": round(http["median_ms"] - pipe["median_ms"], 3),
-    }
-    if "torch_eager" in paths:
-        r["torch_over_session_median"] = round(paths["torch_eager"]["median_ms"] / sess["median_ms"], 3)
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a_i / b_i. On a shared 2-core machine a run is either uncontended or slowed
+    ~1.7× by another process on the second core, so single-path timings are bimodal and a ratio of medians
+    swings with which mode holds the median; the per-round ratio is symmetric around the true one."""
+    return round(float(np.median(np.asarray(times[a]) / np.asarray(times[b]))), 3)
+
+
+def ratios(
+    paths: dict[str, dict[str, float]], times: dict[str, list[float]], hw: int, eager_part: bool
+) -> dict[str, float | bool]:
+    """Ratios between paths on the same part: of medians, of p95s, paired per round, of minima
+    (uncontended runs). `eager_part`: torch ran on this part."""
+    keys = {"http": f"http@{hw}", "pipeline": f"ort_pipeline@{hw}", "session": f"ort_session@{hw}"}
+    http, pipe = paths[keys["http"]], paths[keys["pipeline"]]
+    r: dict[str, float | bool] = {"serving_overhead_ms": round(http["median_ms"] - pipe["median_ms"], 3)}
+    for base in ("pipeline", "session"):
+        b = paths[keys[base]]
+        r[f"http_over_{base}_median"] = round(http["median_ms"] / b["median_ms"], 3)
+        r[f"http_over_{base}_p95"] = round(http["p95_ms"] / b["p95_ms"], 3)
+        r[f"http_over_{base}_paired"] = paired(times, keys["http"], keys[base])
+        r[f"http_over_{base}_min"] = round(http["min_ms"] / b["min_ms"], 3)
+    if "torch_eager" in paths and eager_part:
+        r["torch_over_session_median"] = round(
+            paths["torch_eager"]["median_ms"] / paths[keys["session"]]["median_ms"], 3
+        )
+        r["torch_over_session_paired"] = paired(times, "torch_eager", keys["session"])
     r["target_met"] = bool(r["http_over_pipeline_median"] <= TARGET_RATIO)
+    r["target_met_paired"] = bool(r["http_over_pipeline_paired"] <= TARGET_RATIO)
     return r
 
 
@@ -181,14 +208,18 @@ def print_model(m: dict[str, Any]) -> None:
     print(f"\n{m['name']}: {m['backbone']} at {m['image_size']} px, width {m['feature_dim']}")
     print(f"  PyTorch twin: {m['torch_source']}")
     harness.print_table(
-        ["path", "median ms", "p95 ms"], [[k, v["median_ms"], v["p95_ms"]] for k, v in sorted(m["paths"].items())]
+        ["path", "median ms", "p95 ms", "min ms"],
+        [[k, v["median_ms"], v["p95_ms"], v["min_ms"]] for k, v in sorted(m["paths"].items())],
     )
+    print("  ratios (median / p95 / paired per round / min):")
     for hw, r in m["ratios"].items():
+        for base in ("pipeline", "session"):
+            values = " / ".join(f"{r[f'http_over_{base}_{k}']:.2f}" for k in ("median", "p95", "paired", "min"))
+            print(f"  {hw}×{hw} http/{base}: {values}")
+        verdict = "met" if r["target_met"] else "NOT met"
         print(
-            f"  {hw}×{hw}: http/pipeline {r['http_over_pipeline_median']:.2f} (p95 {r['http_over_pipeline_p95']:.2f}),"
-            f" http/session {r['http_over_session_median']:.2f} (p95 {r['http_over_session_p95']:.2f}),"
-            f" overhead {r['serving_overhead_ms']:.1f} ms,"
-            f" target ≤ {TARGET_RATIO}: {'met' if r['target_met'] else 'NOT met'}"
+            f"  {hw}×{hw}: serving overhead {r['serving_overhead_ms']:.1f} ms; target http/pipeline ≤ {TARGET_RATIO}:"
+            f" {verdict} on medians, {'met' if r['target_met_paired'] else 'NOT met'} paired"
         )
     keys = (*STAGES, "handler_other", "outside_handler")
     rows = [[key, *(s["share_pct"][k] for k in keys)] for key, s in m["stages"].items()]
@@ -290,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     result["session_options"] = grid
     print(f"ONNX Runtime session options, {args.model_dir} (session.run, batch 1, median / p95 ms):")
     harness.print_table(
-        ["variant", "median ms", "p95 ms"], [[r["variant"], r["median_ms"], r["p95_ms"]] for r in grid["rows"]]
+        ["variant", "median ms", "p95 ms", "min ms"],
+        [[r["variant"], r["median_ms"], r["p95_ms"], r["min_ms"]] for r in grid["rows"]],
     )
-    print(f"best: {grid['best']}")
+    print(f"best: {grid['best']} (by median), {grid['best_by_min']} (by minimum)")
 
     models: list[dict[str, Any]] = []
     net, source = None, "skipped (--no-torch)"

@@ -33,7 +33,11 @@ BATCH_SIZE_METRIC = "bridgenet_batch_size"  # histogram of parts per session run
 def mode_settings(args: argparse.Namespace) -> dict[str, dict[str, str | int | float]]:
     """Service settings per mode. With batching on, admission must let a whole batch into the engine at
     once (max_inflight ≥ batch size), or batches could never grow past max_inflight."""
-    common: dict[str, str | int | float] = {"providers": "cpu", "max_queue": args.max_queue}
+    common: dict[str, str | int | float] = {
+        "providers": "cpu",
+        "max_queue": args.max_queue,
+        "request_timeout_s": args.request_timeout_s,
+    }
     if args.threads:
         common["intra_op_threads"] = args.threads
     off = {**common, "batch_max_size": 1, "max_inflight": args.max_inflight}
@@ -112,6 +116,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=32,
         help="queue places: above the client count, so the benchmark measures queueing rather than 429s",
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=60.0,
+        help="the services' request timeout: "
+        "long enough that 16 queued clients on a contended machine are measured, not refused",
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bridgenet-bench")

@@ -151,7 +151,7 @@ def check_http(name: str, model_dir: Path, args: argparse.Namespace, out: dict[s
     size = int(manifest["image_size"])
     rgb, xyz = synthetic_part(size)[:2]
     payload = service_load.build_payload(*service_load.encode_part(rgb, xyz), (size, size))
-    common = {**args.target.service, "max_queue": 64}
+    common = {**args.target.service, "max_queue": 64, "request_timeout_s": 120}
     modes = {
         "batching_off": {**common, "batch_max_size": 1, "max_inflight": 2},
         "batching_on": {**common, "batch_max_size": 8, "batch_wait_ms": 2, "max_inflight": 8},

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -99,19 +100,25 @@ def stats(times_ms: list[float]) -> dict[str, float]:
 def interleaved(
     fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2, gap_s: float = 0.02
 ) -> dict[str, list[float]]:
-    """Time each function `repeats` times in round-robin order (A B C A B C ...), after `warmup` calls each.
+    """Time each function `repeats` times in rounds (each function once per round, in an order shuffled
+    per round with a fixed seed), after `warmup` calls each.
 
-    Round-robin rather than one block per function: on a shared machine the background load drifts, and
-    interleaving spreads that drift evenly over the variants, so their ratios stay meaningful. `gap_s` of
-    idle time before each call: ONNX Runtime's and OpenMP's pool threads busy-wait for a while after a run,
-    and without a gap one variant's spinning threads would slow down the next variant's run.
+    Rounds rather than one block per function: on a shared machine the background load drifts, and
+    interleaving spreads that drift evenly over the variants, so their ratios stay meaningful. Shuffled so
+    that no variant always follows the same neighbour (e.g. an HTTP request whose server is still winding
+    down). `gap_s` of idle time before each call: ONNX Runtime's and OpenMP's pool threads busy-wait for a
+    while after a run, and without a gap one variant's spinning threads would slow down the next one.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    rng = random.Random(0)
+    names = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(names)
+        for name in names:
+            fn = fns[name]
             time.sleep(gap_s)
             start = time.perf_counter()
             fn()

@@ -181,10 +181,19 @@ class RequestResult:
     provider: str | None
 
 
+NO_ANSWER = 0  # RequestResult.status when the connection failed (refused, reset, timed out)
+
+
 def post_part(client: Any, payload: Payload) -> RequestResult:
-    """One POST /v1/predict with a pre-built body; latency is the client's wall time to the parsed answer."""
+    """One POST /v1/predict with a pre-built body; latency is the client's wall time to the parsed answer.
+    A failed connection is a result too (status NO_ANSWER), so that one lost request cannot end a client."""
+    import httpx
+
     start = time.perf_counter()
-    response = client.post("/v1/predict", content=payload.body, headers=payload.headers)
+    try:
+        response = client.post("/v1/predict", content=payload.body, headers=payload.headers)
+    except httpx.TransportError:
+        return RequestResult((time.perf_counter() - start) * 1e3, NO_ANSWER, {}, None)
     body = response.json()
     latency = (time.perf_counter() - start) * 1e3
     if response.status_code != 200:
@@ -223,6 +232,8 @@ def closed_loop(url: str, payload: Payload, clients: int, duration_s: float, war
     for t in threads:
         t.join()
     elapsed = max(time.perf_counter() - bounds["warm_end"], 1e-9)
+    if all(r.status == NO_ANSWER for rs in results for r in rs):
+        raise ServiceStartError(f"no request to {url} got an answer: has the service died?")
     return LoadRound(clients, elapsed, [r for rs in results for r in rs])
 
 
@@ -246,7 +257,8 @@ def summarise_rounds(rounds: list[LoadRound]) -> dict[str, Any]:
     for rnd in rounds:
         for r in rnd.results:
             if r.status != 200:
-                refused[str(r.status)] = refused.get(str(r.status), 0) + 1
+                key = "no_answer" if r.status == NO_ANSWER else str(r.status)
+                refused[key] = refused.get(key, 0) + 1
     rates = [rnd.throughput for rnd in rounds]
     out: dict[str, Any] = {
         "clients": rounds[0].clients,

@@ -64,13 +64,16 @@ def test_latency_quick(fake_dir: Path, tmp_path: Path) -> None:
     assert len(grid["rows"]) == 8  # threads 1/2 × basic/extended/all, + no spinning at 1 and 2 threads
     assert grid["best"] in {r["variant"] for r in grid["rows"]}
     (model,) = data["models"]
-    assert set(model["paths"]) == {"ort_session", f"ort_pipeline@{SIZE}", f"http@{SIZE}", f"http_png@{SIZE}"}
+    paths = {f"ort_session@{SIZE}", f"ort_pipeline@{SIZE}", f"http@{SIZE}", f"http_png@{SIZE}", "http_healthz"}
+    assert set(model["paths"]) == paths
     for s in model["paths"].values():
         assert_stats(s)
     ratios = model["ratios"][str(SIZE)]
     expected = model["paths"][f"http@{SIZE}"]["median_ms"] / model["paths"][f"ort_pipeline@{SIZE}"]["median_ms"]
     assert ratios["http_over_pipeline_median"] == pytest.approx(expected, abs=1e-3)
     assert ratios["target_met"] == (ratios["http_over_pipeline_median"] <= 1.3)
+    assert ratios["target_met_paired"] == (ratios["http_over_pipeline_paired"] <= 1.3)
+    assert ratios["http_over_session_paired"] > 0 and ratios["http_over_session_min"] > 0
     stages = model["stages"][f"http@{SIZE}"]
     assert set(stages["share_pct"]) == {*SERVER_STAGES, "handler_other", "outside_handler"}
     assert stages["median_ms"]["inference"] > 0 and model["service_peak_rss_mb"] > 0
@@ -150,9 +153,13 @@ def test_stats_and_interleaving() -> None:
     s = harness.stats([float(v) for v in range(1, 101)])
     assert s["median_ms"] == 50.5 and s["p95_ms"] == pytest.approx(95.05) and s["min_ms"] == 1.0
     order: list[str] = []
-    times = harness.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, 1, 0.0)
-    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]  # one warm-up each, then round-robin
-    assert [len(v) for v in times.values()] == [3, 3]
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = harness.interleaved(fns, 20, 1, 0.0)
+    assert order[:3] == ["a", "b", "c"]  # one warm-up each
+    rounds = [order[i : i + 3] for i in range(3, len(order), 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds) and len(rounds) == 20  # each once per round
+    assert len({tuple(r) for r in rounds}) > 1  # in varying order
+    assert [len(v) for v in times.values()] == [20, 20, 20]
 
 
 @pytest.mark.slow
