@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -268,16 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--grid-levels", nargs="+", default=list(harness.OPT_LEVELS), choices=list(harness.OPT_LEVELS))
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch eager (and WRN, which needs torch)")
-    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bridgenet-bench")
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=None,
-        metavar="LOAD",
-        help="first wait (≤ 15 min) until the 1-min load average is at most LOAD",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    harness.add_common_arguments(p, RESULTS)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

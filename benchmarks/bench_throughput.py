@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -125,16 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "long enough that 16 queued clients on a contended machine are measured, not refused",
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
-    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bridgenet-bench")
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=None,
-        metavar="LOAD",
-        help="first wait (≤ 15 min) until the 1-min load average is at most LOAD",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    harness.add_common_arguments(p, RESULTS)
     args = p.parse_args(argv)
     args.clients = args.clients or ([1, 2] if args.quick else [1, 4, 16])
     args.duration_s = args.duration_s or (0.5 if args.quick else 8.0)

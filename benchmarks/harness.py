@@ -6,6 +6,7 @@ installed. Scripts in this folder import it as `harness` (the folder is on sys.p
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -195,3 +197,17 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
+
+
+def add_common_arguments(p: argparse.ArgumentParser, results: Path) -> None:
+    """The options every service benchmark shares: export cache, quiet-machine wait, smoke mode, output."""
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bridgenet-bench")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="first wait (≤ 15 min) until the 1-min load average is at most LOAD",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
+    p.add_argument("--out", type=Path, default=results)
