@@ -10,7 +10,8 @@ one run, so their ratios hold even when the shared machine's load drifts. Where 
                  input's H×W + defect area (decoded arrays in, no HTTP)
   http           POST /v1/predict to a real `python -m service` on loopback (PNG + TIFF upload, keep-alive
                  connection, body built once), client wall time to the parsed JSON; http_png also
-                 returns the anomaly map as PNG
+                 returns the anomaly map as PNG; http_tiffrgb sends the RGB image as uncompressed TIFF
+                 (parts larger than the model's input only)
   http_healthz   GET /healthz on the same connection: the fixed cost of one HTTP round trip
 """
 
@@ -114,29 +115,37 @@ def model_paths(
     if args.threads:
         settings["intra_op_threads"] = args.threads
     server_timings: dict[str, list[dict[str, float]]] = {}
-    import httpx
-
     log_path = log_dir / f"service-{name}.log"
     with (
         service_load.running_service(model_dir.parent, model_dir.name, settings, log_path) as svc,
-        httpx.Client(base_url=svc.url, timeout=120) as client,
+        service_load.KeepAliveClient(svc.url) as client,
     ):
+        payloads: dict[str, service_load.Payload] = {}
         for hw, (rgb, xyz) in parts.items():
             png, tiff = service_load.encode_part(rgb, xyz)
-            encodings = ["none", "png"] if with_png else ["none"]
-            for encoding in encodings:
-                payload = service_load.build_payload(png, tiff, (hw, hw), encoding)
-                key = f"http@{hw}" if encoding == "none" else f"http_png@{hw}"
-                server_timings[key] = []
+            payloads[f"http@{hw}"] = service_load.build_payload(png, tiff, (hw, hw), "none")
+            if with_png:
+                payloads[f"http_png@{hw}"] = service_load.build_payload(png, tiff, (hw, hw), "png")
+            if hw != sizes[0]:  # the upload format's share: the same part with the RGB image as raw TIFF
+                rgb_tiff = service_load.encode_rgb_tiff(rgb)
+                payloads[f"http_tiffrgb@{hw}"] = service_load.build_payload(rgb_tiff, tiff, (hw, hw), "none")
 
-                def http(payload: service_load.Payload = payload, key: str = key) -> None:
-                    result = service_load.post_part(client, payload)
-                    if result.status != 200:
-                        raise RuntimeError(f"POST /v1/predict answered {result.status}; see {svc.log_path}")
-                    server_timings[key].append({**result.server_ms, "client": result.latency_ms})
+        def http(payload: service_load.Payload, key: str) -> None:
+            result = service_load.post_part(client, payload)
+            if result.status != 200:
+                raise RuntimeError(f"POST /v1/predict answered {result.status}; see {svc.log_path}")
+            server_timings[key].append({**result.server_ms, "client": result.latency_ms})
 
-                fns[key] = http
-        fns["http_healthz"] = lambda: client.get("/healthz").raise_for_status()
+        for key, payload in payloads.items():
+            server_timings[key] = []
+            fns[key] = partial(http, payload, key)
+
+        def healthz() -> None:
+            status, _ = client.request("GET", "/healthz")
+            if status != 200:
+                raise RuntimeError(f"GET /healthz answered {status}; see {svc.log_path}")
+
+        fns["http_healthz"] = healthz
         times = harness.interleaved(fns, args.repeats, args.warmup, args.gap_ms / 1e3)
         peak_rss_kb = svc.status_kb("VmHWM")
 

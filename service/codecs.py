@@ -280,8 +280,12 @@ def _to_rgb8(field: str, pixels: np.ndarray, bgr: bool) -> np.ndarray:
     channels = pixels.shape[2] if pixels.ndim == 3 else -1
     if channels in (1, 2):  # gray, gray + alpha
         rgb = np.repeat(pixels[:, :, :1], 3, axis=2)
-    elif channels in (3, 4):  # colour, colour + alpha
-        rgb = pixels[:, :, 2::-1] if bgr else pixels[:, :, :3]
+    elif channels in (3, 4) and bgr:  # colour (+ alpha) from OpenCV
+        # cvtColor, not a reversed view + copy: 0.06 ms instead of 4 ms at 800×800 (docs/BENCHMARKS.md).
+        code = cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGB
+        rgb = cv2.cvtColor(np.ascontiguousarray(pixels), code)
+    elif channels in (3, 4):
+        rgb = pixels[:, :, :3]
     else:
         raise BadShapeError(field, f"image has shape {pixels.shape}; expected 1 to 4 channels")
     return np.ascontiguousarray(rgb)
@@ -393,7 +397,7 @@ def decode_xyz(data: bytes | bytearray | memoryview, limits: DecodeLimits, field
     # float64 beyond float32 range → inf, refused just below; signalling NaNs turn quiet without a warning.
     with np.errstate(over="ignore", invalid="ignore"):
         xyz = np.ascontiguousarray(array, dtype=np.float32)
-    n_inf = int(np.isinf(xyz).sum())
-    if n_inf:
+    if np.isinf(xyz).any():  # any() first: counting costs a second pass, only worth it for the message
+        n_inf = int(np.isinf(xyz).sum())
         raise BadValuesError(field, f"{n_inf} coordinates are infinite or overflow float32; expected finite, NaN or 0")
     return xyz

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu"] = "auto"
     require_cuda: bool = False
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: ONNX Runtime's default (all cores)
+    # ONNX Runtime's intra-op threads busy-wait after each run (its default). Spinning threads compete
+    # with the event loop and the other requests' decoding for the same cores (docs/BENCHMARKS.md).
+    ort_spin_wait: bool = True
     # Model name → threshold used instead of the manifest's (logged at start, reported in every answer).
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 

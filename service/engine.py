@@ -53,6 +53,8 @@ class EngineOptions:
     providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
+    # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
+    ort_spin_wait: bool = True
     # Micro-batching (service.batching): 1 = off, every request runs its own session call.
     batch_max_size: int = 1
     batch_wait_ms: float = 0.0
@@ -201,6 +203,7 @@ class Engine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.options.intra_op_threads:
             options.intra_op_num_threads = self.options.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.ort_spin_wait else "0")
         try:
             session = ort.InferenceSession(
                 str(onnx_path), options, providers=session_providers(self.options.require_cuda, self.options.providers)

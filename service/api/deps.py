@@ -33,7 +33,15 @@ def get_state(request: Request) -> ServiceState:
     return state
 
 
-def get_ready_state(request: Request) -> ServiceState:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in its
+# thread pool, a thread hand-off on every request for a two-line function.
+
+
+async def state_dependency(request: Request) -> ServiceState:
+    return get_state(request)
+
+
+async def get_ready_state(request: Request) -> ServiceState:
     """The state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
     if state.admission is None or not state.engine.ready:
@@ -44,5 +52,5 @@ def get_ready_state(request: Request) -> ServiceState:
     return state
 
 
-State = Annotated[ServiceState, Depends(get_state)]
+State = Annotated[ServiceState, Depends(state_dependency)]
 ReadyState = Annotated[ServiceState, Depends(get_ready_state)]

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,3 +203,33 @@ def test_unknown_route_uses_the_error_body(client: TestClient) -> None:
     response = client.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_onnx_runtime_spin_wait_follows_the_setting(models_dir: Path, spin: bool) -> None:
+    with TestClient(create_app(make_settings(models_dir, ort_spin_wait=spin))) as c:
+        engine = c.app.state.service.engine  # type: ignore[attr-defined]
+        options = engine.models["fake"].session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+
+
+def test_uploads_over_one_megabyte_are_parsed_in_memory(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Starlette would spool each file over 1 MB to disk (a thread hand-off per chunk); the app keeps uploads
+    # up to max_upload_bytes in memory. A rollover is the moment a spooled file moves to disk.
+    rolled: list[int] = []
+    original = tempfile.SpooledTemporaryFile.rollover
+
+    def rollover(self: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        rolled.append(1)
+        original(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", rollover)
+    rgb, xyz = make_part(300, 320, seed=4)
+    xyz_file = tiff_bytes(xyz)
+    assert len(xyz_file) > 1024 * 1024
+    settings = make_settings(models_dir, max_upload_bytes=4 * 1024 * 1024)
+    with TestClient(create_app(settings)) as c:
+        files = {"rgb": ("p.png", png_bytes(rgb), "image/png"), "xyz": ("p.tiff", xyz_file, "image/tiff")}
+        response = c.post("/v1/predict", files=files)
+    assert response.status_code == 200, response.text
+    assert rolled == []
