@@ -126,7 +126,7 @@ def model_paths(
             payloads[f"http@{hw}"] = service_load.build_payload(png, tiff, (hw, hw), "none")
             if with_png:
                 payloads[f"http_png@{hw}"] = service_load.build_payload(png, tiff, (hw, hw), "png")
-            if hw != sizes[0]:  # the upload format's share: the same part with the RGB image as raw TIFF
+            if hw != size:  # the upload format's share: the same part with the RGB image as raw TIFF
                 rgb_tiff = service_load.encode_rgb_tiff(rgb)
                 payloads[f"http_tiffrgb@{hw}"] = service_load.build_payload(rgb_tiff, tiff, (hw, hw), "none")
 

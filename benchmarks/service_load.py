@@ -213,7 +213,21 @@ class KeepAliveClient:
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> tuple[int, bytes]:
-        """(status, body). Raises OSError / http.client.HTTPException when the connection fails."""
+        """(status, body). Raises OSError / http.client.HTTPException when the connection fails.
+
+        The server closes a keep-alive connection after a few idle seconds (uvicorn: 5 s), which the
+        slow WRN-50-2 rounds exceed; a request that finds its reused connection closed before any answer
+        is sent once more on a new connection, as browsers and HTTP libraries do.
+        """
+        reused = self._conn is not None
+        try:
+            return self._send(method, path, body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._send(method, path, body, headers)
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None) -> tuple[int, bytes]:
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
