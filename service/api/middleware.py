@@ -20,6 +20,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is echoed into logs and headers: accept only short, plain tokens (no log injection).
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 PREDICT_PATH = "/v1/predict"
+CLIENT_CLOSED_STATUS = 499
 
 
 def accepted_request_id(value: str | None) -> str | None:
@@ -59,14 +60,17 @@ class RequestMiddleware:
             await send(message)
 
         received = 0
+        disconnected = False
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, disconnected
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLargeHTTPError(self.max_body_bytes)
+            elif message["type"] == "http.disconnect":
+                disconnected = True
             return message
 
         try:
@@ -86,20 +90,25 @@ class RequestMiddleware:
                 raise
             await internal_error_response(exc)(scope, receive, send_with_id)
         finally:
-            self._record(scope, status, time.perf_counter() - start)
+            self._record(scope, status, time.perf_counter() - start, disconnected)
             unbind_request(token)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, status: int, seconds: float, disconnected: bool) -> None:
+        ctx = current_request()
+        code = ctx.error_code if ctx else None
+        if disconnected and status >= 400:
+            # The client left while its body was being read: whatever error the framework made of the
+            # missing bytes (FastAPI: 400 "error parsing the body") was never seen by anyone. Counted and
+            # logged as 499 (nginx's "client closed request"), so refusals of bad input stay meaningful.
+            status, code = CLIENT_CLOSED_STATUS, "client_disconnected"
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         if endpoint == PREDICT_PATH:
             self.metrics.request_duration.observe(seconds)
-        ctx = current_request()
-        code = ctx.error_code if ctx else None
         if code is not None and status != 500:
             self.metrics.rejected.labels(reason=code).inc()
-        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+        level = logging.ERROR if 500 <= status < 600 and status != 503 else logging.INFO
         access_log.log(
             level,
             "%s %s %d",

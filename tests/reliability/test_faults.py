@@ -173,4 +173,9 @@ def test_clients_disconnecting_mid_upload_and_mid_prediction_leave_nothing_behin
     assert '"level": "ERROR"' not in log, [line for line in log.splitlines() if '"ERROR"' in line][:3]
     # The abandoned whole requests were scored (their answers went nowhere), plus settled()'s own one.
     assert log.count('"message": "scored part"') == 5 + 1
+    # The vanished uploads are counted as the client's doing (499), not as refusals of bad input.
+    metrics = httpx.get(f"{service.url}/metrics", timeout=5).text
+    assert 'bridgenet_rejected_requests_total{reason="client_disconnected"} 5.0' in metrics
+    assert 'reason="bad_request"' not in metrics
+    assert 'bridgenet_requests_total{endpoint="/v1/predict",status="499"} 5.0' in metrics
     assert service.proc.poll() is None
