@@ -322,8 +322,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--textures", default=None, help="DTD images/ folder (default: bundled fallback set)")
     p.add_argument("--no-mgag", action="store_true", help="no Gaussian anomalies at any level")
+    g1 = p.add_mutually_exclusive_group()
+    g1.add_argument(
+        "--mgag-input",
+        action="store_true",
+        help="Gaussian noise at the input level even where the backbone's default is off (Lite0: off)",
+    )
+    g1.add_argument("--no-mgag-input", action="store_true", help="no Gaussian noise at the input level")
     for level in ("input", "features", "adapted"):
-        p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
+        if level != "input":
+            p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
         p.add_argument(f"--sigma-{level}", type=float, default=getattr(d, f"sigma_{level}"))
     p.add_argument("--no-utag", action="store_true", help="no texture anomalies")
     p.add_argument("--lr-adaptor", type=float, default=d.lr_adaptor)
@@ -350,7 +358,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         lr_adaptor=args.lr_adaptor,
         lr_discriminator=args.lr_discriminator,
-        mgag_input=not (args.no_mgag or args.no_mgag_input),
+        # None: the backbone's default (config.MGAG_INPUT_DEFAULTS); the flags override it either way.
+        mgag_input=False if (args.no_mgag or args.no_mgag_input) else (True if args.mgag_input else None),
         mgag_features=not (args.no_mgag or args.no_mgag_features),
         mgag_adapted=not (args.no_mgag or args.no_mgag_adapted),
         sigma_input=args.sigma_input,

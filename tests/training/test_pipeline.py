@@ -47,7 +47,10 @@ def test_train_writes_a_complete_run(trained: Path) -> None:
     # With 3 good parts, a 1% false-reject target allows no reject: the threshold is the highest good score.
     assert cal["threshold"] == pytest.approx(cal["score_stats"]["max"])
     history = (trained / "history.csv").read_text().splitlines()
-    assert len(history) == 3 and "focal" in history[0] and "bce_input" in history[0]
+    # Lite0's default: MGAG without its input level (training.config.MGAG_INPUT_DEFAULTS).
+    assert len(history) == 3 and "focal" in history[0] and "bce_features" in history[0]
+    assert "bce_input" not in history[0]
+    assert json.loads((trained / "config.json").read_text())["mgag_input"] is False
 
 
 def test_refuses_to_overwrite_a_run(trained: Path, data: Path) -> None:
@@ -162,7 +165,7 @@ def test_export_refuses_a_run_without_saved_parts(trained: Path, tmp_path: Path)
 def test_single_modality_trains_with_every_anomaly_generator(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "depth"
     args = ["--data", str(data), "--category", "puck", "--epochs", "1", "--modality", "depth", *TRAIN_ARGS]
-    assert cli(["train", *args, "--out", str(out)]) == 0
+    assert cli(["train", *args, "--mgag-input", "--out", str(out)]) == 0
     header = (out / "history.csv").read_text().splitlines()[0]
     for loss in ("bce_input", "bce_features", "bce_adapted", "focal"):
         assert loss in header

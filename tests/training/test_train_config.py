@@ -1,0 +1,45 @@
+"""TrainConfig defaults that depend on the backbone, and the CLI flags that override them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from training.config import MGAG_INPUT_DEFAULTS, TrainConfig
+from training.train import add_arguments, config_from_args
+
+
+def parse(*flags: str) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(["--data", "d", "--category", "c", "--out", "o", *flags]))
+
+
+def test_input_noise_default_follows_the_backbone() -> None:
+    assert MGAG_INPUT_DEFAULTS["tf_efficientnet_lite0"] is False
+    assert TrainConfig(data="d", category="c").mgag_input is False  # Lite0, the default backbone
+    assert TrainConfig(data="d", category="c", backbone="wide_resnet50_2").mgag_input is True  # the paper's
+    assert TrainConfig(data="d", category="c", mgag_input=True).mgag_input is True  # explicit wins
+
+
+def test_cli_flags_override_the_backbone_default() -> None:
+    assert parse().mgag_input is False
+    assert parse("--backbone", "wide_resnet50_2").mgag_input is True
+    assert parse("--mgag-input").mgag_input is True
+    assert parse("--backbone", "wide_resnet50_2", "--no-mgag-input").mgag_input is False
+    assert parse("--mgag-input", "--no-mgag").mgag_input is False  # --no-mgag switches every level off
+    full = parse()
+    assert full.mgag_features and full.mgag_adapted  # the other two levels stay on, at the paper's σ
+    assert (full.sigma_features, full.sigma_adapted) == (0.04, 0.02)
+
+
+def test_input_noise_flags_are_exclusive() -> None:
+    with pytest.raises(SystemExit):
+        parse("--mgag-input", "--no-mgag-input")
+
+
+def test_saved_config_holds_the_resolved_value() -> None:
+    config = TrainConfig(data="d", category="c")
+    assert config.to_dict()["mgag_input"] is False
+    assert TrainConfig.from_dict(config.to_dict()) == config
