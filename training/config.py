@@ -55,6 +55,9 @@ class TrainConfig:
     alpha: float = 1 / 3
     # UTAG: texture anomalies; DTD `images/` folder or the bundled fallback set when None.
     utag: bool = True
+    # What UTAG puts into the depth image: the paper's gray texture ("texture"), or our smooth dent/bump
+    # extension ("smooth"), or either per sample ("mixed"). See training.texture_anomaly.
+    utag_depth: Literal["texture", "smooth", "mixed"] = "texture"
     textures: str | None = None
     beta_mean: float = 0.5
     beta_std: float = 0.3
@@ -95,6 +98,7 @@ class TrainConfig:
                 "noise σ must be ≥ 0",
             ),
             (self.lr_adaptor > 0 and self.lr_discriminator > 0, "learning rates must be > 0"),
+            (self.utag_depth in ("texture", "smooth", "mixed"), "utag_depth must be texture, smooth or mixed"),
         ]
         for ok, message in checks:
             if not ok:

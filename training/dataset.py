@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, preprocess_part
 from training.data import Sample, discover, load_sample
-from training.texture_anomaly import texture_anomaly
+from training.texture_anomaly import DepthAnomaly, texture_anomaly
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,10 @@ class TextureAnomalySet(Dataset):
         beta_mean: float,
         beta_std: float,
         alpha: float,
+        depth_anomaly: DepthAnomaly = "texture",
     ) -> None:
         self.split = split
+        self.depth_anomaly = depth_anomaly
         self.indices = list(indices)
         self.textures = textures
         self.grid = grid
@@ -160,6 +162,7 @@ class TextureAnomalySet(Dataset):
                 beta_std=self.beta_std,
                 alpha=self.alpha,
                 modalities=self.modalities,
+                depth_anomaly=self.depth_anomaly,
             )
             out["aug_rgb"] = torch.from_numpy(np.ascontiguousarray(anomaly.rgb, dtype=np.float32))
             out["aug_depth"] = torch.from_numpy(np.ascontiguousarray(anomaly.depth, dtype=np.float32))
@@ -174,6 +177,7 @@ def synthetic_validation(
     seed: int,
     modalities: tuple[str, ...],
     alpha: float,
+    depth_anomaly: DepthAnomaly = "texture",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Good validation parts plus one texture-anomalous copy of each, made once with a fixed seed.
 
@@ -197,6 +201,7 @@ def synthetic_validation(
             grid=(size // 8, size // 8),
             alpha=alpha,
             modalities=modalities,
+            depth_anomaly=depth_anomaly,
         )
         aug_rgb.append(anomaly.rgb)
         aug_depth.append(anomaly.depth)

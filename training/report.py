@@ -52,7 +52,8 @@ def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], h
         f"- backbone `{config.backbone}`, image {config.image_size} px, modality {config.modality}, "
         f"{config.epochs} epochs, batch {config.batch_size}, seed {config.seed}",
         f"- MGAG input/features/adapted: {config.mgag_input}/{config.mgag_features}/{config.mgag_adapted} "
-        f"(σ {config.sigma_input}/{config.sigma_features}/{config.sigma_adapted}); UTAG: {config.utag}",
+        f"(σ {config.sigma_input}/{config.sigma_features}/{config.sigma_adapted}); UTAG: {config.utag} "
+        f"(depth anomalies: {config.utag_depth})",
         f"- training parts: {report['n_train_parts']} ({report['n_train_items_per_epoch']} items per epoch); "
         f"validation parts: {report['n_validation_parts']} ({sel['validation_source']})",
         f"- **model selection**: {sel['method']}, epoch {sel['epoch']} — {sel['criterion']}",

@@ -241,6 +241,35 @@ def blend_texture(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta
     return out
 
 
+DepthAnomaly = Literal["texture", "smooth", "mixed"]
+# Smooth depth anomalies (our extension, not the paper's): amplitude range in ImageNet-normalised depth
+# units (a part's depth image spans about 4.3 of them), and the blur that rounds the Perlin region's edges.
+SMOOTH_AMPLITUDE = (0.2, 1.0)
+SMOOTH_BLUR_FRACTION = 1.0 / 48.0  # Gaussian σ as a fraction of the image side
+SMOOTH_MASK_LEVEL = 0.25  # a pixel is anomalous where the smoothed bump reaches this share of its peak
+
+
+def smooth_height_anomaly(
+    depth: np.ndarray, mask: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A dent or bump: a smoothed version of `mask` scaled by ±U(SMOOTH_AMPLITUDE), added to the depth
+    image on the part only. UTAG's texture blend teaches sharp-edged, textured depth anomalies; a
+    0.5-1.5 mm dent on a smooth surface looks nothing like them (docs/RESULTS.md, toy bricks).
+
+    `depth`: (3, S, S) float32 normalised (3 equal channels). `mask`, `foreground`: (S, S) bool.
+    Returns (new depth, the anomalous pixels: where the bump reaches SMOOTH_MASK_LEVEL of its peak).
+    """
+    size = depth.shape[1]
+    sigma = max(1.0, size * SMOOTH_BLUR_FRACTION)
+    bump = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma) * foreground
+    peak = float(bump.max())
+    if peak <= 0.0:
+        return depth, np.zeros_like(mask)
+    bump /= peak
+    amplitude = float(rng.uniform(*SMOOTH_AMPLITUDE)) * (1.0 if rng.random() < 0.5 else -1.0)
+    return depth + amplitude * bump[None], bump >= SMOOTH_MASK_LEVEL
+
+
 @dataclass(frozen=True)
 class TextureAnomaly:
     """One texture-anomaly training sample.
@@ -270,8 +299,12 @@ def texture_anomaly(
     beta_std: float = 0.3,
     alpha: float = 1.0 / 3.0,
     modalities: tuple[str, ...] = ("rgb", "depth"),
+    depth_anomaly: DepthAnomaly = "texture",
 ) -> TextureAnomaly:
     """Blend a random texture into the part, in RGB, depth or both (UTAG).
+
+    `depth_anomaly`: what the depth image gets: "texture" (the paper's gray texture blend), "smooth" (a
+    smooth dent or bump over the same region, `smooth_height_anomaly`) or "mixed" (either, 50/50 per sample).
 
     `rgb`, `depth`: (3, S, S) float32, ImageNet-normalised model inputs (depth: gray replicated 3×).
     `foreground`: (S, S) bool, True on the part. `textures`: RGB textures, each (H, W, 3) uint8.
@@ -303,8 +336,16 @@ def texture_anomaly(
     # Only the textures that get used are built: a third of the samples skip each one.
     if modality in ("both", "rgb"):
         rgb = blend_texture(rgb, augment_texture(texture, size, ops=ops), mask, beta)
+    if depth_anomaly not in ("texture", "smooth", "mixed"):
+        raise ValueError(f"texture_anomaly: depth_anomaly must be texture, smooth or mixed, got {depth_anomaly!r}")
     if modality in ("both", "depth"):
-        depth = blend_texture(depth, augment_texture_gray(texture, size, ops=ops), mask, beta)
+        smooth = depth_anomaly == "smooth" or (depth_anomaly == "mixed" and rng.random() < 0.5)
+        if smooth:
+            depth, bump_mask = smooth_height_anomaly(depth, mask, foreground, rng)
+            # The RGB texture (if any) covers `mask`; the smooth bump spreads a little beyond it.
+            mask = bump_mask if modality == "depth" else mask | bump_mask
+        else:
+            depth = blend_texture(depth, augment_texture_gray(texture, size, ops=ops), mask, beta)
     return TextureAnomaly(
         rgb=rgb, depth=depth, mask=mask, patch_mask=patch_mask(mask, grid), beta=beta, modality=modality
     )

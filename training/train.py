@@ -211,9 +211,15 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
         beta_mean=config.beta_mean,
         beta_std=config.beta_std,
         alpha=config.alpha,
+        depth_anomaly=config.utag_depth,
     )
     val = synthetic_validation(
-        splits.validation, textures, seed=config.seed, modalities=config.modalities, alpha=config.alpha
+        splits.validation,
+        textures,
+        seed=config.seed,
+        modalities=config.modalities,
+        alpha=config.alpha,
+        depth_anomaly=config.utag_depth,
     )
     trainer = Trainer(model, config, device)
     history: list[dict[str, Any]] = []
@@ -334,6 +340,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
         p.add_argument(f"--sigma-{level}", type=float, default=getattr(d, f"sigma_{level}"))
     p.add_argument("--no-utag", action="store_true", help="no texture anomalies")
+    p.add_argument(
+        "--utag-depth",
+        choices=["texture", "smooth", "mixed"],
+        default=d.utag_depth,
+        help="depth anomalies: the paper's gray texture blend, smooth dents/bumps (our extension), or both",
+    )
     p.add_argument("--lr-adaptor", type=float, default=d.lr_adaptor)
     p.add_argument("--lr-discriminator", type=float, default=d.lr_discriminator)
     p.add_argument("--selection", choices=["validation", "last"], default=d.selection)
@@ -366,6 +378,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sigma_features=args.sigma_features,
         sigma_adapted=args.sigma_adapted,
         utag=not args.no_utag,
+        utag_depth=args.utag_depth,
         textures=str(Path(args.textures).resolve()) if args.textures else None,
         shots=args.shots,
         shot_repeats=args.shot_repeats,

@@ -215,3 +215,57 @@ def test_texture_anomaly_errors() -> None:
         texture_anomaly(rgb, depth, foreground, textures, rng, grid=(5, 5))
     with pytest.raises(ValueError, match="depth"):
         texture_anomaly(rgb, depth[:, :16], foreground, textures, rng, grid=(4, 4))
+
+
+def _depth_only(depth_anomaly: str, seed: int, n: int = 60) -> list:
+    rgb, depth, foreground = _inputs(192, seed)  # big enough for the blur (σ = S/48 = 4 px) to show
+    textures = [_texture(200, 200, seed=s) for s in range(2)]
+    rng = np.random.default_rng(seed)
+    outs = (
+        texture_anomaly(rgb, depth, foreground, textures, rng, grid=(8, 8), depth_anomaly=depth_anomaly)  # type: ignore[arg-type]
+        for _ in range(n)
+    )
+    return [(o, rgb, depth, foreground) for o in outs if o.modality == "depth"]
+
+
+def test_smooth_depth_anomaly_is_a_dent_or_bump_on_the_part() -> None:
+    found = _depth_only("smooth", seed=5)
+    assert len(found) >= 10
+    signs = set()
+    for out, rgb, depth, foreground in found:
+        delta = out.depth - depth
+        np.testing.assert_array_equal(out.rgb, rgb)  # depth only
+        np.testing.assert_allclose(delta[0], delta[1]) and np.testing.assert_allclose(delta[1], delta[2])
+        assert not delta[:, ~foreground].any()  # never off the part
+        assert not (out.mask & ~foreground).any() and out.mask.any()
+        peak = np.abs(delta[0]).max()
+        assert 0.2 - 1e-6 <= peak <= 1.0 + 1e-6  # the amplitude range, reached at the bump's centre
+        assert (delta[0] >= 0).all() or (delta[0] <= 0).all()  # one dent or one bump, not a texture
+        signs.add(bool(delta[0].sum() > 0))
+        # Smooth: neighbouring pixels on the part differ by a small fraction of the peak (a texture blend
+        # jumps by the full contrast at the region's edge).
+        inner = cv2.erode(foreground.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        step = np.abs(np.diff(delta[0], axis=1))[:, :-1][inner[:, 1:-1]]
+        assert step.max() < 0.25 * peak
+        # The mask is where the change is large: every masked pixel moved by at least a quarter of the peak.
+        assert (np.abs(delta[0][out.mask]) >= 0.25 * peak - 1e-6).all()
+    assert signs == {True, False}  # dents and bumps both occur
+
+
+def test_mixed_depth_anomalies_give_both_kinds_and_bad_mode_is_refused() -> None:
+    kinds = set()
+    for out, _, depth, _ in _depth_only("mixed", seed=6, n=90):
+        delta = (out.depth - depth)[0]
+        kinds.add("smooth" if (delta >= 0).all() or (delta <= 0).all() else "texture")
+    assert kinds == {"smooth", "texture"}
+    rgb, depth, foreground = _inputs(32, 3)
+    with pytest.raises(ValueError, match="depth_anomaly"):
+        texture_anomaly(
+            rgb,
+            depth,
+            foreground,
+            [_texture(40, 40)],
+            np.random.default_rng(0),
+            grid=(4, 4),
+            depth_anomaly="bumpy",  # type: ignore[arg-type]
+        )
