@@ -344,7 +344,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--utag-depth",
         choices=["texture", "smooth", "mixed"],
         default=d.utag_depth,
-        help="depth anomalies: the paper's gray texture blend, smooth dents/bumps (our extension), or both",
+        help="depth anomalies: the paper's gray texture blend, smooth dents/bumps (our extension), or either "
+        "per sample (default: %(default)s)",
     )
     p.add_argument("--lr-adaptor", type=float, default=d.lr_adaptor)
     p.add_argument("--lr-discriminator", type=float, default=d.lr_discriminator)

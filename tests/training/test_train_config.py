@@ -43,3 +43,11 @@ def test_saved_config_holds_the_resolved_value() -> None:
     config = TrainConfig(data="d", category="c")
     assert config.to_dict()["mgag_input"] is False
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_depth_anomalies_default_to_mixed_and_the_paper_is_one_flag_away() -> None:
+    assert TrainConfig(data="d", category="c").utag_depth == "mixed"
+    assert parse().utag_depth == "mixed"
+    assert parse("--utag-depth", "texture").utag_depth == "texture"
+    with pytest.raises(SystemExit):
+        parse("--utag-depth", "bumpy")
