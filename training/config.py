@@ -36,8 +36,8 @@ class TrainConfig:
     image_size: int = 256
     feature_dim: int | None = None  # per modality; None → the backbone's default (256 lite0, 1536 WRN)
     modality: Modality = "both"
-    # 30: on the synthetic puck set the default reaches I-AUROC 0.96 at 30 epochs (two seeds) and 0.947
-    # at 20 (docs/RESULTS.md), in 9 minutes on 2 CPU cores.
+    # 30: on the synthetic puck set the defaults reach I-AUROC 0.97 at 30 epochs (two seeds, 8-11 minutes
+    # on 2 CPU cores); with 20 epochs and texture-only depth anomalies it was 0.947 (docs/RESULTS.md).
     epochs: int = 30
     batch_size: int = 4
     seed: int = 0
