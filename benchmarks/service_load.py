@@ -36,22 +36,23 @@ def encode_part(rgb: np.ndarray, xyz: np.ndarray) -> tuple[bytes, bytes]:
     """`rgb` (H, W, 3) uint8, `xyz` (H, W, 3) float32 metres → (PNG bytes, uncompressed TIFF bytes), the
     formats of MVTec 3D-AD files as a line camera would upload them."""
     import cv2
-    import tifffile
 
     ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise RuntimeError("OpenCV could not encode the RGB image as PNG")
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, xyz)
-    return png.tobytes(), buf.getvalue()
+    return png.tobytes(), _tiff_bytes(xyz)
 
 
 def encode_rgb_tiff(rgb: np.ndarray) -> bytes:
     """`rgb` (H, W, 3) uint8 → uncompressed RGB TIFF bytes: what a client sends to skip PNG decoding."""
+    return _tiff_bytes(rgb, photometric="rgb")
+
+
+def _tiff_bytes(array: np.ndarray, **options: Any) -> bytes:
     import tifffile
 
     buf = io.BytesIO()
-    tifffile.imwrite(buf, rgb, photometric="rgb")
+    tifffile.imwrite(buf, array, **options)
     return buf.getvalue()
 
 

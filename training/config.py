@@ -6,10 +6,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Modality = Literal["rgb", "depth", "both"]
 Selection = Literal["validation", "last"]
+# What UTAG puts into the depth image (training.texture_anomaly): the paper's texture, our smooth
+# dent/bump, or either per sample.
+DepthAnomaly = Literal["texture", "smooth", "mixed"]
+DEPTH_ANOMALIES: tuple[str, ...] = get_args(DepthAnomaly)
 
 MODALITIES: dict[str, tuple[str, ...]] = {
     "rgb": ("rgb",),
@@ -61,7 +65,7 @@ class TrainConfig:
     # extension ("smooth"), or either per sample ("mixed", the default: with textures alone, depth-only
     # dents on the toy-brick set scored at chance, I-AUROC 0.47; mixed: 0.77, and the synthetic puck set
     # went from 0.963 to 0.975; docs/RESULTS.md). See training.texture_anomaly.
-    utag_depth: Literal["texture", "smooth", "mixed"] = "mixed"
+    utag_depth: DepthAnomaly = "mixed"
     textures: str | None = None
     beta_mean: float = 0.5
     beta_std: float = 0.3
@@ -102,7 +106,7 @@ class TrainConfig:
                 "noise σ must be ≥ 0",
             ),
             (self.lr_adaptor > 0 and self.lr_discriminator > 0, "learning rates must be > 0"),
-            (self.utag_depth in ("texture", "smooth", "mixed"), "utag_depth must be texture, smooth or mixed"),
+            (self.utag_depth in DEPTH_ANOMALIES, f"utag_depth must be one of {DEPTH_ANOMALIES}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,6 +11,7 @@ import numpy as np
 
 # The serving normalisation constants: textures must land in the space of the images they are blended into.
 from service.preprocessing.config import IMAGENET_MEAN, IMAGENET_STD
+from training.config import DEPTH_ANOMALIES, DepthAnomaly
 from training.mgag import Modality, choose_modalities
 from training.perlin import patch_mask, perlin_mask
 
@@ -241,7 +242,6 @@ def blend_texture(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta
     return out
 
 
-DepthAnomaly = Literal["texture", "smooth", "mixed"]
 # Smooth depth anomalies (our extension, not the paper's): amplitude range in ImageNet-normalised depth
 # units (a part's depth image spans about 4.3 of them), and the blur that rounds the Perlin region's edges.
 SMOOTH_AMPLITUDE = (0.2, 1.0)
@@ -336,8 +336,8 @@ def texture_anomaly(
     # Only the textures that get used are built: a third of the samples skip each one.
     if modality in ("both", "rgb"):
         rgb = blend_texture(rgb, augment_texture(texture, size, ops=ops), mask, beta)
-    if depth_anomaly not in ("texture", "smooth", "mixed"):
-        raise ValueError(f"texture_anomaly: depth_anomaly must be texture, smooth or mixed, got {depth_anomaly!r}")
+    if depth_anomaly not in DEPTH_ANOMALIES:
+        raise ValueError(f"texture_anomaly: depth_anomaly must be one of {DEPTH_ANOMALIES}, got {depth_anomaly!r}")
     if modality in ("both", "depth"):
         smooth = depth_anomaly == "smooth" or (depth_anomaly == "mixed" and rng.random() < 0.5)
         if smooth:

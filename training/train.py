@@ -19,7 +19,7 @@ from tqdm import tqdm
 from service.preprocessing import PreprocessConfig
 from training import runs
 from training.calibration import calibrate
-from training.config import TrainConfig
+from training.config import DEPTH_ANOMALIES, TrainConfig
 from training.dataset import PreparedSplit, TextureAnomalySet, prepare_split, synthetic_validation
 from training.inference import predict
 from training.losses import bce_pair, focal_loss
@@ -335,14 +335,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Gaussian noise at the input level even where the backbone's default is off (Lite0: off)",
     )
     g1.add_argument("--no-mgag-input", action="store_true", help="no Gaussian noise at the input level")
+    for level in ("features", "adapted"):
+        p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
     for level in ("input", "features", "adapted"):
-        if level != "input":
-            p.add_argument(f"--no-mgag-{level}", action="store_true", help=f"no Gaussian noise at the {level} level")
         p.add_argument(f"--sigma-{level}", type=float, default=getattr(d, f"sigma_{level}"))
     p.add_argument("--no-utag", action="store_true", help="no texture anomalies")
     p.add_argument(
         "--utag-depth",
-        choices=["texture", "smooth", "mixed"],
+        choices=DEPTH_ANOMALIES,
         default=d.utag_depth,
         help="depth anomalies: the paper's gray texture blend, smooth dents/bumps (our extension), or either "
         "per sample (default: %(default)s)",

@@ -108,7 +108,7 @@ class RequestMiddleware:
             self.metrics.request_duration.observe(seconds)
         if code is not None and status != 500:
             self.metrics.rejected.labels(reason=code).inc()
-        level = logging.ERROR if 500 <= status < 600 and status != 503 else logging.INFO
+        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
         access_log.log(
             level,
             "%s %s %d",
