@@ -128,9 +128,27 @@ def interleaved(
     return times
 
 
+def portable_paths(value: Any) -> Any:
+    """`value` with every absolute path string made machine-neutral: inside the checkout relative to it,
+    under the temporary directory as `$TMPDIR/...`. Results are committed; the machine's layout is not."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable_paths(v) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        for root, shown in ((REPO, None), (Path(tempfile.gettempdir()), "$TMPDIR")):
+            if path.is_relative_to(root):
+                relative = path.relative_to(root).as_posix()
+                return relative if shown is None else f"{shown}/{relative}"
+    return value
+
+
 def write_result(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(portable_paths(result), indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
 
 
