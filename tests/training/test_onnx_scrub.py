@@ -96,7 +96,7 @@ def test_strip_cleans_a_real_torch_export(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "paths"),
     [
-        ('File "/work/x/model.py", line 3', ["/work/x/model.py"]),
+        ('File "/opt/build/model.py", line 3', ["/opt/build/model.py"]),
         ("data=C:\\Users\\me\\puck", ["C:\\Users\\me\\puck"]),
         ("see ~/data/puck and file:///mnt/a/b", ["~/data/puck", "/mnt/a/b"]),
         (": backbone.stem/conv2d, /v1, demo-data, aten.add.Tensor", []),
@@ -107,8 +107,8 @@ def test_absolute_paths_in(text: str, paths: list[str]) -> None:
 
 
 def test_portable_settings_keeps_names_only() -> None:
-    settings = {"data": "/work/main/out/demo-data", "textures": "C:\\dtd\\images", "backbone_weights": None, "seed": 0}
+    settings = {"data": "/srv/runs/out/demo-data", "textures": "C:\\dtd\\images", "backbone_weights": None, "seed": 0}
     out = portable_settings(settings)
     assert out == {"data": "demo-data", "textures": "images", "backbone_weights": None, "seed": 0}
-    assert settings["data"] == "/work/main/out/demo-data"  # not modified
+    assert settings["data"] == "/srv/runs/out/demo-data"  # not modified
     assert json.dumps(out).count("/") == 0
