@@ -146,6 +146,13 @@ def portable_paths(value: Any) -> Any:
     return value
 
 
+def setup_logging() -> None:
+    """INFO to stderr with timestamps; the HTTP client's per-request lines and backbone notes kept out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "training.backbones"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def write_result(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(portable_paths(result), indent=2, default=str) + "\n")
