@@ -1,4 +1,4 @@
-"""The repository stands on its own: every docs link and `docs/X.md#anchor` citation resolves inside it."""
+"""The repository stands on its own: every docs link and `docs/<PAGE>.md#anchor` citation resolves inside it."""
 
 from __future__ import annotations
 
