@@ -71,3 +71,15 @@ def test_nothing_points_outside_the_repository() -> None:
         if outside.search(line)
     ]
     assert found == []
+
+
+# Files the docs name that a run writes rather than the repository holds.
+WRITTEN_BY_RUNS = {"benchmarks/results/gpu_check.json"}  # benchmarks/gpu_check.py, on a GPU machine only
+REPO_PATH = re.compile(r"`((?:service|training|benchmarks|tests|docker|models|docs)/[\w./-]+?)/?`")
+
+
+@pytest.mark.parametrize("page", [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"], ids=lambda p: p.name)
+def test_files_the_docs_name_exist(page: Path) -> None:
+    """A module or file moved or renamed must take the docs that name it along."""
+    named = set(REPO_PATH.findall(page.read_text(encoding="utf-8"))) - WRITTEN_BY_RUNS
+    assert sorted(p for p in named if not (REPO / p).exists()) == []
