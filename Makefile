@@ -16,7 +16,7 @@ DEMO_TRAIN_ARGS ?= --no-mgag --utag-depth texture
 install: $(STAMP)
 
 # One environment with serving, training and development extras. torch==2.14.1 / torchvision==0.29.1
-# come from this machine's local disk (see docs/ARCHITECTURE.md in shared/); nothing else leaves PyPI.
+# come from this machine's local disk (docs/DESIGN.md#torch-pins); nothing else leaves PyPI.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

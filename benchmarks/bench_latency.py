@@ -18,7 +18,6 @@ one run, so their ratios hold even when the shared machine's load drifts. Where 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -291,9 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "training.backbones"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    harness.setup_logging()
     quiet = harness.wait_for_quiet(args.wait_quiet, 900) if args.wait_quiet else None
     result: dict[str, Any] = {
         "benchmark": "latency",

@@ -179,21 +179,25 @@ def plane_scenarios(config: PreprocessConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def rgb_filter_vs_pil(size: int) -> dict[str, Any] | None:
-    """Mean/max |INTER_AREA − PIL antialiased bilinear| (in [0, 1]) on a real MVTec 3D-AD tire image."""
-    path = Path("/work/shared/data/mvtec3d-tire-sample/train/good/rgb/000.png")
+def rgb_filter_vs_pil(path: Path | None, size: int) -> dict[str, Any] | None:
+    """Mean/max |INTER_AREA − PIL antialiased bilinear| (in [0, 1]) on a real image, e.g. an MVTec 3D-AD
+    tire part (`--pil-image`); None, with a line saying why, when there is none or PIL is missing."""
+    if path is None:
+        print("\nRGB INTER_AREA vs PIL: skipped (pass --pil-image PATH, e.g. MVTec 3D-AD tire/train/good/rgb/000.png)")
+        return None
     try:
         from PIL import Image
     except ImportError:
+        print("\nRGB INTER_AREA vs PIL: skipped (Pillow is not installed)")
         return None
-    if not path.exists():
-        return None
+    if not path.is_file():
+        raise SystemExit(f"--pil-image {path}: no such file")
     image = Image.open(path).convert("RGB")
     ours = cv2.resize(np.asarray(image), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     theirs = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
     diff = np.abs(ours - theirs) / 255
     return {
-        "image": str(path),
+        "image": path.name,  # the name only: no path of this machine in the results
         "hw": list(np.asarray(image).shape[:2]),
         "mean_abs": float(diff.mean()),
         "max_abs": float(diff.max()),
@@ -218,6 +222,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="model input side S")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--pil-image",
+        type=Path,
+        default=None,
+        help="a real RGB image to compare OpenCV's INTER_AREA with PIL's antialiased bilinear on "
+        "(e.g. MVTec 3D-AD tire/train/good/rgb/000.png); default: none, the comparison is skipped",
+    )
     args = parser.parse_args()
     config = PreprocessConfig(image_size=args.size)
     rgb, xyz, _, _ = synthetic_part(800)
@@ -247,9 +258,9 @@ def main() -> int:
             )
         else:
             print(f"{row['case']:52s} {row['method']}")
-    pil = rgb_filter_vs_pil(args.size)
+    pil = rgb_filter_vs_pil(args.pil_image, args.size)
     if pil:
-        print(f"\nRGB INTER_AREA vs PIL bilinear (antialiased), tire image: {pil}")
+        print(f"\nRGB INTER_AREA vs PIL bilinear (antialiased), {args.pil_image}: {pil}")
 
     result = {
         "version": PREPROCESSING_VERSION,

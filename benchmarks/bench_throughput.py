@@ -135,8 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    harness.setup_logging()
     quiet = harness.wait_for_quiet(args.wait_quiet, 900) if args.wait_quiet else None
     manifest = harness.read_manifest(args.model_dir)
     side = int(manifest["image_size"]) if args.part_size == "native" else int(args.part_size)

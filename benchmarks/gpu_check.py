@@ -297,9 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "training.backbones"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    harness.setup_logging()
     budget = Budget(args.budget_s)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     env = probe()

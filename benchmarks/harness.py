@@ -128,9 +128,34 @@ def interleaved(
     return times
 
 
+def portable_paths(value: Any) -> Any:
+    """`value` with every absolute path string made machine-neutral: inside the checkout relative to it,
+    under the temporary directory as `$TMPDIR/...`. Results are committed; the machine's layout is not."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable_paths(v) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        for root, shown in ((REPO, None), (Path(tempfile.gettempdir()), "$TMPDIR")):
+            if path.is_relative_to(root):
+                relative = path.relative_to(root).as_posix()
+                return relative if shown is None else f"{shown}/{relative}"
+    return value
+
+
+def setup_logging() -> None:
+    """INFO to stderr with timestamps; the HTTP client's per-request lines and backbone notes kept out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "training.backbones"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def write_result(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(portable_paths(result), indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
 
 

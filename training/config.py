@@ -45,7 +45,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 4
     seed: int = 0
-    # Paper §4 / reference §4.2: Adam for the adaptor, AdamW (default weight decay) for the discriminator.
+    # docs/METHOD.md#optimisers: Adam for the adaptor, AdamW (default weight decay) for the discriminator.
     lr_adaptor: float = 5e-5
     lr_discriminator: float = 1e-4
     weight_decay_adaptor: float = 1e-5

@@ -24,6 +24,7 @@ import torch
 
 from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
+from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, flo
         "score_stats": cal["score_stats"],
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
-        "training": {k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)},
+        "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),
     }
     return Manifest.model_validate(data)
 
@@ -133,6 +134,7 @@ def export(
         export_onnx(trained.model, tmp_onnx, trained.config.image_size)
         proto = onnx.load(str(tmp_onnx))
         onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
+        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/onnx_scrub.py)
         onnx.save(proto, str(tmp_onnx))
         onnx.checker.check_model(str(tmp_onnx))
         diffs = parity_check(trained.model, tmp_onnx, rgb, depth)

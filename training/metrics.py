@@ -246,7 +246,7 @@ def aupro_reference_variant(
 ) -> float:
     """NON-STANDARD AUPRO as computed by the BridgeNet / GLASS code, for comparison with the paper only.
 
-    Arguments as in `aupro`. Differences from the standard metric (reference §6):
+    Arguments as in `aupro`. Differences from the standard metric (docs/METHOD.md#metrics):
     - `num_thresholds` thresholds min + k·(max − min)/num_thresholds, k = 0..num_thresholds−1, over the
       global score range of all maps (the reference min–max normalises first; that is the same grid);
     - a pixel is flagged iff score > threshold; before measuring the per-region overlap the flagged map

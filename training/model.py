@@ -45,7 +45,7 @@ def _xavier_linear(in_features: int, out_features: int, *, bias: bool = True) ->
 
 
 class BridgeNet(nn.Module):
-    """Patch-level anomaly discriminator on fused RGB + depth features (reference §2, §5).
+    """Patch-level anomaly discriminator on fused RGB + depth features (docs/METHOD.md#network, #inference).
 
     Per-modality features are `feature_dim` wide: [stride-8 level | stride-16 level], `feature_dim/2`
     each, on the stride-8 patch grid (h, w) = (S/8, S/8). Fusion concatenates the modalities in the order
@@ -101,7 +101,7 @@ class BridgeNet(nn.Module):
         """Backbone maps -> (N, feature_dim, h, w): pool each level on its own grid, then upsample.
 
         Pooling before upsampling is the cheap order; both are linear, so it equals the reference's
-        unfold → upsample → pool up to float rounding (reference §2.2 point 8).
+        unfold → upsample → pool up to float rounding (docs/METHOD.md#patch-features).
         """
         out = []
         for i, fmap in enumerate(levels):
@@ -179,7 +179,7 @@ class BridgeNet(nn.Module):
     def forward(self, rgb: Tensor | None, depth: Tensor | None) -> tuple[Tensor, Tensor]:
         """Inference: `rgb`, `depth` as in `embed` -> (scores (B,), maps (B, S, S)), float32 in [0, 1].
 
-        scores: max of the raw patch scores (reference §5); maps: patch scores upsampled bilinearly to
+        scores: max of the raw patch scores (docs/METHOD.md#image-score); maps: patch scores upsampled bilinearly to
         S×S, then Gaussian-smoothed (σ = smoothing_sigma px, scipy 'reflect' borders).
         """
         fused = self.fuse(*self.embed(rgb, depth))

@@ -70,7 +70,7 @@ def load_splits(config: TrainConfig, *, progress: bool) -> Splits:
 
 
 class Trainer:
-    """One training iteration as the reference (§4.1), with the backbone run once per batch."""
+    """One training iteration as the reference (docs/METHOD.md#training-step), with the backbone run once per batch."""
 
     def __init__(self, model: BridgeNet, config: TrainConfig, device: torch.device) -> None:
         self.model = model
@@ -136,7 +136,7 @@ class Trainer:
 
         losses: dict[str, torch.Tensor] = {}
         for name, features in noisy.items():
-            # Clean and noisy go through D together, so BN sees both in one batch (reference §4.1).
+            # Clean and noisy go through D together, so BN sees both in one batch (docs/METHOD.md#training-step).
             scores = model.discriminate(torch.cat([clean, features]))
             losses[name] = bce_pair(scores[:b], scores[b:])
         if cfg.utag:

@@ -1,12 +1,13 @@
 """Shared, versioned preprocessing (numpy + OpenCV): RGB + organized point cloud → model inputs."""
 
-# Deliberate deviations from the reference (BridgeNet `get_3D` and `__getitem__`, reference doc §1.2-1.3),
+# Deliberate deviations from the reference (docs/METHOD.md#depth-image, #model-inputs and #departures),
 # each for robustness or for serving; everything else follows the reference step by step.
 # 1. Missing points: z == 0 *or any NaN/inf coordinate* (the reference knows only z == 0, so a NaN
 #    would poison its corner means and its min–max).
 # 2. Plane: the reference's three-corner plane is kept whenever each patch has a point and the normal is
-#    not degenerate; otherwise (an empty corner gives it a meaningless plane, §7.2) RANSAC with a fixed
-#    seed on the image-border band, refined by least squares on its inliers. `plane_method` says which.
+#    not degenerate; otherwise (an empty corner gives it a meaningless plane, docs/METHOD.md#background-plane)
+#    RANSAC with a fixed seed on the image-border band, refined by least squares on its inliers;
+#    `plane_method` says which.
 # 3. Errors instead of garbage: no valid point, no plane, no foreground (flat cloud) and a foreground of
 #    one single depth (the reference divides by zero; we map it to 1) are explicit.
 # 4. Depth is not quantised to 8 bits before normalisation (the reference's ToPILImage truncates it to

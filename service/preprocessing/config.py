@@ -24,7 +24,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 class PreprocessConfig:
     """Every setting that changes what the model sees. Lengths are in pixels, distances in cloud units.
 
-    Defaults follow the reference (`get_3D`, §1.2) except `image_size` (the reference runs at 576).
+    Defaults follow the reference (docs/METHOD.md#depth-image) except `image_size` (the reference runs at 576).
     """
 
     # Model input side S: every output is S×S.

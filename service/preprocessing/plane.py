@@ -55,7 +55,7 @@ def corner_plane(xyz: np.ndarray, valid: np.ndarray, corner_size: int) -> tuple[
 
     `xyz`: (H, W, 3) float, camera frame, no NaN/inf. `valid`: (H, W) bool.
     Returns ((4,) float64 plane, "") or (None, reason) when a patch has no valid point or the normal is
-    degenerate; the reference would then go on with a meaningless plane (§7.2).
+    degenerate; the reference would then go on with a meaningless plane (docs/METHOD.md#background-plane).
     """
     c = corner_size
     patches = {

@@ -79,7 +79,7 @@ def foreground_mask(xyz: np.ndarray, valid: np.ndarray, plane: np.ndarray, confi
     """(H, W) bool: valid points farther than `plane_distance` from `plane`, closed as in the reference.
 
     `xyz`: (H, W, 3) float, no NaN/inf. `valid`: (H, W) bool. `plane`: (4,) float64.
-    Morphology (reference §1.2 step 5): a k×k closing run `small_close_iterations` times (all dilations,
+    Morphology (docs/METHOD.md#foreground): a k×k closing run `small_close_iterations` times (all dilations,
     then all erosions), then `large_closings` K×K closings. The closing may bridge holes; those pixels have
     no point and are dropped again, because the reference's foreground is `z * mask != 0`.
     """
@@ -113,7 +113,7 @@ def fill_holes(depth: np.ndarray, iterations: int) -> np.ndarray:
     """(H, W) float32 copy of `depth` where, `iterations` times, each 0 pixel becomes the mean of the
     strictly positive values among its 3×3 neighbours (zero padding); a 0 pixel with none stays 0.
 
-    `depth`: (H, W) float, unitless. Reference §1.2 step 8, vectorised: one box filter sums the positive
+    `depth`: (H, W) float, unitless. docs/METHOD.md#hole-filling, vectorised: one box filter sums the positive
     values, another counts them; every pass reads the previous pass's image only.
     """
     out = depth.astype(np.float32, copy=True)

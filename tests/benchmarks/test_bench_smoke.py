@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.service.fake_model import SIZE, write_fake_model
@@ -176,3 +179,32 @@ def test_torch_and_wrn_paths(fake_dir: Path, tmp_path: Path) -> None:
     assert wrn["backbone"] == "wide_resnet50_2" and wrn["image_size"] == 32 and wrn["feature_dim"] == 1536
     assert_stats(wrn["paths"]["torch_eager"])
     assert wrn["ratios"]["32"]["torch_over_session_median"] > 0
+
+
+def test_results_name_no_path_of_this_machine() -> None:
+    """Committed results keep the checkout's and the temporary directory's paths out (relative / $TMPDIR)."""
+    tmp = Path(tempfile.gettempdir())
+    result = {
+        "out": harness.REPO / "benchmarks" / "results" / "latency.json",
+        "settings": {"cache_dir": str(tmp / "bridgenet-bench"), "model_dir": "models/demo"},
+        "rows": [{"model_dir": str(tmp / "bridgenet-bench" / "wrn-288")}, "/v1/predict", 3],
+    }
+    assert harness.portable_paths(result) == {
+        "out": "benchmarks/results/latency.json",
+        "settings": {"cache_dir": "$TMPDIR/bridgenet-bench", "model_dir": "models/demo"},
+        "rows": [{"model_dir": "$TMPDIR/bridgenet-bench/wrn-288"}, "/v1/predict", 3],
+    }
+
+
+def test_preprocessing_pil_comparison_takes_its_image_as_an_argument(tmp_path: Path) -> None:
+    image = tmp_path / "part.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(image), rgb)
+    out = tmp_path / "pre.json"
+    proc, data = run_script("bench_preprocessing.py", "--repeats", "1", "--pil-image", image, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pil = data["rgb_filter_vs_pil"]
+    assert pil["image"] == "part.png" and pil["hw"] == [96, 128] and 0 <= pil["mean_abs"] <= pil["max_abs"] <= 1
+    proc, data = run_script("bench_preprocessing.py", "--repeats", "1", "--out", out)
+    assert proc.returncode == 0 and data["rgb_filter_vs_pil"] is None
+    assert "skipped (pass --pil-image PATH" in proc.stdout

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 
+from tests.deploy.processes import free_port, running_prometheus, stop, wait_until
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,6 @@ MODEL_KIND = "demo" if (DEMO_DIR / "model.onnx").is_file() and (DEMO_DIR / "mani
 # Bounded waits (seconds). A real backbone loads and warms up on a shared CPU far slower than the fake one.
 READY_TIMEOUT_S = 60.0 if MODEL_KIND == "demo" else 30.0
 PROMETHEUS_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 POLL_S = 0.2
 # Scrape every half second instead of the production 10 s, so rate() has two samples within seconds.
 TEST_SCRAPE_INTERVAL = "500ms"
@@ -78,18 +76,6 @@ class LivePrometheus:
     config: dict[str, Any]
     log_path: Path
     dcgm_target: str
-
-
-def free_port() -> int:
-    """A loopback port nothing listened on a moment ago (the OS picks it; released before returning)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def log_tail(path: Path, chars: int = 4000) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-    return text[-chars:]
 
 
 def _upload(path: Path) -> Upload:
@@ -162,20 +148,6 @@ def service_env(model: LiveModel) -> dict[str, str]:
     return env
 
 
-def stop(process: subprocess.Popen[bytes], log_file: IO[str]) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after STOP_TIMEOUT_S."""
-    try:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
-    finally:
-        log_file.close()
-
-
 @pytest.fixture(scope="module")
 def live_service(live_model: LiveModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """`python -m service` on a free loopback port, yielded once /readyz answers 200."""
@@ -189,20 +161,16 @@ def live_service(live_model: LiveModel, tmp_path_factory: pytest.TempPathFactory
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
-        deadline = started + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the service exited with {process.returncode} before ready:\n{log_tail(log_path)}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                pytest.fail(f"/readyz not 200 after {READY_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
-            time.sleep(POLL_S)
-        log.warning("service ready on %s after %.1f s (%s)", base, time.monotonic() - started, live_model.source)
+        waited = wait_until(
+            lambda: httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200,
+            process,
+            log_path,
+            what="/readyz 200",
+            timeout_s=READY_TIMEOUT_S,
+            poll_s=POLL_S,
+            not_yet=(httpx.TransportError,),
+        )
+        log.warning("service ready on %s after %.1f s (%s)", base, waited, live_model.source)
         yield LiveService(base, port, live_model, log_path)
     finally:
         stop(process, log_file)
@@ -245,31 +213,16 @@ def live_prometheus(live_service: LiveService, tmp_path_factory: pytest.TempPath
     folder = tmp_path_factory.mktemp("prometheus")
     port, dcgm_port = free_port(), free_port()
     config = loopback_config(live_service.port, port, dcgm_port)
-    config_path = folder / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    log_path = folder / "prometheus.log"
-    log_file = log_path.open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        deadline = started + PROMETHEUS_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited with {process.returncode}:\n{log_tail(log_path)}")
-            try:
-                if targets_by_job(base).get(SERVICE_JOB, {}).get("health") == "up":
-                    break
-            except (httpx.TransportError, ValueError, KeyError):
-                pass  # not listening yet, or answering before its API is up
-            if time.monotonic() > deadline:
-                pytest.fail(f"{SERVICE_JOB} target not up after {PROMETHEUS_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
-            time.sleep(POLL_S)
-        log.warning("prometheus on %s scrapes the service after %.1f s", base, time.monotonic() - started)
+    with running_prometheus(binary, folder, config, port) as (process, base, log_path):
+        waited = wait_until(
+            lambda: targets_by_job(base).get(SERVICE_JOB, {}).get("health") == "up",
+            process,
+            log_path,
+            what=f"{SERVICE_JOB} target up",
+            timeout_s=PROMETHEUS_TIMEOUT_S,
+            poll_s=POLL_S,
+            # not listening yet, or answering before its API is up
+            not_yet=(httpx.TransportError, ValueError, KeyError),
+        )
+        log.warning("prometheus on %s scrapes the service after %.1f s", base, waited)
         yield LivePrometheus(base, config, log_path, f"127.0.0.1:{dcgm_port}")
-    finally:
-        stop(process, log_file)

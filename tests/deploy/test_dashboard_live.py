@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
-import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from tests.deploy.dashboard_queries import dashboard_exprs, substitute_variables
+from tests.deploy.processes import free_port, running_prometheus, wait_until
 from tests.deploy.tools import DASHBOARD_JSON, GRAFANA_VARIABLES, require_tool
 
 SCRAPE_MS = 500
@@ -88,12 +85,6 @@ def exporter() -> Iterator[str]:
     server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def query(base: str, expr: str) -> dict[str, Any]:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=5) as answer:
@@ -109,35 +100,24 @@ def prometheus(exporter: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "global": {"scrape_interval": f"{SCRAPE_MS}ms", "scrape_timeout": f"{SCRAPE_MS}ms"},
         "scrape_configs": [{"job_name": "bridgenet-service", "static_configs": [{"targets": [exporter]}]}],
     }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        # Ready once a quantile over rate() is a number: two scrapes with traffic between them.
-        ready = "histogram_quantile(0.5, sum by (le) (rate(bridgenet_request_duration_seconds_bucket[1m])))"
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (folder / "prometheus.log").read_text()
-            try:
-                result = query(base, ready)["data"]["result"]
-                if result and math.isfinite(float(result[0]["value"][1])):
-                    break
-            except OSError:
-                pass
-            time.sleep(SCRAPE_MS / 1000)
-        else:
-            pytest.fail(f"Prometheus had no rate() data after 30 s:\n{(folder / 'prometheus.log').read_text()}")
+    # Ready once a quantile over rate() is a number: two scrapes with traffic between them.
+    ready = "histogram_quantile(0.5, sum by (le) (rate(bridgenet_request_duration_seconds_bucket[1m])))"
+
+    def has_rate_data(base: str) -> bool:
+        result = query(base, ready)["data"]["result"]
+        return bool(result) and math.isfinite(float(result[0]["value"][1]))
+
+    with running_prometheus(binary, folder, config, free_port()) as (process, base, log_path):
+        wait_until(
+            lambda: has_rate_data(base),
+            process,
+            log_path,
+            what="rate() data in Prometheus",
+            timeout_s=30,
+            poll_s=SCRAPE_MS / 1000,
+            not_yet=(OSError,),
+        )
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 def test_every_dashboard_query_returns_numbers(prometheus: str) -> None:

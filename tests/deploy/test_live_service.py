@@ -22,7 +22,6 @@ from tests.deploy.conftest import (
     SERVICE_JOB,
     LivePrometheus,
     LiveService,
-    log_tail,
     targets_by_job,
 )
 from tests.deploy.dashboard_queries import (
@@ -32,6 +31,7 @@ from tests.deploy.dashboard_queries import (
     promql_metric_names,
     substitute_variables,
 )
+from tests.deploy.processes import log_tail
 from tests.deploy.tools import DASHBOARD_JSON, GRAFANA_VARIABLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

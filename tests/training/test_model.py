@@ -36,7 +36,7 @@ def _inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reference_patch_features(levels: list[torch.Tensor], per_level: int, grid: int) -> torch.Tensor:
-    """Reference §2.2 order: unfold → bilinear upsample of every unfolded map → adaptive_avg_pool1d."""
+    """The reference's order (docs/METHOD.md#patch-features): unfold → bilinear upsample of each map → pool."""
     out = []
     for fmap in levels:
         b, c, h, w = fmap.shape
