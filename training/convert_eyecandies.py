@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=list(LIGHTS),
         default=GLOBAL_LIGHT,
         help="which image_N becomes rgb: 5 global lighting (default, the paper's choice), 0 all spotlights, "
-        "1-4 one spotlight",
+        "1-4 one spotlight (bottom, right, top, left)",
     )
     p.add_argument(
         "--world-frame",
