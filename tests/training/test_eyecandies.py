@@ -247,6 +247,14 @@ def test_samples_per_epoch_is_validated_in_the_config() -> None:
     assert TrainConfig(data="d", category="c", samples_per_epoch=400).to_dict()["samples_per_epoch"] == 400
 
 
+def test_more_samples_per_epoch_than_parts_fails_before_training(converted: Path) -> None:
+    from training.train import load_splits  # imports torch: only this test needs it
+
+    config = TrainConfig(data=str(converted), category="GumDrop", image_size=64, samples_per_epoch=7)
+    with pytest.raises(ValueError, match="samples-per-epoch 7 but only 6 training parts"):
+        load_splits(config, progress=False)
+
+
 @pytest.mark.slow
 def test_two_epochs_on_the_converted_fixture_train_and_evaluate(converted: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
