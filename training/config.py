@@ -72,7 +72,8 @@ class TrainConfig:
     # Few-shot: K training parts, each replicated `shot_repeats` times per epoch (paper appendix B: 200).
     shots: int | None = None
     shot_repeats: int = 200
-    # A fresh random subset of this many training parts each epoch (paper §4.1: 400 of Eyecandies' 1000);
+    # A fresh random subset of this many training parts each epoch (the paper: 400 of Eyecandies' 1000,
+    # docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16);
     # None = every part every epoch. See training.epoch_sampling.
     samples_per_epoch: int | None = None
     selection: Selection = "validation"

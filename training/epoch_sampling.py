@@ -1,4 +1,7 @@
-"""A fresh random subset of the training parts each epoch (paper §4.1: 400 of Eyecandies' 1000 per epoch)."""
+"""A fresh random subset of the training parts each epoch (the paper: 400 of Eyecandies' 1000 per epoch).
+
+Why and how it is used: docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16.
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ import yaml
 FOCAL_LENGTH = 711.11
 DEPTH_SCALE = 65535.0  # the depth PNG spans 0…65535 between info_depth's min and max
 LIGHTS = range(6)
-GLOBAL_LIGHT = 5  # image_5: global lighting, the paper's "environment light" (§4.1)
+# image_5, global lighting: the paper's "environment light" (docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16).
+GLOBAL_LIGHT = 5
 # Published split → our split. test_private has no labels and is skipped.
 SPLITS: dict[str, str] = {"train": "train", "val": "validation", "test_public": "test"}
 UNLABELLED_SPLITS = ("test_private",)

@@ -240,7 +240,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
         model.train()
         model.backbone.eval()  # frozen: BN keeps its ImageNet running statistics
         dataset.set_epoch(epoch)
-        if config.samples_per_epoch is not None:  # a fresh subset of the parts each epoch (paper §4.1)
+        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.epoch_sampling)
             dataset.indices = epoch_subset(splits.train_indices, config.samples_per_epoch, config.seed, epoch)
         trainer.start_epoch(epoch)
         loader = DataLoader(
