@@ -12,6 +12,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth", "write a synthetic data set in the MVTec 3D-AD layout"),
     "check-data": ("training.check_data", "report what a data set holds before training"),
+    "convert-eyecandies": (
+        "training.convert_eyecandies",
+        "convert one Eyecandies category into the MVTec 3D-AD layout",
+    ),
     "train": ("training.train", "train a BridgeNet model"),
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export", "export a trained run to ONNX + manifest"),

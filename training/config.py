@@ -72,6 +72,10 @@ class TrainConfig:
     # Few-shot: K training parts, each replicated `shot_repeats` times per epoch (paper appendix B: 200).
     shots: int | None = None
     shot_repeats: int = 200
+    # A fresh random subset of this many training parts each epoch (the paper: 400 of Eyecandies' 1000,
+    # docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16);
+    # None = every part every epoch. See training.epoch_sampling.
+    samples_per_epoch: int | None = None
     selection: Selection = "validation"
     eval_every: int = 1
     target_false_reject_rate: float = 0.01
@@ -98,6 +102,8 @@ class TrainConfig:
             (self.modality in MODALITIES, f"modality must be one of {sorted(MODALITIES)}"),
             (self.shots is None or self.shots >= 1, "shots must be ≥ 1"),
             (self.shot_repeats >= 1, "shot_repeats must be ≥ 1"),
+            (self.samples_per_epoch is None or self.samples_per_epoch >= 1, "samples_per_epoch must be ≥ 1"),
+            (self.shots is None or self.samples_per_epoch is None, "shots and samples_per_epoch do not combine"),
             (self.selection in ("validation", "last"), "selection must be 'validation' or 'last'"),
             (0.0 <= self.target_false_reject_rate < 1.0, "target_false_reject_rate must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be ≥ 1"),

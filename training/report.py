@@ -54,8 +54,9 @@ def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], h
         f"- MGAG input/features/adapted: {config.mgag_input}/{config.mgag_features}/{config.mgag_adapted} "
         f"(σ {config.sigma_input}/{config.sigma_features}/{config.sigma_adapted}); UTAG: {config.utag} "
         f"(depth anomalies: {config.utag_depth})",
-        f"- training parts: {report['n_train_parts']} ({report['n_train_items_per_epoch']} items per epoch); "
-        f"validation parts: {report['n_validation_parts']} ({sel['validation_source']})",
+        f"- training parts: {report['n_train_parts']} ({report['n_train_items_per_epoch']} items per epoch"
+        + (", a fresh random subset each epoch" if report.get("samples_per_epoch") else "")
+        + f"); validation parts: {report['n_validation_parts']} ({sel['validation_source']})",
         f"- **model selection**: {sel['method']}, epoch {sel['epoch']} — {sel['criterion']}",
         f"- **threshold** {cal['threshold']:.5f} ({cal['method']}, target false-reject rate "
         f"{cal['target_false_reject_rate']:.2%}, {cal['n_parts']} good parts)",

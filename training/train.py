@@ -21,6 +21,7 @@ from training import runs
 from training.calibration import calibrate
 from training.config import DEPTH_ANOMALIES, TrainConfig
 from training.dataset import PreparedSplit, TextureAnomalySet, prepare_split, synthetic_validation
+from training.epoch_sampling import epoch_subset
 from training.inference import predict
 from training.losses import bce_pair, focal_loss
 from training.metrics import image_auroc, pixel_auroc
@@ -66,6 +67,8 @@ def load_splits(config: TrainConfig, *, progress: bool) -> Splits:
             raise ValueError(f"--shots {config.shots} but only {len(train_pool)} training parts")
         chosen = sorted(np.random.default_rng(config.seed + 1).choice(train_pool, config.shots, replace=False))
         indices = [int(i) for i in chosen] * config.shot_repeats
+    if config.samples_per_epoch is not None and config.samples_per_epoch > len(indices):
+        raise ValueError(f"--samples-per-epoch {config.samples_per_epoch} but only {len(indices)} training parts")
     return Splits(train, validation, source, indices)
 
 
@@ -237,6 +240,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
         model.train()
         model.backbone.eval()  # frozen: BN keeps its ImageNet running statistics
         dataset.set_epoch(epoch)
+        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.epoch_sampling)
+            dataset.indices = epoch_subset(splits.train_indices, config.samples_per_epoch, config.seed, epoch)
         trainer.start_epoch(epoch)
         loader = DataLoader(
             dataset,
@@ -292,7 +297,8 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
             "metrics": best.get("metrics", {}),
         },
         "n_train_parts": len(set(splits.train_indices)),
-        "n_train_items_per_epoch": len(splits.train_indices),
+        "n_train_items_per_epoch": config.samples_per_epoch or len(splits.train_indices),
+        "samples_per_epoch": config.samples_per_epoch,
         "n_validation_parts": len(splits.validation),
         "calibration": calibration,
         "train_seconds": time.perf_counter() - t0,
@@ -325,6 +331,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", choices=["rgb", "depth", "both"], default=d.modality)
     p.add_argument("--shots", type=int, default=None, help="few-shot: K training parts")
     p.add_argument("--shot-repeats", type=int, default=d.shot_repeats, help="few-shot: copies per epoch")
+    p.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=None,
+        help="train on a fresh random subset of N parts each epoch, drawn from --seed (paper: 400 for Eyecandies)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--textures", default=None, help="DTD images/ folder (default: bundled fallback set)")
     p.add_argument("--no-mgag", action="store_true", help="no Gaussian anomalies at any level")
@@ -383,6 +395,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         textures=str(Path(args.textures).resolve()) if args.textures else None,
         shots=args.shots,
         shot_repeats=args.shot_repeats,
+        samples_per_epoch=args.samples_per_epoch,
         selection=args.selection,
         eval_every=args.eval_every,
         target_false_reject_rate=args.false_reject_rate,
