@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_side: int = Field(default=4096, gt=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    # Bytes one upload may take once decoded, computed from its header (rows × columns × channels × bytes per
+    # sample) before decoding; the default fits a float32 point cloud of max_image_pixels.
+    max_decoded_bytes: int = Field(default=DecodeLimits.max_decoded_bytes, gt=0)
 
     # Admission: requests processed at once, requests waiting beyond those (more get 429), time limit.
     max_inflight: int = Field(default=2, ge=1)
@@ -195,4 +198,5 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_bytes=settings.max_upload_bytes,
         max_side=settings.max_image_side,
         max_pixels=settings.max_image_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes,
     )
