@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     allow_anonymous: bool = False
     log_level: str = "INFO"
 
+    # Exposure. /metrics: on its own port when `metrics_port` is set (compose scrapes it on the internal
+    # network and publishes only the API port; the API port then has no /metrics); unset, /metrics stays on
+    # the API port behind the API key. /docs (Swagger UI from bundled assets, no CDN) only when `docs` is
+    # on; /openapi.json, the API contract, is always served, behind the API key.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    docs: bool = False
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:

@@ -14,7 +14,7 @@ from starlette.formparsers import MultiPartParser
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
-from service.api.errors import install_error_handlers
+from service.api.errors import install_error_handlers, refusal_codes
 from service.api.middleware import RequestMiddleware
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
@@ -94,7 +94,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             raise
         for name, loaded in engine.models.items():
             metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
+            metrics.set_good_scores(name, loaded.manifest.score_stats.model_dump())
             log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
+        metrics.init_series(engine.models, refusal_codes())
+        metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         try:
