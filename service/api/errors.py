@@ -122,7 +122,9 @@ def describe(exc: Exception) -> ErrorInfo | None:
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
     if isinstance(exc, StarletteHTTPException):
-        return ErrorInfo(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        # Keep the framework's headers: a 405 carries `Allow` with the methods the path accepts.
+        headers = dict(exc.headers or {})
+        return ErrorInfo(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail), headers)
     return None
 
 
