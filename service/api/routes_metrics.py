@@ -9,12 +9,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from service.api.deps import State
+from service.api.schemas import ErrorResponse
 from service.api.security import require_api_key
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: {"model": ErrorResponse}},
+)
 async def metrics(state: State) -> Response:
     """The Prometheus text exposition (API key required when the service has one)."""
     body, content_type = state.metrics.render()

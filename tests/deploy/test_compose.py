@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from service.__main__ import SHUTDOWN_MARGIN_S
 from service.config import Settings, env_name
@@ -273,7 +274,7 @@ def test_unset_settings_keep_the_service_defaults() -> None:
     assert env["BRIDGENET_REQUIRE_CUDA"] == "true"
     passed = {k: v for k, v in env.items() if k.startswith("BRIDGENET_")}
     given = {k.removeprefix("BRIDGENET_").lower(): v for k, v in passed.items() if v}
-    settings = Settings(**given, api_key="a-production-key-of-24-chars")
+    settings = Settings(**given, api_key=SecretStr("a-production-key-of-24-chars"))
     assert settings.default_model == Settings.model_fields["default_model"].default
 
 
