@@ -231,6 +231,7 @@ def loopback_config(service_port: int, prometheus_port: int, dcgm_port: int) -> 
     config["rule_files"] = [str(DOCKER_DIR / pattern) for pattern in config.get("rule_files", [])]
     config["global"]["scrape_interval"] = TEST_SCRAPE_INTERVAL
     config["global"]["scrape_timeout"] = TEST_SCRAPE_INTERVAL
+    config["global"]["evaluation_interval"] = TEST_SCRAPE_INTERVAL  # alert rules evaluated within seconds
     return config
 
 
