@@ -51,7 +51,8 @@ class DecodeLimits:
     max_pixels: int = 4096 * 4096
     # Bytes the decoded array may take, computed from the header (height × width × channels × bytes per
     # sample, plus a progressive JPEG's coefficient buffer) before decoding. The default is a float32
-    # point cloud at `max_pixels`; conversions (16 → 8 bit, float64 → float32) add at most one more copy.
+    # point cloud at `max_pixels`. The result is a further array of its own: 3 bytes per pixel for an
+    # image, 12 for a point cloud (plus a transient uint32 copy when 16-bit samples are scaled).
     max_decoded_bytes: int = 4096 * 4096 * 3 * 4
 
     def __post_init__(self) -> None:
