@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/python -m service
+	BRIDGENET_DOCS=1 $(BIN)/python -m service  # /docs is off unless asked for (docs/DEPLOYMENT.md)
 
 test: install
 	$(BIN)/python -m pytest

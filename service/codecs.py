@@ -33,6 +33,13 @@ _PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: 
 _TIFF_COMPRESSIONS = frozenset({1, 8, 32946})
 # Gray (min-is-black) and RGB only: palette, min-is-white, CMYK and YCbCr TIFFs are rare from cameras.
 _TIFF_PHOTOMETRICS = frozenset({1, 2})
+# Image samples an RGB upload may hold (bilevel, 8- and 16-bit unsigned); anything else is refused from the
+# header: a float64 RGB TIFF used to be decoded in full (157 MiB for a 156 KB file) before its refusal.
+_RGB_SAMPLE_TYPES = frozenset({np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.uint16)})
+# JPEG frame types OpenCV's libjpeg(-turbo) decodes with bounded work: baseline, extended and progressive
+# Huffman. Progressive frames also keep every DCT coefficient (2 bytes per sample) until the last scan.
+_JPEG_DECODABLE = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
+_JPEG_COEFFICIENT_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,11 @@ class DecodeLimits:
     max_bytes: int = 64 * 1024 * 1024
     max_side: int = 4096
     max_pixels: int = 4096 * 4096
+    # Bytes the decoded array may take, computed from the header (height × width × channels × bytes per
+    # sample, plus a progressive JPEG's coefficient buffer) before decoding. The default is a float32
+    # point cloud at `max_pixels`. The result is a further array of its own: 3 bytes per pixel for an
+    # image, 12 for a point cloud (plus a transient uint32 copy when 16-bit samples are scaled).
+    max_decoded_bytes: int = 4096 * 4096 * 3 * 4
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -125,15 +137,36 @@ def _check_dims(field: str, fmt: str, height: int, width: int, limits: DecodeLim
         )
 
 
+def _check_decoded_bytes(field: str, fmt: str, what: str, decoded: int, limits: DecodeLimits) -> None:
+    """Refuse an upload whose decoded array (computed from its header) would pass `max_decoded_bytes`."""
+    if decoded > limits.max_decoded_bytes:
+        raise InputTooLargeError(
+            field,
+            f"{fmt} header declares {what}: {decoded:,} bytes once decoded; "
+            f"the limit is {limits.max_decoded_bytes:,} bytes",
+        )
+
+
+# PNG colour type → channels OpenCV decodes to with IMREAD_UNCHANGED (a palette may expand to BGRA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
+
+
 def _png_dims(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int]:
     """(height, width) from IHDR, which the PNG spec puts first, checked against `limits`; then every chunk
     must fit in the upload: OpenCV allocates a chunk's declared length before reading it (2 GiB for 200 B)."""
     if len(data) < 33 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
         raise CorruptInputError(field, "PNG without a valid IHDR chunk; expected a complete PNG file")
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if depth not in _PNG_DEPTHS.get(colour, set()):
         raise CorruptInputError(field, f"PNG declares colour type {colour} with bit depth {depth}")
+    if compression != 0 or filtering != 0 or interlace not in (0, 1):  # the only methods PNG defines
+        raise UnsupportedFormatError(
+            field, f"PNG declares compression {compression}, filter {filtering}, interlace {interlace}"
+        )
     _check_dims(field, "PNG", height, width, limits)
+    channels, sample_bytes = _PNG_CHANNELS[colour], 2 if depth == 16 else 1
+    what = f"{height}×{width} pixels, {channels} channel(s) of {depth} bit"
+    _check_decoded_bytes(field, "PNG", what, height * width * channels * sample_bytes, limits)
     i, n = 8, len(data)
     while i + 12 <= n:
         length, kind = struct.unpack(">I4s", data[i : i + 8])
@@ -149,8 +182,19 @@ def _png_dims(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int]:
     raise CorruptInputError(field, "PNG ends before its IEND chunk; the file is truncated")
 
 
-def _jpeg_dims(field: str, data: bytes) -> tuple[int, int, int]:
-    """(height, width, sample precision) from the first start-of-frame segment."""
+@dataclass(frozen=True)
+class _JpegFrame:
+    """The first start-of-frame segment: frame type (the SOF marker), size, sample precision, components."""
+
+    marker: int
+    height: int
+    width: int
+    precision: int
+    components: int
+
+
+def _jpeg_frame(field: str, data: bytes) -> _JpegFrame:
+    """The first start-of-frame segment's fields; nothing is decoded."""
     i, n = 2, len(data)
     while i < n:
         if data[i] != 0xFF:
@@ -168,10 +212,11 @@ def _jpeg_dims(field: str, data: bytes) -> tuple[int, int, int]:
         if length < 2:
             raise CorruptInputError(field, f"JPEG segment 0x{marker:02x} declares length {length}")
         if marker in _JPEG_SOF:
-            if length < 8 or i + 7 > n:
+            if length < 8 or i + 8 > n:
                 break
+            # Segment: length (2), precision (1), height (2), width (2), component count (1), ...
             height, width = struct.unpack(">HH", data[i + 3 : i + 7])
-            return height, width, data[i + 2]  # the byte before the size is the sample precision
+            return _JpegFrame(marker, height, width, data[i + 2], data[i + 7])
         i += length
     raise CorruptInputError(field, "JPEG ends before its frame header (SOF); expected a complete file")
 
@@ -291,6 +336,12 @@ def _to_rgb8(field: str, pixels: np.ndarray, bgr: bool) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _check_tiff_bytes(field: str, tiff: _TiffHeader, dtype: np.dtype, limits: DecodeLimits) -> None:
+    what = f"{tiff.imagelength}×{tiff.imagewidth} pixels, {tiff.samplesperpixel} samples of {dtype}"
+    decoded = tiff.imagelength * tiff.imagewidth * tiff.samplesperpixel * dtype.itemsize
+    _check_decoded_bytes(field, "TIFF", what, decoded, limits)
+
+
 def _decode_rgb_tiff(field: str, data: bytes, limits: DecodeLimits) -> np.ndarray:
     tiff = _read_tiff_header(field, data)
     dtype = _check_tiff(field, tiff, limits)
@@ -299,7 +350,29 @@ def _decode_rgb_tiff(field: str, data: bytes, limits: DecodeLimits) -> np.ndarra
         raise UnsupportedFormatError(field, f"TIFF photometric {name}; expected gray (MINISBLACK) or RGB")
     if not 1 <= tiff.samplesperpixel <= 4:
         raise BadShapeError(field, f"TIFF has {tiff.samplesperpixel} samples per pixel; expected 1 to 4")
+    if dtype not in _RGB_SAMPLE_TYPES:
+        raise BadDtypeError(field, f"TIFF image samples are {dtype}; expected 1-, 8- or 16-bit unsigned")
+    _check_tiff_bytes(field, tiff, dtype, limits)
     return _to_rgb8(field, _read_tiff(field, data, tiff, dtype), bgr=False)
+
+
+def _check_jpeg(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int]:
+    """(height, width) of a JPEG whose frame type, precision, components and decoded size pass."""
+    frame = _jpeg_frame(field, data)
+    _check_dims(field, "JPEG", frame.height, frame.width, limits)
+    kind = _JPEG_DECODABLE.get(frame.marker)
+    if kind is None:  # lossless, hierarchical or arithmetic-coded: not what a camera writes
+        raise UnsupportedFormatError(
+            field, f"JPEG frame type SOF{frame.marker - 0xC0} is not supported; expected baseline or progressive"
+        )
+    if frame.precision != 8:
+        raise BadDtypeError(field, f"JPEG has {frame.precision}-bit samples; expected 8-bit")
+    if frame.components not in (1, 3):
+        raise BadShapeError(field, f"JPEG has {frame.components} components; expected 1 (gray) or 3 (colour)")
+    per_sample = 1 + (_JPEG_COEFFICIENT_BYTES if kind == "progressive" else 0)
+    what = f"{frame.height}×{frame.width} pixels, {frame.components} component(s), {kind}"
+    _check_decoded_bytes(field, "JPEG", what, frame.height * frame.width * frame.components * per_sample, limits)
+    return frame.height, frame.width
 
 
 def decode_rgb(data: bytes | bytearray | memoryview, limits: DecodeLimits, field: str = "rgb") -> np.ndarray:
@@ -308,7 +381,8 @@ def decode_rgb(data: bytes | bytearray | memoryview, limits: DecodeLimits, field
     Gray is replicated to three channels, alpha is dropped (not composited), PNG palettes are expanded and
     16-bit samples are scaled to 8 bits. EXIF orientation is ignored on purpose: the point cloud is
     organized in sensor pixel order, so the image must stay in stored pixel order to line up with it.
-    The declared size is checked against `limits` from the header before any pixel is decoded.
+    Size, sample type, bit depth, channels, compression and the decoded byte count are checked from the
+    header against `limits` before any pixel is decoded.
     Raises a `CodecError` subclass for anything that is not a valid image within the limits.
     """
     data, fmt = _check_bytes(field, data, limits, "PNG, JPEG or TIFF")
@@ -317,10 +391,7 @@ def decode_rgb(data: bytes | bytearray | memoryview, limits: DecodeLimits, field
     if fmt == "png":
         height, width = _png_dims(field, data, limits)
     elif fmt == "jpeg":
-        height, width, precision = _jpeg_dims(field, data)
-        _check_dims(field, "JPEG", height, width, limits)
-        if precision != 8:
-            raise BadDtypeError(field, f"JPEG has {precision}-bit samples; expected 8-bit")
+        height, width = _check_jpeg(field, data, limits)
     else:
         raise UnsupportedFormatError(field, f"got {fmt.upper()} data; expected PNG, JPEG or TIFF")
     try:
@@ -355,6 +426,7 @@ def _decode_xyz_npy(field: str, data: bytes, limits: DecodeLimits) -> np.ndarray
     if dtype.kind != "f" or dtype.itemsize not in (4, 8):
         raise BadDtypeError(field, f"NPY array is {dtype}; expected float32 or float64")
     needed = int(np.prod(shape)) * dtype.itemsize
+    _check_decoded_bytes(field, "NPY", f"{shape[0]}×{shape[1]}×3 {dtype}", needed, limits)
     available = len(data) - stream.tell()
     if available < needed:
         raise CorruptInputError(
@@ -373,6 +445,7 @@ def _decode_xyz_tiff(field: str, data: bytes, limits: DecodeLimits) -> np.ndarra
         raise BadShapeError(field, f"TIFF has {tiff.samplesperpixel} samples per pixel; expected 3 (x, y, z)")
     if dtype.kind != "f" or dtype.itemsize not in (4, 8):
         raise BadDtypeError(field, f"TIFF samples are {dtype}; expected float32 or float64")
+    _check_tiff_bytes(field, tiff, dtype, limits)
     return _read_tiff(field, data, tiff, dtype)
 
 
@@ -381,8 +454,8 @@ def decode_xyz(data: bytes | bytearray | memoryview, limits: DecodeLimits, field
 
     float32 and float64 are accepted (any byte order, C or Fortran order); NaN is kept as NaN (no
     point, as is 0). Infinite values, and float64 values beyond float32 range, are refused. NPY is
-    read without pickle. The format comes from the magic bytes, never the filename, and the declared
-    size is checked against `limits` from the header before any data is read.
+    read without pickle. The format comes from the magic bytes, never the filename; size, sample type,
+    channels, compression and the decoded byte count are checked from the header before any data is read.
     Raises a `CodecError` subclass for anything that is not a valid point cloud within the limits.
     """
     data, fmt = _check_bytes(field, data, limits, "TIFF or NPY")

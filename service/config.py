@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_side: int = Field(default=4096, gt=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    # Bytes one upload may take once decoded, computed from its header (rows × columns × channels × bytes per
+    # sample) before decoding; the default fits a float32 point cloud of max_image_pixels.
+    max_decoded_bytes: int = Field(default=DecodeLimits.max_decoded_bytes, gt=0)
 
     # Admission: requests processed at once, requests waiting beyond those (more get 429), time limit.
     max_inflight: int = Field(default=2, ge=1)
@@ -72,6 +75,14 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     allow_anonymous: bool = False
     log_level: str = "INFO"
+
+    # Exposure. /metrics: on its own port when `metrics_port` is set (compose scrapes it on the internal
+    # network and publishes only the API port; the API port then has no /metrics); unset, /metrics stays on
+    # the API port behind the API key. /docs (Swagger UI from bundled assets, no CDN) only when `docs` is
+    # on; /openapi.json, the API contract, is always served, behind the API key.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    docs: bool = False
 
     @field_validator("models", mode="before")
     @classmethod
@@ -195,4 +206,5 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_bytes=settings.max_upload_bytes,
         max_side=settings.max_image_side,
         max_pixels=settings.max_image_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes,
     )

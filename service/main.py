@@ -14,11 +14,14 @@ from starlette.formparsers import MultiPartParser
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
-from service.api.errors import install_error_handlers
+from service.api.errors import install_error_handlers, refusal_codes
 from service.api.middleware import RequestMiddleware
+from service.api.routes_docs import docs_router
+from service.api.routes_metrics import router as metrics_router
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
+from service.metrics_server import start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +88,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("starting: models from %s", engine.options.models_dir)
+        metrics_server = None
         try:
+            if settings.metrics_port is not None:  # first: a taken port fails the start before models load
+                metrics_server = start_metrics_server(metrics.registry, settings.metrics_host, settings.metrics_port)
             if not engine.ready:
                 # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
                 await run_in_threadpool(engine.start)
         except Exception as exc:
             log.error("start-up failed: %s", exc)
+            if metrics_server is not None:
+                metrics_server.stop()
             raise
         for name, loaded in engine.models.items():
             metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
+            metrics.set_good_scores(name, loaded.manifest.score_stats.model_dump())
             log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
+        metrics.init_series(engine.models, refusal_codes())
+        metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         try:
@@ -107,6 +118,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 await admission.drain(settings.request_timeout_s)
             engine.stop()
             metrics.clear_model_info()
+            if metrics_server is not None:
+                metrics_server.stop()
             log.info("stopped")
 
     app = FastAPI(
@@ -114,11 +127,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         description="RGB image + organized point cloud per part → anomaly score, OK/NG verdict, anomaly map.",
         version=_version(),
         lifespan=lifespan,
+        # Served by docs_router instead: the contract behind the API key, Swagger UI from bundled assets.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(predict_router)
+    app.include_router(docs_router(settings.docs))
+    if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
+        app.include_router(metrics_router)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +23,9 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 
 # Parts per session run (micro-batching); 1 when batching is off.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("decode", "preprocess", "inference", "postprocess")
+VERDICTS = ("ok", "ng")
+# Of a manifest's score_stats, the ones exported as drift baselines (alerts compare against p99).
+GOOD_SCORE_STATS = ("p50", "p95", "p99", "max")
 
 
 class Metrics:
@@ -83,6 +86,25 @@ class Metrics:
         )
         for stage in STAGES:  # expose every stage from the start, so dashboards see zeros, not gaps
             self.stage_duration.labels(stage=stage)
+        # --- fail-closed monitoring (issue 12): baselines, capacity and answered-only latency -------------
+        self.good_score = Gauge(
+            "bridgenet_good_score",
+            "Raw scores of the good validation parts in each model's manifest (score_stats): the drift baseline.",
+            ["model", "stat"],
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "bridgenet_admission_limit",
+            "Admission limits in effect: predictions run at once (inflight) and waiting beyond those (queue).",
+            ["kind"],
+            registry=r,
+        )
+        self.prediction_duration = Histogram(
+            "bridgenet_prediction_duration_seconds",
+            "Wall time of prediction requests answered with a result (200); refusals are left out.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_prediction(self, model: str, score: float, is_anomalous: bool, timings_ms: Mapping[str, float]) -> None:
         """Record one scored part: its verdict, its score and the duration of each known stage."""
@@ -96,11 +118,33 @@ class Metrics:
         """Record one session run of `size` parts (called from the engine's batcher threads)."""
         self.batch_size.labels(model=model).observe(size)
 
+    def init_series(self, models: Iterable[str], refusal_codes: Iterable[str]) -> None:
+        """Create every labelled series for the known models, verdicts and refusal reasons at 0, so a
+        dashboard shows 0 after a restart instead of "No data" until the first request of each kind."""
+        for model in models:
+            for verdict in VERDICTS:
+                self.predictions.labels(model=model, verdict=verdict)
+            self.anomaly_score.labels(model=model)
+            self.batch_size.labels(model=model)
+        for code in refusal_codes:
+            self.rejected.labels(reason=code)
+
+    def set_good_scores(self, model: str, stats: Mapping[str, float]) -> None:
+        """Export a model's good-score statistics (p50, p95, p99, max of its manifest's score_stats)."""
+        for stat in GOOD_SCORE_STATS:
+            if stat in stats:
+                self.good_score.labels(model=model, stat=stat).set(stats[stat])
+
+    def set_admission_limits(self, max_inflight: int, max_queue: int) -> None:
+        self.admission_limit.labels(kind="inflight").set(max_inflight)
+        self.admission_limit.labels(kind="queue").set(max_queue)
+
     def set_model_info(self, model: str, version: str, provider: str, backbone: str) -> None:
         self.model_info.labels(model=model, version=version, provider=provider, backbone=backbone).set(1)
 
     def clear_model_info(self) -> None:
         self.model_info.clear()
+        self.good_score.clear()
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this registry and its content type."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,10 @@ from service.preprocessing import (
 )
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=Exception)
+# A client that left while its body was read (counted by the request middleware, never sent).
+CLIENT_CLOSED_CODE = "client_disconnected"
 
 
 class ApiError(Exception):
@@ -118,7 +122,9 @@ def describe(exc: Exception) -> ErrorInfo | None:
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
     if isinstance(exc, StarletteHTTPException):
-        return ErrorInfo(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        # Keep the framework's headers: a 405 carries `Allow` with the methods the path accepts.
+        headers = dict(exc.headers or {})
+        return ErrorInfo(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail), headers)
     return None
 
 
@@ -135,6 +141,20 @@ def _describe_validation(exc: RequestValidationError) -> ErrorInfo:
         else:
             parts.append(f"form field {name!r}: {err.get('msg', 'invalid value')}")
     return ErrorInfo(422, "missing_field" if missing else "invalid_field", "; ".join(parts) or "invalid request")
+
+
+def _subclasses(cls: type[_E]) -> list[type[_E]]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+def refusal_codes() -> list[str]:
+    """Every error code a refusal can carry, for pre-initialising the refusal metric at start-up."""
+    api_errors: list[type[ApiError]] = [ApiError, *_subclasses(ApiError)]
+    codec_errors: list[type[CodecError]] = [CodecError, *_subclasses(CodecError)]
+    codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
+    codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
+    codes |= {"not_ready", "unknown_model", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    return sorted(codes)
 
 
 def error_response(info: ErrorInfo) -> JSONResponse:

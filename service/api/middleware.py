@@ -10,7 +10,13 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import BodyTooLargeHTTPError, ErrorInfo, error_response, internal_error_response
+from service.api.errors import (
+    CLIENT_CLOSED_CODE,
+    BodyTooLargeHTTPError,
+    ErrorInfo,
+    error_response,
+    internal_error_response,
+)
 from service.logs import bind_request, current_request, unbind_request
 from service.metrics import Metrics
 
@@ -100,12 +106,14 @@ class RequestMiddleware:
             # The client left while its body was being read: whatever error the framework made of the
             # missing bytes (FastAPI: 400 "error parsing the body") was never seen by anyone. Counted and
             # logged as 499 (nginx's "client closed request"), so refusals of bad input stay meaningful.
-            status, code = CLIENT_CLOSED_STATUS, "client_disconnected"
+            status, code = CLIENT_CLOSED_STATUS, CLIENT_CLOSED_CODE
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         if endpoint == PREDICT_PATH:
             self.metrics.request_duration.observe(seconds)
+            if status == 200:  # answered with a result: fast refusals must not flatter the latency
+                self.metrics.prediction_duration.observe(seconds)
         if code is not None and status != 500:
             self.metrics.rejected.labels(reason=code).inc()
         level = logging.ERROR if status >= 500 and status != 503 else logging.INFO

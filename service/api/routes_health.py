@@ -1,10 +1,10 @@
-"""Liveness, readiness and Prometheus metrics: open endpoints (no API key) for orchestrators and scrapers."""
+"""Liveness and readiness: open endpoints (no API key) for orchestrators. Metrics: routes_metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
-from service.api.deps import ReadyState, State
+from service.api.deps import ReadyState
 from service.api.schemas import ErrorResponse, HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["operations"])
@@ -20,9 +20,3 @@ async def healthz() -> HealthResponse:
 async def readyz(state: ReadyState) -> ReadyResponse:
     """Every model loaded, its manifest verified and a warm-up run done; 503 not_ready otherwise."""
     return ReadyResponse(status="ready", models=sorted(state.engine.models))
-
-
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(state: State) -> Response:
-    body, content_type = state.metrics.render()
-    return Response(content=body, media_type=content_type)

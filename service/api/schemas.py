@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 
 class ModelRef(BaseModel):
@@ -84,3 +84,30 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- request field types (issue 12) -------------------------------------------------------------------
+
+PART_ID_MAX_LENGTH = 256
+
+
+def printable_part_id(value: str) -> str:
+    """Refuse a part id with control characters, bidirectional overrides or other invisible formatting:
+    it is echoed into logs and answers, where such characters forge or hide text. Python's `isprintable`
+    is false exactly for Unicode's Other (Cc, Cf, Cs, Co, Cn) and Separator (Zl, Zp, Zs) categories, the
+    ASCII space excepted; that covers U+202A-U+202E, U+2066-U+2069, zero-width characters and newlines."""
+    if not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        raise ValueError(
+            f"part_id holds the non-printable character U+{ord(bad):04X}; "
+            "expected printable text without control or bidirectional formatting characters"
+        )
+    return value
+
+
+# A form field annotation: `part_id: Annotated[PartId | None, Form()] = None` → 422 invalid_field otherwise.
+PartId = Annotated[
+    str,
+    Field(min_length=1, max_length=PART_ID_MAX_LENGTH, description="Echoed back and logged; printable text."),
+    AfterValidator(printable_part_id),
+]

@@ -195,8 +195,11 @@ def loopback_config(service_port: int, prometheus_port: int, dcgm_port: int) -> 
         raise AssertionError(f"docker/prometheus.yml has jobs {jobs}; this test knows how to rewrite {sorted(targets)}")
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    # The rule files are named relative to docker/prometheus.yml; the copy lives elsewhere.
+    config["rule_files"] = [str(DOCKER_DIR / pattern) for pattern in config.get("rule_files", [])]
     config["global"]["scrape_interval"] = TEST_SCRAPE_INTERVAL
     config["global"]["scrape_timeout"] = TEST_SCRAPE_INTERVAL
+    config["global"]["evaluation_interval"] = TEST_SCRAPE_INTERVAL  # alert rules evaluated within seconds
     return config
 
 

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
+from service.__main__ import SHUTDOWN_MARGIN_S
+from service.config import Settings, env_name
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_CPU = REPO_ROOT / "docker-compose.cpu.yml"
 PROMETHEUS_YML = DOCKER_DIR / "prometheus.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+_spec = importlib.util.spec_from_file_location("make_env_example", DOCKER_DIR / "make_env_example.py")
+assert _spec is not None and _spec.loader is not None
+make_env_example = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_env_example)
 # Folders docker creates on first use; data and runs exist only where training ran, models is filled by
 # `python -m training export` (or ships the demo model).
 RUNTIME_FOLDERS = {REPO_ROOT / "data", REPO_ROOT / "runs", REPO_ROOT / "models"}
 THIRD_PARTY = ("prometheus", "grafana", "dcgm-exporter")
+COMPOSE_METRICS_PORT = 9100
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -183,7 +194,7 @@ def test_docker_compose_resolves_the_cpu_stack() -> None:
     assert cpu["environment"]["BRIDGENET_REQUIRE_CUDA"] == "false"
 
 
-def test_docker_compose_passes_threshold_overrides_through_only_when_set() -> None:
+def test_docker_compose_passes_threshold_overrides_through() -> None:
     overrides = '{"bolt": 0.73}'
     env = {**GRAFANA_PASSWORD, "BRIDGENET_THRESHOLD_OVERRIDES": overrides, "BRIDGENET_API_KEY": "k"}
     with_value = compose(*FILES["gpu"], "config", extra_env=env)
@@ -194,7 +205,8 @@ def test_docker_compose_passes_threshold_overrides_through_only_when_set() -> No
     assert set_env["BRIDGENET_THRESHOLD_OVERRIDES"] == overrides
     assert set_env["BRIDGENET_API_KEY"] == "k"
     # null = not set in the container, so the service's own default applies.
-    assert unset_env["BRIDGENET_THRESHOLD_OVERRIDES"] is None
+    # Empty = unset for the service (env_ignore_empty), so its own default applies.
+    assert unset_env["BRIDGENET_THRESHOLD_OVERRIDES"] == ""
     assert unset_env["BRIDGENET_API_KEY"] == ""
 
 
@@ -204,7 +216,7 @@ def test_docker_compose_passes_threshold_overrides_through_only_when_set() -> No
 def test_prometheus_scrapes_the_service_and_dcgm() -> None:
     jobs = {job["job_name"]: job for job in load(PROMETHEUS_YML)["scrape_configs"]}
     targets = {name: [t for sc in job["static_configs"] for t in sc["targets"]] for name, job in jobs.items()}
-    assert targets["bridgenet-service"] == ["service:8000"]
+    assert targets["bridgenet-service"] == [f"service:{COMPOSE_METRICS_PORT}"]
     assert jobs["bridgenet-service"].get("metrics_path", "/metrics") == "/metrics"
     assert targets["dcgm-exporter"] == ["dcgm-exporter:9400"]
     # The targets are compose service names on the default network.
@@ -222,3 +234,87 @@ def test_promtool_accepts_prometheus_config() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+# --- every setting passed through, hardening (issue 12) ----------------------------------------------
+
+
+def resolved_service(variant: str, env_file: Path | None = None) -> dict[str, Any]:
+    """The inspection service as docker-compose resolves it (GPU: `service`, CPU: `service-cpu`)."""
+    args = [*(["--env-file", str(env_file)] if env_file else []), *FILES[variant], "config"]
+    result = compose(*args, extra_env=GRAFANA_PASSWORD)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    return services["service" if variant == "gpu" else "service-cpu"]
+
+
+@pytest.mark.parametrize("variant", sorted(FILES))
+def test_every_setting_reaches_the_service_from_an_env_file(variant: str, tmp_path: Path) -> None:
+    """Each Settings field set in a .env-style file arrives in the container under its own name."""
+    fixed = {"BRIDGENET_MODELS_DIR": "/models"}  # the mount point inside the image
+    values = {env_name(name): f"value-of-{name}" for name in Settings.model_fields} | GRAFANA_PASSWORD
+    env_file = tmp_path / "station.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+    env = resolved_service(variant, env_file)["environment"]
+    for name in Settings.model_fields:
+        key = env_name(name)
+        expected = fixed.get(key, values[key])
+        if key == "BRIDGENET_REQUIRE_CUDA" and variant == "cpu":
+            expected = "false"  # the CPU twin never requires CUDA
+        assert env.get(key) == expected, f"{variant}: {key} is not passed through ({env.get(key)!r})"
+
+
+def test_unset_settings_keep_the_service_defaults() -> None:
+    """Without a .env, compose passes empty values (unset for the service) and its own few defaults."""
+    env = resolved_service("gpu")["environment"]
+    assert env["BRIDGENET_DEFAULT_MODEL"] == "" and env["BRIDGENET_MAX_INFLIGHT"] == ""
+    assert env["BRIDGENET_ENVIRONMENT"] == "production"
+    assert env["BRIDGENET_METRICS_PORT"] == str(COMPOSE_METRICS_PORT)
+    assert env["BRIDGENET_METRICS_HOST"] == "0.0.0.0"
+    assert env["BRIDGENET_REQUIRE_CUDA"] == "true"
+    passed = {k: v for k, v in env.items() if k.startswith("BRIDGENET_")}
+    given = {k.removeprefix("BRIDGENET_").lower(): v for k, v in passed.items() if v}
+    settings = Settings(**given, api_key=SecretStr("a-production-key-of-24-chars"))
+    assert settings.default_model == Settings.model_fields["default_model"].default
+
+
+@pytest.mark.parametrize("variant", sorted(FILES))
+def test_service_container_is_hardened(variant: str) -> None:
+    service = resolved_service(variant)
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert any(t.startswith("/tmp:") and "size=" in t for t in service["tmpfs"])
+    assert service["mem_limit"] and int(service["pids_limit"]) > 0
+    # Only the API port is published; the metrics port stays on the compose network.
+    assert [p["target"] for p in service["ports"]] == [8000]
+    # Docker must wait longer than uvicorn drains (request timeout + margin) before it kills.
+    grace = service["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > Settings().request_timeout_s + SHUTDOWN_MARGIN_S
+
+
+def test_built_images_are_never_pulled_instead() -> None:
+    """`image:` beside `build:` needs `pull_policy: build`, or compose may run a same-named registry image.
+    (docker-compose 1.29 drops the key from `config` output, so the files are read directly.)"""
+    for compose_file, name in [
+        (COMPOSE, "service"),
+        (COMPOSE, "train"),
+        (COMPOSE_CPU, "service-cpu"),
+        (COMPOSE_CPU, "train-cpu"),
+    ]:
+        assert merged(compose_file, name, "image")[0] is not None
+        assert merged(compose_file, name, "build")[0] is not None
+        assert merged(compose_file, name, "pull_policy")[0] == "build", f"{name} in {compose_file.name}"
+
+
+def test_env_example_documents_every_setting_and_is_current() -> None:
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    listed = set(re.findall(r"^# (BRIDGENET_[A-Z0-9_]+)=", text, flags=re.M))
+    assert {env_name(name) for name in Settings.model_fields} <= listed
+    assert text == make_env_example.generate(), "stale: run python docker/make_env_example.py"
+    # Every variable compose reads is documented there too.
+    compose_text = "".join(
+        p.read_text(encoding="utf-8") for p in (COMPOSE, COMPOSE_CPU, DOCKER_DIR / "compose.common.yml")
+    )
+    read = set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text))
+    assert read <= listed | set(re.findall(r"^# ([A-Z0-9_]+)=", text, flags=re.M))

@@ -28,6 +28,12 @@ EXPECTED_METRICS = {
     "bridgenet_inflight_requests",
     "bridgenet_rejected_requests_total",
     "bridgenet_requests_total",
+    # Service health row (issue 12): answered-only latency, admission limits, batch sizes, and
+    # Prometheus's own `up` for the service target.
+    "bridgenet_prediction_duration_seconds",
+    "bridgenet_admission_limit",
+    "bridgenet_batch_size",
+    "up",
     "DCGM_FI_DEV_GPU_UTIL",
     "DCGM_FI_DEV_FB_USED",
     "DCGM_FI_DEV_FB_FREE",

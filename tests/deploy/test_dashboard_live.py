@@ -36,6 +36,11 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
     rejected = Counter("bridgenet_rejected_requests", "", ["reason"], registry=reg)
     stage = Histogram("bridgenet_stage_duration_seconds", "", ["stage"], registry=reg)
     latency = Histogram("bridgenet_request_duration_seconds", "", registry=reg)
+    answered = Histogram("bridgenet_prediction_duration_seconds", "", registry=reg)
+    batch = Histogram("bridgenet_batch_size", "", ["model"], buckets=(1, 2, 4, 8), registry=reg)
+    limits = Gauge("bridgenet_admission_limit", "", ["kind"], registry=reg)
+    limits.labels("inflight").set(2)
+    limits.labels("queue").set(16)
     score = Histogram("bridgenet_anomaly_score", "", ["model"], buckets=(0.5, 1, 2, 4), registry=reg)
     Gauge("bridgenet_model_info", "", ["model", "version", "provider", "backbone"], registry=reg).labels(
         "bolt", "3", "CUDAExecutionProvider", "tf_efficientnet_lite0"
@@ -52,8 +57,11 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         requests.labels("/v1/predict", "200").inc(9)
         requests.labels("/v1/predict", "429").inc(1)
         rejected.labels("queue_full").inc(1)
+        latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):
             latency.observe(0.08)
+            answered.observe(0.08)
+            batch.labels("bolt").observe(1)
             score.labels("bolt").observe(1.5)
             for name, seconds in (("decode", 0.004), ("preprocess", 0.02), ("inference", 0.05), ("postprocess", 0.006)):
                 stage.labels(name).observe(seconds)

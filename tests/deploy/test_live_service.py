@@ -96,7 +96,8 @@ def test_every_dashboard_metric_is_exported(live_service: LiveService) -> None:
     families = scrape(live_service)
     sample_names = {s.name for s in samples(families)}
 
-    wanted = {n for n in dashboard_metric_names(dashboard()) if not n.startswith(GPU_PREFIX)}
+    # `up` is Prometheus's own series for the target, not the service's.
+    wanted = {n for n in dashboard_metric_names(dashboard()) if not n.startswith(GPU_PREFIX) and n != "up"}
     assert {"bridgenet_predictions_total", "bridgenet_request_duration_seconds"} <= wanted  # the parse found them
     missing = sorted(n for n in wanted if not exported(n, sample_names))
     assert not missing, f"dashboard metrics without a sample on /metrics ({live_service.model.source}): {missing}"
@@ -213,3 +214,20 @@ def test_every_dashboard_query_runs_on_live_data(live_service: LiveService, live
     (stat,) = [p["targets"][0]["expr"] for p in dashboard()["panels"] if p.get("title") == "Execution provider"]
     (share,) = query(live_prometheus, substitute_variables(stat, variables))
     assert float(share["value"][1]) == 0.0, share
+
+
+def test_prometheus_loads_the_alert_rules_and_the_service_is_not_down(
+    live_service: LiveService, live_prometheus: LivePrometheus
+) -> None:
+    """The repository's rule files load in a real Prometheus; with the service scraped, it is not "down"."""
+    answer = httpx.get(f"{live_prometheus.base_url}/api/v1/rules", timeout=5.0).json()
+    rules = {r["name"]: r for g in answer["data"]["groups"] for r in g["rules"] if r["type"] == "alerting"}
+    assert {"BridgeNetServiceDown", "BridgeNetScoreDrift", "BridgeNetGpuMemoryHigh"} <= set(rules)
+    assert all(r["health"] in ("ok", "unknown") for r in rules.values()), {n: r["health"] for n, r in rules.items()}
+
+    def evaluated_and_quiet() -> bool:
+        down = httpx.get(f"{live_prometheus.base_url}/api/v1/rules", timeout=5.0).json()
+        state = {r["name"]: r for g in down["data"]["groups"] for r in g["rules"]}["BridgeNetServiceDown"]
+        return state["health"] == "ok" and state["state"] == "inactive"
+
+    wait_until(live_prometheus, "BridgeNetServiceDown evaluated and inactive", evaluated_and_quiet)

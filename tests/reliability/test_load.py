@@ -103,8 +103,11 @@ async def drive(service: ServiceProcess, seconds: float, clients: int) -> LoadRe
 
 def mean_batch_size(metrics_text: str) -> float:
     """Mean parts per session run, from the bridgenet_batch_size histogram's _sum and _count."""
-    values = dict(re.findall(r"^bridgenet_batch_size_(sum|count)\{[^}]*\} (\S+)$", metrics_text, flags=re.MULTILINE))
-    return float(values.get("sum", 0)) / max(float(values.get("count", 0)), 1.0)
+    # Summed over models: every served model has its series from start-up, at 0 when it saw no traffic.
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, value in re.findall(r"^bridgenet_batch_size_(sum|count)\{[^}]*\} (\S+)$", metrics_text, flags=re.M):
+        totals[kind] += float(value)
+    return totals["sum"] / max(totals["count"], 1.0)
 
 
 def summary(out: LoadResult, seconds: float, batch_mean: float) -> str:

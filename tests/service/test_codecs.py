@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import time
@@ -398,3 +399,79 @@ def test_fuzz_only_codec_errors_escape() -> None:
     assert {"corrupt", "unsupported_format", "too_large"} <= reasons, reasons  # parsers were reached
     # A tiny file must not cost real work: this once caught OpenCV allocating a PNG chunk's declared size.
     assert slowest < 1.0, f"one {slowest:.2f} s decode of a file under 1 KiB"
+
+
+# ---------- byte-bounded decoding: sample type, channels, compression and decoded bytes from the header ----------
+
+
+def _float64_rgb_tiff(side: int) -> bytes:
+    """A Deflate-compressed float64 RGB TIFF of side × side zero pixels, written tile by tile (the whole
+    array never exists in the test either): at side 2560 about 156 KB that decodes to 150 MiB."""
+    tile = np.zeros((256, 256, 3), np.float64)
+    buf = io.BytesIO()
+    tiles = (tile for _ in range((side // 256) ** 2))
+    tifffile.imwrite(
+        buf, tiles, shape=(side, side, 3), dtype=np.float64, photometric="rgb", compression="zlib", tile=(256, 256)
+    )
+    return buf.getvalue()
+
+
+def test_float64_rgb_tiff_refused_from_its_header(no_decoding: list[str]) -> None:
+    """The issue's example: before, this ~156 KB upload was decoded in full (157 MiB traced, 1.35 s)
+    and only then refused for its sample type."""
+    data = _float64_rgb_tiff(2560)
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        err = _refused("bad_dtype", decode_rgb, data, DecodeLimits())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "TIFF image samples are float64" in str(err)
+    assert no_decoding == []
+    assert peak < 2 * 1024 * 1024  # the decoded image alone would be 150 MiB
+
+
+def _decoded_limit_refuses(fn: Any, data: bytes, decoded: int) -> None:
+    """`data` decodes at exactly `decoded` bytes: accepted at that limit, refused from the header one below."""
+    fn(data, dataclasses.replace(LIMITS, max_decoded_bytes=decoded))
+    err = _refused("too_large", fn, data, dataclasses.replace(LIMITS, max_decoded_bytes=decoded - 1))
+    assert f"{decoded:,} bytes once decoded" in str(err) and f"{decoded - 1:,} bytes" in str(err)
+
+
+def test_decoded_bytes_limit_for_every_format(rng: np.random.Generator) -> None:
+    rgba16 = rng.integers(0, 65536, (12, 10, 4), dtype=np.uint16)
+    _decoded_limit_refuses(decode_rgb, _png(rgba16), 12 * 10 * 4 * 2)
+    _decoded_limit_refuses(decode_rgb, _png(rgba16[:, :, 0].astype(np.uint8)), 12 * 10)
+    _decoded_limit_refuses(decode_rgb, _jpeg(rgba16[:, :, :3].astype(np.uint8)), 12 * 10 * 3)
+    progressive = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    _decoded_limit_refuses(decode_rgb, progressive.tobytes(), 16 * 16 * 3 * 3)  # pixels + 2-byte coefficients
+    _decoded_limit_refuses(decode_rgb, _tiff(rgba16, photometric="rgb", extrasamples=["unassalpha"]), 12 * 10 * 4 * 2)
+    xyz64 = rng.normal(size=(6, 5, 3))
+    _decoded_limit_refuses(decode_xyz, _tiff(xyz64, compression="zlib"), 6 * 5 * 3 * 8)
+    _decoded_limit_refuses(decode_xyz, _npy(xyz64.astype(np.float32)), 6 * 5 * 3 * 4)
+
+
+def test_jpeg_frame_type_and_components_and_png_methods_checked_from_header(no_decoding: list[str]) -> None:
+    jpeg = bytearray(_jpeg(np.zeros((8, 8, 3), np.uint8)))
+    sof = jpeg.index(b"\xff\xc0")
+    lossless = bytes(jpeg[: sof + 1]) + b"\xc3" + bytes(jpeg[sof + 2 :])
+    assert "SOF3" in str(_refused("unsupported_format", decode_rgb, lossless))
+    jpeg[sof + 9] = 4  # component count: CMYK / YCCK
+    assert "4 components" in str(_refused("bad_shape", decode_rgb, bytes(jpeg)))
+    png = bytearray(_png(np.zeros((4, 4, 3), np.uint8)))
+    png[26] = 1  # IHDR compression method: only 0 (Deflate) exists
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    assert "compression 1" in str(_refused("unsupported_format", decode_rgb, bytes(png)))
+    assert no_decoding == []
+
+
+def test_settings_carry_the_decoded_bytes_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config import decode_limits, get_settings
+
+    monkeypatch.setenv("BRIDGENET_MAX_DECODED_BYTES", "1000")
+    assert decode_limits(get_settings()).max_decoded_bytes == 1000
+    monkeypatch.setenv("BRIDGENET_MAX_DECODED_BYTES", "0")
+    with pytest.raises(ValueError, match="BRIDGENET_MAX_DECODED_BYTES"):
+        get_settings()
+    assert DecodeLimits().max_decoded_bytes == 4096 * 4096 * 3 * 4
