@@ -10,7 +10,7 @@ import sys
 # Sub-command → module. Modules are imported only when their command runs, so `synth` or
 # `check-data` do not pay for importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.synth", "write a synthetic data set in the MVTec 3D-AD layout"),
+    "synth": ("training.synth.generate", "write a synthetic data set in the MVTec 3D-AD layout"),
     "check-data": ("training.check_data", "report what a data set holds before training"),
     "train": ("training.train", "train a BridgeNet model"),
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 
 Modality = Literal["rgb", "depth", "both"]
 Selection = Literal["validation", "last"]
-# What UTAG puts into the depth image (training.texture_anomaly): the paper's texture, our smooth
+# What UTAG puts into the depth image (training.anomalies.texture_anomaly): the paper's texture, our smooth
 # dent/bump, or either per sample.
 DepthAnomaly = Literal["texture", "smooth", "mixed"]
 DEPTH_ANOMALIES: tuple[str, ...] = get_args(DepthAnomaly)
@@ -64,7 +64,7 @@ class TrainConfig:
     # What UTAG puts into the depth image: the paper's gray texture ("texture"), our smooth dent/bump
     # extension ("smooth"), or either per sample ("mixed", the default: with textures alone, depth-only
     # dents on the toy-brick set scored at chance, I-AUROC 0.47; mixed: 0.77, and the synthetic puck set
-    # went from 0.963 to 0.975; docs/RESULTS.md). See training.texture_anomaly.
+    # went from 0.963 to 0.975; docs/RESULTS.md). See training.anomalies.texture_anomaly.
     utag_depth: DepthAnomaly = "mixed"
     textures: str | None = None
     beta_mean: float = 0.5

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from service.preprocessing import PreprocessConfig, preprocess_part
 from training.config import DepthAnomaly
 from training.data import Sample, discover, load_sample
-from training.texture_anomaly import texture_anomaly
+from training.anomalies.texture_anomaly import texture_anomaly
 
 log = logging.getLogger(__name__)
 

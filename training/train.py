@@ -24,10 +24,10 @@ from training.dataset import PreparedSplit, TextureAnomalySet, prepare_split, sy
 from training.inference import predict
 from training.losses import bce_pair, focal_loss
 from training.metrics import image_auroc, pixel_auroc
-from training.mgag import Modality, add_noise, add_selective_noise, choose_modalities
+from training.anomalies.mgag import Modality, add_noise, add_selective_noise, choose_modalities
 from training.model import BridgeNet
 from training.report import plot_history, write_train_report
-from training.textures import load_textures
+from training.anomalies.textures import load_textures
 
 log = logging.getLogger(__name__)
 

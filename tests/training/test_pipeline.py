@@ -11,7 +11,7 @@ import torch
 
 from training import runs
 from training.cli import main as cli
-from training.synth import generate
+from training.synth.generate import generate
 
 pytestmark = pytest.mark.slow
 

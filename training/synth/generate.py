@@ -25,9 +25,9 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from training.synth_defects import DEFECTS, DefectEdit, apply_defect, make_defect
-from training.synth_scene import Camera, PartSpec, build_scene, compose, sample_part_spec
-from training.synth_shapes import CATEGORIES, DEFAULT_CATEGORY
+from training.synth.defects import DEFECTS, DefectEdit, apply_defect, make_defect
+from training.synth.scene import Camera, PartSpec, build_scene, compose, sample_part_spec
+from training.synth.shapes import CATEGORIES, DEFAULT_CATEGORY
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tests for training.mgag: selective modality choice and Gaussian noise drawn on the tensor's device."""
+"""Tests for training.anomalies.mgag: selective modality choice and Gaussian noise drawn on the tensor's device."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.mgag import (
+from training.anomalies.mgag import (
     MgagConfig,
     add_noise,
     add_selective_noise,

@@ -12,8 +12,8 @@ import numpy as np
 # The serving normalisation constants: textures must land in the space of the images they are blended into.
 from service.preprocessing.config import IMAGENET_MEAN, IMAGENET_STD
 from training.config import DEPTH_ANOMALIES, DepthAnomaly
-from training.mgag import Modality, choose_modalities
-from training.perlin import patch_mask, perlin_mask
+from training.anomalies.mgag import Modality, choose_modalities
+from training.anomalies.perlin import patch_mask, perlin_mask
 
 OpName = Literal["contrast", "brightness", "color", "hflip", "vflip", "grayscale", "autocontrast", "equalize", "rotate"]
 # The reference's nine texture augmentations (three distinct ones are applied per sample).
