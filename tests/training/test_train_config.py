@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from training.config import MGAG_INPUT_DEFAULTS, TrainConfig
-from training.train import add_arguments, config_from_args
+from training.train.cli import add_arguments, config_from_args
 
 
 def parse(*flags: str) -> TrainConfig:

@@ -1,20 +1,31 @@
-"""Multi-scale Gaussian anomaly generator (MGAG): noise on inputs, features and adapted features (torch)."""
+"""Multi-scale Gaussian anomaly generator (MGAG): the three noise levels the trainer adds (torch).
+
+The trainer asks one `GaussianAnomalies` per run for each level, in this order per batch:
+- G1 `inputs`: noise on the normalised input images, in the modalities drawn by `choose_modalities`;
+- G2 `features`: noise on the per-modality patch features before the adaptor, a fresh modality draw;
+- G3 `adapted`: noise on the fused adaptor output, always on all of it.
+A level switched off in `MgagConfig` is not asked for. Noise is drawn on the tensors' device with one
+torch generator, the modality choice from a numpy generator, both re-seeded from (seed, epoch) at the
+start of every epoch, so a resumed run draws what an uninterrupted one would.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-Modality = Literal["both", "rgb", "depth"]
+# Which modalities one anomaly goes into (per batch for MGAG, per sample for UTAG). Not the same as
+# `training.config.Modality`, which names the inputs a model uses.
+AnomalyTarget = Literal["both", "rgb", "depth"]
 
 
 @dataclass(frozen=True)
 class MgagConfig:
-    """Noise levels of the three MGAG stages (σ in the units of the tensor they are added to).
+    """Which MGAG levels are on and their σ (in the units of the tensor each is added to).
 
     `sigma_input`: ImageNet-normalised input images (G1). `sigma_features`: per-modality patch
     features before the fusion adaptor (G2). `sigma_adapted`: fused adaptor output (G3). The reference
@@ -22,12 +33,12 @@ class MgagConfig:
     split (both / RGB only / depth only); 1/3 makes the three equally likely.
     """
 
+    enable_input: bool
+    enable_features: bool
+    enable_adapted: bool
     sigma_input: float = 0.12
     sigma_features: float = 0.04
     sigma_adapted: float = 0.02
-    enable_input: bool = True
-    enable_features: bool = True
-    enable_adapted: bool = True
     alpha: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
@@ -39,27 +50,16 @@ class MgagConfig:
             raise ValueError(f"MgagConfig.alpha must be in (0, 0.5], got {self.alpha}")
 
 
-def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
-    """A seeded torch.Generator that lives on `device`, so noise is drawn there directly."""
-    generator = torch.Generator(device=torch.device(device))
-    generator.manual_seed(int(seed))
-    return generator
-
-
-def choose_modalities(rng: np.random.Generator | torch.Generator, alpha: float = 1.0 / 3.0) -> Modality:
+def choose_modalities(rng: np.random.Generator, alpha: float = 1.0 / 3.0) -> AnomalyTarget:
     """Which modalities get the anomaly: u > 2α → both, α < u ≤ 2α → RGB only, u ≤ α → depth only.
 
-    `rng`: numpy Generator (data pipeline, per sample) or torch.Generator (training loop, per batch; a
-    device generator draws on its device, which costs one synchronisation).
+    `rng`: the caller's numpy Generator (per sample in UTAG, per batch in `GaussianAnomalies`).
     """
     if not 0.0 < alpha <= 0.5:
         raise ValueError(f"choose_modalities: alpha must be in (0, 0.5], got {alpha}")
-    if isinstance(rng, np.random.Generator):
-        u = float(rng.random())
-    elif isinstance(rng, torch.Generator):
-        u = float(torch.rand((), generator=rng, device=rng.device).item())
-    else:
-        raise TypeError(f"choose_modalities: rng must be numpy.random.Generator or torch.Generator, got {type(rng)}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"choose_modalities: rng must be a numpy.random.Generator, got {type(rng)}")
+    u = float(rng.random())
     if u > 2.0 * alpha:
         return "both"
     if u > alpha:
@@ -77,7 +77,7 @@ def _check_generator(x: Tensor, generator: torch.Generator | None) -> None:
     if not same:
         raise ValueError(
             f"MGAG noise: generator lives on {gen_device} but the tensor is on {x.device}; "
-            "use a generator for the tensor's device (make_generator(tensor.device, seed))"
+            "use a generator for the tensor's device"
         )
 
 
@@ -100,7 +100,7 @@ def add_selective_noise(
     rgb: Tensor,
     depth: Tensor,
     sigma: float,
-    which: Modality,
+    which: AnomalyTarget,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Add N(0, σ²) to the modalities named by `which`; the other one is returned unchanged (the same
@@ -116,37 +116,48 @@ def add_selective_noise(
     return rgb, depth
 
 
-def _selective_level(
-    rgb: Tensor, depth: Tensor, sigma: float, enabled: bool, alpha: float, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor, Modality | None]:
-    if not enabled:
-        return rgb, depth, None
-    # One draw per call (per batch): the whole batch shares the modality choice, as in the reference.
-    chooser = generator if generator is not None else torch.default_generator
-    which = choose_modalities(chooser, alpha)
-    noisy_rgb, noisy_depth = add_selective_noise(rgb, depth, sigma, which, generator)
-    return noisy_rgb, noisy_depth, which
+class GaussianAnomalies:
+    """The MGAG noise of one training run: G1, G2, G3 as described in the module docstring.
 
+    `modalities`: the model's inputs; with one, the selective levels perturb that one only (G1) or the
+    only feature map there is (G2). `device`: where the tensors live and the noise is drawn (the
+    reference draws ~135M samples per step on the CPU).
+    """
 
-def noise_inputs(
-    rgb: Tensor, depth: Tensor, config: MgagConfig, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Modality | None]:
-    """G1: selective noise on the normalised input images (B, 3, S, S). Modality None = level disabled
-    (inputs returned unchanged)."""
-    return _selective_level(rgb, depth, config.sigma_input, config.enable_input, config.alpha, generator)
+    def __init__(self, config: MgagConfig, modalities: tuple[str, ...], device: torch.device, seed: int) -> None:
+        self.config = config
+        self.modalities = modalities
+        self.seed = seed
+        self.generator = torch.Generator(device=device)
+        self.rng = np.random.default_rng(seed)
 
+    def start_epoch(self, epoch: int) -> None:
+        """Re-seed both generators from (seed, epoch)."""
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.rng = np.random.default_rng((self.seed, epoch, 7))
 
-def noise_features(
-    rgb_features: Tensor, depth_features: Tensor, config: MgagConfig, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Modality | None]:
-    """G2: selective noise on the per-modality patch features, drawn independently of G1's choice."""
-    return _selective_level(
-        rgb_features, depth_features, config.sigma_features, config.enable_features, config.alpha, generator
-    )
+    def _target(self) -> AnomalyTarget:
+        # One draw per call (per batch): the whole batch shares the modality choice, as in the reference.
+        if len(self.modalities) == 2:
+            return choose_modalities(self.rng, self.config.alpha)
+        return cast(AnomalyTarget, self.modalities[0])
 
+    def inputs(self, rgb: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
+        """G1 on the normalised input images (B, 3, S, S); the modality not drawn is returned as is."""
+        return add_selective_noise(rgb, depth, self.config.sigma_input, self._target(), self.generator)
 
-def noise_adapted(features: Tensor, config: MgagConfig, generator: torch.Generator | None = None) -> Tensor:
-    """G3: noise on the fused adaptor output, always on both halves (no modality selection)."""
-    if not config.enable_adapted:
-        return features
-    return add_noise(features, config.sigma_adapted, generator)
+    def features(self, rgb: Tensor | None, depth: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """G2 on the per-modality features (B, D, h, w); None for a modality the model does not use.
+
+        A single-modality model has one feature map, which always gets the noise (no draw)."""
+        sigma = self.config.sigma_features
+        if rgb is None or depth is None:
+            return (
+                None if rgb is None else add_noise(rgb, sigma, self.generator),
+                None if depth is None else add_noise(depth, sigma, self.generator),
+            )
+        return add_selective_noise(rgb, depth, sigma, self._target(), self.generator)
+
+    def adapted(self, features: Tensor) -> Tensor:
+        """G3 on the fused adaptor output, all of it (no modality selection)."""
+        return add_noise(features, self.config.sigma_adapted, self.generator)

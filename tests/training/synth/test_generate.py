@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from training import cli
+from training.synth.defects import DEFECTS
 from training.synth.generate import (
     GOOD,
     PART_KINDS,
@@ -22,7 +23,6 @@ from training.synth.generate import (
     plan_part,
     render_part,
 )
-from training.synth.defects import DEFECTS
 from training.synth.scene import Camera
 from training.synth.shapes import CATEGORIES
 
