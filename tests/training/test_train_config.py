@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 
+from service.preprocessing import PREPROCESSING_VERSION, ConfigError, PreprocessConfig
 from training.config import MGAG_INPUT_DEFAULTS, TrainConfig
 from training.train.cli import add_arguments, config_from_args
 
@@ -51,3 +54,23 @@ def test_depth_anomalies_default_to_mixed_and_the_paper_is_one_flag_away() -> No
     assert parse("--utag-depth", "texture").utag_depth == "texture"
     with pytest.raises(SystemExit):
         parse("--utag-depth", "bumpy")
+
+
+def test_preprocessing_is_typed_follows_image_size_and_saves_as_before() -> None:
+    config = TrainConfig(data="d", category="c", image_size=64)
+    assert isinstance(config.preprocessing, PreprocessConfig) and config.preprocessing.image_size == 64
+    saved = config.to_dict()["preprocessing"]
+    # config.json holds PreprocessConfig.to_dict(), with its version, as runs before this type did.
+    assert saved == PreprocessConfig(image_size=64).to_dict() and saved["version"] == PREPROCESSING_VERSION
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="differs from image_size 64"):
+        TrainConfig(data="d", category="c", image_size=64, preprocessing=PreprocessConfig(image_size=128))
+
+
+def test_a_run_with_other_preprocessing_does_not_load(tmp_path: Path) -> None:
+    data = TrainConfig(data="d", category="c").to_dict()
+    data["preprocessing"]["version"] = "0"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="version mismatch"):
+        TrainConfig.load(tmp_path / "config.json")
