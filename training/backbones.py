@@ -14,10 +14,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
+from service.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+logger = logging.getLogger(__name__)
 
 
 class BackboneError(ValueError):
@@ -39,8 +38,9 @@ class BackboneSpec:
     feature_dim: int  # default per-modality feature width (half per level)
     stem: tuple[str, ...]  # modules run before the first level
     levels: tuple[tuple[str, ...], tuple[str, ...]]  # modules that end at level 0 (stride 8), level 1 (16)
-    # The normalisation the weights were trained with. Our inputs are ImageNet-normalised (one preprocessing
-    # for every backbone, and the reference's noise σ live in that space); the backbone converts on entry.
+    # The normalisation the weights were trained with. Our inputs are normalised as the run's PreprocessConfig
+    # says (ImageNet statistics, one preprocessing for every backbone, and the reference's noise σ live in that
+    # space); the backbone converts on entry.
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -81,23 +81,27 @@ class FeatureBackbone(nn.Module):
     input_scale: Tensor
     input_shift: Tensor
 
-    def __init__(self, spec: BackboneSpec, stem: nn.Sequential, levels: nn.ModuleList) -> None:
+    def __init__(
+        self, spec: BackboneSpec, stem: nn.Sequential, levels: nn.ModuleList, preprocessing: PreprocessConfig
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.stem = stem
         self.levels = levels
-        # x_backbone = (x·std_in + mean_in − mean_b) / std_b, folded into one per-channel affine map.
-        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        # x_backbone = (x·std_in + mean_in − mean_b) / std_b, folded into one per-channel affine map; the
+        # inputs' mean_in/std_in are the preprocessing's.
+        mean_in, std_in = torch.tensor(preprocessing.mean), torch.tensor(preprocessing.std)
         mean_b, std_b = torch.tensor(spec.mean), torch.tensor(spec.std)
         self.renormalise = not (torch.equal(mean_in, mean_b) and torch.equal(std_in, std_b))
         self.register_buffer("input_scale", (std_in / std_b).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_shift", ((mean_in - mean_b) / std_b).view(1, 3, 1, 1), persistent=False)
+        # The one place the backbone is frozen: no gradients, and BN keeps its ImageNet statistics.
         for p in self.parameters():
             p.requires_grad_(False)
         self.train(False)
 
     def train(self, mode: bool = True) -> FeatureBackbone:
-        # Frozen with ImageNet BN statistics: a parent's .train() must never switch BN to batch statistics.
+        # A parent's .train() reaches here: it must never switch BN to batch statistics.
         return super().train(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -246,11 +250,18 @@ def _spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, *, weights: Path | None = None, pretrained: bool = True) -> FeatureBackbone:
+def build_backbone(
+    name: str,
+    *,
+    weights: Path | None = None,
+    pretrained: bool = True,
+    preprocessing: PreprocessConfig | None = None,
+) -> FeatureBackbone:
     """Build the frozen backbone `name` (a key of BACKBONES), cut after its stride-16 stage.
 
     Weights as in `load_imagenet_model`; `pretrained=False` gives random weights (timing benchmarks
-    and tests only) and logs a warning.
+    and tests only) and logs a warning. `preprocessing`: how the inputs are normalised (default:
+    `PreprocessConfig()`'s mean/std).
     """
     spec = _spec(name)
     if weights is not None and not pretrained:
@@ -264,4 +275,4 @@ def build_backbone(name: str, *, weights: Path | None = None, pretrained: bool =
         logger.warning("backbone %s: RANDOM weights (pretrained=False); features are meaningless", name)
     stem = nn.Sequential(*(full.get_submodule(m) for m in spec.stem))
     levels = nn.ModuleList(nn.Sequential(*(full.get_submodule(m) for m in level)) for level in spec.levels)
-    return FeatureBackbone(spec, stem, levels)
+    return FeatureBackbone(spec, stem, levels, preprocessing or PreprocessConfig())

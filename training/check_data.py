@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, PreprocessingError, point_cloud_to_depth
 from training.data import SPLITS, DatasetError, Sample, discover, load_sample
+from training.formatting import fmt
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,6 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable form of a `check_data` report."""
     lines = [f"data set {report['data']}, category {report['category']}: {report['parts']} part(s)", ""]
@@ -199,13 +196,13 @@ def format_report(report: dict[str, Any]) -> str:
     sizes = ", ".join(f"{s['height']}×{s['width']} ({s['count']})" for s in report["image_sizes"])
     methods = ", ".join(f"{m} ({n})" for m, n in report["plane_methods"].items())
     anomalous = report["anomalous_pixel_fraction"]
-    per_defect = ", ".join(f"{d} {_fmt(f)}" for d, f in anomalous["per_defect"].items())
+    per_defect = ", ".join(f"{d} {fmt(f)}" for d, f in anomalous["per_defect"].items())
     lines += [
         f"image sizes (H×W):         {sizes or 'n/a'}",
-        f"missing points (mean):     {_fmt(report['missing_fraction'])}",
-        f"foreground (mean):         {_fmt(report['foreground_fraction'])}",
+        f"missing points (mean):     {fmt(report['missing_fraction'])}",
+        f"foreground (mean):         {fmt(report['foreground_fraction'])}",
         f"plane fit methods:         {methods or 'n/a'}",
-        f"anomalous pixels (test):   {_fmt(anomalous['mean'])}" + (f"  [{per_defect}]" if per_defect else ""),
+        f"anomalous pixels (test):   {fmt(anomalous['mean'])}" + (f"  [{per_defect}]" if per_defect else ""),
     ]
     for failure in report["failures"]:
         lines.append(f"FAILED {failure['file']}: {failure['error']}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from service.preprocessing import PreprocessConfig
+
 Modality = Literal["rgb", "depth", "both"]
 Selection = Literal["validation", "last"]
-# What UTAG puts into the depth image (training.texture_anomaly): the paper's texture, our smooth
+# What UTAG puts into the depth image (training.anomalies.texture_anomaly): the paper's texture, our smooth
 # dent/bump, or either per sample.
 DepthAnomaly = Literal["texture", "smooth", "mixed"]
 DEPTH_ANOMALIES: tuple[str, ...] = get_args(DepthAnomaly)
@@ -64,7 +66,7 @@ class TrainConfig:
     # What UTAG puts into the depth image: the paper's gray texture ("texture"), our smooth dent/bump
     # extension ("smooth"), or either per sample ("mixed", the default: with textures alone, depth-only
     # dents on the toy-brick set scored at chance, I-AUROC 0.47; mixed: 0.77, and the synthetic puck set
-    # went from 0.963 to 0.975; docs/RESULTS.md). See training.texture_anomaly.
+    # went from 0.963 to 0.975; docs/RESULTS.md). See training.anomalies.texture_anomaly.
     utag_depth: DepthAnomaly = "mixed"
     textures: str | None = None
     beta_mean: float = 0.5
@@ -80,11 +82,23 @@ class TrainConfig:
     eval_every: int = 1
     target_false_reject_rate: float = 0.01
     device: str = "cpu"
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    # What the model's inputs are made with; it travels into the exported manifest. None: the defaults at
+    # `image_size`. Its `image_size` is the run's `image_size` (checked): one setting, not two.
+    preprocessing: PreprocessConfig = None  # type: ignore[assignment]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
-        if self.mgag_input is None:  # frozen: the one place the config fills in a default itself
+        # Frozen: the two places the config fills in defaults itself.
+        if self.mgag_input is None:
             object.__setattr__(self, "mgag_input", MGAG_INPUT_DEFAULTS.get(self.backbone, True))
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", PreprocessConfig(image_size=self.image_size))
+        if not isinstance(self.preprocessing, PreprocessConfig):
+            raise TypeError(f"TrainConfig.preprocessing must be a PreprocessConfig, got {type(self.preprocessing)}")
+        if self.preprocessing.image_size != self.image_size:
+            raise ValueError(
+                f"TrainConfig: preprocessing.image_size {self.preprocessing.image_size} differs from "
+                f"image_size {self.image_size}"
+            )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -119,7 +133,10 @@ class TrainConfig:
                 raise ValueError(f"invalid training config: {message} (got {self})")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-able; `preprocessing` as `PreprocessConfig.to_dict()` (with its version), as config.json holds it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["preprocessing"] = self.preprocessing.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -127,7 +144,12 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}: written by a newer version?")
-        return cls(**data)
+        values = dict(data)
+        # Raises ConfigError for another preprocessing version: a model must see what it was trained on.
+        values["preprocessing"] = (
+            PreprocessConfig.from_dict(values["preprocessing"]) if values.get("preprocessing") else None
+        )
+        return cls(**values)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write points in the world frame through each sample's pose (default: camera frame, which the "
         "depth image and the plane-based foreground expect)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -14,9 +15,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, preprocess_part
-from training.config import DepthAnomaly
+from training.anomalies.texture_anomaly import TextureAnomaly, texture_anomaly
+from training.config import DepthAnomaly, TrainConfig
 from training.data import Sample, discover, load_sample
-from training.texture_anomaly import texture_anomaly
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,55 @@ def prepare_split(
     return PreparedSplit(samples, rgb, depth, foreground, gt, info)
 
 
+@dataclass(frozen=True)
+class AnomalyOptions:
+    """How a run's UTAG texture anomalies are made, for the training items and the validation set alike.
+
+    `grid`: the discriminator's patch grid (h, w). `seed`: the run's seed. `modalities`: the model's inputs.
+    The others as `texture_anomaly` takes them.
+    """
+
+    grid: tuple[int, int]
+    seed: int
+    modalities: tuple[str, ...]
+    beta_mean: float = 0.5
+    beta_std: float = 0.3
+    alpha: float = 1.0 / 3.0
+    depth_anomaly: DepthAnomaly = "texture"
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> AnomalyOptions:
+        return cls(
+            grid=(config.image_size // 8, config.image_size // 8),
+            seed=config.seed,
+            modalities=config.modalities,
+            beta_mean=config.beta_mean,
+            beta_std=config.beta_std,
+            alpha=config.alpha,
+            depth_anomaly=config.utag_depth,
+        )
+
+    def make(
+        self, split: PreparedSplit, i: int, textures: Sequence[np.ndarray], rng: np.random.Generator
+    ) -> TextureAnomaly:
+        """A texture anomaly on part `i` of `split`, drawn from `rng`, with every option of this set."""
+        return texture_anomaly(
+            split.rgb[i],
+            split.depth[i],
+            split.foreground[i],
+            textures,
+            rng,
+            grid=self.grid,
+            beta_mean=self.beta_mean,
+            beta_std=self.beta_std,
+            alpha=self.alpha,
+            modalities=self.modalities,
+            depth_anomaly=self.depth_anomaly,
+        )
+
+
 class TextureAnomalySet(Dataset):
-    """Training items: the clean part plus a UTAG texture anomaly made from it.
+    """Training items: the clean part plus (with `utag`) a UTAG texture anomaly made from it.
 
     Each item's randomness comes from (seed, epoch, index), so a run is reproducible whatever the loader
     order, and a resumed run makes the same anomalies as an uninterrupted one.
@@ -117,27 +165,15 @@ class TextureAnomalySet(Dataset):
         split: PreparedSplit,
         indices: Sequence[int],
         textures: Sequence[np.ndarray],
+        options: AnomalyOptions,
         *,
-        grid: tuple[int, int],
-        seed: int,
-        utag: bool,
-        modalities: tuple[str, ...],
-        beta_mean: float,
-        beta_std: float,
-        alpha: float,
-        depth_anomaly: DepthAnomaly = "texture",
+        utag: bool = True,
     ) -> None:
         self.split = split
-        self.depth_anomaly = depth_anomaly
         self.indices = list(indices)
         self.textures = textures
-        self.grid = grid
-        self.seed = seed
+        self.options = options
         self.utag = utag
-        self.modalities = modalities
-        self.beta_mean = beta_mean
-        self.beta_std = beta_std
-        self.alpha = alpha
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,72 +184,38 @@ class TextureAnomalySet(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         i = self.indices[item]
-        rgb, depth = self.split.rgb[i], self.split.depth[i]
-        out = {"rgb": torch.from_numpy(rgb), "depth": torch.from_numpy(depth)}
+        out = {"rgb": torch.from_numpy(self.split.rgb[i]), "depth": torch.from_numpy(self.split.depth[i])}
         if self.utag:
-            rng = np.random.default_rng((self.seed, self.epoch, item))
-            anomaly = texture_anomaly(
-                rgb,
-                depth,
-                self.split.foreground[i],
-                self.textures,
-                rng,
-                grid=self.grid,
-                beta_mean=self.beta_mean,
-                beta_std=self.beta_std,
-                alpha=self.alpha,
-                modalities=self.modalities,
-                depth_anomaly=self.depth_anomaly,
-            )
+            rng = np.random.default_rng((self.options.seed, self.epoch, item))
+            anomaly = self.options.make(self.split, i, self.textures, rng)
             out["aug_rgb"] = torch.from_numpy(np.ascontiguousarray(anomaly.rgb, dtype=np.float32))
             out["aug_depth"] = torch.from_numpy(np.ascontiguousarray(anomaly.depth, dtype=np.float32))
             out["patch_mask"] = torch.from_numpy(np.ascontiguousarray(anomaly.patch_mask, dtype=np.float32))
         return out
 
 
+class ValidationSet(NamedTuple):
+    """Model inputs with labels: `rgb`, `depth` (N, 3, S, S) float32, `labels` (N,) bool, `masks` (N, S, S) bool."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+
 def synthetic_validation(
-    split: PreparedSplit,
-    textures: Sequence[np.ndarray],
-    *,
-    seed: int,
-    modalities: tuple[str, ...],
-    alpha: float,
-    depth_anomaly: DepthAnomaly = "texture",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    split: PreparedSplit, textures: Sequence[np.ndarray], options: AnomalyOptions
+) -> ValidationSet:
     """Good validation parts plus one texture-anomalous copy of each, made once with a fixed seed.
 
-    Returns `rgb`, `depth` (2N, 3, S, S), `labels` (2N,) bool and `masks` (2N, S, S) bool. Used to select
-    the checkpoint without ever looking at the test split.
+    2N items: the N good parts first. Used to select the checkpoint without ever looking at the test split.
     """
     n = len(split)
     size = split.rgb.shape[-1]
-    rgb = [split.rgb]
-    depth = [split.depth]
-    masks = [np.zeros((n, size, size), bool)]
-    aug_rgb, aug_depth, aug_masks = [], [], []
-    for i in range(n):
-        rng = np.random.default_rng((seed, 10_007, i))
-        anomaly = texture_anomaly(
-            split.rgb[i],
-            split.depth[i],
-            split.foreground[i],
-            textures,
-            rng,
-            grid=(size // 8, size // 8),
-            alpha=alpha,
-            modalities=modalities,
-            depth_anomaly=depth_anomaly,
-        )
-        aug_rgb.append(anomaly.rgb)
-        aug_depth.append(anomaly.depth)
-        aug_masks.append(anomaly.mask)
-    rgb.append(np.stack(aug_rgb))
-    depth.append(np.stack(aug_depth))
-    masks.append(np.stack(aug_masks))
-    labels = np.concatenate([np.zeros(n, bool), np.ones(n, bool)])
-    return (
-        np.concatenate(rgb).astype(np.float32),
-        np.concatenate(depth).astype(np.float32),
-        labels,
-        np.concatenate(masks),
+    anomalies = [options.make(split, i, textures, np.random.default_rng((options.seed, 10_007, i))) for i in range(n)]
+    return ValidationSet(
+        rgb=np.concatenate([split.rgb, np.stack([a.rgb for a in anomalies])]).astype(np.float32),
+        depth=np.concatenate([split.depth, np.stack([a.depth for a in anomalies])]).astype(np.float32),
+        labels=np.concatenate([np.zeros(n, bool), np.ones(n, bool)]),
+        masks=np.concatenate([np.zeros((n, size, size), bool), np.stack([a.mask for a in anomalies])]),
     )

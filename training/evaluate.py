@@ -13,6 +13,7 @@ import numpy as np
 from service.preprocessing import PreprocessConfig
 from training.dataset import PreparedSplit, prepare_split
 from training.figures import anomaly_sheet, score_histogram
+from training.formatting import fmt
 from training.inference import predict
 from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
 from training.runs import Run, load_run
@@ -50,10 +51,6 @@ def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str 
     return result
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """The paper's table layout: one column per category, one row per metric."""
     cat = result["category"]
@@ -64,9 +61,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         ("AUPRO@0.3 (reference variant)", "aupro_reference_variant"),
     ]
     lines = [f"| metric | {cat} |", "|---|---|"]
-    lines += [f"| {label} | {_fmt(result[key])} |" for label, key in rows]
+    lines += [f"| {label} | {fmt(result[key], '.3f')} |" for label, key in rows]
     lines += ["", "| defect | I-AUROC vs good |", "|---|---|"]
-    lines += [f"| {d} | {_fmt(v)} |" for d, v in result["per_defect_image_auroc"].items()]
+    lines += [f"| {d} | {fmt(v, '.3f')} |" for d, v in result["per_defect_image_auroc"].items()]
     sel = result.get("selection", {})
     lines += [
         "",
@@ -78,7 +75,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_figures(result: dict[str, Any], test: PreparedSplit, folder: Path, *, per_defect: int = 2) -> list[str]:
+def write_figures(
+    result: dict[str, Any], test: PreparedSplit, folder: Path, preprocessing: PreprocessConfig, *, per_defect: int = 2
+) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     scores, maps = result["_scores"], result["_maps"]
     threshold = result["threshold"]["calibrated"]
@@ -96,6 +95,7 @@ def write_figures(result: dict[str, Any], test: PreparedSplit, folder: Path, *, 
             test.depth[i],
             maps[i],
             test.gt[i],
+            preprocessing=preprocessing,
             threshold=threshold,
             title=f"{sample.defect}/{sample.stem}: score {scores[i]:.3f} → {verdict}",
         )
@@ -124,10 +124,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data root (default: the run's)")
     p.add_argument("--category", default=None, help="category (default: the run's)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON file to write")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--figures-per-defect", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8, help="parts per inference batch")
+    p.add_argument("--figures-per-defect", type=int, default=2, help="anomaly-map pictures per defect type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,19 +135,13 @@ def run(args: argparse.Namespace) -> int:
     config = trained.config
     data = Path(args.data) if args.data else Path(config.data)
     category = args.category or config.category
-    test = prepare_split(
-        data,
-        category,
-        "test",
-        PreprocessConfig.from_dict(config.preprocessing),
-        progress=not args.no_progress,
-    )
+    test = prepare_split(data, category, "test", config.preprocessing, progress=not args.no_progress)
     if not test.labels.any() or test.labels.all():
         raise SystemExit(f"test split of {category} needs good and defective parts to compute AUROC")
     result = evaluate(trained, test, batch_size=args.batch_size, device=args.device)
     result["category"] = category
     figures = args.out.parent / f"{args.out.stem}_figures"
-    result["figures"] = write_figures(result, test, figures, per_defect=args.figures_per_defect)
+    result["figures"] = write_figures(result, test, figures, config.preprocessing, per_defect=args.figures_per_defect)
     scores = result.pop("_scores")
     result.pop("_maps")
     result["parts"] = [

@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
+from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
 from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
@@ -98,7 +98,7 @@ def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, flo
         "inputs": {"rgb": ["batch", 3, size, size], "depth": ["batch", 3, size, size]},
         "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
         "opset": OPSET,
-        "preprocessing": cfg.preprocessing,
+        "preprocessing": cfg.preprocessing.to_dict(),
         "threshold": {
             "value": cal["threshold"],
             "method": cal["method"],
@@ -130,7 +130,7 @@ def export(
     manifest = build_manifest(trained, name or out_dir.name, version, metrics)
 
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-        tmp_onnx = Path(tmp) / "model.onnx"
+        tmp_onnx = Path(tmp) / MODEL_FILE
         export_onnx(trained.model, tmp_onnx, trained.config.image_size)
         proto = onnx.load(str(tmp_onnx))
         onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
@@ -143,8 +143,8 @@ def export(
                 f"ONNX Runtime disagrees with PyTorch beyond {PARITY_TOLERANCE}: max |diff| {diffs}; nothing written"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp_onnx), out_dir / "model.onnx")
-    write_manifest_json(manifest, out_dir, sha256_file(out_dir / "model.onnx"))
+        shutil.move(str(tmp_onnx), out_dir / MODEL_FILE)
+    write_manifest_json(manifest, out_dir, sha256_file(out_dir / MODEL_FILE))
     log.info("exported %s → %s (parity %s)", run_dir, out_dir, diffs)
     return {"out": str(out_dir), "parity_max_abs_diff": diffs, "n_parity_parts": len(rgb)}
 
@@ -154,7 +154,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="model folder to write (models/NAME)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
     p.add_argument("--version", default="1", help="model version string")
-    p.add_argument("--metrics", type=Path, default=None, help="evaluate's JSON, to record in the manifest")
+    p.add_argument(
+        "--metrics", type=Path, default=None, help="evaluate's JSON, to record in the manifest (default: no metrics)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+from service.preprocessing import PreprocessConfig
 
 
-def denormalise(image: np.ndarray) -> np.ndarray:
-    """(3, S, S) ImageNet-normalised float32 → (S, S, 3) float in [0, 1] for display."""
-    return np.clip(image * IMAGENET_STD + IMAGENET_MEAN, 0, 1).transpose(1, 2, 0)
+def denormalise(image: np.ndarray, preprocessing: PreprocessConfig) -> np.ndarray:
+    """(3, S, S) model input, normalised with `preprocessing`'s mean/std → (S, S, 3) float in [0, 1] for display."""
+    mean = np.asarray(preprocessing.mean, np.float32)[:, None, None]
+    std = np.asarray(preprocessing.std, np.float32)[:, None, None]
+    return np.clip(image * std + mean, 0, 1).transpose(1, 2, 0)
 
 
 def anomaly_sheet(
@@ -27,14 +28,16 @@ def anomaly_sheet(
     amap: np.ndarray,
     gt: np.ndarray,
     *,
+    preprocessing: PreprocessConfig,
     title: str,
     threshold: float | None = None,
 ) -> None:
-    """One part: `rgb`, `depth` (3, S, S) normalised, `amap` (S, S) scores in [0, 1], `gt` (S, S) bool."""
+    """One part: `rgb`, `depth` (3, S, S) normalised with `preprocessing`, `amap` (S, S) scores in [0, 1],
+    `gt` (S, S) bool."""
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
-    axes[0].imshow(denormalise(rgb))
+    axes[0].imshow(denormalise(rgb, preprocessing))
     axes[0].set_title("RGB")
-    axes[1].imshow(denormalise(depth)[..., 0], cmap="gray")
+    axes[1].imshow(denormalise(depth, preprocessing)[..., 0], cmap="gray")
     axes[1].set_title("depth")
     im = axes[2].imshow(amap, cmap="jet", vmin=0.0, vmax=1.0)
     if threshold is not None and amap.max() > threshold:

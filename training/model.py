@@ -192,11 +192,6 @@ class BridgeNet(nn.Module):
 
     # ---- training helpers -------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> BridgeNet:
-        super().train(mode)
-        self.backbone.train(False)  # frozen: never use batch statistics
-        return self
-
     def adaptor_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the fusion adaptor (its own optimiser in the reference: Adam)."""
         return self.adaptor.parameters()
@@ -204,15 +199,3 @@ class BridgeNet(nn.Module):
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the discriminator (its own optimiser in the reference: AdamW)."""
         return self.discriminator.parameters()
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every trainable parameter: the adaptor's and the discriminator's (the backbone is frozen)."""
-        return [*self.adaptor_parameters(), *self.discriminator_parameters()]
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts by part: backbone (frozen), adaptor, discriminator."""
-        return {
-            "backbone": sum(p.numel() for p in self.backbone.parameters()),
-            "adaptor": sum(p.numel() for p in self.adaptor_parameters()),
-            "discriminator": sum(p.numel() for p in self.discriminator_parameters()),
-        }

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
 from training.config import TrainConfig
+from training.formatting import fmt
 
 LOSS_KEYS = ("total", "bce_input", "bce_features", "bce_adapted", "focal")
 
@@ -70,9 +71,5 @@ def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], h
         keys = [k for k in history[0] if k != "epoch"]
         lines.append("|" + "---|" * (len(keys) + 1))
         for row in history:
-            lines.append(f"| {row['epoch']} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+            lines.append(f"| {row['epoch']} | " + " | ".join(fmt(row.get(k)) for k in keys) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

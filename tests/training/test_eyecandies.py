@@ -248,7 +248,7 @@ def test_samples_per_epoch_is_validated_in_the_config() -> None:
 
 
 def test_more_samples_per_epoch_than_parts_fails_before_training(converted: Path) -> None:
-    from training.train import load_splits  # imports torch: only this test needs it
+    from training.train.splits import load_splits  # imports torch: only this test needs it
 
     config = TrainConfig(data=str(converted), category="GumDrop", image_size=64, samples_per_epoch=7)
     with pytest.raises(ValueError, match="samples-per-epoch 7 but only 6 training parts"):

@@ -11,7 +11,7 @@ import torch
 
 from training import runs
 from training.cli import main as cli
-from training.synth import generate
+from training.synth.generate import generate
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
     """The service's answer for a part equals what the training pipeline computes for the same files."""
     from service.engine import Engine, EngineOptions
     from service.postprocessing import map_to_input_size
-    from service.preprocessing import PreprocessConfig, preprocess_part
+    from service.preprocessing import preprocess_part
     from training.data import discover, load_sample
     from training.inference import predict
     from training.runs import load_run
@@ -138,7 +138,7 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
     engine = Engine(EngineOptions(models_dir=models, default_model="tiny"))
     engine.start()
     run = load_run(trained)
-    config = PreprocessConfig.from_dict(run.config.preprocessing)
+    config = run.config.preprocessing
     for sample in [s for s in discover(data, "puck", "test") if s.defect in ("good", "crack")][:3]:
         part = load_sample(sample)
         answer = engine.predict(part.rgb, part.xyz)
@@ -149,17 +149,6 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
         assert answer.anomaly_map.shape == part.rgb.shape[:2]
         np.testing.assert_allclose(answer.anomaly_map, expected_map, atol=1e-4)
         assert answer.is_anomalous == (answer.score > manifest["threshold"]["value"])
-
-
-def test_export_refuses_a_run_without_saved_parts(trained: Path, tmp_path: Path) -> None:
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    (copy / runs.SAMPLES_FILE).unlink()
-    with pytest.raises(Exception, match=r"samples\.npz"):
-        cli(["export", "--run", str(copy), "--out", str(tmp_path / "m")])
-    assert not (tmp_path / "m").exists()
 
 
 def test_single_modality_trains_with_every_anomaly_generator(data: Path, tmp_path: Path) -> None:

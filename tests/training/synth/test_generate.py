@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 from training import cli
-from training.synth import (
+from training.synth.defects import DEFECTS
+from training.synth.generate import (
     GOOD,
     PART_KINDS,
     OutputExistsError,
@@ -22,9 +23,8 @@ from training.synth import (
     plan_part,
     render_part,
 )
-from training.synth_defects import DEFECTS
-from training.synth_scene import Camera
-from training.synth_shapes import CATEGORIES
+from training.synth.scene import Camera
+from training.synth.shapes import CATEGORIES
 
 SIZE = 128
 COUNTS: dict[str, Any] = {"n_train": 3, "n_validation": 2, "n_test_per_defect": 2}

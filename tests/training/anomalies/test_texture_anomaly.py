@@ -1,4 +1,4 @@
-"""Tests for training.texture_anomaly: texture augmentation, β, blending and the per-sample generator."""
+"""Tests for training.anomalies.texture_anomaly: texture augmentation, β, blending and the per-sample generator."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.perlin import EmptyForegroundError, patch_mask
-from training.texture_anomaly import (
+from training.anomalies.perlin import EmptyForegroundError, patch_mask
+from training.anomalies.texture_anomaly import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TEXTURE_OPS,

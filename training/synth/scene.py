@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.synth_shapes import CATEGORIES, fractal_noise, table_albedo
+from training.synth.shapes import CATEGORIES, fractal_noise, table_albedo
 
 # Focal length in pixels per pixel of the shorter image side: the short side sees about 0.2 m of the table
 # at 0.6 m, so the scene looks the same at every resolution.

@@ -1,4 +1,4 @@
-"""Tests for training.mgag: selective modality choice and Gaussian noise drawn on the tensor's device."""
+"""Tests for training.anomalies.mgag: selective modality choice and Gaussian noise drawn on the tensor's device."""
 
 from __future__ import annotations
 
@@ -8,26 +8,29 @@ import numpy as np
 import pytest
 import torch
 
-from training.mgag import (
+from training.anomalies.mgag import (
+    GaussianAnomalies,
     MgagConfig,
     add_noise,
     add_selective_noise,
     choose_modalities,
-    make_generator,
-    noise_adapted,
-    noise_features,
-    noise_inputs,
 )
+
+ALL_ON = MgagConfig(enable_input=True, enable_features=True, enable_adapted=True)
+
+
+def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
 def test_config_defaults_and_validation() -> None:
-    config = MgagConfig()
+    config = ALL_ON
     assert (config.sigma_input, config.sigma_features, config.sigma_adapted) == (0.12, 0.04, 0.02)
     assert config.alpha == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="sigma_features"):
-        MgagConfig(sigma_features=-0.1)
+        MgagConfig(True, True, True, sigma_features=-0.1)
     with pytest.raises(ValueError, match="alpha"):
-        MgagConfig(alpha=0.7)
+        MgagConfig(True, True, True, alpha=0.7)
 
 
 def test_choose_modalities_frequencies_numpy() -> None:
@@ -36,13 +39,6 @@ def test_choose_modalities_frequencies_numpy() -> None:
     assert set(counts) == {"both", "rgb", "depth"}
     for name in ("both", "rgb", "depth"):
         assert counts[name] / 30_000 == pytest.approx(1 / 3, abs=0.015)
-
-
-def test_choose_modalities_frequencies_torch_generator() -> None:
-    generator = make_generator("cpu", 1)
-    counts = Counter(choose_modalities(generator, 1 / 3) for _ in range(3_000))
-    for name in ("both", "rgb", "depth"):
-        assert counts[name] / 3_000 == pytest.approx(1 / 3, abs=0.04)
 
 
 def test_choose_modalities_thresholds_follow_alpha() -> None:
@@ -59,7 +55,7 @@ def test_choose_modalities_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="alpha"):
         choose_modalities(np.random.default_rng(0), 0.0)
     with pytest.raises(TypeError, match="Generator"):
-        choose_modalities(0.5, 1 / 3)  # type: ignore[arg-type]
+        choose_modalities(torch.Generator(), 1 / 3)  # type: ignore[arg-type]
 
 
 def test_add_noise_statistics_device_and_dtype() -> None:
@@ -129,37 +125,64 @@ def test_selective_noise_rejects_bad_arguments() -> None:
         add_selective_noise(torch.zeros(2), torch.zeros(3), 0.1, "both")
 
 
-def test_levels_use_their_sigma_and_disabled_levels_add_nothing() -> None:
-    generator = make_generator("cpu", 5)
+def _mgag(config: MgagConfig = ALL_ON, modalities: tuple[str, ...] = ("rgb", "depth"), seed: int = 5):
+    noise = GaussianAnomalies(config, modalities, torch.device("cpu"), seed)
+    noise.start_epoch(1)
+    return noise
+
+
+def test_levels_use_their_sigma() -> None:
+    noise = _mgag(MgagConfig(True, True, True, sigma_input=0.3, sigma_features=0.1, sigma_adapted=0.02))
     rgb, depth = torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 32)
-    config = MgagConfig(sigma_input=0.3)
-    out_rgb, out_depth, which = noise_inputs(rgb, depth, config, generator)
-    assert which in ("both", "rgb", "depth")
-    noisy = out_rgb if which != "depth" else out_depth
-    assert noisy.std().item() == pytest.approx(0.3, rel=0.05)
-
-    fused = torch.zeros(4, 5000)
-    assert noise_adapted(fused, config, generator).std().item() == pytest.approx(0.02, rel=0.05)
-
-    off = MgagConfig(enable_input=False, enable_features=False, enable_adapted=False)
-    state = generator.get_state()
-    for level in (noise_inputs, noise_features):
-        same_rgb, same_depth, none = level(rgb, depth, off, generator)
-        assert same_rgb is rgb and same_depth is depth and none is None
-    assert noise_adapted(fused, off, generator) is fused
-    assert torch.equal(generator.get_state(), state)  # nothing was drawn
+    out_rgb, out_depth = noise.inputs(rgb, depth)
+    noisy = [t for t in (out_rgb, out_depth) if t is not rgb and t is not depth]
+    assert noisy and all(t.std().item() == pytest.approx(0.3, rel=0.05) for t in noisy)
+    f_rgb, f_depth = noise.features(torch.zeros(2, 8, 16, 16), torch.zeros(2, 8, 16, 16))
+    assert any(t is not None and t.abs().sum() > 0 for t in (f_rgb, f_depth))
+    assert all(
+        t is None or t.abs().sum() == 0 or t.std().item() == pytest.approx(0.1, rel=0.1) for t in (f_rgb, f_depth)
+    )
+    assert noise.adapted(torch.zeros(4, 5000)).std().item() == pytest.approx(0.02, rel=0.05)
 
 
-def test_feature_level_draws_its_own_modality() -> None:
-    generator = make_generator("cpu", 9)
-    config = MgagConfig()
+def test_each_level_draws_its_own_modality() -> None:
+    noise = _mgag(seed=9)
     feats = torch.zeros(2, 16)
-    choices = {
-        (noise_inputs(feats, feats, config, generator)[2], noise_features(feats, feats, config, generator)[2])
-        for _ in range(200)
-    }
-    # Independent draws: the two levels do not always agree.
-    assert any(a != b for a, b in choices)
+
+    def target(pair: tuple[torch.Tensor | None, torch.Tensor | None]) -> str:
+        hit_rgb, hit_depth = (t is not feats for t in pair)
+        return "both" if hit_rgb and hit_depth else ("rgb" if hit_rgb else "depth")
+
+    choices = [(target(noise.inputs(feats, feats)), target(noise.features(feats, feats))) for _ in range(200)]
+    assert {a for a, _ in choices} == {"both", "rgb", "depth"}
+    assert any(a != b for a, b in choices)  # independent draws: the two levels do not always agree
+
+
+def test_single_modality_models_always_perturb_their_one_input() -> None:
+    noise = _mgag(modalities=("depth",))
+    rgb, depth = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+    for _ in range(20):
+        out_rgb, out_depth = noise.inputs(rgb, depth)
+        assert out_rgb is rgb and out_depth is not depth
+    out_rgb, out_depth = noise.features(None, torch.zeros(2, 4, 2, 2))
+    assert out_rgb is None and out_depth is not None and out_depth.abs().sum() > 0
+
+
+def test_epochs_reseed_both_generators() -> None:
+    """A resumed run draws what an uninterrupted one would: epoch e's noise depends on (seed, e) only."""
+    x = torch.zeros(2, 3, 8, 8)
+
+    def draws(noise: GaussianAnomalies) -> list[torch.Tensor]:
+        return [t for _ in range(3) for t in (*noise.inputs(x, x), noise.adapted(x))]
+
+    straight = _mgag(seed=3)
+    draws(straight)  # epoch 1 consumed
+    straight.start_epoch(2)
+    resumed = GaussianAnomalies(ALL_ON, ("rgb", "depth"), torch.device("cpu"), 3)
+    resumed.start_epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(draws(straight), draws(resumed), strict=True))
+    other_epoch = _mgag(seed=3)
+    assert not all(torch.equal(a, b) for a, b in zip(draws(other_epoch), draws(resumed), strict=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

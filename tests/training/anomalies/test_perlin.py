@@ -1,4 +1,4 @@
-"""Tests for training.perlin: Perlin noise, anomaly masks and the patch-level target."""
+"""Tests for training.anomalies.perlin: Perlin noise, anomaly masks and the patch-level target."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from training.perlin import (
+from training.anomalies.perlin import (
     AnomalyMaskError,
     EmptyForegroundError,
     patch_mask,

@@ -11,9 +11,9 @@ import numpy as np
 
 # The serving normalisation constants: textures must land in the space of the images they are blended into.
 from service.preprocessing.config import IMAGENET_MEAN, IMAGENET_STD
+from training.anomalies.mgag import AnomalyTarget, choose_modalities
+from training.anomalies.perlin import patch_mask, perlin_mask
 from training.config import DEPTH_ANOMALIES, DepthAnomaly
-from training.mgag import Modality, choose_modalities
-from training.perlin import patch_mask, perlin_mask
 
 OpName = Literal["contrast", "brightness", "color", "hflip", "vflip", "grayscale", "autocontrast", "equalize", "rotate"]
 # The reference's nine texture augmentations (three distinct ones are applied per sample).
@@ -284,7 +284,7 @@ class TextureAnomaly:
     mask: np.ndarray
     patch_mask: np.ndarray
     beta: float
-    modality: Modality
+    modality: AnomalyTarget
 
 
 def texture_anomaly(
@@ -329,7 +329,7 @@ def texture_anomaly(
     texture = textures[int(rng.integers(len(textures)))]
     modality = choose_modalities(rng, alpha)
     if len(modalities) == 1:  # a single-modality model: the texture always goes where the model looks
-        modality = cast(Modality, modalities[0])
+        modality = cast(AnomalyTarget, modalities[0])
     ops = draw_texture_ops(rng)
     mask = perlin_mask((size, size), rng, foreground=foreground)
     beta = sample_beta(rng, beta_mean, beta_std)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.textures import FALLBACK_IMAGES, TextureSourceError, load_textures
+from training.anomalies.textures import FALLBACK_IMAGES, TextureSourceError, load_textures
 
 # Solid RGB colours, far apart, that survive JPEG compression recognisably.
 COLOURS = {
@@ -39,7 +39,7 @@ def fake_dtd(tmp_path: Path) -> Path:
 
 
 def test_dtd_mode_loads_every_class_jpg_sorted_as_rgb(fake_dtd: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="training.textures"):
+    with caplog.at_level(logging.INFO, logger="training.anomalies.textures"):
         textures = load_textures(fake_dtd)
     assert len(textures) == len(COLOURS)
     for image, expected in zip(textures, COLOURS.values(), strict=True):
@@ -81,7 +81,7 @@ def test_dtd_errors_name_the_folder(tmp_path: Path) -> None:
 
 
 def test_fallback_is_several_rgb_images_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="training.textures"):
+    with caplog.at_level(logging.INFO, logger="training.anomalies.textures"):
         textures = load_textures(None)
     assert len(textures) == len(FALLBACK_IMAGES) >= 8
     for image in textures:
@@ -93,7 +93,7 @@ def test_fallback_is_several_rgb_images_and_says_so(caplog: pytest.LogCaptureFix
     assert np.abs(coffee[..., 0].astype(int) - coffee[..., 2]).mean() > 10
     # Distinct images, not one repeated.
     assert len({hashlib.sha1(t.tobytes()).hexdigest() for t in textures}) == len(textures)
-    records = [r for r in caplog.records if r.name == "training.textures" and r.levelno == logging.INFO]
+    records = [r for r in caplog.records if r.name == "training.anomalies.textures" and r.levelno == logging.INFO]
     assert len(records) == 1 and "fallback" in records[0].getMessage()
     assert f"{len(FALLBACK_IMAGES)} images" in records[0].getMessage()
 

@@ -25,15 +25,14 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from training.synth_defects import DEFECTS, DefectEdit, apply_defect, make_defect
-from training.synth_scene import Camera, PartSpec, build_scene, compose, sample_part_spec
-from training.synth_shapes import CATEGORIES, DEFAULT_CATEGORY
+from training.data import GOOD, SPLITS
+from training.synth.defects import DEFECTS, DefectEdit, apply_defect, make_defect
+from training.synth.scene import Camera, PartSpec, build_scene, compose, sample_part_spec
+from training.synth.shapes import CATEGORIES, DEFAULT_CATEGORY
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "synth-1"  # bump when the same seed would give different files
-SPLITS = ("train", "validation", "test")
-GOOD = "good"
 PART_KINDS = (GOOD, *DEFECTS)
 DEFAULT_SIZE = 400
 DEFAULT_TRAIN = 48
@@ -231,19 +230,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"some of {', '.join(CATEGORIES)}, or 'all' (default: {DEFAULT_CATEGORY})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"square image side (default: {DEFAULT_SIZE})")
-    parser.add_argument("--height", type=int, default=None, help="image height, overrides --size")
-    parser.add_argument("--width", type=int, default=None, help="image width, overrides --size")
-    parser.add_argument("--train", type=int, default=DEFAULT_TRAIN, help=f"good train parts ({DEFAULT_TRAIN})")
-    parser.add_argument(
-        "--validation", type=int, default=DEFAULT_VALIDATION, help=f"good validation parts ({DEFAULT_VALIDATION})"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="square image side in pixels")
+    parser.add_argument("--height", type=int, default=None, help="image height, overrides --size (default: --size)")
+    parser.add_argument("--width", type=int, default=None, help="image width, overrides --size (default: --size)")
+    parser.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="good train parts")
+    parser.add_argument("--validation", type=int, default=DEFAULT_VALIDATION, help="good validation parts")
     parser.add_argument(
         "--test-per-defect",
         type=int,
         default=DEFAULT_TEST_PER_DEFECT,
-        help=f"test parts per defect type and good ({DEFAULT_TEST_PER_DEFECT}); types: {', '.join(DEFECTS)}",
+        help=f"test parts per defect type and good; types: {', '.join(DEFECTS)}",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace category folders this tool wrote")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,4 +1,4 @@
-"""TrainConfig defaults that depend on the backbone, and the CLI flags that override them."""
+"""`python -m training train`'s flags mapped to a TrainConfig: defaults that follow the backbone, overrides."""
 
 from __future__ import annotations
 
@@ -6,21 +6,14 @@ import argparse
 
 import pytest
 
-from training.config import MGAG_INPUT_DEFAULTS, TrainConfig
-from training.train import add_arguments, config_from_args
+from training.config import TrainConfig
+from training.train.cli import add_arguments, config_from_args
 
 
 def parse(*flags: str) -> TrainConfig:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return config_from_args(parser.parse_args(["--data", "d", "--category", "c", "--out", "o", *flags]))
-
-
-def test_input_noise_default_follows_the_backbone() -> None:
-    assert MGAG_INPUT_DEFAULTS["tf_efficientnet_lite0"] is False
-    assert TrainConfig(data="d", category="c").mgag_input is False  # Lite0, the default backbone
-    assert TrainConfig(data="d", category="c", backbone="wide_resnet50_2").mgag_input is True  # the paper's
-    assert TrainConfig(data="d", category="c", mgag_input=True).mgag_input is True  # explicit wins
 
 
 def test_cli_flags_override_the_backbone_default() -> None:
@@ -37,12 +30,6 @@ def test_cli_flags_override_the_backbone_default() -> None:
 def test_input_noise_flags_are_exclusive() -> None:
     with pytest.raises(SystemExit):
         parse("--mgag-input", "--no-mgag-input")
-
-
-def test_saved_config_holds_the_resolved_value() -> None:
-    config = TrainConfig(data="d", category="c")
-    assert config.to_dict()["mgag_input"] is False
-    assert TrainConfig.from_dict(config.to_dict()) == config
 
 
 def test_depth_anomalies_default_to_mixed_and_the_paper_is_one_flag_away() -> None:

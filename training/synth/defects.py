@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.synth_scene import Scene
-from training.synth_shapes import fractal_noise
+from training.synth.scene import Scene
+from training.synth.shapes import fractal_noise
 
 # Name → (gt class code, modality it is visible in). Codes count down from 255 like MVTec 3D-AD's masks.
 DEFECTS: dict[str, tuple[int, str]] = {
