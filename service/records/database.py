@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def migrate(engine: Engine) -> str:
         if current is not None:
             try:
                 script.get_revision(current)
-            except Exception:
+            except CommandError:
                 raise SchemaTooNewError(
                     f"the records database ({engine.url.render_as_string(hide_password=True)}) has schema "
                     f"revision {current!r}, which this service does not know (its newest is "

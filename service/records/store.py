@@ -242,7 +242,10 @@ class Recorder:
                 batch = self._victims(archived.order_by(Decision.is_anomalous, Decision.received_at))
                 if not batch:
                     break
-                pruned += self._drop(batch)
+                for victim in batch:  # one at a time: stop as soon as there is room
+                    if archive.size_bytes + room_for <= archive.max_bytes:
+                        break
+                    pruned += self._drop([victim])
         if self.metrics is not None:
             self.metrics.archive_bytes.set(archive.size_bytes)
         if pruned:
