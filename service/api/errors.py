@@ -19,7 +19,6 @@ from service.batching import BatcherClosedError
 from service.codecs import CodecError
 from service.engine import EngineError, UnknownModelError
 from service.logs import current_request
-from service.records.store import RecordError
 from service.preprocessing import (
     ConfigError,
     EmptyPointCloudError,
@@ -31,6 +30,7 @@ from service.preprocessing import (
     PreprocessingError,
     SizeMismatchError,
 )
+from service.records.store import RecordError
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ replica deliver while the others wait their turn (they take over if it dies).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Sequence
@@ -112,10 +113,8 @@ class Dispatcher:
 
     async def _idle(self, name: str) -> None:
         event = self._events[name]
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), self.poll_s)
-        except TimeoutError:
-            pass
         event.clear()
 
     async def _deliver_pending(self, destination: Destination) -> None:
@@ -134,7 +133,11 @@ class Dispatcher:
                         failures += 1
                         delay = self.backoff.delay(failures)
                         log.warning(
-                            "push to %s failed (attempt %d, retry in %.1f s): %s", destination.name, failures, delay, exc
+                            "push to %s failed (attempt %d, retry in %.1f s): %s",
+                            destination.name,
+                            failures,
+                            delay,
+                            exc,
                         )
                         if self.metrics is not None:
                             self.metrics.push_failures.labels(destination=destination.name).inc()

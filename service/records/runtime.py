@@ -25,7 +25,7 @@ from service.push.destinations import Destination, MqttDestination, WebhookDesti
 from service.push.dispatcher import Dispatcher
 from service.records.archive import Archive
 from service.records.database import create_db_engine, database_url, migrate
-from service.records.store import DEFAULT_DECISION_RULE, DecisionRecord, Evidence, RecordOutcome, Recorder
+from service.records.store import DEFAULT_DECISION_RULE, DecisionRecord, Evidence, Recorder, RecordOutcome
 
 log = logging.getLogger(__name__)
 

@@ -252,7 +252,7 @@ class Recorder:
             log.info("pruned the evidence of %d records (archive now %d bytes)", pruned, archive.size_bytes)
         return pruned
 
-    def _victims(self, query: Select[tuple[Decision]]) -> list[tuple[str, list[str]]]:
+    def _victims(self, query: Select[Any]) -> list[tuple[str, list[str]]]:
         with Session(self.engine) as session:
             rows = session.scalars(query.limit(_PRUNE_BATCH)).all()
             return [(r.request_id, [s for s in (r.rgb_sha256, r.xyz_sha256, r.map_sha256) if s]) for r in rows]
@@ -338,7 +338,7 @@ class Recorder:
         return out
 
 
-def _filtered(f: ResultFilter) -> Select[tuple[Decision]]:
+def _filtered(f: ResultFilter) -> Select[Any]:
     query = select(Decision)
     if f.part_id is not None:
         query = query.where(Decision.part_id == f.part_id)

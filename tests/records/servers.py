@@ -79,11 +79,13 @@ class Mosquitto:
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(
+            # `user`: mosquitto started as root would switch to the mosquitto user, who cannot write the
+            # test's temporary directory; it runs as whoever runs the tests instead.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -92,17 +94,14 @@ class Mosquitto:
     def start(self) -> None:
         assert self.proc is None
         log = self.workdir / "mosquitto.log"
-        self._log = open(log, "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=self._log, stderr=self._log)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=out, stderr=out)
         wait_for_port(self.port, self.proc, "mosquitto", log)
 
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class Postgres:

@@ -44,6 +44,7 @@ def test_ng_policy_keeps_ng_evidence_as_received_and_the_map_as_16_bit_png(tmp_p
     found_map = rec.evidence_file("req-00002", "map")
     assert found_map is not None
     png = cv2.imdecode(np.frombuffer(found_map[1], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert png is not None
     assert png.dtype == np.uint16 and png.shape == (16, 16)
     np.testing.assert_allclose(png / 65535.0, ev.anomaly_map, atol=1 / 65535)
     assert rec.evidence_file("req-00001", "rgb") is None

@@ -125,7 +125,7 @@ def test_a_newer_schema_is_refused(db_url: str) -> None:
     engine = open_db(db_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
-    with pytest.raises(SchemaTooNewError, match="9999_from_the_future.*newer BridgeNet version"):
+    with pytest.raises(SchemaTooNewError, match=r"9999_from_the_future.*newer BridgeNet version"):
         migrate(engine)
     assert current_revision(engine) == "9999_from_the_future"  # left untouched
     engine.dispose()
