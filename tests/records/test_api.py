@@ -201,3 +201,21 @@ def test_openapi_lists_the_results_routes(client: TestClient) -> None:
     assert "/v1/results/{request_id}/files/{kind}" in paths
     schema = paths["/v1/results"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/ResultsPage")
+
+
+def test_compose_keeps_records_in_a_volume_and_passes_the_settings_through() -> None:
+    import yaml
+
+    from tests.deploy.tools import DOCKER_DIR
+
+    common = yaml.safe_load((DOCKER_DIR / "compose.common.yml").read_text())["services"]["bridgenet-service"]
+    assert "bridgenet-data:/data" in common["volumes"]
+    env = common["environment"]
+    assert env["BRIDGENET_DATA_DIR"] == "/data"
+    records_fields = ("audit", "archive", "retention_days", "archive_max_gb", "database_url", "push_on")
+    for field in (*records_fields, "mqtt_url", "mqtt_topic", "webhook_url", "webhook_secret"):
+        assert field in Settings.model_fields
+        assert f"BRIDGENET_{field.upper()}" in env, f"BRIDGENET_{field.upper()} is not passed to the container"
+    assert env["BRIDGENET_WEBHOOK_SECRET"] == "${BRIDGENET_WEBHOOK_SECRET:-}"
+    top = yaml.safe_load((DOCKER_DIR.parent / "docker-compose.yml").read_text())
+    assert "bridgenet-data" in top["volumes"] and "mosquitto-data" in top["volumes"]
