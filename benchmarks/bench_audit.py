@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import harness  # noqa: E402
+import harness
 
-from service.config import Settings  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.records.runtime import Records  # noqa: E402
+from service.config import Settings
+from service.metrics import Metrics
+from service.records.runtime import Records
 
 RESULTS = harness.RESULTS_DIR / "audit.json"
 
