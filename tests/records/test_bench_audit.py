@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.service.fake_model import write_fake_model
 
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "bench_audit.py"
 
 
-def run(*args: str | Path) -> dict:  # type: ignore[type-arg]
+def run(*args: str | Path) -> dict[str, Any]:
     out = Path(str(args[args.index("--out") + 1]))
     proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=180)  # fmt: skip
