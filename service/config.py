@@ -154,14 +154,15 @@ class Settings(BaseSettings):
     @classmethod
     def _mqtt_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("mqtt://", "mqtts://")):
-            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
+            # The value is not echoed: a URL may carry a password.
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got a {value.split(':', 1)[0]}: URL")
         return value
 
     @field_validator("webhook_url")
     @classmethod
     def _http_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got a {value.split(':', 1)[0]}: URL")
         return value
 
     @field_validator("log_level", mode="before")
