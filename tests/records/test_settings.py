@@ -46,7 +46,7 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("name", "value", "says"),
     [
         ("BRIDGENET_MQTT_URL", "tcp://broker:1883", "mqtt://host:port"),
-        ("BRIDGENET_WEBHOOK_URL", "ftp://x", "http:// or https://"),
+        ("BRIDGENET_WEBHOOK_URL", "ftp://x", "http://host:port or https://host:port"),
         ("BRIDGENET_ARCHIVE", "some", "BRIDGENET_ARCHIVE"),
         ("BRIDGENET_ARCHIVE_MAX_GB", "0", "BRIDGENET_ARCHIVE_MAX_GB"),
         ("BRIDGENET_PUSH_ON", "ok", "BRIDGENET_PUSH_ON"),
