@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from tests.records.servers import WebhookReceiver
+from tests.records.servers import WebhookReceiver, free_port
 from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 
 pytestmark = pytest.mark.xfail(strict=True, reason="records are not wired into /v1/predict and the lifespan yet")
@@ -50,3 +50,24 @@ def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: Webhoo
     pushed = json.loads(webhook.received[0].body)
     assert pushed["request_id"] == answer["request_id"] and pushed["score"] == answer["score"]
     assert "anomaly_map" not in pushed and "created" in pushed
+
+
+def test_a_down_destination_leaves_the_service_ready(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_fake_model(models, "fake")
+    down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    settings = make_settings(models, data_dir=tmp_path / "data", webhook_url=down)
+    rgb, xyz = make_part(40, 48, seed=1)
+    with TestClient(create_app(settings)) as client:
+        for _ in range(2):
+            response = client.post(
+                "/v1/predict",
+                files={
+                    "rgb": ("rgb.png", png_bytes(rgb), "image/png"),
+                    "xyz": ("xyz.tiff", tiff_bytes(xyz), "image/tiff"),
+                },
+            )
+            assert response.status_code == 200, response.text
+        assert client.get("/readyz").status_code == 200
+        status = client.get("/v1/status").json()
+        assert status["push"]["webhook"]["waiting"] == 2
