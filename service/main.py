@@ -18,6 +18,7 @@ from service.api.errors import install_error_handlers, refusal_codes
 from service.api.middleware import RequestMiddleware
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
+from service.api.routes_results import router as results_router
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
@@ -140,5 +141,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(docs_router(settings.docs))
     if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
         app.include_router(metrics_router)
+    app.include_router(results_router)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
     return app
