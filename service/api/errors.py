@@ -15,9 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import BatcherClosedError
 from service.codecs import CodecError
-from service.engine import EngineError, UnknownModelError
+from service.engine import BatcherClosedError, EngineError, UnknownModelError
 from service.logs import current_request
 from service.preprocessing import (
     ConfigError,
