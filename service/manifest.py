@@ -144,17 +144,23 @@ class Manifest(_Strict):
                 f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
                 f"schema {SCHEMA_VERSION}; upgrade the service or re-export the model"
             )
-        if not isinstance(data, Mapping) or "image_size" not in data:
+        if not isinstance(data, Mapping):
+            return data  # pydantic names the type
+        if "image_size" not in data:
             raise ValueError("image_size: Field required (the model input side S in pixels)")
         # The top-level image_size of the JSON repeats preprocessing.image_size: checked, then dropped.
         data = dict(data)
         size = data.pop("image_size")
         pre = data.get("preprocessing")
+        if isinstance(pre, Mapping) and "image_size" not in pre:
+            data["preprocessing"] = pre = {**pre, "image_size": size}
         if isinstance(pre, PreprocessConfig):
             pre_size = pre.image_size
+        elif isinstance(pre, Mapping):
+            pre_size = pre["image_size"]
         else:
-            pre_size = pre.get("image_size", size) if isinstance(pre, Mapping) else size
-        if not isinstance(size, int) or isinstance(size, bool) or pre_size != size:
+            return data  # the preprocessing field's validator names what is wrong with it
+        if pre_size != size:
             raise ValueError(f"preprocessing.image_size {pre_size!r} differs from image_size {size!r}")
         return data
 
