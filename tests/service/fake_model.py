@@ -44,6 +44,12 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
         helper.make_node("Squeeze", ["sig", "axis1"], ["maps"]),
         helper.make_node("ReduceMax", ["maps", "axes12"], ["scores"], keepdims=0),
     ]
+    initializers = [
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(POOL), float(POOL)]),
+    ]
     if fails_on_parts:
         nodes[-1].output[0] = "raw_scores"
         nodes += [
@@ -52,13 +58,7 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
             helper.make_node("Gather", ["one_zero", "index"], ["picked"]),  # only index 0 (or -1) exists
             helper.make_node("Add", ["raw_scores", "picked"], ["scores"]),
         ]
-    initializers = [
-        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
-        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-        helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(POOL), float(POOL)]),
-        helper.make_tensor("one_zero", TensorProto.FLOAT, [1], [0.0]),
-    ]
+        initializers.append(helper.make_tensor("one_zero", TensorProto.FLOAT, [1], [0.0]))
     image: list[str | int | None] = ["batch", 3, size, size]
     graph = helper.make_graph(
         nodes,

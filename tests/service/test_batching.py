@@ -255,11 +255,11 @@ class GatedInferEngine(Engine):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
-        self.runs = 0
+        self.sizes: list[int] = []  # parts of each session run that reached the gate
 
     def infer(self, model: Any, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.ready:  # not during warm-up
-            self.runs += 1
+            self.sizes.append(len(rgb))
             assert self.gate.wait(10), "the test never opened the gate"
         return super().infer(model, rgb, depth)
 
@@ -271,7 +271,8 @@ def test_engine_stop_with_queued_parts_drains_them(models_dir: Path) -> None:
     with ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(engine.predict, rgb, xyz) for _ in range(5)]
         deadline = time.monotonic() + 5
-        while engine.runs == 0 or engine._batchers["fake"].queued < 5 - 2:  # one batch runs, ≥ 3 parts wait
+        # Every part submitted: one batch (of 1 or 2) held at the gate, the rest queued behind it.
+        while not engine.sizes or engine.sizes[0] + engine._batchers["fake"].queued < 5:
             assert time.monotonic() < deadline, "the parts did not queue up"
             time.sleep(0.005)
         threading.Timer(0.2, engine.gate.set).start()
