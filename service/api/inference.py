@@ -17,7 +17,8 @@ log = logging.getLogger("service.api.routes_predict")  # the logger the "scored 
 
 # Runs after every successful prediction, before the answer, in the prediction's worker thread (under its
 # admission slot and deadline). An exception from a hook fails the request; a hook that must never do so
-# catches its own errors.
+# catches its own errors. A thread cannot be interrupted: when the request times out (503) while the part is
+# being scored, the prediction still completes in the background and its hooks still run.
 AfterPrediction = Callable[[PredictResult, RequestContext], None]
 
 
