@@ -41,14 +41,14 @@ class Settings(BaseSettings):
     # Models: `models_dir/<name>/model.onnx + manifest.json`.
     models_dir: Path = Field(default=Path("models"), description="folder holding <name>/model.onnx + manifest.json")
     default_model: str = Field(default="demo", min_length=1, description="model for requests without a model field")
-    models: Annotated[list[str] | None, NoDecode] = Field(
-        default=None, description="models to load, comma-separated or JSON list; unset: every folder in MODELS_DIR"
+    models: Annotated[list[str] | None, NoDecode] = Field(  # None: every model folder in models_dir
+        default=None, description="models to load, comma-separated or a JSON list; unset: every model folder"
     )
     # Execution providers: "auto" asks for CUDA when the machine has it and falls back to the CPU;
     # "cpu" never tries CUDA. `require_cuda` refuses to start unless the sessions really run on CUDA.
     providers: Literal["auto", "cpu"] = Field(default="auto", description="auto: CUDA where usable, else CPU; cpu")
     require_cuda: bool = Field(default=False, description="refuse to start unless the sessions run on CUDA")
-    intra_op_threads: int | None = Field(
+    intra_op_threads: int | None = Field(  # None: ONNX Runtime's default (all cores)
         default=None, ge=1, description="ONNX Runtime threads per session; unset: its default (all cores)"
     )
     # ONNX Runtime's intra-op threads busy-wait after each run (its default). Spinning threads compete
