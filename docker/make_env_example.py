@@ -43,6 +43,8 @@ COMPOSE_ONLY = """\
 # BRIDGENET_PORT=8000
 # GRAFANA_PORT=3000
 # PROMETHEUS_PORT=9090
+# MQTT broker of the `mqtt` profile (docker compose --profile mqtt up).
+# MOSQUITTO_PORT=1883
 # PROMETHEUS_RETENTION=30d
 # GPU index of the service and of the training container.
 # BRIDGENET_GPU_DEVICE=0

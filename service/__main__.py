@@ -1,4 +1,4 @@
-"""`python -m service [--host H] [--port P]`: serve the configured models with uvicorn."""
+"""Serve the configured models with uvicorn: POST /v1/predict, /v1/models, /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ SHUTDOWN_MARGIN_S = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    from service.config import settings_help  # pydantic-settings only; imported late like the app (see main)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__,
+        epilog="settings, from the environment (empty counts as unset):\n" + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     return parser.parse_args(argv)

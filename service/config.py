@@ -42,50 +42,62 @@ class Settings(BaseSettings):
     )
 
     # Models: `models_dir/<name>/model.onnx + manifest.json`.
-    models_dir: Path = Path("models")
-    default_model: str = Field(default="demo", min_length=1)
-    models: Annotated[list[str] | None, NoDecode] = None  # None: every model folder in models_dir
+    models_dir: Path = Field(default=Path("models"), description="folder holding <name>/model.onnx + manifest.json")
+    default_model: str = Field(default="demo", min_length=1, description="model for requests without a model field")
+    models: Annotated[list[str] | None, NoDecode] = Field(  # None: every model folder in models_dir
+        default=None, description="models to load, comma-separated or a JSON list; unset: every model folder"
+    )
     # Execution providers: "auto" asks for CUDA when the machine has it and falls back to the CPU;
     # "cpu" never tries CUDA. `require_cuda` refuses to start unless the sessions really run on CUDA.
-    providers: Literal["auto", "cpu"] = "auto"
-    require_cuda: bool = False
-    intra_op_threads: int | None = Field(default=None, ge=1)  # None: ONNX Runtime's default (all cores)
+    providers: Literal["auto", "cpu"] = Field(default="auto", description="auto: CUDA where usable, else CPU; cpu")
+    require_cuda: bool = Field(default=False, description="refuse to start unless the sessions run on CUDA")
+    intra_op_threads: int | None = Field(  # None: ONNX Runtime's default (all cores)
+        default=None, ge=1, description="ONNX Runtime threads per session; unset: its default (all cores)"
+    )
     # ONNX Runtime's intra-op threads busy-wait after each run (its default). Spinning threads compete
     # with the event loop and the other requests' decoding for the same cores (docs/BENCHMARKS.md).
-    ort_spin_wait: bool = True
+    ort_spin_wait: bool = Field(default=True, description="ONNX Runtime threads busy-wait between runs")
     # Model name → threshold used instead of the manifest's (logged at start, reported in every answer).
-    threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'
+    )
 
     # Input limits, per uploaded file; image sizes are checked from the file header before decoding.
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
-    max_image_side: int = Field(default=4096, gt=0)
-    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest uploaded file, bytes")
+    max_image_side: int = Field(default=4096, gt=0, description="largest image height or width, pixels")
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="largest image height × width, pixels")
     # Bytes one upload may take once decoded, computed from its header (rows × columns × channels × bytes per
     # sample) before decoding; the default fits a float32 point cloud of max_image_pixels.
-    max_decoded_bytes: int = Field(default=DecodeLimits.max_decoded_bytes, gt=0)
+    max_decoded_bytes: int = Field(
+        default=DecodeLimits.max_decoded_bytes, gt=0, description="largest decoded upload, bytes (from its header)"
+    )
 
     # Admission: requests processed at once, requests waiting beyond those (more get 429), time limit.
-    max_inflight: int = Field(default=2, ge=1)
-    max_queue: int = Field(default=16, ge=0)
-    request_timeout_s: float = Field(default=10.0, gt=0)
+    max_inflight: int = Field(default=2, ge=1, description="predictions running at once")
+    max_queue: int = Field(default=16, ge=0, description="predictions waiting beyond those; more get 429")
+    request_timeout_s: float = Field(default=10.0, gt=0, description="time limit of a prediction, seconds; then 503")
     # Micro-batching, off by default (size 1): on a CPU a batch costs about its size in time, so waiting
     # for company only adds latency; on a GPU, e.g. 8 parts and 2 ms of waiting raise throughput.
-    batch_max_size: int = Field(default=1, ge=1, le=256)
-    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    batch_max_size: int = Field(default=1, ge=1, le=256, description="parts per session run; 1: no micro-batching")
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait for company in a batch, ms")
 
     # Access: production refuses to start without an API key unless anonymous access is chosen explicitly.
-    environment: Literal["development", "production"] = "development"
-    api_key: SecretStr | None = None
-    allow_anonymous: bool = False
-    log_level: str = "INFO"
+    environment: Literal["development", "production"] = Field(
+        default="development", description="development or production (production requires an API key)"
+    )
+    api_key: SecretStr | None = Field(default=None, description="the X-API-Key clients must send on /v1 routes")
+    allow_anonymous: bool = Field(default=False, description="production without an API key, on purpose")
+    log_level: str = Field(default="INFO", description=f"one of {', '.join(LOG_LEVELS)}")
 
     # Exposure. /metrics: on its own port when `metrics_port` is set (compose scrapes it on the internal
     # network and publishes only the API port; the API port then has no /metrics); unset, /metrics stays on
     # the API port behind the API key. /docs (Swagger UI from bundled assets, no CDN) only when `docs` is
     # on; /openapi.json, the API contract, is always served, behind the API key.
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    metrics_host: str = "127.0.0.1"
-    docs: bool = False
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="port of its own for /metrics; unset: API port, behind the key"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="interface the metrics port binds")
+    docs: bool = Field(default=False, description="serve /docs (Swagger UI from bundled assets)")
     # Records and push (service.records, service.push; docs/DEPLOYMENT.md "Traceability").
     audit: Literal["on", "off"] = Field(
         default="on", description="on: every answered prediction is one database record, committed before the answer."
@@ -202,6 +214,16 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def settings_help() -> str:
+    """One line per setting: its variable, what it does and its default, for `python -m service --help`."""
+    lines = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "unset" if default is None else json.dumps(default) if isinstance(default, dict) else str(default)
+        lines.append(f"  {env_name(name):<32} {info.description} (default: {shown})")
+    return "\n".join(lines)
 
 
 def _json(text: str, field: str, expected: str) -> Any:

@@ -50,9 +50,13 @@ def current_request() -> RequestContext | None:
     return _request_context.get()
 
 
-def current_request_id() -> str | None:
-    ctx = _request_context.get()
-    return ctx.request_id if ctx else None
+def annotate_request(part_id: str | None, model: str) -> RequestContext:
+    """Name the part and the model of the request being handled: every log line from here on carries them.
+    Returns the request's context (a detached one, request id "", when called outside a request)."""
+    ctx = _request_context.get() or RequestContext(request_id="")
+    ctx.part_id = part_id
+    ctx.model = model
+    return ctx
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers, refusal_codes
+from service.api.inference import default_hooks
 from service.api.middleware import RequestMiddleware
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
@@ -50,6 +51,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         ort_spin_wait=settings.ort_spin_wait,
         batch_max_size=settings.batch_max_size,
         batch_wait_ms=settings.batch_wait_ms,
+        decode_limits=decode_limits(settings),
     )
 
 
@@ -75,8 +77,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     keep_uploads_in_memory(settings.max_upload_bytes)
     engine = engine or Engine(engine_options(settings))
     metrics = Metrics()
-    state = ServiceState(settings=settings, engine=engine, metrics=metrics, limits=decode_limits(settings))
-    engine.batch_observer = metrics.observe_batch
+    state = ServiceState(
+        settings=settings,
+        engine=engine,
+        metrics=metrics,
+        limits=decode_limits(settings),
+        after_prediction=default_hooks(metrics),
+    )
     if settings.batch_max_size > settings.max_inflight:
         # Admission lets at most max_inflight predictions reach the engine at once: batches never grow beyond.
         log.warning(

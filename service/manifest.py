@@ -1,9 +1,14 @@
 """The model manifest: one schema, embedded in the ONNX metadata and written beside it as manifest.json.
 
-Unknown fields are refused (`extra="forbid"`) at every level except the free dicts `preprocessing`,
-`metrics` and `training`: a misspelt key ("treshold") must fail loudly rather than be dropped, and a
-manifest from a newer exporter must be refused by an older service instead of being half understood.
-Adding a field therefore bumps `SCHEMA_VERSION`, and the service says which version it reads.
+Unknown fields are refused (`extra="forbid"`) at every level except the free dicts `metrics` and
+`training`: a misspelt key ("treshold") must fail loudly rather than be dropped, and a manifest from a
+newer exporter must be refused by an older service instead of being half understood. Adding a field
+therefore bumps `SCHEMA_VERSION`, and the service says which version it reads.
+
+`preprocessing` is the model's `PreprocessConfig`, stored as its `to_dict()` (with `version`); reading it
+back runs `PreprocessConfig.from_dict`, the one place that checks the preprocessing version. The model
+input side S lives in it only; the JSON also carries it as the top-level `image_size` (written from the
+config, checked against it when read), so every manifest written before stays readable and the same.
 """
 
 from __future__ import annotations
@@ -16,17 +21,28 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
-from service.preprocessing import PREPROCESSING_VERSION, ConfigError, PreprocessConfig
+from service.preprocessing import ConfigError, PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "bridgenet_manifest"
-MODEL_FILE = "model.onnx"
+MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
 MANIFEST_FILE = "manifest.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -36,6 +52,25 @@ Dim = int | Literal["batch"]
 
 class ManifestError(ValueError):
     """A model directory, manifest file or embedded manifest that cannot be served; the message names it."""
+
+
+def _read_preprocessing(value: Any) -> PreprocessConfig:
+    if isinstance(value, PreprocessConfig):
+        return value
+    if not isinstance(value, Mapping) or not isinstance(value.get("version"), str):
+        raise ValueError(f"expected PreprocessConfig.to_dict() with a 'version' string, got {value!r}")
+    try:
+        return PreprocessConfig.from_dict(dict(value))
+    except ConfigError as exc:  # the version check and the field checks
+        raise ValueError(f"preprocessing config is invalid: {exc}") from exc
+
+
+# A PreprocessConfig in Python, its `to_dict()` (with `version`) in JSON.
+Preprocessing = Annotated[
+    PreprocessConfig,
+    PlainValidator(_read_preprocessing),
+    PlainSerializer(lambda config: config.to_dict(), return_type=dict[str, Any]),
+]
 
 
 class _Strict(BaseModel):
@@ -84,17 +119,21 @@ class Manifest(_Strict):
     # The branch(es) the model was trained with. The graph always takes both inputs (see `inputs`).
     modality: Literal["rgb", "depth", "both"]
     backbone: str = Field(min_length=1)
-    image_size: int = Field(ge=8, description="model input side S in pixels")
     feature_dim: int = Field(ge=1)
     inputs: dict[str, list[Dim]]
     outputs: dict[str, list[Dim]]
     opset: int = Field(ge=1)
-    preprocessing: dict[str, Any] = Field(description="PreprocessConfig.to_dict(), including 'version'")
+    preprocessing: Preprocessing = Field(description="PreprocessConfig.to_dict(), including 'version'")
     threshold: Threshold
     score_stats: ScoreStats
     metrics: dict[str, float] = Field(default_factory=dict, description="evaluation numbers, e.g. i_auroc")
     selection: str = Field(min_length=1, description="how the checkpoint was chosen")
     training: dict[str, Any] = Field(default_factory=dict, description="training settings: epochs, seed, ...")
+
+    @property
+    def image_size(self) -> int:
+        """Model input side S in pixels."""
+        return self.preprocessing.image_size
 
     @model_validator(mode="before")
     @classmethod
@@ -105,24 +144,42 @@ class Manifest(_Strict):
                 f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
                 f"schema {SCHEMA_VERSION}; upgrade the service or re-export the model"
             )
+        if not isinstance(data, Mapping):
+            return data  # pydantic names the type
+        if "image_size" not in data:
+            raise ValueError("image_size: Field required (the model input side S in pixels)")
+        # The top-level image_size of the JSON repeats preprocessing.image_size: checked, then dropped.
+        data = dict(data)
+        size = data.pop("image_size")
+        pre = data.get("preprocessing")
+        if isinstance(pre, Mapping) and "image_size" not in pre:
+            data["preprocessing"] = pre = {**pre, "image_size": size}
+        if isinstance(pre, PreprocessConfig):
+            pre_size = pre.image_size
+        elif isinstance(pre, Mapping):
+            pre_size = pre["image_size"]
+        else:
+            return data  # the preprocessing field's validator names what is wrong with it
+        if pre_size != size:
+            raise ValueError(f"preprocessing.image_size {pre_size!r} differs from image_size {size!r}")
         return data
-
-    @field_validator("preprocessing")
-    @classmethod
-    def _has_version(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("version"), str):
-            raise ValueError(f"expected a 'version' string (PREPROCESSING_VERSION), got {value.get('version')!r}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         s = self.image_size
         _check_tensors("inputs", self.inputs, {"rgb": [3, s, s], "depth": [3, s, s]})
         _check_tensors("outputs", self.outputs, {"scores": [], "maps": [s, s]})
-        pre_size = self.preprocessing.get("image_size", s)
-        if pre_size != s:
-            raise ValueError(f"preprocessing.image_size {pre_size!r} differs from image_size {s}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _with_image_size(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The JSON format keeps image_size where it always was, right after backbone.
+        out: dict[str, Any] = {}
+        for key, value in handler(self).items():
+            out[key] = value
+            if key == "backbone":
+                out["image_size"] = self.image_size
+        return out
 
 
 def _check_tensors(kind: str, tensors: dict[str, list[Dim]], expected: dict[str, list[int]]) -> None:
@@ -219,8 +276,8 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
 
     Checks, in order: `model.onnx` and `manifest.json` exist; the JSON parses and is a valid manifest with
     an `onnx_sha256`; the model file's SHA-256 matches it; the manifest embedded in the ONNX metadata
-    (`embedded`, the session's `custom_metadata_map`) equals the JSON one; its preprocessing version is
-    the one this code implements and its preprocessing config loads.
+    (`embedded`, the session's `custom_metadata_map`) equals the JSON one. Parsing the manifest loads its
+    preprocessing config, which refuses a preprocessing version other than the one this code implements.
     """
     folder = Path(model_dir)
     onnx_path, json_path = folder / MODEL_FILE, folder / MANIFEST_FILE
@@ -248,16 +305,5 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
             f"the manifest embedded in {onnx_path} differs from {json_path} in {differing}: "
             "one of them was edited, or they come from different exports"
         )
-    version = manifest.preprocessing["version"]
-    if version != PREPROCESSING_VERSION:
-        raise ManifestError(
-            f"{json_path}: the model was trained with preprocessing version {version!r}, this service "
-            f"implements {PREPROCESSING_VERSION!r}; re-export the model with this code, or serve it with "
-            "the code version it was trained with"
-        )
-    try:
-        PreprocessConfig.from_dict(manifest.preprocessing)
-    except ConfigError as exc:
-        raise ManifestError(f"{json_path}: preprocessing config is invalid: {exc}") from exc
     log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
     return manifest

@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.engine import PredictResult
+
 # Seconds; a part takes ~5 ms (tiny model) to a few seconds (WideResNet-50 at 576 px on a CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 # Raw scores of a BridgeNet discriminator are sigmoid outputs in [0, 1]; fine steps near the top,
@@ -146,17 +148,17 @@ class Metrics:
         )
         self.records = RecordsMetrics(r)
 
-    def observe_prediction(self, model: str, score: float, is_anomalous: bool, timings_ms: Mapping[str, float]) -> None:
-        """Record one scored part: its verdict, its score and the duration of each known stage."""
-        self.predictions.labels(model=model, verdict="ng" if is_anomalous else "ok").inc()
-        self.anomaly_score.labels(model=model).observe(score)
+    def observe_prediction(self, result: PredictResult) -> None:
+        """Record one scored part: its verdict, its score, the duration of each known stage, and the size of
+        its session run (once per run: by the part that came first in it)."""
+        p = result.prediction
+        self.predictions.labels(model=p.model, verdict="ng" if p.is_anomalous else "ok").inc()
+        self.anomaly_score.labels(model=p.model).observe(p.score)
         for stage in STAGES:
-            if stage in timings_ms:
-                self.stage_duration.labels(stage=stage).observe(timings_ms[stage] / 1e3)
-
-    def observe_batch(self, model: str, size: int) -> None:
-        """Record one session run of `size` parts (called from the engine's batcher threads)."""
-        self.batch_size.labels(model=model).observe(size)
+            if stage in result.timings_ms:
+                self.stage_duration.labels(stage=stage).observe(result.timings_ms[stage] / 1e3)
+        if p.first_in_batch:
+            self.batch_size.labels(model=p.model).observe(p.batch_size)
 
     def init_series(self, models: Iterable[str], refusal_codes: Iterable[str]) -> None:
         """Create every labelled series for the known models, verdicts and refusal reasons at 0, so a

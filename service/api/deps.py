@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.admission import Admission
 from service.api.errors import NotReadyError
+from service.api.inference import AfterPrediction
 from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
@@ -20,7 +21,11 @@ NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes f
 
 @dataclass
 class ServiceState:
-    """What the app holds between requests. `admission` and `records` exist once the lifespan has started."""
+    """What the app holds between requests. `admission` and `records` exist once the lifespan has started.
+
+    `after_prediction`: the hooks run after every prediction, before its answer (service.api.inference);
+    the app factory installs the metrics and the "scored part" log line, later capabilities add theirs.
+    """
 
     settings: Settings
     engine: Engine
@@ -28,6 +33,17 @@ class ServiceState:
     limits: DecodeLimits
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
+    after_prediction: list[AfterPrediction] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReadyService:
+    """The state of a service that is ready: what a prediction needs, none of it missing."""
+
+    engine: Engine
+    limits: DecodeLimits
+    admission: Admission
+    after_prediction: tuple[AfterPrediction, ...]
 
 
 def get_state(request: Request) -> ServiceState:
@@ -43,16 +59,16 @@ async def state_dependency(request: Request) -> ServiceState:
     return get_state(request)
 
 
-async def get_ready_state(request: Request) -> ServiceState:
-    """The state, or 503 not_ready while the models are still loading (or already stopped)."""
+async def get_ready_state(request: Request) -> ReadyService:
+    """The ready state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
     if state.admission is None or not state.engine.ready:
         raise NotReadyError(
             "the service is not ready: models are loading or the service is stopping",
             retry_after_s=NOT_READY_RETRY_AFTER_S,
         )
-    return state
+    return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction))
 
 
 State = Annotated[ServiceState, Depends(state_dependency)]
-ReadyState = Annotated[ServiceState, Depends(get_ready_state)]
+ReadyState = Annotated[ReadyService, Depends(get_ready_state)]

@@ -15,9 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import BatcherClosedError
 from service.codecs import CodecError
-from service.engine import EngineError, UnknownModelError
+from service.engine import BatcherClosedError, EngineError, UnknownModelError
 from service.logs import current_request
 from service.preprocessing import (
     ConfigError,
@@ -50,6 +49,10 @@ class ApiError(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
 
+    def info(self) -> ErrorInfo:
+        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        return ErrorInfo(self.status, self.code, self.message, headers)
+
 
 class QueueFullError(ApiError):
     status, code = 429, "queue_full"
@@ -68,6 +71,8 @@ class UnauthorizedError(ApiError):
 
 
 class PayloadTooLargeError(ApiError):
+    """Every "too large" refusal (413 too_large): an upload, the request body, or a file's declared image size."""
+
     status, code = 413, "too_large"
 
 
@@ -76,7 +81,7 @@ class BodyTooLargeHTTPError(StarletteHTTPException):
     HTTPException: FastAPI turns any other exception raised while parsing a form into a 400."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body exceeds the limit of {limit:,} bytes")
+        super().__init__(PayloadTooLargeError.status, f"the request body exceeds the limit of {limit:,} bytes")
 
 
 # Preprocessing refusals: the input is well-formed but unusable for this model (422).
@@ -93,7 +98,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    413: "too_large",
+    PayloadTooLargeError.status: PayloadTooLargeError.code,
     415: "unsupported_media_type",
 }
 
@@ -109,10 +114,11 @@ class ErrorInfo:
 def describe(exc: Exception) -> ErrorInfo | None:
     """Status, code and message for a known refusal; None for anything else (a bug → 500)."""
     if isinstance(exc, ApiError):
-        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
-        return ErrorInfo(exc.status, exc.code, exc.message, headers)
+        return exc.info()
     if isinstance(exc, CodecError):
-        return ErrorInfo(413 if exc.reason == "too_large" else 400, exc.reason, str(exc))
+        if exc.reason == PayloadTooLargeError.code:
+            return PayloadTooLargeError(str(exc)).info()
+        return ErrorInfo(400, exc.reason, str(exc))
     if isinstance(exc, PreprocessingError) and not isinstance(exc, ConfigError):
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))

@@ -1,66 +1,70 @@
-"""The blocking part of a prediction, run in a worker thread: decode → engine → encode the map.
-
-This is the one place that calls into the engine. Micro-batching happens inside `engine.predict`
-(service.batching): this thread preprocesses, waits for its batch's session run, then postprocesses.
-"""
+"""One prediction for the HTTP layer: the engine's complete predict in a worker thread under admission, then
+the after-prediction hooks, all before the answer (see docs/DESIGN.md, "The predict path")."""
 
 from __future__ import annotations
 
-import base64
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from service.codecs import DecodeLimits, decode_rgb, decode_xyz
-from service.engine import Engine, Prediction
-from service.postprocessing import encode_map
+from service.api.admission import Admission
+from service.engine import Engine, PartUpload, PredictResult
+from service.logs import RequestContext
+from service.metrics import Metrics
 
-ReturnMap = Literal["none", "png", "npy"]
+log = logging.getLogger("service.api.routes_predict")  # the logger the "scored part" line always came from
+
+# Runs after every successful prediction, before the answer, in the prediction's worker thread (under its
+# admission slot and deadline). An exception from a hook fails the request; a hook that must never do so
+# catches its own errors. A thread cannot be interrupted: when the request times out (503) while the part is
+# being scored, the prediction still completes in the background and its hooks still run.
+AfterPrediction = Callable[[PredictResult, RequestContext], None]
 
 
 @dataclass(frozen=True)
-class PredictOutcome:
-    """A prediction plus what the HTTP answer needs beyond it.
+class Served:
+    """A prediction as the route answers it. `queue_ms`: waiting for a free inference slot."""
 
-    `map_b64`: the anomaly map encoded as asked, base64 text; None when no map was asked for.
-    `timings_ms`: queue, decode, preprocess, batch_wait, inference (the batch's session time), postprocess
-    (map encoding included), in ms.
-    """
-
-    prediction: Prediction
-    map_b64: str | None
-    timings_ms: dict[str, float]
+    result: PredictResult
+    queue_ms: float
 
 
-def run_prediction(
+def default_hooks(metrics: Metrics) -> list[AfterPrediction]:
+    """The hooks every app runs: record the prediction's metrics, log the scored part."""
+
+    def record_metrics(result: PredictResult, request: RequestContext) -> None:
+        metrics.observe_prediction(result)
+
+    return [record_metrics, log_scored_part]
+
+
+def log_scored_part(result: PredictResult, request: RequestContext) -> None:
+    p = result.prediction
+    log.info(
+        "scored part",
+        extra={"score": p.score, "threshold": p.threshold, "is_anomalous": p.is_anomalous, "provider": p.provider},
+    )
+
+
+def _predict(
+    engine: Engine, hooks: Sequence[AfterPrediction], upload: PartUpload, request: RequestContext, submitted_at: float
+) -> Served:
+    """Blocking: runs in a worker thread once admission gives it a slot."""
+    queue_ms = (time.perf_counter() - submitted_at) * 1e3
+    result = engine.predict_upload(upload)
+    for hook in hooks:
+        hook(result, request)
+    return Served(result=result, queue_ms=queue_ms)
+
+
+async def serve_prediction(
+    admission: Admission,
     engine: Engine,
-    limits: DecodeLimits,
-    rgb_bytes: bytes,
-    xyz_bytes: bytes,
-    *,
-    model_name: str,
-    return_map: ReturnMap,
-    submitted_at: float,
-) -> PredictOutcome:
-    """Decode the uploads, score the part, encode the map. Blocking; call it from a worker thread.
-
-    `submitted_at`: `time.perf_counter()` when the request asked for a slot (queue time = start − it).
-    Raises CodecError for undecodable uploads, the engine's and preprocessing's domain errors otherwise.
-    """
-    start = time.perf_counter()
-    rgb = decode_rgb(rgb_bytes, limits, field="rgb")  # (H, W, 3) uint8
-    xyz = decode_xyz(xyz_bytes, limits, field="xyz")  # (H, W, 3) float32, 0 or NaN = no point
-    decoded = time.perf_counter()
-    prediction = engine.predict(rgb, xyz, model_name=model_name)
-    encoded_at = time.perf_counter()
-    map_b64 = None
-    if return_map != "none":
-        map_b64 = base64.b64encode(encode_map(prediction.anomaly_map, return_map)).decode("ascii")
-    encode_ms = (time.perf_counter() - encoded_at) * 1e3
-    timings = {
-        "queue": (start - submitted_at) * 1e3,
-        "decode": (decoded - start) * 1e3,
-        **prediction.timings_ms,
-    }
-    timings["postprocess"] = timings.get("postprocess", 0.0) + encode_ms
-    return PredictOutcome(prediction=prediction, map_b64=map_b64, timings_ms=timings)
+    hooks: Sequence[AfterPrediction],
+    upload: PartUpload,
+    request: RequestContext,
+) -> Served:
+    """Predict `upload` under `admission` and run `hooks` on the result. Raises the engine's errors (and the
+    codec and preprocessing refusals), QueueFullError and RequestTimeoutError."""
+    return await admission.run(_predict, engine, hooks, upload, request, time.perf_counter())

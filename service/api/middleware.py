@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import (
     CLIENT_CLOSED_CODE,
     BodyTooLargeHTTPError,
-    ErrorInfo,
+    PayloadTooLargeError,
     error_response,
     internal_error_response,
 )
@@ -82,12 +82,10 @@ class RequestMiddleware:
         try:
             declared = _content_length(headers)
             if declared is not None and declared > self.max_body_bytes:
-                info = ErrorInfo(
-                    413,
-                    "too_large",
-                    f"the request body is {declared:,} bytes (Content-Length); the limit is {self.max_body_bytes:,}",
+                refusal = PayloadTooLargeError(
+                    f"the request body is {declared:,} bytes (Content-Length); the limit is {self.max_body_bytes:,}"
                 )
-                await error_response(info)(scope, receive, send_with_id)
+                await error_response(refusal.info())(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception as exc:

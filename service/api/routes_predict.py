@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Annotated
 
@@ -10,12 +9,11 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
-from service.api.inference import ReturnMap, run_prediction
-from service.api.schemas import AnomalyMap, ErrorResponse, ModelRef, PredictResponse, Timings
+from service.api.inference import serve_prediction
+from service.api.schemas import ErrorResponse, PredictResponse
 from service.api.security import require_api_key
-from service.logs import current_request
-
-log = logging.getLogger(__name__)
+from service.engine import PartUpload, ReturnMap
+from service.logs import annotate_request
 
 router = APIRouter(prefix="/v1", tags=["inspection"], dependencies=[Depends(require_api_key)])
 
@@ -53,48 +51,16 @@ async def predict(
     return_map: Annotated[ReturnMap, Form(description="Anomaly map encoding in the answer.")] = "none",
 ) -> PredictResponse:
     received_at = time.perf_counter()
-    ctx = current_request()
-    if ctx is not None:
-        ctx.part_id = part_id
-    loaded = state.engine.get(model)  # an unknown model is refused before any decoding work
-    if ctx is not None:
-        ctx.model = loaded.name
-    max_bytes = state.limits.max_bytes
-    rgb_bytes = await _read_upload(rgb, "rgb", max_bytes)
-    xyz_bytes = await _read_upload(xyz, "xyz", max_bytes)
-    assert state.admission is not None  # guaranteed by ReadyState
-    outcome = await state.admission.run(
-        run_prediction,
-        state.engine,
-        state.limits,
-        rgb_bytes,
-        xyz_bytes,
-        model_name=loaded.name,
+    model_name = state.engine.get(model).name  # an unknown model is refused before any decoding work
+    request = annotate_request(part_id, model_name)
+    upload = PartUpload(
+        rgb=await _read_upload(rgb, "rgb", state.limits.max_bytes),
+        xyz=await _read_upload(xyz, "xyz", state.limits.max_bytes),
+        model=model_name,
         return_map=return_map,
-        submitted_at=time.perf_counter(),
     )
-    p = outcome.prediction
-    timings = {**outcome.timings_ms, "total": (time.perf_counter() - received_at) * 1e3}
-    state.metrics.observe_prediction(p.model, p.score, p.is_anomalous, timings)
-    log.info(
-        "scored part",
-        extra={"score": p.score, "threshold": p.threshold, "is_anomalous": p.is_anomalous, "provider": p.provider},
-    )
-    height, width = p.anomaly_map.shape
-    return PredictResponse(
-        model=ModelRef(name=p.model, version=p.version),
-        part_id=part_id,
-        score=p.score,
-        threshold=p.threshold,
-        threshold_source=p.threshold_source,  # type: ignore[arg-type]
-        is_anomalous=p.is_anomalous,
-        anomaly_map=(
-            AnomalyMap(width=width, height=height, encoding=return_map, data=outcome.map_b64)
-            if return_map != "none" and outcome.map_b64 is not None
-            else None
-        ),
-        defect_area_fraction=p.defect_area_fraction,
-        timings_ms=Timings(**{k: round(v, 3) for k, v in timings.items()}),
-        provider=p.provider,
-        request_id=ctx.request_id if ctx is not None else "",
+    served = await serve_prediction(state.admission, state.engine, state.after_prediction, upload, request)
+    total_ms = (time.perf_counter() - received_at) * 1e3
+    return PredictResponse.from_result(
+        served.result, part_id=part_id, request_id=request.request_id, queue_ms=served.queue_ms, total_ms=total_ms
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
+
+from service.engine import PredictResult, ThresholdSource
+from service.postprocessing import MapEncoding
 
 
 class ModelRef(BaseModel):
@@ -15,7 +19,7 @@ class ModelRef(BaseModel):
 class AnomalyMap(BaseModel):
     width: int = Field(description="Width of the uploaded image, pixels.")
     height: int = Field(description="Height of the uploaded image, pixels.")
-    encoding: Literal["png", "npy"] = Field(
+    encoding: MapEncoding = Field(
         description="png: 16-bit grayscale, score = pixel / 65535 (clipped to [0, 1]); npy: float32 (H, W) array."
     )
     data: str = Field(description="The encoded map, base64.")
@@ -36,7 +40,7 @@ class PredictResponse(BaseModel):
     part_id: str | None
     score: float = Field(description="Raw image score (max of the anomaly map at model resolution).")
     threshold: float = Field(description="Threshold in effect: score > threshold means NG.")
-    threshold_source: Literal["manifest", "override"]
+    threshold_source: ThresholdSource
     is_anomalous: bool
     anomaly_map: AnomalyMap | None = None
     defect_area_fraction: float = Field(
@@ -45,6 +49,36 @@ class PredictResponse(BaseModel):
     timings_ms: Timings
     provider: str = Field(description="ONNX Runtime execution provider that ran the model.")
     request_id: str
+
+    @classmethod
+    def from_result(
+        cls, result: PredictResult, *, part_id: str | None, request_id: str, queue_ms: float, total_ms: float
+    ) -> PredictResponse:
+        """The answer for an engine result; `queue_ms` and `total_ms` are the HTTP layer's own timings."""
+        p, encoded = result.prediction, result.anomaly_map
+        timings = {"queue": queue_ms, **result.timings_ms, "total": total_ms}
+        return cls(
+            model=ModelRef(name=p.model, version=p.version),
+            part_id=part_id,
+            score=p.score,
+            threshold=p.threshold,
+            threshold_source=p.threshold_source,
+            is_anomalous=p.is_anomalous,
+            anomaly_map=(
+                AnomalyMap(
+                    width=encoded.width,
+                    height=encoded.height,
+                    encoding=encoded.encoding,
+                    data=base64.b64encode(encoded.data).decode("ascii"),
+                )
+                if encoded is not None
+                else None
+            ),
+            defect_area_fraction=p.defect_area_fraction,
+            timings_ms=Timings(**{k: round(v, 3) for k, v in timings.items()}),
+            provider=p.provider,
+            request_id=request_id,
+        )
 
 
 class ModelInfo(BaseModel):
@@ -56,7 +90,7 @@ class ModelInfo(BaseModel):
     image_size: int
     provider: str
     threshold: float
-    threshold_source: Literal["manifest", "override"]
+    threshold_source: ThresholdSource
     manifest_threshold: float
     created: str
     default: bool = Field(description="Whether requests without a `model` field go to this model.")

@@ -95,9 +95,9 @@ class PreprocessConfig:
         version = values.pop("version", PREPROCESSING_VERSION)
         if str(version) != PREPROCESSING_VERSION:
             raise ConfigError(
-                f"preprocessing version mismatch: the stored config is version {version!r}, this code "
-                f"implements version {PREPROCESSING_VERSION!r}; re-export the model with this code or run "
-                "the code version it was trained with"
+                f"preprocessing version {version!r} of the stored config is not the one this code implements, "
+                f"version {PREPROCESSING_VERSION!r}: re-export the model with this code, or serve it with the "
+                "code version it was trained with"
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -252,7 +252,7 @@ def resolved_service(variant: str, env_file: Path | None = None) -> dict[str, An
 @pytest.mark.parametrize("variant", sorted(FILES))
 def test_every_setting_reaches_the_service_from_an_env_file(variant: str, tmp_path: Path) -> None:
     """Each Settings field set in a .env-style file arrives in the container under its own name."""
-    fixed = {"BRIDGENET_MODELS_DIR": "/models"}  # the mount point inside the image
+    fixed = {"BRIDGENET_MODELS_DIR": "/models", "BRIDGENET_DATA_DIR": "/data"}  # mount points inside the image
     values = {env_name(name): f"value-of-{name}" for name in Settings.model_fields} | GRAFANA_PASSWORD
     env_file = tmp_path / "station.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")

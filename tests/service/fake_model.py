@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from service.config import Settings
 from service.engine import Engine, EngineOptions, Prediction
-from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
+from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from service.preprocessing import PreprocessConfig
 
 SIZE = 32  # model input side S
@@ -25,11 +25,13 @@ OPSET = 18
 THRESHOLD = 0.9
 
 
-def build_graph(size: int = SIZE) -> onnx.ModelProto:
+def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelProto:
     """(rgb, depth): [batch, 3, S, S] float32 → scores [batch], maps [batch, S, S].
 
     maps = sigmoid(bilinear-upsampled 4×4-average of (channel mean of rgb + channel mean of depth) / 2),
     scores = max of each map. Deterministic and cheap; it has the real model's inputs and outputs.
+    `fails_on_parts`: ONNX Runtime itself fails the run (a Gather index out of bounds) once the largest rgb
+    value reaches 1, as it does for any real part after normalisation; the all-zero warm-up still runs.
     """
     nodes = [
         helper.make_node("ReduceMean", ["rgb", "axis1"], ["rgb_mean"], keepdims=1),
@@ -48,6 +50,15 @@ def build_graph(size: int = SIZE) -> onnx.ModelProto:
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
         helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(POOL), float(POOL)]),
     ]
+    if fails_on_parts:
+        nodes[-1].output[0] = "raw_scores"
+        nodes += [
+            helper.make_node("ReduceMax", ["rgb"], ["rgb_max"], keepdims=0),
+            helper.make_node("Cast", ["rgb_max"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["one_zero", "index"], ["picked"]),  # only index 0 (or -1) exists
+            helper.make_node("Add", ["raw_scores", "picked"], ["scores"]),
+        ]
+        initializers.append(helper.make_tensor("one_zero", TensorProto.FLOAT, [1], [0.0]))
     image: list[str | int | None] = ["batch", 3, size, size]
     graph = helper.make_graph(
         nodes,
@@ -102,15 +113,18 @@ def fake_manifest(name: str, size: int = SIZE, threshold: float = THRESHOLD, ver
     return Manifest.model_validate(data)
 
 
-def write_fake_model(models_dir: Path, name: str = "fake", **manifest_kwargs: Any) -> Path:
-    """Write `<models_dir>/<name>/model.onnx` (manifest embedded) + `manifest.json`; return the folder."""
+def write_fake_model(
+    models_dir: Path, name: str = "fake", graph: onnx.ModelProto | None = None, **manifest_kwargs: Any
+) -> Path:
+    """Write `<models_dir>/<name>/model.onnx` (manifest embedded) + `manifest.json`; return the folder.
+    `graph`: another graph with the same inputs and outputs (default: `build_graph`)."""
     folder = models_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     manifest = fake_manifest(name, **manifest_kwargs)
-    model = build_graph(manifest.image_size)
+    model = build_graph(manifest.image_size) if graph is None else graph
     helper.set_model_props(model, manifest_to_metadata(manifest))
-    onnx.save(model, str(folder / "model.onnx"))
-    write_manifest_json(manifest, folder, sha256_file(folder / "model.onnx"))
+    onnx.save(model, str(folder / MODEL_FILE))
+    write_manifest_json(manifest, folder, sha256_file(folder / MODEL_FILE))
     return folder
 
 

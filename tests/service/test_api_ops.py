@@ -17,7 +17,15 @@ from fastapi.testclient import TestClient
 from service.engine import Engine, Prediction
 from service.logs import JsonFormatter
 from service.main import create_app, engine_options
-from tests.service.fake_model import THRESHOLD, make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import (
+    THRESHOLD,
+    build_graph,
+    make_part,
+    make_settings,
+    png_bytes,
+    tiff_bytes,
+    write_fake_model,
+)
 
 RGB, XYZ = make_part(40, 48, seed=3)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
@@ -236,3 +244,34 @@ def test_uploads_over_one_megabyte_are_parsed_in_memory(models_dir: Path, monkey
         response = c.post("/v1/predict", files=files)
     assert response.status_code == 200, response.text
     assert rolled == []
+
+
+def test_after_prediction_hooks_see_the_result_and_the_request_before_the_answer(models_dir: Path) -> None:
+    app = create_app(make_settings(models_dir))
+    seen: list[tuple[float, str, str | None, str | None]] = []
+    app.state.service.after_prediction.append(
+        lambda result, request: seen.append(
+            (result.prediction.score, request.request_id, request.part_id, request.model)
+        )
+    )
+    with TestClient(app) as c:
+        body = c.post("/v1/predict", files=FILES, data={"part_id": "P-1"}, headers={"X-Request-ID": "hook-1"}).json()
+        assert seen == [(body["score"], "hook-1", "P-1", "fake")]
+        app.state.service.after_prediction.append(lambda result, request: 1 / 0)  # a hook that fails
+        failed = c.post("/v1/predict", files=FILES)
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
+
+
+@pytest.mark.parametrize("batch_max_size", [1, 4])
+def test_an_onnx_runtime_failure_answers_500_with_batching_off_and_on(tmp_path: Path, batch_max_size: int) -> None:
+    write_fake_model(tmp_path, "fake", graph=build_graph(fails_on_parts=True))
+    settings = make_settings(tmp_path, batch_max_size=batch_max_size, batch_wait_ms=1.0)
+    with TestClient(create_app(settings)) as c:
+        response = c.post("/v1/predict", files=FILES, headers={"X-Request-ID": "ort-1"})
+        assert c.get("/readyz").status_code == 200
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "code": "internal_error",
+        "message": "internal server error; the request id is in the log",
+        "request_id": "ort-1",
+    }

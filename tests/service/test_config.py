@@ -153,3 +153,19 @@ def test_direct_construction_forbids_unknown_fields() -> None:
 def test_decode_limits_follow_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings_from(monkeypatch, max_upload_bytes="1234", max_image_side="100", max_image_pixels="5000")
     assert decode_limits(s) == DecodeLimits(max_bytes=1234, max_side=100, max_pixels=5000)
+
+
+def test_help_lists_every_setting_with_its_help_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, field in Settings.model_fields.items():
+        variable = f"BRIDGENET_{name.upper()}"
+        line = next((text for text in lines if text.split() and text.split()[0] == variable), None)
+        assert line is not None, f"{variable} is not in --help"
+        assert field.description and field.description in line and "(default: " in line, line
+    (queue,) = [text for text in lines if "BRIDGENET_MAX_QUEUE " in text]
+    assert queue.endswith("(default: 16)") and "429" in queue

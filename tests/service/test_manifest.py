@@ -97,7 +97,7 @@ def test_valid_manifest_fields() -> None:
     m = Manifest.model_validate(manifest_data())
     assert m.schema_version == 1 and m.threshold.value == 0.1 + 0.2
     assert m.created.utcoffset() is not None and m.created.hour == 12
-    assert m.preprocessing["version"] == PREPROCESSING_VERSION
+    assert m.preprocessing == PreprocessConfig(image_size=SIZE) and m.image_size == SIZE
     with pytest.raises(ValueError, match="frozen"):
         m.version = "4"  # type: ignore[misc]
 
@@ -270,18 +270,36 @@ def test_embedded_manifest_missing_broken_or_different(tmp_path: Path) -> None:
     assert "differs from" in message and "['version', 'threshold']" in message
 
 
+def with_preprocessing(folder: Path, **changes: Any) -> None:
+    """Edit manifest.json's preprocessing dict by hand, as a manifest from other code would hold it."""
+    path = folder / MANIFEST_FILE
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "preprocessing": {**stored["preprocessing"], **changes}}))
+
+
 def test_preprocessing_version_mismatch(tmp_path: Path) -> None:
-    pre = {**PreprocessConfig(image_size=SIZE).to_dict(), "version": "0-old"}
     folder = tmp_path / "m"
-    m = write_model_dir(folder, manifest_data(preprocessing=pre))
+    m = write_model_dir(folder)
+    with_preprocessing(folder, version="0-old")
     message = refused(folder, manifest_to_metadata(m))
     assert "preprocessing version '0-old'" in message and repr(PREPROCESSING_VERSION) in message
     assert str(folder / MANIFEST_FILE) in message
 
 
 def test_unloadable_preprocessing_config(tmp_path: Path) -> None:
-    pre = {**PreprocessConfig(image_size=SIZE).to_dict(), "blur": 3}
     folder = tmp_path / "m"
-    m = write_model_dir(folder, manifest_data(preprocessing=pre))
+    m = write_model_dir(folder)
+    with_preprocessing(folder, blur=3)
     message = refused(folder, manifest_to_metadata(m))
     assert "preprocessing config is invalid" in message and "blur" in message
+
+
+def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:
+    """The typed preprocessing keeps the JSON format: the demo's manifest.json round-trips to the same fields,
+    top-level keys in the same order."""
+    path = Path(__file__).resolve().parents[2] / "models" / "demo" / MANIFEST_FILE
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    m = Manifest.model_validate({k: v for k, v in stored.items() if k != "onnx_sha256"})
+    assert m.preprocessing.image_size == m.image_size == stored["image_size"]
+    written = {**m.model_dump(mode="json"), "onnx_sha256": stored["onnx_sha256"]}
+    assert written == stored and list(written) == list(stored)

@@ -23,18 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.engine.errors import BatcherClosedError, InferenceError
+
 log = logging.getLogger(__name__)
 
 # `run`: rgb, depth (B, 3, S, S) float32 → scores (B,) float32, maps (B, S, S) float32.
 RunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class BatchError(Exception):
-    """The batched session run failed; every request of the batch gets its own copy, chained to the cause."""
-
-
-class BatcherClosedError(Exception):
-    """A part was submitted after the batcher was closed, or was still queued when closing gave up."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +36,15 @@ class BatchOutcome:
     """One part's share of a batch run.
 
     `score`: float, raw image score; `anomaly_map`: (S, S) float32 at the model's resolution;
-    `batch_size`: parts in the run; `wait_ms`: from `submit` to the start of the run (gathering plus any
-    previous run of the model); `inference_ms`: the whole batch's session time.
+    `batch_size`: parts in the run; `first_in_batch`: whether this part came first in it (exactly one part of
+    each run is, so per-run metrics count a run once); `wait_ms`: from `submit` to the start of the run
+    (gathering plus any previous run of the model); `inference_ms`: the whole batch's session time.
     """
 
     score: float
     anomaly_map: np.ndarray
     batch_size: int
+    first_in_batch: bool
     wait_ms: float
     inference_ms: float
 
@@ -71,7 +67,7 @@ class Ticket:
     def submit(self, rgb: np.ndarray, depth: np.ndarray) -> BatchOutcome:
         """`rgb`, `depth`: (3, S, S) float32, the preprocessed part. Blocks until its batch has run.
 
-        Raises BatchError when the batch run failed, BatcherClosedError when the batcher is closed.
+        Raises InferenceError when the batch run failed, BatcherClosedError when the batcher is closed.
         """
         if self.submitted:
             raise RuntimeError("a ticket submits one part only")
@@ -89,7 +85,6 @@ class Batcher:
         max_size: int,
         wait_s: float,
         name: str = "model",
-        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_size < 1 or wait_s < 0:
             raise ValueError(f"batcher {name!r}: expected max_size ≥ 1 and wait_s ≥ 0, got {max_size}, {wait_s}")
@@ -97,7 +92,6 @@ class Batcher:
         self.max_size = max_size
         self.wait_s = wait_s
         self._run = run
-        self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._announced = 0  # requests between reserve() and submit(): parts that are on their way
         self._closed = False
@@ -199,7 +193,7 @@ class Batcher:
         except Exception as exc:  # any failure of the run must reach every waiting request
             log.error("batch of %d for model %s failed: %s", len(batch), self.name, exc)
             for item in batch:
-                error = BatchError(f"model {self.name!r}: the batched run of {len(batch)} part(s) failed: {exc}")
+                error = InferenceError(f"model {self.name!r}: the batched run of {len(batch)} part(s) failed: {exc}")
                 error.__cause__ = exc
                 item.future.set_exception(error)
             return
@@ -211,12 +205,8 @@ class Batcher:
                     score=float(scores[k]),
                     anomaly_map=np.array(maps[k], dtype=np.float32),
                     batch_size=len(batch),
+                    first_in_batch=k == 0,
                     wait_ms=(started - item.submitted_at) * 1e3,
                     inference_ms=inference_ms,
                 )
             )
-        if self._on_batch is not None:
-            try:
-                self._on_batch(len(batch))
-            except Exception:  # a metrics hook must never stop the worker
-                log.exception("batch observer failed")

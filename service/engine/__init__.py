@@ -1,0 +1,36 @@
+"""The inference engine: ONNX Runtime sessions and the complete predict, decode to encoded map.
+
+`engine` (the Engine: start, predict, stop), `stages` (decode, postprocess, encode: the steps around the
+session run), `batching` (micro-batching of session runs), `loading` (sessions, manifests, providers),
+`result` (what a prediction takes and returns), `errors` (what the engine raises). The names below are the
+package's public face; the contract is in docs/DESIGN.md, "The predict path".
+"""
+
+from service.engine.batching import Batcher, BatchOutcome
+from service.engine.engine import Engine
+from service.engine.errors import BatcherClosedError, EngineError, InferenceError, ModelLoadError, UnknownModelError
+from service.engine.loading import CPU, CUDA, EngineOptions, LoadedModel, cuda_driver_present, session_providers
+from service.engine.result import EncodedMap, PartUpload, Prediction, PredictResult, ReturnMap, ThresholdSource
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "BatchOutcome",
+    "Batcher",
+    "BatcherClosedError",
+    "EncodedMap",
+    "Engine",
+    "EngineError",
+    "EngineOptions",
+    "InferenceError",
+    "LoadedModel",
+    "ModelLoadError",
+    "PartUpload",
+    "PredictResult",
+    "Prediction",
+    "ReturnMap",
+    "ThresholdSource",
+    "UnknownModelError",
+    "cuda_driver_present",
+    "session_providers",
+]

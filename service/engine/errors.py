@@ -1,0 +1,28 @@
+"""What the engine raises. The HTTP layer maps these to status codes in `service.api.errors`.
+
+Input refusals keep their own types (`service.codecs.CodecError`, `service.preprocessing.PreprocessingError`):
+they name what is wrong with the upload. Everything the engine itself can fail at is an `EngineError`.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of the engine's domain errors."""
+
+
+class ModelLoadError(EngineError):
+    """A model cannot be served: missing, corrupt, mismatched, or the required provider is absent."""
+
+
+class UnknownModelError(EngineError):
+    """The request names a model that is not loaded."""
+
+
+class InferenceError(EngineError):
+    """The session run failed (ONNX Runtime raised, or answered the wrong number of outputs), with micro-batching
+    on or off. Chained to the cause; with batching on, every part of the failed batch gets its own copy."""
+
+
+class BatcherClosedError(EngineError):
+    """A part arrived after the engine began stopping, or was still queued when stopping gave up."""

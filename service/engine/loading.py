@@ -1,0 +1,175 @@
+"""Model loading: the ONNX Runtime session of each model folder, its verified manifest, providers, warm-up."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from service.codecs import DecodeLimits
+from service.engine.errors import ModelLoadError
+from service.engine.result import ThresholdSource
+from service.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError, load_model_dir
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the engine needs from the service settings (kept small so tests can build one directly)."""
+
+    models_dir: Path
+    default_model: str
+    models: tuple[str, ...] | None = None  # None: every sub-folder of models_dir holding a model.onnx
+    require_cuda: bool = False
+    providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
+    threshold_overrides: Mapping[str, float] = field(default_factory=dict)
+    intra_op_threads: int | None = None
+    # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
+    ort_spin_wait: bool = True
+    # Micro-batching (service.engine.batching): 1 = off, every request runs its own session call.
+    batch_max_size: int = 1
+    batch_wait_ms: float = 0.0
+    # What one uploaded file may hold (Engine.predict_upload decodes the uploads).
+    decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    manifest: Manifest
+    session: ort.InferenceSession
+    provider: str
+    threshold: float
+    threshold_source: ThresholdSource
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": self.name,
+            "version": m.version,
+            "category": m.category,
+            "modality": m.modality,
+            "backbone": m.backbone,
+            "image_size": m.image_size,
+            "provider": self.provider,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "manifest_threshold": m.threshold.value,
+            "created": str(m.created),
+        }
+
+
+def cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver library can be loaded. Without it, asking ONNX Runtime for the CUDA
+    provider only produces a long error log before it falls back to the CPU."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def session_providers(require_cuda: bool, providers: Literal["auto", "cpu"] = "auto") -> list[str]:
+    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it)."""
+    available = ort.get_available_providers()
+    if providers == "auto" and CUDA in available and cuda_driver_present():
+        return [CUDA, CPU]
+    if require_cuda:
+        raise ModelLoadError(
+            "BRIDGENET_REQUIRE_CUDA is set but CUDA is not usable here: "
+            f"onnxruntime providers {available}, NVIDIA driver {'found' if cuda_driver_present() else 'not found'}"
+        )
+    return [CPU]
+
+
+def model_names(options: EngineOptions) -> list[str]:
+    """The models to load: `options.models`, or every folder of `models_dir` holding a model file."""
+    root = options.models_dir
+    if not root.is_dir():
+        raise ModelLoadError(f"models directory {root} does not exist")
+    if options.models:
+        return list(options.models)
+    names = sorted(p.name for p in root.iterdir() if (p / MODEL_FILE).is_file())
+    if not names:
+        raise ModelLoadError(f"no model found in {root}: expected <name>/{MODEL_FILE} + {MANIFEST_FILE}")
+    return names
+
+
+def load_model(options: EngineOptions, name: str) -> LoadedModel:
+    """Open `models_dir/<name>`'s session and verify its manifest; ModelLoadError names the model and the fault."""
+    folder = options.models_dir / name
+    onnx_path = folder / MODEL_FILE
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"model {name!r}: {onnx_path} not found")
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if options.intra_op_threads:
+        session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.ort_spin_wait else "0")
+    try:
+        session = ort.InferenceSession(
+            str(onnx_path), session_options, providers=session_providers(options.require_cuda, options.providers)
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelLoadError(f"model {name!r}: {onnx_path} is not a loadable ONNX model: {exc}") from exc
+    try:
+        manifest = load_model_dir(folder, session.get_modelmeta().custom_metadata_map)
+    except ManifestError as exc:
+        raise ModelLoadError(f"model {name!r}: {exc}") from exc
+    provider = session.get_providers()[0]
+    if options.require_cuda and provider != CUDA:
+        raise ModelLoadError(f"model {name!r}: BRIDGENET_REQUIRE_CUDA is set but the session runs on {provider}")
+    _check_io(name, session, manifest)
+    threshold: float = manifest.threshold.value
+    source: ThresholdSource = "manifest"
+    if name in options.threshold_overrides:
+        threshold, source = float(options.threshold_overrides[name]), "override"
+        log.warning(
+            "threshold override for model %s: %.6f instead of the calibrated %.6f",
+            name,
+            threshold,
+            manifest.threshold.value,
+        )
+    return LoadedModel(
+        name=name,
+        manifest=manifest,
+        session=session,
+        provider=provider,
+        threshold=threshold,
+        threshold_source=source,
+    )
+
+
+def _check_io(name: str, session: ort.InferenceSession, manifest: Manifest) -> None:
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    if set(inputs) != {"rgb", "depth"} or outputs[:2] != ["scores", "maps"]:
+        raise ModelLoadError(
+            f"model {name!r}: graph inputs {sorted(inputs)} / outputs {outputs} are not rgb, depth → scores, maps"
+        )
+    size = manifest.image_size
+    for input_name, shape in inputs.items():
+        if list(shape[1:]) != [3, size, size]:
+            raise ModelLoadError(
+                f"model {name!r}: input {input_name} has shape {shape}, manifest says [batch, 3, {size}, {size}]"
+            )
+
+
+def warm_up(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
+    """One run per batch size: a first run at a new shape allocates (and on CUDA, tunes) for it."""
+    size = model.manifest.image_size
+    for batch in sorted(set(batch_sizes)):
+        zeros = np.zeros((batch, 3, size, size), np.float32)
+        model.session.run(None, {"rgb": zeros, "depth": zeros})

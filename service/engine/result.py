@@ -1,0 +1,72 @@
+"""What goes into the engine's complete predict and what comes out of it (see docs/DESIGN.md, "The predict path")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from service.postprocessing import MapEncoding
+
+# How the answer carries the anomaly map: not at all, a 16-bit PNG, or a float32 .npy (service.postprocessing).
+ReturnMap = Literal["none", "png", "npy"]
+# Where the threshold in effect comes from: the model's calibration, or BRIDGENET_THRESHOLD_OVERRIDES.
+ThresholdSource = Literal["manifest", "override"]
+
+
+@dataclass(frozen=True)
+class PartUpload:
+    """One part as the line controller sends it: the encoded files (service.codecs reads them), the model to
+    score it with (None: the default model) and the map encoding wanted in the answer."""
+
+    rgb: bytes
+    xyz: bytes
+    model: str | None = None
+    return_map: ReturnMap = "none"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One part's answer, built from the model's output in one place (`service.engine.stages.postprocess`).
+
+    `anomaly_map`: (H, W) float32 scores at the upload's resolution. `timings_ms`: preprocess, batch_wait (0
+    when batching is off), inference (the whole batch's session time), postprocess. `batch_size`: parts in
+    the session run; `first_in_batch`: whether this part reports its run (one part per run does).
+    `info`: the preprocessing facts of the part (JSON-able: plane method, foreground fraction, ...).
+    """
+
+    model: str
+    version: str
+    score: float
+    threshold: float
+    threshold_source: ThresholdSource
+    is_anomalous: bool
+    anomaly_map: np.ndarray
+    defect_area_fraction: float
+    timings_ms: dict[str, float]
+    provider: str
+    batch_size: int
+    first_in_batch: bool
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EncodedMap:
+    """The anomaly map as the answer carries it. `width`, `height`: of the upload, pixels."""
+
+    encoding: MapEncoding
+    width: int
+    height: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What `Engine.predict_upload` returns: the prediction, its map encoded as asked (None for "none"), and
+    the time of each stage in ms: decode, preprocess, batch_wait, inference, postprocess (map encoding
+    included)."""
+
+    prediction: Prediction
+    anomaly_map: EncodedMap | None
+    timings_ms: dict[str, float]
