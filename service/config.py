@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
+# Values never echoed in error messages (keys, passwords inside URLs).
+_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url")
 
 
 class SettingsError(ValueError):
@@ -73,6 +75,35 @@ class Settings(BaseSettings):
     allow_anonymous: bool = False
     log_level: str = "INFO"
 
+    # Records and push (service.records, service.push; docs/DEPLOYMENT.md "Traceability").
+    audit: Literal["on", "off"] = Field(
+        default="on", description="on: every answered prediction is one database record, committed before the answer."
+    )
+    data_dir: Path = Field(
+        default=Path("data"), description="Home of the SQLite database and the evidence archive (archive/)."
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db (several replicas); "
+        "unset: SQLite in data_dir/records.db.",
+    )
+    archive: Literal["none", "ng", "all"] = Field(
+        default="ng", description="Which parts keep their uploads and anomaly map (16-bit PNG) as evidence."
+    )
+    retention_days: float = Field(default=90.0, gt=0, description="Evidence older than this is pruned.")
+    archive_max_gb: float = Field(
+        default=20.0, gt=0, description="Evidence beyond this total size is pruned, oldest OK parts first, NG last."
+    )
+    push_on: Literal["all", "ng"] = Field(default="all", description="Which results are pushed to MQTT/webhook.")
+    mqtt_url: str | None = Field(default=None, description="mqtt://host:port of the line's broker; unset: no MQTT.")
+    mqtt_topic: str = Field(
+        default="bridgenet/{model}/results", description="MQTT topic; {model} is replaced by the model name."
+    )
+    webhook_url: str | None = Field(default=None, description="HTTP(S) URL that receives each result as a JSON POST.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Key of the X-BridgeNet-Signature header (HMAC-SHA256 of the body); unset: none."
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
@@ -113,6 +144,25 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url", "webhook_secret", "mqtt_url", "webhook_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -166,7 +216,7 @@ def _describe(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
         got = repr(error.get("input"))
-        shown = "" if field == "api_key" or not field or got in message else f" (got {got})"
+        shown = "" if field in _SECRET_FIELDS or not field or got in message else f" (got {got})"
         clauses.append(f"{env_name(field)}: {message}{shown}" if field else message)
     return "; ".join(clauses)
 

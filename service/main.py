@@ -16,6 +16,7 @@ from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMiddleware
+from service.api.routes_results import router as results_router
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
@@ -120,5 +121,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(predict_router)
+    app.include_router(results_router)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
     return app

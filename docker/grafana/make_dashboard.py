@@ -330,9 +330,59 @@ def models_row(y: int) -> list[Panel]:
     return [row("Models", y), info]
 
 
+# ---- Records and push (service.records, service.push): one row, kept together.
+def traceability_row(y: int) -> list[Panel]:
+    """The audit trail's write time, the evidence archive, and the push outbox per destination."""
+    audit = "sum by (le) (rate(bridgenet_audit_write_seconds_bucket[{w}]))"
+    return [
+        row("Traceability", y),
+        timeseries(
+            "Push backlog",
+            (0, y + 1, 6, 7),
+            [target("sum by (destination) (bridgenet_push_backlog)", "{{destination}}")],
+            "short",
+            min=0,
+            description="Results waiting for the line (MQTT, webhook). A rising line: the destination is down; "
+            "nothing is lost, the results go out in order once it is back.",
+        ),
+        timeseries(
+            "Push failures / s",
+            (6, y + 1, 6, 7),
+            [target(f"sum by (destination) (rate(bridgenet_push_failures_total[{RATE}]))", "{{destination}}")],
+            "short",
+            min=0,
+            description="Failed delivery attempts (retried with capped exponential backoff).",
+        ),
+        timeseries(
+            "Audit write time",
+            (12, y + 1, 6, 7),
+            [
+                target(f"histogram_quantile(0.5, {audit.format(w=RATE)})", "p50"),
+                target(f"histogram_quantile(0.99, {audit.format(w=RATE)})", "p99", "B"),
+            ],
+            "s",
+            min=0,
+            description="Time to write and commit one decision record (evidence and outbox included), "
+            "added to every answer.",
+        ),
+        timeseries(
+            "Evidence archive",
+            (18, y + 1, 6, 7),
+            [
+                target("sum(bridgenet_archive_bytes)", "bytes stored"),
+            ],
+            "bytes",
+            min=0,
+            description="Size of the evidence archive (BRIDGENET_ARCHIVE_MAX_GB caps it; oldest OK parts go first). "
+            "Parts recorded without evidence: bridgenet_archive_failures_total.",
+        ),
+    ]
+
+
 def build_dashboard() -> Panel:
     """The whole dashboard as a JSON-ready dict, panel ids assigned in reading order."""
     panels = [*top_row(), *traffic_row(4), *latency_row(13), *quality_row(22), *capacity_row(31), *models_row(39)]
+    panels += traceability_row(45)
     for number, p in enumerate(panels, start=1):
         p["id"] = number
     model_var = {

@@ -13,19 +13,21 @@ from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
 from service.metrics import Metrics
+from service.records.runtime import Records
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
 
 @dataclass
 class ServiceState:
-    """What the app holds between requests. `admission` exists once the lifespan has started."""
+    """What the app holds between requests. `admission` and `records` exist once the lifespan has started."""
 
     settings: Settings
     engine: Engine
     metrics: Metrics
     limits: DecodeLimits
     admission: Admission | None = None
+    records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
 
 
 def get_state(request: Request) -> ServiceState:

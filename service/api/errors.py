@@ -30,6 +30,7 @@ from service.preprocessing import (
     PreprocessingError,
     SizeMismatchError,
 )
+from service.records.store import RecordError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ def describe(exc: Exception) -> ErrorInfo | None:
         return ErrorInfo(422, code, str(exc))
     if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
         return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, RecordError):  # no answer without its record: the client retries (another replica)
+        return ErrorInfo(503, "audit_unavailable", str(exc), {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
     if isinstance(exc, RequestValidationError):
@@ -168,6 +171,7 @@ def install_error_handlers(app: FastAPI) -> None:
         CodecError,
         PreprocessingError,
         EngineError,
+        RecordError,
         RequestValidationError,
         StarletteHTTPException,
     ):

@@ -18,7 +18,7 @@ PROMETHEUS_YML = DOCKER_DIR / "prometheus.yml"
 # Folders docker creates on first use; data and runs exist only where training ran, models is filled by
 # `python -m training export` (or ships the demo model).
 RUNTIME_FOLDERS = {REPO_ROOT / "data", REPO_ROOT / "runs", REPO_ROOT / "models"}
-THIRD_PARTY = ("prometheus", "grafana", "dcgm-exporter")
+THIRD_PARTY = ("prometheus", "grafana", "dcgm-exporter", "mosquitto")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -65,9 +65,10 @@ def gpu_devices(definition: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_compose_files_parse_and_name_the_stack() -> None:
     services = load(COMPOSE)["services"]
-    assert set(services) == {"service", "prometheus", "grafana", "dcgm-exporter", "train"}
+    assert set(services) == {"service", "prometheus", "grafana", "dcgm-exporter", "train", "mosquitto"}
     assert load(COMPOSE_CPU)["services"]["service-cpu"]["extends"]["service"] == "bridgenet-service"
     assert services["train"]["profiles"] == ["train"]
+    assert services["mosquitto"]["profiles"] == ["mqtt"]  # the line's broker, only when asked for
 
 
 @pytest.mark.parametrize(

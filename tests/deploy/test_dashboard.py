@@ -33,6 +33,11 @@ EXPECTED_METRICS = {
     "DCGM_FI_DEV_FB_FREE",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
+    # Traceability row (service.records, service.push).
+    "bridgenet_push_backlog",
+    "bridgenet_push_failures_total",
+    "bridgenet_audit_write_seconds",
+    "bridgenet_archive_bytes",
 }
 
 

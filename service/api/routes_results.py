@@ -1,0 +1,295 @@
+"""GET /v1/results (+ .csv, one record, its evidence files) and GET /v1/status: the audit trail, read back.
+
+The handlers are plain `def`: FastAPI runs them in its thread pool, where the blocking database reads
+belong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from service.api.deps import State
+from service.api.errors import ApiError, NotReadyError
+from service.api.schemas import ErrorResponse
+from service.api.security import require_api_key
+from service.records.runtime import Records
+from service.records.store import MAX_PAGE, CursorError, EvidenceKind, Recorder, ResultFilter
+
+router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_api_key)])
+
+
+class ResultNotFoundError(ApiError):
+    status, code = 404, "unknown_result"
+
+
+class NotArchivedError(ApiError):
+    status, code = 404, "not_archived"
+
+
+class AuditOffError(ApiError):
+    status, code = 404, "audit_off"
+
+
+class InvalidCursorError(ApiError):
+    status, code = 400, "invalid_cursor"
+
+
+# ---- response models
+
+
+class ResultModel(BaseModel):
+    name: str
+    version: str
+    onnx_sha256: str
+
+
+class ResultEvidence(BaseModel):
+    status: Literal["archived", "not_kept", "failed", "pruned"] = Field(
+        description="archived: files available; not_kept: BRIDGENET_ARCHIVE skipped this part; failed: could "
+        "not be stored (disk full); pruned: removed by retention."
+    )
+    rgb_sha256: str | None
+    xyz_sha256: str | None
+    map_sha256: str | None
+
+
+class ResultRecord(BaseModel):
+    request_id: str
+    part_id: str | None
+    created: datetime = Field(description="When the request was received (UTC).")
+    model: ResultModel
+    score: float
+    threshold: float
+    threshold_source: str
+    is_anomalous: bool
+    defect_area_fraction: float
+    decision_rule: str
+    regions: list[dict[str, Any]]
+    timings_ms: dict[str, float]
+    provider: str
+    client: str | None = Field(description="Address of the client that asked.")
+    evidence: ResultEvidence
+
+
+class ResultsPage(BaseModel):
+    results: list[ResultRecord] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class PushBacklog(BaseModel):
+    waiting: int = Field(description="Results not yet delivered to this destination.")
+    oldest_age_s: float | None
+    attempts: int = Field(description="Failed attempts on the oldest waiting result.")
+    last_error: str | None
+
+
+class ArchiveStatus(BaseModel):
+    policy: Literal["none", "ng", "all"]
+    bytes: int
+    max_bytes: int
+
+
+class StatusResponse(BaseModel):
+    audit: Literal["on", "off"]
+    database: str | None = Field(description="sqlite or postgresql.")
+    archive: ArchiveStatus | None
+    push: dict[str, PushBacklog] = Field(description="By destination (mqtt, webhook).")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid filter or cursor"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "Unknown result, evidence not archived, or audit off"},
+    503: {"model": ErrorResponse, "description": "Not started yet"},
+}
+
+
+# ---- dependencies
+
+
+def _records(state: State) -> Records:
+    if state.records is None:
+        raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
+    return state.records
+
+
+def _recorder(records: Annotated[Records, Depends(_records)]) -> Recorder:
+    if records.recorder is None:
+        raise AuditOffError("BRIDGENET_AUDIT=off: this service records no results")
+    return records.recorder
+
+
+RecorderDep = Annotated[Recorder, Depends(_recorder)]
+
+
+def _filters(
+    part_id: Annotated[str | None, Query(max_length=256)] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    verdict: Annotated[Literal["ok", "ng"] | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive; no zone = UTC.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive; no zone = UTC.")] = None,
+) -> ResultFilter:
+    return ResultFilter(part_id=part_id, model=model, verdict=verdict, since=since, until=until)
+
+
+Filters = Annotated[ResultFilter, Depends(_filters)]
+
+
+# ---- routes
+
+
+@router.get("/results", response_model=ResultsPage, responses=_ERRORS)
+def list_results(
+    recorder: RecorderDep,
+    filters: Filters,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ResultsPage:
+    try:
+        views, next_cursor = recorder.query(filters, limit=limit, cursor=cursor)
+    except CursorError as exc:
+        raise InvalidCursorError(str(exc)) from None
+    return ResultsPage(results=[ResultRecord.model_validate(v) for v in views], next_cursor=next_cursor)
+
+
+CSV_COLUMNS = (
+    "request_id",
+    "created",
+    "part_id",
+    "model",
+    "model_version",
+    "model_onnx_sha256",
+    "score",
+    "threshold",
+    "threshold_source",
+    "verdict",
+    "defect_area_fraction",
+    "decision_rule",
+    "provider",
+    "client",
+    "evidence",
+    "total_ms",
+)
+
+
+def _cell(value: Any) -> Any:
+    # A spreadsheet runs a cell starting with = + - @ as a formula; part ids come from the line's clients.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def _csv_row(v: dict[str, Any]) -> list[Any]:
+    row = [
+        v["request_id"],
+        v["created"],
+        v["part_id"],
+        v["model"]["name"],
+        v["model"]["version"],
+        v["model"]["onnx_sha256"],
+        v["score"],
+        v["threshold"],
+        v["threshold_source"],
+        "ng" if v["is_anomalous"] else "ok",
+        v["defect_area_fraction"],
+        v["decision_rule"],
+        v["provider"],
+        v["client"],
+        v["evidence"]["status"],
+        v["timings_ms"].get("total"),
+    ]
+    return [_cell(c) for c in row]
+
+
+@router.get(
+    "/results.csv",
+    response_class=StreamingResponse,
+    responses={**_ERRORS, 200: {"content": {"text/csv": {}}, "description": "All matching records, newest first."}},
+)
+def results_csv(recorder: RecorderDep, filters: Filters) -> StreamingResponse:
+    def rows() -> Iterator[str]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        cursor: str | None = None
+        while True:
+            views, cursor = recorder.query(filters, limit=MAX_PAGE, cursor=cursor)
+            for v in views:
+                writer.writerow(_csv_row(v))
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if cursor is None:
+                return
+
+    return StreamingResponse(
+        rows(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="results.csv"'}
+    )
+
+
+@router.get("/results/{request_id}", response_model=ResultRecord, responses=_ERRORS)
+def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)]) -> ResultRecord:
+    view = recorder.get(request_id)
+    if view is None:
+        raise ResultNotFoundError(f"no record of request {request_id!r}")
+    return ResultRecord.model_validate(view)
+
+
+def media_type(data: bytes) -> tuple[str, str]:
+    """Content type and file extension of an archived upload, from its first bytes."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png", "png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg", "jpg"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff", "tiff"
+    if data.startswith(b"\x93NUMPY"):
+        return "application/octet-stream", "npy"
+    return "application/octet-stream", "bin"
+
+
+@router.get(
+    "/results/{request_id}/files/{kind}",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "The archived upload exactly as received (rgb, xyz) or the anomaly map as a 16-bit PNG "
+            "(map: score = pixel / 65535). ETag: the file's sha256.",
+            "content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "application/octet-stream": {}},
+        },
+    },
+)
+def get_result_file(
+    recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)], kind: EvidenceKind
+) -> Response:
+    found = recorder.evidence_file(request_id, kind)
+    if found is None:
+        if recorder.get(request_id) is None:
+            raise ResultNotFoundError(f"no record of request {request_id!r}")
+        raise NotArchivedError(
+            f"request {request_id!r} has no archived {kind} file (BRIDGENET_ARCHIVE policy, retention, or a "
+            "failed write; see the record's evidence.status)"
+        )
+    sha, data = found
+    content_type, ext = media_type(data)
+    return Response(
+        data,
+        media_type=content_type,
+        headers={"ETag": f'"{sha}"', "Content-Disposition": f'attachment; filename="{request_id}-{kind}.{ext}"'},
+    )
+
+
+@router.get("/status", response_model=StatusResponse, responses=_ERRORS)
+def service_status(records: Annotated[Records, Depends(_records)]) -> StatusResponse:
+    """The audit trail and the push backlog: a push destination that is down shows here (and in
+    bridgenet_push_backlog), never in /readyz, so the line keeps running."""
+    return StatusResponse.model_validate(records.status())

@@ -1,0 +1,1 @@
+"""Push of recorded results to the line (MQTT, webhook) through the outbox; owner: service.push.dispatcher."""

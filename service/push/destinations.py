@@ -1,0 +1,118 @@
+"""Where results go: an MQTT broker (QoS 1) or an HTTP webhook. `send` returns once the destination has
+acknowledged the message (PUBACK, a 2xx answer) and raises DeliveryError otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiomqtt
+import httpx
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 10.0
+SIGNATURE_HEADER = "X-BridgeNet-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class DeliveryError(RuntimeError):
+    """The destination did not take the message; it stays in the outbox for a retry."""
+
+
+class Destination(Protocol):
+    name: str
+
+    async def send(self, request_id: str, payload: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MqttDestination:
+    """Publishes each result with QoS 1 to `topic` (its `{model}` replaced by the result's model name).
+
+    One connection, opened on first use and again after any failure. The broker's PUBACK ends `send`;
+    a message whose PUBACK was lost is sent again (at least once: subscribers dedupe on `request_id`).
+    """
+
+    name = "mqtt"
+
+    def __init__(self, url: str, topic: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"expected mqtt://host:port, got {url!r}")
+        self.hostname = parts.hostname
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.username = parts.username
+        self.password = parts.password
+        self.tls = parts.scheme == "mqtts"
+        self.topic = topic
+        self._client: aiomqtt.Client | None = None
+
+    def topic_for(self, payload: str) -> str:
+        if "{model}" not in self.topic:
+            return self.topic
+        model = json.loads(payload).get("model", {}).get("name", "unknown")
+        return self.topic.replace("{model}", model)
+
+    async def send(self, request_id: str, payload: str) -> None:
+        try:
+            if self._client is None:
+                client = aiomqtt.Client(
+                    self.hostname,
+                    self.port,
+                    username=self.username,
+                    password=self.password,
+                    timeout=SEND_TIMEOUT_S,
+                    tls_params=aiomqtt.TLSParameters() if self.tls else None,
+                )
+                await client.__aenter__()
+                self._client = client
+            await self._client.publish(self.topic_for(payload), payload.encode("utf-8"), qos=1, timeout=SEND_TIMEOUT_S)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            await self.close()
+            raise DeliveryError(f"MQTT {self.hostname}:{self.port}: {exc or type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.__aexit__(None, None, None)
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:  # already gone: nothing to close
+                log.debug("MQTT disconnect: %s", exc)
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The signature header's value: `sha256=` + hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookDestination:
+    """POSTs each result as JSON. `Idempotency-Key: <request_id>` lets the receiver drop a retried
+    duplicate; with a secret, `X-BridgeNet-Signature: sha256=<hex HMAC of the body>` proves the sender."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, secret: str | None = None) -> None:
+        self.url = url
+        self.secret = secret.encode("utf-8") if secret else None
+        self._http = httpx.AsyncClient(timeout=SEND_TIMEOUT_S)
+
+    async def send(self, request_id: str, payload: str) -> None:
+        body = payload.encode("utf-8")
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: request_id}
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.secret, body)
+        try:
+            response = await self._http.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"webhook {self.url}: {exc or type(exc).__name__}") from exc
+        if not response.is_success:
+            raise DeliveryError(f"webhook {self.url} answered {response.status_code}")
+
+    async def close(self) -> None:
+        await self._http.aclose()

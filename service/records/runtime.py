@@ -1,0 +1,197 @@
+"""The audit trail as the app runs it: settings → database (migrated) + archive + recorder + push.
+
+The app calls three things: `await Records.start(settings, metrics)` in its lifespan, `await
+records.record_prediction(...)` in the predict handler before it answers, `await records.stop()` at
+shutdown. With `BRIDGENET_AUDIT=off` the same object exists and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.push.destinations import Destination, MqttDestination, WebhookDestination
+from service.push.dispatcher import Dispatcher
+from service.records.archive import Archive
+from service.records.database import create_db_engine, database_url, migrate
+from service.records.store import DEFAULT_DECISION_RULE, DecisionRecord, Evidence, Recorder, RecordOutcome
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 3600.0
+GB = 1024**3
+
+
+def destinations_from(settings: Settings) -> list[Destination]:
+    out: list[Destination] = []
+    if settings.mqtt_url:
+        out.append(MqttDestination(settings.mqtt_url, settings.mqtt_topic))
+    if settings.webhook_url:
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        out.append(WebhookDestination(settings.webhook_url, secret))
+    return out
+
+
+def decision_from_answer(
+    answer: Mapping[str, Any], *, model_sha256: str, received_at: datetime | None = None, client: str | None = None
+) -> DecisionRecord:
+    """A record from the predict answer (its JSON form). `received_at` defaults to now − timings_ms.total.
+    `decision_rule` and `regions` are taken from the answer when it carries them."""
+    timings = {k: float(v) for k, v in answer["timings_ms"].items()}
+    if received_at is None:
+        received_at = datetime.now(UTC) - timedelta(milliseconds=timings.get("total", 0.0))
+    return DecisionRecord(
+        request_id=answer["request_id"],
+        part_id=answer.get("part_id"),
+        received_at=received_at,
+        model=answer["model"]["name"],
+        model_version=answer["model"]["version"],
+        model_sha256=model_sha256,
+        threshold=float(answer["threshold"]),
+        threshold_source=str(answer["threshold_source"]),
+        score=float(answer["score"]),
+        is_anomalous=bool(answer["is_anomalous"]),
+        defect_area_fraction=float(answer.get("defect_area_fraction", 0.0)),
+        provider=str(answer["provider"]),
+        timings_ms=timings,
+        decision_rule=str(answer.get("decision_rule") or DEFAULT_DECISION_RULE),
+        regions=tuple(answer.get("regions") or ()),
+        client=client,
+    )
+
+
+class Records:
+    """The app's handle on records and push; `recorder` is None when the audit trail is off."""
+
+    def __init__(
+        self,
+        recorder: Recorder | None = None,
+        dispatcher: Dispatcher | None = None,
+        models_dir: Path | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.dispatcher = dispatcher
+        self.models_dir = models_dir
+        self._model_sha: dict[str, str] = {}
+        self._pruner: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.recorder is not None
+
+    @classmethod
+    async def start(cls, settings: Settings, metrics: Metrics) -> Records:
+        """Open (and migrate) the database, prune expired evidence, start push. Raises SchemaTooNewError
+        when the database is newer than this service: start-up must stop there."""
+        if settings.audit == "off":
+            log.warning("BRIDGENET_AUDIT=off: predictions are not recorded, archived or pushed")
+            return cls()
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        engine = create_db_engine(database_url(settings.data_dir, url))
+        revision = await asyncio.to_thread(migrate, engine)
+        archive = None
+        if settings.archive != "none":
+            archive = Archive(settings.data_dir / "archive", int(settings.archive_max_gb * GB))
+        destinations = destinations_from(settings)
+        dispatcher = Dispatcher(engine, destinations, metrics.records) if destinations else None
+        recorder = Recorder(
+            engine,
+            archive=archive,
+            archive_policy=settings.archive,
+            retention=timedelta(days=settings.retention_days),
+            destinations=tuple(d.name for d in destinations),
+            push_on=settings.push_on,
+            metrics=metrics.records,
+            on_commit=dispatcher.wake if dispatcher else None,
+        )
+        records = cls(recorder, dispatcher, settings.models_dir)
+        await asyncio.to_thread(recorder.prune)
+        if dispatcher is not None:
+            await dispatcher.start()
+        records._pruner = asyncio.create_task(records._prune_periodically(), name="evidence-retention")
+        log.info(
+            "recording to %s (schema %s), archive=%s, push to %s",
+            engine.url.render_as_string(hide_password=True),
+            revision,
+            settings.archive,
+            [d.name for d in destinations] or "nowhere",
+        )
+        return records
+
+    async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        if self.recorder is not None:
+            self.recorder.engine.dispose()
+
+    async def _prune_periodically(self) -> None:
+        assert self.recorder is not None
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            try:
+                await asyncio.to_thread(self.recorder.prune)
+            except Exception:  # retention must not end for good over one failed pass
+                log.exception("evidence retention pass failed")
+
+    def model_sha256(self, model: str) -> str:
+        """The ONNX file's SHA-256 from the model's manifest.json (verified by the engine at start)."""
+        if model not in self._model_sha:
+            sha = "unknown"
+            if self.models_dir is not None:
+                try:
+                    data = json.loads((self.models_dir / model / "manifest.json").read_text(encoding="utf-8"))
+                    sha = str(data.get("onnx_sha256", "unknown"))
+                except (OSError, ValueError) as exc:
+                    log.warning("model %s: no onnx_sha256 for the records: %s", model, exc)
+            self._model_sha[model] = sha
+        return self._model_sha[model]
+
+    async def record_prediction(
+        self,
+        answer: Mapping[str, Any],
+        *,
+        rgb: bytes,
+        xyz: bytes,
+        anomaly_map: np.ndarray,
+        client: str | None = None,
+        received_at: datetime | None = None,
+    ) -> RecordOutcome | None:
+        """Record one answered prediction (JSON form of the predict answer) with its evidence; returns once
+        committed. Raises store.RecordError when the record cannot be written. None when audit is off."""
+        if self.recorder is None:
+            return None
+        decision = decision_from_answer(
+            answer, model_sha256=self.model_sha256(answer["model"]["name"]), received_at=received_at, client=client
+        )
+        return await asyncio.to_thread(self.recorder.record, decision, Evidence(rgb, xyz, anomaly_map))
+
+    def status(self) -> dict[str, Any]:
+        """Audit trail and push state for the status endpoint (blocking: a couple of small queries)."""
+        if self.recorder is None:
+            return {"audit": "off", "database": None, "archive": None, "push": {}}
+        recorder = self.recorder
+        engine: Engine = recorder.engine
+        archive = recorder.archive
+        return {
+            "audit": "on",
+            "database": engine.dialect.name,
+            "archive": None
+            if archive is None
+            else {"policy": recorder.archive_policy, "bytes": archive.size_bytes, "max_bytes": archive.max_bytes},
+            "push": recorder.backlog(),
+        }

@@ -1,0 +1,393 @@
+"""The audit trail: one durable record per answered prediction, its evidence, and its outbox messages.
+
+`Recorder.record` is synchronous and commits before it returns: the caller answers only after it did, so
+an answer always has a record. The record row and one outbox row per push destination are written in one
+transaction, so a result is either recorded and queued for every destination, or neither.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import Engine, Select, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from service.metrics import RecordsMetrics
+from service.postprocessing import encode_map
+from service.records.archive import Archive, ArchiveError
+from service.records.tables import Decision, OutboxMessage
+
+log = logging.getLogger(__name__)
+
+ArchivePolicy = Literal["none", "ng", "all"]
+PushPolicy = Literal["all", "ng"]
+EvidenceKind = Literal["rgb", "xyz", "map"]
+EVIDENCE_KINDS: tuple[EvidenceKind, ...] = ("rgb", "xyz", "map")
+DEFAULT_DECISION_RULE = "score > threshold"
+MAX_PAGE = 500
+_PRUNE_BATCH = 200
+
+
+class RecordError(RuntimeError):
+    """The record could not be written (database down, duplicate request id): the answer must not go out."""
+
+
+class CursorError(ValueError):
+    """A pagination cursor that this service did not hand out."""
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive value (SQLite returns those) is taken as UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """What one answered prediction leaves behind (the anomaly map goes to the evidence, not here)."""
+
+    request_id: str
+    part_id: str | None
+    received_at: datetime
+    model: str
+    model_version: str
+    model_sha256: str
+    threshold: float
+    threshold_source: str
+    score: float
+    is_anomalous: bool
+    defect_area_fraction: float
+    provider: str
+    timings_ms: Mapping[str, float]
+    decision_rule: str = DEFAULT_DECISION_RULE
+    regions: Sequence[Mapping[str, Any]] = ()
+    client: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The pushed message: the predict answer's fields without the map, plus `created`."""
+        return {
+            "request_id": self.request_id,
+            "part_id": self.part_id,
+            "created": utc(self.received_at).isoformat(),
+            "model": {"name": self.model, "version": self.model_version},
+            "score": self.score,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "is_anomalous": self.is_anomalous,
+            "defect_area_fraction": self.defect_area_fraction,
+            "decision_rule": self.decision_rule,
+            "regions": [dict(r) for r in self.regions],
+            "timings_ms": dict(self.timings_ms),
+            "provider": self.provider,
+        }
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The uploads exactly as received and the anomaly map ((H, W) float32 in [0, 1])."""
+
+    rgb: bytes
+    xyz: bytes
+    anomaly_map: np.ndarray
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    request_id: str
+    evidence: str  # "archived", "not_kept", "failed", or "duplicate" (the request id had a record already)
+    queued: tuple[str, ...]  # destinations an outbox message was written for
+    write_seconds: float
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    part_id: str | None = None
+    model: str | None = None
+    verdict: Literal["ok", "ng"] | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass
+class Recorder:
+    """Writes and reads records on `engine`. `destinations`: push destination names that get an outbox row
+    per pushed result; `on_commit` is called (from the writer's thread) after a commit that queued some."""
+
+    engine: Engine
+    archive: Archive | None = None
+    archive_policy: ArchivePolicy = "ng"
+    retention: timedelta = timedelta(days=90)
+    destinations: tuple[str, ...] = ()
+    push_on: PushPolicy = "all"
+    metrics: RecordsMetrics | None = None
+    on_commit: Callable[[], None] | None = None
+    _prune_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ---- writing
+
+    def record(self, decision: DecisionRecord, evidence: Evidence | None = None) -> RecordOutcome:
+        """Archive the evidence (per policy), then write the record and its outbox rows in one transaction
+        and commit. Evidence that cannot be stored degrades to a record without it (warning + metric);
+        a record that cannot be written raises RecordError."""
+        start = time.perf_counter()
+        status, shas = self._store_evidence(decision, evidence)
+        received = utc(decision.received_at)
+        row = Decision(
+            request_id=decision.request_id,
+            part_id=decision.part_id,
+            received_at=received,
+            model=decision.model,
+            model_version=decision.model_version,
+            model_sha256=decision.model_sha256,
+            threshold=decision.threshold,
+            threshold_source=decision.threshold_source,
+            score=decision.score,
+            is_anomalous=decision.is_anomalous,
+            defect_area_fraction=decision.defect_area_fraction,
+            decision_rule=decision.decision_rule,
+            regions=[dict(r) for r in decision.regions],
+            timings_ms=dict(decision.timings_ms),
+            provider=decision.provider,
+            client=decision.client,
+            evidence=status,
+            rgb_sha256=shas[0],
+            xyz_sha256=shas[1],
+            map_sha256=shas[2],
+        )
+        pushed = self.destinations if (self.push_on == "all" or decision.is_anomalous) else ()
+        # Serialised once: every destination and every retry sends these very bytes.
+        payload = json.dumps(decision.payload(), separators=(",", ":"), allow_nan=False)
+        messages = [
+            OutboxMessage(
+                destination=d,
+                request_id=decision.request_id,
+                payload=payload,
+                created_at=datetime.now(UTC),
+                attempts=0,
+            )
+            for d in pushed
+        ]
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()  # the decision first: the outbox rows refer to it
+                session.add_all(messages)
+        except IntegrityError as exc:
+            # A client that retries with the same X-Request-ID: the first record stands, nothing is queued twice.
+            if self.get(decision.request_id) is not None:
+                log.warning("request id %s was recorded already; keeping the first record", decision.request_id)
+                return RecordOutcome(decision.request_id, "duplicate", (), time.perf_counter() - start)
+            raise RecordError(f"cannot write the record of request {decision.request_id}: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise RecordError(f"cannot write the record of request {decision.request_id}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.audit_write_seconds.observe(seconds)
+        if messages and self.on_commit is not None:
+            self.on_commit()
+        return RecordOutcome(decision.request_id, status, tuple(pushed), seconds)
+
+    def _store_evidence(
+        self, decision: DecisionRecord, evidence: Evidence | None
+    ) -> tuple[str, tuple[str | None, str | None, str | None]]:
+        keep = self.archive_policy == "all" or (self.archive_policy == "ng" and decision.is_anomalous)
+        if evidence is None or self.archive is None or not keep:
+            return "not_kept", (None, None, None)
+        try:
+            blobs = (evidence.rgb, evidence.xyz, encode_map(evidence.anomaly_map, "png"))
+            needed = sum(len(b) for b in blobs)
+            if not self.archive.has_room(needed):
+                self.prune(room_for=needed)
+            rgb, xyz, amap = (self.archive.put(b) for b in blobs)
+        except (ArchiveError, OSError) as exc:
+            # The line must keep running: the verdict and its record matter more than the pictures.
+            log.warning("request %s recorded without evidence: %s", decision.request_id, exc)
+            if self.metrics is not None:
+                self.metrics.archive_failures.inc()
+            return "failed", (None, None, None)
+        finally:
+            if self.metrics is not None:
+                self.metrics.archive_bytes.set(self.archive.size_bytes)
+        return "archived", (rgb, xyz, amap)
+
+    # ---- retention
+
+    def prune(self, *, now: datetime | None = None, room_for: int = 0) -> int:
+        """Delete evidence older than the retention, then, while the archive (plus `room_for` bytes) is
+        over its size limit, the oldest evidence of OK parts and only then of NG parts. The records stay
+        (evidence "pruned", hashes kept). Returns the number of records whose evidence went."""
+        if self.archive is None:
+            return 0
+        archive = self.archive
+        cutoff = utc(now or datetime.now(UTC)) - self.retention
+        pruned = 0
+        with self._prune_lock:
+            archived = select(Decision).where(Decision.evidence == "archived")
+            while True:
+                batch = self._victims(archived.where(Decision.received_at < cutoff).order_by(Decision.received_at))
+                if not batch:
+                    break
+                pruned += self._drop(batch)
+            while archive.size_bytes + room_for > archive.max_bytes:
+                batch = self._victims(archived.order_by(Decision.is_anomalous, Decision.received_at))
+                if not batch:
+                    break
+                for victim in batch:  # one at a time: stop as soon as there is room
+                    if archive.size_bytes + room_for <= archive.max_bytes:
+                        break
+                    pruned += self._drop([victim])
+        if self.metrics is not None:
+            self.metrics.archive_bytes.set(archive.size_bytes)
+        if pruned:
+            log.info("pruned the evidence of %d records (archive now %d bytes)", pruned, archive.size_bytes)
+        return pruned
+
+    def _victims(self, query: Select[Any]) -> list[tuple[str, list[str]]]:
+        with Session(self.engine) as session:
+            rows = session.scalars(query.limit(_PRUNE_BATCH)).all()
+            return [(r.request_id, [s for s in (r.rgb_sha256, r.xyz_sha256, r.map_sha256) if s]) for r in rows]
+
+    def _drop(self, victims: list[tuple[str, list[str]]]) -> int:
+        assert self.archive is not None
+        ids = [request_id for request_id, _ in victims]
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(Decision).where(Decision.request_id.in_(ids)).values(evidence="pruned"))
+        for sha in {s for _, shas in victims for s in shas}:
+            if not self._still_referenced(sha):  # content addressing: another record may hold the same bytes
+                self.archive.delete(sha)
+        return len(ids)
+
+    def _still_referenced(self, sha: str) -> bool:
+        refs = or_(Decision.rgb_sha256 == sha, Decision.xyz_sha256 == sha, Decision.map_sha256 == sha)
+        with Session(self.engine) as session:
+            hit = session.scalar(select(Decision.request_id).where(Decision.evidence == "archived", refs).limit(1))
+        return hit is not None
+
+    # ---- reading
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.get(Decision, request_id)
+            return None if row is None else result_view(row)
+
+    def query(
+        self, filters: ResultFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Records matching `filters`, newest first, at most `limit`; plus the cursor of the next page."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query = _filtered(filters).order_by(Decision.received_at.desc(), Decision.request_id.desc())
+        if cursor is not None:
+            when, request_id = decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    Decision.received_at < when,
+                    and_(Decision.received_at == when, Decision.request_id < request_id),
+                )
+            )
+        with Session(self.engine) as session:
+            rows = session.scalars(query.limit(limit + 1)).all()
+            views = [result_view(r) for r in rows[:limit]]
+            last = rows[limit - 1] if len(rows) > limit else None
+            next_cursor = encode_cursor(utc(last.received_at), last.request_id) if last is not None else None
+        return views, next_cursor
+
+    def evidence_file(self, request_id: str, kind: EvidenceKind) -> tuple[str, bytes] | None:
+        """The archived file's sha256 and bytes, or None when it was not archived (or is gone)."""
+        if self.archive is None:
+            return None
+        with Session(self.engine) as session:
+            row = session.get(Decision, request_id)
+            if row is None or row.evidence != "archived":
+                return None
+            sha = {"rgb": row.rgb_sha256, "xyz": row.xyz_sha256, "map": row.map_sha256}[kind]
+        if sha is None:
+            return None
+        try:
+            return sha, self.archive.path(sha).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def backlog(self) -> dict[str, dict[str, Any]]:
+        """Per destination: messages waiting, the oldest one's age (s), its attempts and last error."""
+        out: dict[str, dict[str, Any]] = {}
+        now = datetime.now(UTC)
+        with Session(self.engine) as session:
+            for destination in self.destinations:
+                count = session.scalar(
+                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.destination == destination)
+                )
+                head = session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.destination == destination).order_by(OutboxMessage.id)
+                ).first()
+                out[destination] = {
+                    "waiting": int(count or 0),
+                    "oldest_age_s": round((now - utc(head.created_at)).total_seconds(), 3) if head else None,
+                    "attempts": head.attempts if head else 0,
+                    "last_error": head.last_error if head else None,
+                }
+        return out
+
+
+def _filtered(f: ResultFilter) -> Select[Any]:
+    query = select(Decision)
+    if f.part_id is not None:
+        query = query.where(Decision.part_id == f.part_id)
+    if f.model is not None:
+        query = query.where(Decision.model == f.model)
+    if f.verdict is not None:
+        query = query.where(Decision.is_anomalous.is_(f.verdict == "ng"))
+    if f.since is not None:
+        query = query.where(Decision.received_at >= utc(f.since))
+    if f.until is not None:
+        query = query.where(Decision.received_at < utc(f.until))
+    return query
+
+
+def result_view(row: Decision) -> dict[str, Any]:
+    """A record as the results API shows it: the predict answer's fields plus what only the record knows."""
+    return {
+        "request_id": row.request_id,
+        "part_id": row.part_id,
+        "created": utc(row.received_at).isoformat(),
+        "model": {"name": row.model, "version": row.model_version, "onnx_sha256": row.model_sha256},
+        "score": row.score,
+        "threshold": row.threshold,
+        "threshold_source": row.threshold_source,
+        "is_anomalous": row.is_anomalous,
+        "defect_area_fraction": row.defect_area_fraction,
+        "decision_rule": row.decision_rule,
+        "regions": row.regions,
+        "timings_ms": row.timings_ms,
+        "provider": row.provider,
+        "client": row.client,
+        "evidence": {
+            "status": row.evidence,
+            "rgb_sha256": row.rgb_sha256,
+            "xyz_sha256": row.xyz_sha256,
+            "map_sha256": row.map_sha256,
+        },
+    }
+
+
+def encode_cursor(when: datetime, request_id: str) -> str:
+    raw = json.dumps([utc(when).isoformat(), request_id]).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, request_id = json.loads(raw)
+        return utc(datetime.fromisoformat(when)), str(request_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise CursorError(f"cursor {cursor!r} is not one this service handed out") from exc

@@ -1,0 +1,68 @@
+"""The database tables (SQLAlchemy 2): one row per answered prediction, one outbox row per push.
+
+The Alembic migrations in `service/records/migrations/versions/` create exactly these; a change here needs
+a new migration (tests/records/test_migrations.py compares the two).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Decision(Base):
+    """One answered /v1/predict. `request_id` is the key (a reviews table will refer to it)."""
+
+    __tablename__ = "decisions"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    threshold_source: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    is_anomalous: Mapped[bool] = mapped_column(Boolean, index=True)
+    defect_area_fraction: Mapped[float] = mapped_column(Float)
+    decision_rule: Mapped[str] = mapped_column(String(256))
+    regions: Mapped[list[Any]] = mapped_column(JSON)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    provider: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64))
+    # Evidence: "archived", "not_kept" (the archive policy skipped this part) or "failed" (write error).
+    evidence: Mapped[str] = mapped_column(String(16))
+    rgb_sha256: Mapped[str | None] = mapped_column(String(64))
+    xyz_sha256: Mapped[str | None] = mapped_column(String(64))
+    map_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    # Newest-first listing and keyset pagination walk this index.
+    __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)
+
+
+class OutboxMessage(Base):
+    """A result waiting to be pushed to one destination; deleted once delivered. `id` orders delivery."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(128), ForeignKey("decisions.request_id"))
+    # The exact bytes that go out (JSON text), frozen at record time: a retry sends the same message.
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_outbox_destination_id", "destination", "id"),)
