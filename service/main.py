@@ -20,6 +20,8 @@ from service.api.routes_results import router as results_router
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
+from service.records.runtime import Records
+from service.ui.routes import mount_ui
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         for name, loaded in engine.models.items():
             metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
             log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
+        if state.records is None:  # the audit trail: /v1/results and the review station (/ui) read it
+            state.records = await Records.start(settings, metrics)
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         try:
@@ -106,6 +110,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             admission, state.admission = state.admission, None
             if admission is not None:
                 await admission.drain(settings.request_timeout_s)
+            records, state.records = state.records, None
+            if records is not None:
+                await records.stop()
             engine.stop()
             metrics.clear_model_info()
             log.info("stopped")
@@ -122,5 +129,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(models_router)
     app.include_router(predict_router)
     app.include_router(results_router)
+    mount_ui(app, settings)  # the review station at /ui (service.ui)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
     return app
