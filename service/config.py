@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         description="Key that signs the review station's session cookies; unset: a random key per process "
         "(sessions end at a restart, and replicas behind one address need one shared key).",
     )
-    ui_session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long.")
+    ui_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long."
+    )
 
     @field_validator("models", mode="before")
     @classmethod

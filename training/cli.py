@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a BridgeNet model"),
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export", "export a trained run to ONNX + manifest"),
-    "import-reviews": ("training.import_reviews", "write parts reviewed at the service's review station as training data"),
+    "import-reviews": ("training.import_reviews", "turn reviewed parts from a service into training data"),
 }
 
 

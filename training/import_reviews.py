@@ -63,7 +63,9 @@ class Placement:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", required=True, help="base URL of the service, e.g. http://line1-inspect:8000")
     parser.add_argument(
-        "--api-key", default=os.environ.get("BRIDGENET_API_KEY"), help="the service's API key (default: $BRIDGENET_API_KEY)"
+        "--api-key",
+        default=os.environ.get("BRIDGENET_API_KEY"),
+        help="the service's API key (default: $BRIDGENET_API_KEY)",
     )
     parser.add_argument("--out", type=Path, required=True, help="data root to write <category>/... into (created)")
     parser.add_argument("--category", required=True, help="category folder name under --out")
@@ -224,4 +226,9 @@ def import_reviews(
         with (root / REVIEWS_FILE).open("a", encoding="utf-8") as f:
             for line in lines:
                 f.write(json.dumps(line) + "\n")
-    return {"out": str(root), "imported": sum(placed.values()), "by_folder": dict(sorted(placed.items())), "skipped_no_evidence": skipped}
+    return {
+        "out": str(root),
+        "imported": sum(placed.values()),
+        "by_folder": dict(sorted(placed.items())),
+        "skipped_no_evidence": skipped,
+    }

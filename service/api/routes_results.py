@@ -254,7 +254,9 @@ def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length
     view = recorder.get(request_id)
     if view is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
-    return ResultRecord.model_validate({**view, "review": latest_reviews(recorder.engine, [request_id]).get(request_id)})
+    return ResultRecord.model_validate(
+        {**view, "review": latest_reviews(recorder.engine, [request_id]).get(request_id)}
+    )
 
 
 def media_type(data: bytes) -> tuple[str, str]:

@@ -8,13 +8,14 @@ overrides the first for the statistics (the latest counts) and both stay as the 
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
-from sqlalchemy import DateTime, Engine, ForeignKey, Index, Integer, Select, String, Text, func, select
+from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.records.tables import _ID, Base, Decision
@@ -24,7 +25,11 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 # Which verdict each outcome can overrule or confirm: a reviewer cannot "confirm" an OK part.
 OUTCOME_VERDICT: dict[Outcome, bool] = {"confirmed": True, "false_reject": True, "missed_defect": False}
 MAX_OPERATOR, MAX_DEFECT_TYPE, MAX_COMMENT = 64, 64, 2000
+DEFECT_TYPE = re.compile(r"[A-Za-z0-9_-]+")  # it names a folder of the training data (import-reviews)
 LIST_LIMIT = 500
+
+# Any select over the decisions table (the reviews filters add WHERE clauses, whatever the columns).
+_Q = TypeVar("_Q", bound=Select)
 
 
 class Review(Base):
@@ -89,7 +94,7 @@ def add_review(
     if who is None:
         raise ReviewError("a review needs the operator's name")
     kind = _clean(defect_type, MAX_DEFECT_TYPE, "the defect type")
-    if kind is not None and (outcome == "false_reject" or not kind.replace("_", "").replace("-", "").isalnum()):
+    if kind is not None and (outcome == "false_reject" or not DEFECT_TYPE.fullmatch(kind)):
         raise ReviewError(
             "a defect type goes with a confirmed or missed defect and is one word of letters, digits, - or _ "
             f"(it names a folder of the training data), got {kind!r} for {outcome}"
@@ -98,7 +103,7 @@ def add_review(
         decision = session.get(Decision, request_id)
         if decision is None:
             raise UnknownDecisionError(f"no record of request {request_id!r}")
-        if decision.is_anomalous != OUTCOME_VERDICT[outcome]:  # type: ignore[index]
+        if decision.is_anomalous != OUTCOME_VERDICT[outcome]:
             verdict = "NG" if decision.is_anomalous else "OK"
             raise ReviewError(
                 f"{outcome} does not apply to an {verdict} part: confirmed and false_reject review NG parts, "
@@ -148,7 +153,7 @@ class PartFilter:
     until: datetime | None = None  # exclusive
 
 
-def _where(query: Select[Any], f: PartFilter) -> Select[Any]:
+def _where(query: _Q, f: PartFilter) -> _Q:
     if f.model is not None:
         query = query.where(Decision.model == f.model)
     if f.verdict is not None:
@@ -170,7 +175,7 @@ def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: boo
     query = _where(select(Decision), f).order_by(*order, Decision.received_at.desc(), Decision.request_id.desc())
     with Session(engine) as session:
         rows = session.scalars(query.limit(max(1, min(limit, LIST_LIMIT)))).all()
-        parts = [
+        parts: list[dict[str, Any]] = [
             {
                 "request_id": r.request_id,
                 "part_id": r.part_id,
@@ -184,9 +189,9 @@ def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: boo
             }
             for r in rows
         ]
-    reviews = latest_reviews(engine, [p["request_id"] for p in parts])
+    reviews = latest_reviews(engine, [str(p["request_id"]) for p in parts])
     for part in parts:
-        part["review"] = reviews.get(part["request_id"])
+        part["review"] = reviews.get(str(part["request_id"]))
     return parts
 
 
@@ -202,7 +207,9 @@ def counts_per_hour(engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
     return [{"hour": h.isoformat(), "ok": c[0], "ng": c[1]} for h, c in sorted(buckets.items())]
 
 
-def review_stats(engine: Engine, *, since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+def review_stats(
+    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+) -> list[dict[str, Any]]:
     """Per model: parts, NG parts, reviewed NG parts and their latest outcomes, and the two numbers a
     quality engineer reports: false-reject rate (false rejects / reviewed NG) and confirmed-NG rate
     (confirmed / reviewed NG); plus missed defects found among reviewed OK parts. Rates are None while no
@@ -219,9 +226,7 @@ def review_stats(engine: Engine, *, since: datetime | None = None, until: dateti
         .group_by(Decision.model, Review.outcome),
         f,
     )
-    models: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"parts": 0, "ng": 0, **{o: 0 for o in OUTCOMES}}
-    )
+    models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("parts", "ng", *OUTCOMES), 0))
     with Session(engine) as session:
         for model, is_anomalous, count in session.execute(parts):
             models[model]["parts"] += count
@@ -247,4 +252,3 @@ def review_stats(engine: Engine, *, since: datetime | None = None, until: dateti
 def default_window(now: datetime | None = None, hours: float = 24.0) -> tuple[datetime, datetime]:
     end = _utc(now or datetime.now(UTC))
     return end - timedelta(hours=hours), end
-

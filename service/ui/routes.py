@@ -172,7 +172,12 @@ ModelName = Annotated[str, Query(max_length=128)]
 
 @router.get("/", response_class=HTMLResponse)
 def parts_page(
-    request: Request, state: State, model: ModelName = "", verdict: Verdict = "", reviewed: Reviewed = "", hours: Hours = 24
+    request: Request,
+    state: State,
+    model: ModelName = "",
+    verdict: Verdict = "",
+    reviewed: Reviewed = "",
+    hours: Hours = 24,
 ) -> Response:
     session = auth.current_session(request)
     if session is None:

@@ -56,5 +56,7 @@ def decision(
 def record(recorder: Recorder, request_id: str, *, ng: bool, received_at: datetime, **extra: Any) -> None:
     """Record one part with the demo sample as its evidence (the defective one when NG)."""
     rgb, xyz = (RGB, XYZ) if ng else (GOOD_RGB, GOOD_XYZ)
-    outcome = recorder.record(decision(request_id, ng=ng, received_at=received_at, **extra), Evidence(rgb, xyz, anomaly_map(ng)))
+    outcome = recorder.record(
+        decision(request_id, ng=ng, received_at=received_at, **extra), Evidence(rgb, xyz, anomaly_map(ng))
+    )
     assert outcome.evidence in ("archived", "not_kept"), outcome

@@ -192,7 +192,9 @@ def stats_row(driver: Any, model: str) -> dict[str, str]:
     from selenium.webdriver.common.by import By
 
     row = driver.find_element(By.CSS_SELECTOR, f'#stats tr[data-model="{model}"]')
-    return {c: row.find_element(By.CLASS_NAME, c).text for c in ("reviewed-ng", "confirmed", "false-reject", "frr", "cnr")}
+    return {
+        c: row.find_element(By.CLASS_NAME, c).text for c in ("reviewed-ng", "confirmed", "false-reject", "frr", "cnr")
+    }
 
 
 def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(

@@ -5,8 +5,7 @@ trail in a temporary directory; the models are not loaded (none is needed to rev
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
@@ -18,19 +17,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.api.deps import ServiceState
-from service.api.errors import install_error_handlers
-from service.api.routes_results import router as results_router
 from service.codecs import DecodeLimits
-from service.config import Settings, decode_limits
-from service.engine import Engine
-from service.main import engine_options
-from service.metrics import Metrics
+from service.config import Settings
 from service.preprocessing import PreprocessConfig
-from service.records.runtime import Records
 from service.ui import images
 from service.ui.auth import LOGIN_COOKIE, SESSION_COOKIE
 from service.ui.routes import mount_ui
+from tests.records.test_api import build_app as records_app
 from tests.ui.parts import HW, XYZ, record
 
 KEY = "ui-test-key-0123456789"
@@ -38,24 +31,9 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def build_app(settings: Settings) -> FastAPI:
-    """The service's routers for records and the station, with the records started by the lifespan as
-    service.main does; the engine stays unloaded."""
-    state = ServiceState(
-        settings=settings, engine=Engine(engine_options(settings)), metrics=Metrics(), limits=decode_limits(settings)
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.records = await Records.start(settings, state.metrics)
-        try:
-            yield
-        finally:
-            await state.records.stop()
-
-    app = FastAPI(lifespan=lifespan)
-    app.state.service = state
-    install_error_handlers(app)
-    app.include_router(results_router)
+    """The records' test app (results API, records started by the lifespan as service.main does, engine
+    not loaded) with the review station mounted as service.main mounts it."""
+    app = records_app(settings)
     mount_ui(app, settings)
     return app
 
@@ -159,7 +137,9 @@ def test_tampered_session_cookie_is_no_session(client: TestClient) -> None:
 
 def test_open_redirect_after_login_is_refused(client: TestClient) -> None:
     token = csrf_of(client.get("/ui/login").text)
-    answer = client.post("/ui/login", data={"operator": "Ana", "api_key": KEY, "csrf": token, "next": "//evil.example/"})
+    answer = client.post(
+        "/ui/login", data={"operator": "Ana", "api_key": KEY, "csrf": token, "next": "//evil.example/"}
+    )
     assert answer.headers["location"] == "/ui/"
 
 

@@ -20,11 +20,11 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.records.reviews import add_review
 from service.records.store import Evidence
-from training.check_data import check_data
-from training import runs
-from training.import_reviews import ReviewImportError, import_reviews
 from tests.ui.parts import GOOD_RGB, GOOD_XYZ, REGION, anomaly_map, decision, record
 from tests.ui.test_http import build_app
+from training import runs
+from training.check_data import check_data
+from training.import_reviews import ReviewImportError, import_reviews
 
 KEY = "import-test-key-0123456789"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -79,7 +79,12 @@ def test_reviewed_parts_land_in_the_mvtec_layout(service: TestClient, tmp_path: 
     assert not cv2.imread(str(root / "test" / "crack" / "gt" / "missed-0.png"), cv2.IMREAD_UNCHANGED).any()
     assert tifffile.imread(root / "test" / "crack" / "xyz" / "missed-0.tiff").shape == (400, 400, 3)
     trail = [json.loads(line) for line in (root / "reviews.jsonl").read_text().splitlines()]
-    assert {t["request_id"] for t in trail} == {f"fr-{i}" for i in range(6)} | {"defect-0", "defect-1", "defect-2", "missed-0"}
+    assert {t["request_id"] for t in trail} == {f"fr-{i}" for i in range(6)} | {
+        "defect-0",
+        "defect-1",
+        "defect-2",
+        "missed-0",
+    }
     missed = next(t for t in trail if t["request_id"] == "missed-0")
     assert missed["review"]["comment"] == "hairline" and missed["written_to"] == "test/crack/rgb/missed-0.png"
 
