@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
@@ -22,6 +22,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
 # Values never echoed in error messages (keys, passwords inside URLs).
 _SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
+_URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
 class SettingsError(ValueError):
@@ -149,29 +150,20 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
+    @field_validator("mqtt_url", "webhook_url")
     @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("mqtt_url")
-    @classmethod
-    def _mqtt_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("mqtt://", "mqtts://")):
-            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
-        return value
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    def _url_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        schemes = _URL_SCHEMES[info.field_name or ""]
+        if value is not None and not value.startswith(tuple(f"{s}://" for s in schemes)):
+            # Only the scheme is echoed: a URL may carry a password.
+            wanted = " or ".join(f"{s}://host:port" for s in schemes)
+            raise ValueError(f"expected {wanted}, got a {value.split(':', 1)[0]}: URL")
         return value
 
     @field_validator("log_level", mode="before")

@@ -99,6 +99,8 @@ class WebhookDestination:
 
     def __init__(self, url: str, secret: str | None = None) -> None:
         self.url = url
+        parts = urlsplit(url)  # for messages and logs: without user:password@ or a query string
+        self.shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
         self.secret = secret.encode("utf-8") if secret else None
         self._http = httpx.AsyncClient(timeout=SEND_TIMEOUT_S)
 
@@ -110,9 +112,9 @@ class WebhookDestination:
         try:
             response = await self._http.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"webhook {self.url}: {exc or type(exc).__name__}") from exc
+            raise DeliveryError(f"webhook {self.shown}: {exc or type(exc).__name__}") from exc
         if not response.is_success:
-            raise DeliveryError(f"webhook {self.url} answered {response.status_code}")
+            raise DeliveryError(f"webhook {self.shown} answered {response.status_code}")
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -10,7 +10,7 @@ import pytest
 
 from service.records.database import database_url
 from service.records.store import DecisionRecord
-from tests.records.servers import Mosquitto, Postgres, WebhookReceiver
+from tests.records.servers import Postgres, WebhookReceiver
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +30,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return database_url(tmp_path / "data", None)
     server: Postgres = request.getfixturevalue("postgres")
     return server.new_database()
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import pytest
 
@@ -44,18 +44,22 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path
     raise RuntimeError(f"{what} did not listen on port {port} within {START_TIMEOUT_S} s")
 
 
+def missing(message: str) -> NoReturn:
+    """Skip the test, but fail it under CI: there docker/ci-apt.sh must have installed what it needs."""
+    if in_ci():
+        pytest.fail(f"{message}; CI is set, so this check may not be skipped")
+    pytest.skip(message)
+
+
 def find_tool(name: str, extra_globs: tuple[str, ...] = ()) -> str:
     """The executable `name` (PATH, then `extra_globs`); skip when absent, fail under CI."""
     path = shutil.which(name)
     if path is None:
         hits = sorted(h for g in extra_globs for h in glob.glob(g))
         path = hits[-1] if hits else None
-    if path is not None:
-        return path
-    message = f"{name!r} not found (install it with docker/ci-apt.sh)"
-    if in_ci():
-        pytest.fail(f"{message}; CI is set, so this check may not be skipped")
-    pytest.skip(message)
+    if path is None:
+        missing(f"{name!r} not found (install it with docker/ci-apt.sh)")
+    return path
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -120,7 +124,7 @@ class Postgres:
             try:
                 self.user = pwd.getpwnam("postgres").pw_name
             except KeyError:
-                pytest.fail("running as root needs the 'postgres' user (Debian's postgresql package creates it)")
+                missing("postgres refuses to run as root and there is no 'postgres' user (docker/ci-apt.sh)")
             shutil.chown(self.root, self.user)
         self.proc: subprocess.Popen[bytes] | None = None
         self._databases = 0
