@@ -12,12 +12,13 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
 from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from service.records.store import ResultFilter, _filtered, utc
 from service.records.tables import _ID, Base, Decision
 
 Outcome = Literal["confirmed", "false_reject", "missed_defect"]
@@ -56,17 +57,13 @@ class UnknownDecisionError(LookupError):
     """No decision with that request id."""
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def review_view(row: Review) -> dict[str, Any]:
     return {
         "outcome": row.outcome,
         "defect_type": row.defect_type,
         "comment": row.comment,
         "operator": row.operator,
-        "created": _utc(row.created_at).isoformat(),
+        "created": utc(row.created_at).isoformat(),
     }
 
 
@@ -115,7 +112,7 @@ def add_review(
             defect_type=kind,
             comment=_clean(comment, MAX_COMMENT, "the comment"),
             operator=who,
-            created_at=_utc(now or datetime.now(UTC)),
+            created_at=utc(now or datetime.now(UTC)),
         )
         session.add(row)
         session.flush()
@@ -145,23 +142,17 @@ def review_history(engine: Engine, request_id: str) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class PartFilter:
-    model: str | None = None
-    verdict: Literal["ok", "ng"] | None = None
+class PartFilter(ResultFilter):
+    """The results API's filters plus reviewed (True) / not yet (False) / either (None)."""
+
     reviewed: bool | None = None
-    since: datetime | None = None  # inclusive
-    until: datetime | None = None  # exclusive
 
 
 def _where(query: _Q, f: PartFilter) -> _Q:
-    if f.model is not None:
-        query = query.where(Decision.model == f.model)
-    if f.verdict is not None:
-        query = query.where(Decision.is_anomalous.is_(f.verdict == "ng"))
-    if f.since is not None:
-        query = query.where(Decision.received_at >= _utc(f.since))
-    if f.until is not None:
-        query = query.where(Decision.received_at < _utc(f.until))
+    """`query` restricted to the decisions `f` selects (the results API's filters, one definition)."""
+    selected = _filtered(f).whereclause
+    if selected is not None:
+        query = query.where(selected)
     if f.reviewed is not None:
         reviewed = select(Review.request_id).where(Review.request_id == Decision.request_id).exists()
         query = query.where(reviewed if f.reviewed else ~reviewed)
@@ -179,7 +170,7 @@ def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: boo
             {
                 "request_id": r.request_id,
                 "part_id": r.part_id,
-                "created": _utc(r.received_at).isoformat(),
+                "created": utc(r.received_at).isoformat(),
                 "model": r.model,
                 "model_version": r.model_version,
                 "score": r.score,
@@ -202,7 +193,7 @@ def counts_per_hour(engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
     buckets: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
     with Session(engine) as session:
         for received_at, is_anomalous in session.execute(query):
-            hour = _utc(received_at).replace(minute=0, second=0, microsecond=0)
+            hour = utc(received_at).replace(minute=0, second=0, microsecond=0)
             buckets[hour][1 if is_anomalous else 0] += 1
     return [{"hour": h.isoformat(), "ok": c[0], "ng": c[1]} for h, c in sorted(buckets.items())]
 
@@ -247,8 +238,3 @@ def review_stats(
             }
         )
     return out
-
-
-def default_window(now: datetime | None = None, hours: float = 24.0) -> tuple[datetime, datetime]:
-    end = _utc(now or datetime.now(UTC))
-    return end - timedelta(hours=hours), end

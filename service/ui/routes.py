@@ -19,7 +19,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from service.api.deps import ServiceState, State, get_state
-from service.api.errors import ApiError, NotReadyError
+from service.api.errors import NotReadyError
+from service.api.routes_results import AuditOffError, NotArchivedError, ResultNotFoundError
 from service.config import Settings
 from service.preprocessing import PreprocessConfig
 from service.records.reviews import (
@@ -51,18 +52,6 @@ ACTIONS = (
     ("missed_defect", "m", "Missed defect", False),
 )
 PICTURES = ("rgb", "depth", "overlay")
-
-
-class UnknownPartError(ApiError):
-    status, code = 404, "unknown_result"
-
-
-class NoEvidenceError(ApiError):
-    status, code = 404, "not_archived"
-
-
-class AuditOffError(ApiError):
-    status, code = 404, "audit_off"
 
 
 def mount_ui(app: FastAPI, settings: Settings) -> None:
@@ -229,7 +218,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
     recorder = _recorder(state)
     part = recorder.get(request_id)
     if part is None:
-        raise UnknownPartError(f"no record of request {request_id!r}")
+        raise ResultNotFoundError(f"no record of request {request_id!r}")
     history = review_history(recorder.engine, request_id)
     threshold = part["threshold"]
     # The bar spans 0 … 2 × threshold (the threshold in the middle); a score beyond that fills it.
@@ -267,11 +256,11 @@ def part_picture(
     recorder = _recorder(state)
     part = recorder.get(request_id)
     if part is None:
-        raise UnknownPartError(f"no record of request {request_id!r}")
+        raise ResultNotFoundError(f"no record of request {request_id!r}")
     rgb = recorder.evidence_file(request_id, "rgb")
     other = recorder.evidence_file(request_id, "xyz" if picture == "depth" else "map")
     if rgb is None or other is None:
-        raise NoEvidenceError(f"request {request_id!r} has no archived evidence ({part['evidence']['status']})")
+        raise NotArchivedError(f"request {request_id!r} has no archived evidence ({part['evidence']['status']})")
     limits = state.limits
     if picture == "rgb":
         png = images.rgb_png(rgb[1], limits)
@@ -301,7 +290,7 @@ def review_part(
             _engine(state), request_id, outcome, operator=session.operator, defect_type=defect_type, comment=comment
         )
     except UnknownDecisionError as exc:
-        raise UnknownPartError(str(exc)) from None
+        raise ResultNotFoundError(str(exc)) from None
     except ReviewError as exc:
         return RedirectResponse(f"{page}?{urlencode({'error': str(exc)})}", status_code=303)
     return RedirectResponse(f"{page}?saved=1", status_code=303)

@@ -3,6 +3,7 @@ predict handler records them (service.records), with regions in the verdicts hel
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.records.store import DecisionRecord, Evidence, Recorder
+from tests.records.conftest import decision as records_decision
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "models" / "demo" / "sample"
@@ -35,21 +37,10 @@ def anomaly_map(hot: bool) -> np.ndarray:
 def decision(
     request_id: str, *, ng: bool, received_at: datetime, model: str = "demo", part_id: str | None = None
 ) -> DecisionRecord:
-    return DecisionRecord(
-        request_id=request_id,
-        part_id=part_id or f"line1-{request_id}",
-        received_at=received_at,
-        model=model,
-        model_version="1",
-        model_sha256="ab" * 32,
-        threshold=0.5,
-        threshold_source="manifest",
-        score=0.8 if ng else 0.2,
-        is_anomalous=ng,
-        defect_area_fraction=0.006 if ng else 0.0,
-        provider="CPUExecutionProvider",
-        timings_ms={"decode": 3.0, "preprocess": 9.0, "inference": 40.0, "total": 55.0},
-        regions=[REGION] if ng else [],
+    """The records tests' decision (score 0.9 NG / 0.1 OK against 0.5) under this id, with REGION when NG."""
+    base = records_decision(0, ng=ng, model=model, at=received_at)
+    return replace(
+        base, request_id=request_id, part_id=part_id or f"line1-{request_id}", regions=[REGION] if ng else []
     )
 
 

@@ -42,7 +42,7 @@ def service(tmp_path: Path) -> Iterator[TestClient]:
         at = iter(NOW - timedelta(minutes=m) for m in range(100, 0, -1))
         for i in range(GOOD_PARTS):
             # A false reject is a good part judged NG: the demo's good sample recorded with an NG verdict.
-            good_judged_ng = replace(decision(f"fr-{i}", ng=True, received_at=next(at)), regions=[])
+            good_judged_ng = replace(decision(f"fr-{i}", ng=True, received_at=next(at)), regions=())
             recorder.record(good_judged_ng, Evidence(GOOD_RGB, GOOD_XYZ, anomaly_map(False)))
             add_review(engine, f"fr-{i}", "false_reject", operator="Ana")
         for i, kind in enumerate(("dent", "dent", "")):
