@@ -13,7 +13,8 @@ set -euo pipefail
 
 have_postgres() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
 if command -v docker-compose >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null \
-    && [ -x /usr/sbin/mosquitto ] && have_postgres; then
+    && [ -x /usr/sbin/mosquitto ] && have_postgres \
+    && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
     exit 0
 fi
 
@@ -68,3 +69,12 @@ docker-compose version --short >/dev/null
 promtool --version >/dev/null 2>&1
 /usr/sbin/mosquitto -h >/dev/null 2>&1 || [ $? -eq 3 ]  # `-h` prints the usage and exits 3
 have_postgres
+
+# Review station (tests/ui, issue 17): a real headless browser and its WebDriver. Chromium starts no
+# daemon; installed in its own step so that the list above stays as its owner keeps it.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    run "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver
+fi
+chromium --version >/dev/null 2>&1  # Debian's wrapper prints a harmless shell warning
+chromedriver --version >/dev/null

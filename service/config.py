@@ -21,7 +21,7 @@ ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
 # Values never echoed in error messages (keys, passwords inside URLs).
-_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url")
+_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         default=None, description="Key of the X-BridgeNet-Signature header (HMAC-SHA256 of the body); unset: none."
     )
 
+    # Review station (service.ui, /ui): its login exchanges the API key for a signed session cookie.
+    ui_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs the review station's session cookies; unset: a random key per process "
+        "(sessions end at a restart, and replicas behind one address need one shared key).",
+    )
+    ui_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long."
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
@@ -162,7 +172,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", mode="before")
+    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".

@@ -24,6 +24,8 @@ from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
+from service.records.runtime import Records
+from service.ui.routes import mount_ui
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
         metrics.init_series(engine.models, refusal_codes())
         metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
+        if state.records is None:  # the audit trail: /v1/results and the review station (/ui) read it
+            state.records = await Records.start(settings, metrics)
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         try:
@@ -124,6 +128,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             admission, state.admission = state.admission, None
             if admission is not None:
                 await admission.drain(settings.request_timeout_s)
+            records, state.records = state.records, None
+            if records is not None:
+                await records.stop()
             engine.stop()
             metrics.clear_model_info()
             if metrics_server is not None:
@@ -149,5 +156,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
         app.include_router(metrics_router)
     app.include_router(results_router)
+    mount_ui(app, settings)  # the review station at /ui (service.ui)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
     return app

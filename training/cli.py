@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train.cli", "train a BridgeNet model"),
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export", "export a trained run to ONNX + manifest"),
+    "import-reviews": ("training.import_reviews", "turn reviewed parts from a service into training data"),
 }
 
 

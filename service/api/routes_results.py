@@ -20,6 +20,7 @@ from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
 from service.api.schemas import ErrorResponse
 from service.api.security import require_api_key
+from service.records.reviews import latest_reviews
 from service.records.runtime import Records
 from service.records.store import MAX_PAGE, CursorError, EvidenceKind, Recorder, ResultFilter
 
@@ -61,6 +62,14 @@ class ResultEvidence(BaseModel):
     map_sha256: str | None
 
 
+class ResultReview(BaseModel):
+    outcome: Literal["confirmed", "false_reject", "missed_defect"]
+    defect_type: str | None
+    comment: str | None
+    operator: str
+    created: datetime
+
+
 class ResultRecord(BaseModel):
     request_id: str
     part_id: str | None
@@ -77,6 +86,9 @@ class ResultRecord(BaseModel):
     provider: str
     client: str | None = Field(description="Address of the client that asked.")
     evidence: ResultEvidence
+    review: ResultReview | None = Field(
+        default=None, description="The latest review at the review station (/ui); null while unreviewed."
+    )
 
 
 class ResultsPage(BaseModel):
@@ -157,7 +169,9 @@ def list_results(
         views, next_cursor = recorder.query(filters, limit=limit, cursor=cursor)
     except CursorError as exc:
         raise InvalidCursorError(str(exc)) from None
-    return ResultsPage(results=[ResultRecord.model_validate(v) for v in views], next_cursor=next_cursor)
+    reviews = latest_reviews(recorder.engine, [v["request_id"] for v in views])
+    results = [ResultRecord.model_validate({**v, "review": reviews.get(v["request_id"])}) for v in views]
+    return ResultsPage(results=results, next_cursor=next_cursor)
 
 
 CSV_COLUMNS = (
@@ -240,7 +254,9 @@ def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length
     view = recorder.get(request_id)
     if view is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
-    return ResultRecord.model_validate(view)
+    return ResultRecord.model_validate(
+        {**view, "review": latest_reviews(recorder.engine, [request_id]).get(request_id)}
+    )
 
 
 def media_type(data: bytes) -> tuple[str, str]:

@@ -1,0 +1,240 @@
+"""Reviews of recorded decisions by quality staff (the review station, service.ui): table and queries.
+
+A review says what a person found when checking a part by hand: "confirmed" (an NG part is defective),
+"false_reject" (an NG part is good) or "missed_defect" (an OK part is defective), with an optional defect
+type and comment, who and when. Reviews are appended, never changed: a second review of the same part
+overrides the first for the statistics (the latest counts) and both stay as the audit trail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar, get_args
+
+from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from service.records.store import ResultFilter, _filtered, utc
+from service.records.tables import _ID, Base, Decision
+
+Outcome = Literal["confirmed", "false_reject", "missed_defect"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+# Which verdict each outcome can overrule or confirm: a reviewer cannot "confirm" an OK part.
+OUTCOME_VERDICT: dict[Outcome, bool] = {"confirmed": True, "false_reject": True, "missed_defect": False}
+MAX_OPERATOR, MAX_DEFECT_TYPE, MAX_COMMENT = 64, 64, 2000
+DEFECT_TYPE = re.compile(r"[A-Za-z0-9_-]+")  # it names a folder of the training data (import-reviews)
+LIST_LIMIT = 500
+
+# Any select over the decisions table (the reviews filters add WHERE clauses, whatever the columns).
+_Q = TypeVar("_Q", bound=Select)
+
+
+class Review(Base):
+    """One review of one decision. `id` orders reviews of the same part (the latest counts)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), ForeignKey("decisions.request_id"))
+    outcome: Mapped[str] = mapped_column(String(16))
+    defect_type: Mapped[str | None] = mapped_column(String(MAX_DEFECT_TYPE))
+    comment: Mapped[str | None] = mapped_column(Text)
+    operator: Mapped[str] = mapped_column(String(MAX_OPERATOR))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_reviews_request_id", "request_id", "id"),)
+
+
+class ReviewError(ValueError):
+    """A review that cannot be stored as asked (wrong outcome for the verdict, bad field)."""
+
+
+class UnknownDecisionError(LookupError):
+    """No decision with that request id."""
+
+
+def review_view(row: Review) -> dict[str, Any]:
+    return {
+        "outcome": row.outcome,
+        "defect_type": row.defect_type,
+        "comment": row.comment,
+        "operator": row.operator,
+        "created": utc(row.created_at).isoformat(),
+    }
+
+
+def _clean(value: str | None, limit: int, what: str) -> str | None:
+    text = (value or "").strip()
+    if len(text) > limit:
+        raise ReviewError(f"{what} has {len(text)} characters; at most {limit}")
+    return text or None
+
+
+def add_review(
+    engine: Engine,
+    request_id: str,
+    outcome: str,
+    *,
+    operator: str,
+    defect_type: str | None = None,
+    comment: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Store one review and return it (review_view). Raises UnknownDecisionError or ReviewError."""
+    if outcome not in OUTCOMES:
+        raise ReviewError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+    who = _clean(operator, MAX_OPERATOR, "the operator name")
+    if who is None:
+        raise ReviewError("a review needs the operator's name")
+    kind = _clean(defect_type, MAX_DEFECT_TYPE, "the defect type")
+    if kind is not None and (outcome == "false_reject" or not DEFECT_TYPE.fullmatch(kind)):
+        raise ReviewError(
+            "a defect type goes with a confirmed or missed defect and is one word of letters, digits, - or _ "
+            f"(it names a folder of the training data), got {kind!r} for {outcome}"
+        )
+    with Session(engine) as session, session.begin():
+        decision = session.get(Decision, request_id)
+        if decision is None:
+            raise UnknownDecisionError(f"no record of request {request_id!r}")
+        if decision.is_anomalous != OUTCOME_VERDICT[outcome]:
+            verdict = "NG" if decision.is_anomalous else "OK"
+            raise ReviewError(
+                f"{outcome} does not apply to an {verdict} part: confirmed and false_reject review NG parts, "
+                "missed_defect reviews OK parts"
+            )
+        row = Review(
+            request_id=request_id,
+            outcome=outcome,
+            defect_type=kind,
+            comment=_clean(comment, MAX_COMMENT, "the comment"),
+            operator=who,
+            created_at=utc(now or datetime.now(UTC)),
+        )
+        session.add(row)
+        session.flush()
+        return review_view(row)
+
+
+def _latest_ids() -> Select[Any]:
+    return select(func.max(Review.id).label("id")).group_by(Review.request_id)
+
+
+def latest_reviews(engine: Engine, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The latest review of each of `request_ids` that has one."""
+    ids = list(request_ids)
+    if not ids:
+        return {}
+    latest = _latest_ids().where(Review.request_id.in_(ids)).subquery()
+    with Session(engine) as session:
+        rows = session.scalars(select(Review).join(latest, Review.id == latest.c.id)).all()
+        return {row.request_id: review_view(row) for row in rows}
+
+
+def review_history(engine: Engine, request_id: str) -> list[dict[str, Any]]:
+    """Every review of one part, oldest first."""
+    with Session(engine) as session:
+        rows = session.scalars(select(Review).where(Review.request_id == request_id).order_by(Review.id)).all()
+        return [review_view(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class PartFilter(ResultFilter):
+    """The results API's filters plus reviewed (True) / not yet (False) / either (None)."""
+
+    reviewed: bool | None = None
+
+
+def _where(query: _Q, f: PartFilter) -> _Q:
+    """`query` restricted to the decisions `f` selects (the results API's filters, one definition)."""
+    selected = _filtered(f).whereclause
+    if selected is not None:
+        query = query.where(selected)
+    if f.reviewed is not None:
+        reviewed = select(Review.request_id).where(Review.request_id == Decision.request_id).exists()
+        query = query.where(reviewed if f.reviewed else ~reviewed)
+    return query
+
+
+def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: bool = True) -> list[dict[str, Any]]:
+    """Rows of the review station's list: NG parts first (when asked), then newest first, at most `limit`;
+    each with its latest review (or None)."""
+    order = [Decision.is_anomalous.desc()] if ng_first else []
+    query = _where(select(Decision), f).order_by(*order, Decision.received_at.desc(), Decision.request_id.desc())
+    with Session(engine) as session:
+        rows = session.scalars(query.limit(max(1, min(limit, LIST_LIMIT)))).all()
+        parts: list[dict[str, Any]] = [
+            {
+                "request_id": r.request_id,
+                "part_id": r.part_id,
+                "created": utc(r.received_at).isoformat(),
+                "model": r.model,
+                "model_version": r.model_version,
+                "score": r.score,
+                "threshold": r.threshold,
+                "is_anomalous": r.is_anomalous,
+                "evidence": r.evidence,
+            }
+            for r in rows
+        ]
+    reviews = latest_reviews(engine, [str(p["request_id"]) for p in parts])
+    for part in parts:
+        part["review"] = reviews.get(str(part["request_id"]))
+    return parts
+
+
+def counts_per_hour(engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
+    """OK and NG counts per UTC hour over the parts `f` selects, oldest hour first (empty hours left out).
+    Counted in Python over two small columns: one code path for SQLite and PostgreSQL."""
+    query = _where(select(Decision.received_at, Decision.is_anomalous), f)
+    buckets: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
+    with Session(engine) as session:
+        for received_at, is_anomalous in session.execute(query):
+            hour = utc(received_at).replace(minute=0, second=0, microsecond=0)
+            buckets[hour][1 if is_anomalous else 0] += 1
+    return [{"hour": h.isoformat(), "ok": c[0], "ng": c[1]} for h, c in sorted(buckets.items())]
+
+
+def review_stats(
+    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Per model: parts, NG parts, reviewed NG parts and their latest outcomes, and the two numbers a
+    quality engineer reports: false-reject rate (false rejects / reviewed NG) and confirmed-NG rate
+    (confirmed / reviewed NG); plus missed defects found among reviewed OK parts. Rates are None while no
+    NG part of the model is reviewed."""
+    f = PartFilter(since=since, until=until)
+    parts = _where(
+        select(Decision.model, Decision.is_anomalous, func.count()).group_by(Decision.model, Decision.is_anomalous), f
+    )
+    latest = _latest_ids().subquery()
+    outcomes = _where(
+        select(Decision.model, Review.outcome, func.count())
+        .join(Review, Review.request_id == Decision.request_id)
+        .join(latest, Review.id == latest.c.id)
+        .group_by(Decision.model, Review.outcome),
+        f,
+    )
+    models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("parts", "ng", *OUTCOMES), 0))
+    with Session(engine) as session:
+        for model, is_anomalous, count in session.execute(parts):
+            models[model]["parts"] += count
+            if is_anomalous:
+                models[model]["ng"] += count
+        for model, outcome, count in session.execute(outcomes):
+            models[model][outcome] = count
+    out = []
+    for model, m in sorted(models.items()):
+        reviewed_ng = m["confirmed"] + m["false_reject"]
+        out.append(
+            {
+                "model": model,
+                **m,
+                "reviewed_ng": reviewed_ng,
+                "false_reject_rate": m["false_reject"] / reviewed_ng if reviewed_ng else None,
+                "confirmed_ng_rate": m["confirmed"] / reviewed_ng if reviewed_ng else None,
+            }
+        )
+    return out

@@ -1,0 +1,158 @@
+"""Review station login: the API key is exchanged once for a signed session cookie that carries the
+operator's name (recorded with each review) and the session's CSRF token.
+
+- Cookies are HttpOnly (no script reads them), SameSite=Strict (no other site's page sends them) and
+  Secure when the page came over HTTPS; scoped to /ui. A session is `base64(json).hmac_sha256` under the
+  server secret (BRIDGENET_UI_SECRET, else random per process), so the server keeps no session table.
+- Every form that changes something (login, review, logout) carries a CSRF token that must match the one
+  signed into a cookie: the session's, or before login a short-lived login cookie's (no login CSRF).
+- Without BRIDGENET_API_KEY (development) the /v1 API is open, and so is the login: a name is enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, Response
+
+from service.api.errors import ApiError, UnauthorizedError
+from service.config import Settings
+
+SESSION_COOKIE = "bridgenet_ui"
+LOGIN_COOKIE = "bridgenet_ui_login"
+COOKIE_PATH = "/ui"
+LOGIN_FORM_TTL_S = 600  # a login form older than this is refused (reload the page)
+MAX_OPERATOR = 64
+
+
+class CsrfError(ApiError):
+    status, code = 403, "csrf_failed"
+
+
+class LoginRequiredError(UnauthorizedError):
+    code = "login_required"
+
+
+@dataclass(frozen=True)
+class UiSession:
+    operator: str
+    csrf: str
+    expires: float
+
+
+class Signer:
+    """HMAC-SHA256 signed, expiring JSON tokens."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = hashlib.sha256(b"bridgenet-ui-session\0" + secret).digest()  # never the raw API secret
+
+    def _mac(self, body: bytes) -> str:
+        return base64.urlsafe_b64encode(hmac.new(self._key, body, hashlib.sha256).digest()).decode().rstrip("=")
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(b"=")
+        return f"{body.decode()}.{self._mac(body)}"
+
+    def unsign(self, token: str | None, *, now: float | None = None) -> dict[str, Any] | None:
+        """The payload of a token this signer made and that has not expired; None for anything else."""
+        if not token or token.count(".") != 1:
+            return None
+        body, mac = token.split(".")
+        if not hmac.compare_digest(mac.encode(), self._mac(body.encode()).encode()):
+            return None
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (binascii.Error, ValueError):
+            return None
+        if not isinstance(payload, dict) or float(payload.get("exp", 0)) < (now or time.time()):
+            return None
+        return payload
+
+
+def signer_for(settings: Settings) -> Signer:
+    secret = settings.ui_secret.get_secret_value().encode() if settings.ui_secret else secrets.token_bytes(32)
+    return Signer(secret)
+
+
+def _signer(request: Request) -> Signer:
+    signer: Signer = request.app.state.ui_signer
+    return signer
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def current_session(request: Request) -> UiSession | None:
+    payload = _signer(request).unsign(request.cookies.get(SESSION_COOKIE))
+    if payload is None:
+        return None
+    return UiSession(operator=str(payload["op"]), csrf=str(payload["csrf"]), expires=float(payload["exp"]))
+
+
+def require_session(request: Request) -> UiSession:
+    """For the station's data routes (JSON, pictures): the session, or 401 login_required."""
+    session = current_session(request)
+    if session is None:
+        raise LoginRequiredError("log in at /ui/login first (the review station uses a session cookie)")
+    return session
+
+
+def check_csrf(expected: str, sent: str | None) -> None:
+    if not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise CsrfError("the form's CSRF token is missing or wrong; reload the page and submit it again")
+
+
+def new_login_token(request: Request) -> tuple[str, str]:
+    """A fresh CSRF token for the login form and its signed, short-lived twin for the login cookie."""
+    token = secrets.token_urlsafe(24)
+    return token, _signer(request).sign({"login": token, "exp": time.time() + LOGIN_FORM_TTL_S})
+
+
+def set_login_cookie(request: Request, response: Response, cookie: str) -> None:
+    _set_cookie(request, response, LOGIN_COOKIE, cookie, LOGIN_FORM_TTL_S)
+
+
+def check_login_token(request: Request, sent: str | None) -> None:
+    payload = _signer(request).unsign(request.cookies.get(LOGIN_COOKIE))
+    check_csrf(str(payload["login"]) if payload else secrets.token_urlsafe(24), sent)
+
+
+def check_api_key(settings: Settings, sent: str) -> bool:
+    if settings.api_key is None:
+        return True
+    return hmac.compare_digest(sent.encode(), settings.api_key.get_secret_value().encode())
+
+
+def clean_operator(name: str) -> str | None:
+    """The operator's name as it will be recorded, or None when it is empty or too long."""
+    text = " ".join(name.split())
+    return text if 0 < len(text) <= MAX_OPERATOR else None
+
+
+def start_session(request: Request, response: Response, operator: str, hours: float) -> UiSession:
+    session = UiSession(operator=operator, csrf=secrets.token_urlsafe(24), expires=time.time() + hours * 3600)
+    token = _signer(request).sign({"op": session.operator, "csrf": session.csrf, "exp": session.expires})
+    _set_cookie(request, response, SESSION_COOKIE, token, int(hours * 3600))
+    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+    return session
+
+
+def end_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")

@@ -1,0 +1,316 @@
+"""The review station at /ui: login, live list, part view, review form, stats (server-rendered Jinja2
+pages, a little plain JavaScript from /ui/static; nothing from elsewhere).
+
+`mount_ui(app, settings)` is all the app factory calls. Handlers are plain `def`: FastAPI runs them in its
+thread pool, where the database reads and the picture rendering belong.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+
+from service.api.deps import ServiceState, State, get_state
+from service.api.errors import NotReadyError
+from service.api.routes_results import AuditOffError, NotArchivedError, ResultNotFoundError
+from service.config import Settings
+from service.preprocessing import PreprocessConfig
+from service.records.reviews import (
+    OUTCOMES,
+    PartFilter,
+    ReviewError,
+    UnknownDecisionError,
+    add_review,
+    counts_per_hour,
+    list_parts,
+    review_history,
+    review_stats,
+)
+from service.records.store import Recorder
+from service.ui import auth, images
+
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+LIST_ROWS = 100
+POLL_MS = 2000  # the list asks for new parts this often; cheap (one indexed query) and fast enough for a line
+HOURS_CHOICES = (1, 8, 24, 168, 720)
+STATS_HOURS = 720
+# Review actions and their keys on the part view (the page shows them; part.js reads the data attributes).
+ACTIONS = (
+    ("confirmed", "c", "Defect confirmed", True),
+    ("false_reject", "f", "False reject (good part)", True),
+    ("missed_defect", "m", "Missed defect", False),
+)
+PICTURES = ("rgb", "depth", "overlay")
+
+
+def mount_ui(app: FastAPI, settings: Settings) -> None:
+    app.state.ui_signer = auth.signer_for(settings)
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+
+
+def _recorder(state: ServiceState) -> Recorder:
+    if state.records is None:
+        raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
+    if state.records.recorder is None:
+        raise AuditOffError("BRIDGENET_AUDIT=off: there are no records to review")
+    return state.records.recorder
+
+
+def _engine(state: ServiceState) -> Engine:
+    return _recorder(state).engine
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only back into the station: an open redirect would make the login page a phishing helper.
+    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/"
+
+
+def _page(request: Request, name: str, session: auth.UiSession | None, status: int = 200, **context: Any) -> Response:
+    response = templates.TemplateResponse(
+        request, name, {"session": session, **context}, status_code=status, headers={"Cache-Control": "no-store"}
+    )
+    return response
+
+
+# ---- login
+
+
+def _login_page(request: Request, target: str | None, error: str | None = None, status: int = 200) -> Response:
+    token, cookie = auth.new_login_token(request)
+    response = _page(request, "login.html", None, status, next=_safe_next(target), error=error, csrf=token)
+    auth.set_login_cookie(request, response, cookie)
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str | None = None) -> Response:
+    return _login_page(request, next)
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request,
+    state: State,
+    operator: Annotated[str, Form(max_length=200)] = "",
+    api_key: Annotated[str, Form(max_length=1000)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/ui/",
+) -> Response:
+    auth.check_login_token(request, csrf)
+    name = auth.clean_operator(operator)
+    problem = None
+    if name is None:
+        problem = f"Enter your name (1 to {auth.MAX_OPERATOR} characters): it is recorded with each review."
+    elif not auth.check_api_key(state.settings, api_key):
+        problem = "That API key is not this service's key."
+    if problem is not None or name is None:
+        return _login_page(request, next, problem, status=401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    auth.start_session(request, response, name, state.settings.ui_session_hours)
+    return response
+
+
+@router.post("/logout", response_model=None)
+def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    session = auth.require_session(request)
+    auth.check_csrf(session.csrf, csrf)
+    response = RedirectResponse("/ui/login", status_code=303)
+    auth.end_session(response)
+    return response
+
+
+# ---- the live list
+
+
+def _part_filter(
+    model: str | None, verdict: str | None, reviewed: str | None, hours: float, now: datetime | None = None
+) -> PartFilter:
+    end = now or datetime.now(UTC)
+    return PartFilter(
+        model=model or None,
+        verdict="ng" if verdict == "ng" else "ok" if verdict == "ok" else None,
+        reviewed=True if reviewed == "yes" else False if reviewed == "no" else None,
+        since=end - timedelta(hours=hours),
+    )
+
+
+Hours = Annotated[float, Query(gt=0, le=24 * 366)]
+Verdict = Annotated[Literal["", "ng", "ok"], Query()]
+Reviewed = Annotated[Literal["", "yes", "no"], Query()]
+ModelName = Annotated[str, Query(max_length=128)]
+
+
+@router.get("/", response_class=HTMLResponse)
+def parts_page(
+    request: Request,
+    state: State,
+    model: ModelName = "",
+    verdict: Verdict = "",
+    reviewed: Reviewed = "",
+    hours: Hours = 24,
+) -> Response:
+    session = auth.current_session(request)
+    if session is None:
+        return _login_redirect(request)
+    f = _part_filter(model, verdict, reviewed, hours)
+    engine = _engine(state)
+    return _page(
+        request,
+        "list.html",
+        session,
+        parts=list_parts(engine, f, limit=LIST_ROWS),
+        counts=counts_per_hour(engine, f),
+        models=sorted(state.engine.models),
+        filters={"model": model, "verdict": verdict, "reviewed": reviewed, "hours": hours},
+        hours_choices=HOURS_CHOICES,
+        poll_ms=POLL_MS,
+    )
+
+
+@router.get("/api/parts")
+def parts_data(
+    state: State,
+    _session: Annotated[auth.UiSession, Depends(auth.require_session)],
+    model: ModelName = "",
+    verdict: Verdict = "",
+    reviewed: Reviewed = "",
+    hours: Hours = 24,
+) -> JSONResponse:
+    """What the list page polls: the rows and the counts per hour for its filters."""
+    f = _part_filter(model, verdict, reviewed, hours)
+    engine = _engine(state)
+    body = {"parts": list_parts(engine, f, limit=LIST_ROWS), "counts": counts_per_hour(engine, f)}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+# ---- one part
+
+
+def _next_unreviewed(engine: Engine, request_id: str) -> str | None:
+    rows = list_parts(engine, PartFilter(verdict="ng", reviewed=False), limit=2)
+    return next((r["request_id"] for r in rows if r["request_id"] != request_id), None)
+
+
+@router.get("/parts/{request_id}", response_class=HTMLResponse)
+def part_page(request: Request, state: State, request_id: str, saved: int = 0, error: str | None = None) -> Response:
+    session = auth.current_session(request)
+    if session is None:
+        return _login_redirect(request)
+    recorder = _recorder(state)
+    part = recorder.get(request_id)
+    if part is None:
+        raise ResultNotFoundError(f"no record of request {request_id!r}")
+    history = review_history(recorder.engine, request_id)
+    threshold = part["threshold"]
+    # The bar spans 0 … 2 × threshold (the threshold in the middle); a score beyond that fills it.
+    bar_max = 2 * threshold if threshold > 0 else max(part["score"], 1.0)
+    return _page(
+        request,
+        "part.html",
+        session,
+        part=part,
+        review=history[-1] if history else None,
+        history=history,
+        archived=part["evidence"]["status"] == "archived",
+        bar={"score": min(part["score"] / bar_max, 1.0), "threshold": threshold / bar_max},
+        actions=[a for a in ACTIONS if a[3] == part["is_anomalous"]],
+        next_part=_next_unreviewed(recorder.engine, request_id),
+        saved=bool(saved),
+        error=error,
+    )
+
+
+def _config_for(state: ServiceState, model: str) -> PreprocessConfig:
+    loaded = state.engine.models.get(model)
+    # A record of a model this replica does not serve: the default config (its manifest is not at hand).
+    return loaded.preprocess_config if loaded is not None else PreprocessConfig()
+
+
+@router.get("/parts/{request_id}/{picture}.png")
+def part_picture(
+    request: Request,
+    request_id: str,
+    picture: Literal["rgb", "depth", "overlay"],
+    _session: Annotated[auth.UiSession, Depends(auth.require_session)],
+) -> Response:
+    state = get_state(request)
+    recorder = _recorder(state)
+    part = recorder.get(request_id)
+    if part is None:
+        raise ResultNotFoundError(f"no record of request {request_id!r}")
+    rgb = recorder.evidence_file(request_id, "rgb")
+    other = recorder.evidence_file(request_id, "xyz" if picture == "depth" else "map")
+    if rgb is None or other is None:
+        raise NotArchivedError(f"request {request_id!r} has no archived evidence ({part['evidence']['status']})")
+    limits = state.limits
+    if picture == "rgb":
+        png = images.rgb_png(rgb[1], limits)
+    elif picture == "depth":
+        png = images.depth_png(other[1], limits, _config_for(state, part["model"]["name"]))
+    else:
+        png = images.overlay_png(rgb[1], other[1], limits)
+    # Evidence never changes under a request id: the browser may keep the picture for the session.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/parts/{request_id}/review", response_model=None)
+def review_part(
+    request: Request,
+    state: State,
+    request_id: str,
+    outcome: Annotated[str, Form(max_length=32)] = "",
+    defect_type: Annotated[str, Form(max_length=200)] = "",
+    comment: Annotated[str, Form(max_length=4000)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    session = auth.require_session(request)
+    auth.check_csrf(session.csrf, csrf)
+    page = f"/ui/parts/{quote(request_id, safe='')}"
+    try:
+        add_review(
+            _engine(state), request_id, outcome, operator=session.operator, defect_type=defect_type, comment=comment
+        )
+    except UnknownDecisionError as exc:
+        raise ResultNotFoundError(str(exc)) from None
+    except ReviewError as exc:
+        return RedirectResponse(f"{page}?{urlencode({'error': str(exc)})}", status_code=303)
+    return RedirectResponse(f"{page}?saved=1", status_code=303)
+
+
+# ---- stats
+
+
+@router.get("/stats", response_class=HTMLResponse)
+def stats_page(request: Request, state: State, hours: Hours = STATS_HOURS) -> Response:
+    session = auth.current_session(request)
+    if session is None:
+        return _login_redirect(request)
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    return _page(
+        request,
+        "stats.html",
+        session,
+        stats=review_stats(_engine(state), since=since),
+        hours=hours,
+        hours_choices=HOURS_CHOICES,
+        outcomes=OUTCOMES,
+    )
