@@ -44,6 +44,7 @@ class ReadyService:
     limits: DecodeLimits
     admission: Admission
     after_prediction: tuple[AfterPrediction, ...]
+    records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
 
 
 def get_state(request: Request) -> ServiceState:
@@ -67,7 +68,7 @@ async def get_ready_state(request: Request) -> ReadyService:
             "the service is not ready: models are loading or the service is stopping",
             retry_after_s=NOT_READY_RETRY_AFTER_S,
         )
-    return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction))
+    return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records)
 
 
 State = Annotated[ServiceState, Depends(state_dependency)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
@@ -26,7 +26,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         413: "Upload or declared image size too large",
         422: "Missing/invalid form field, or unusable input (no foreground, size mismatch, ...)",
         429: "Queue full (Retry-After)",
-        503: "Not ready, or the request timed out (Retry-After)",
+        503: "Not ready, the request timed out, or its record could not be written (Retry-After)",
     }.items()
 }
 
@@ -40,6 +40,7 @@ async def _read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(
+    http: Request,
     state: ReadyState,
     rgb: Annotated[UploadFile, File(description="RGB image: PNG, JPEG or TIFF (gray, 16-bit, alpha accepted).")],
     xyz: Annotated[
@@ -61,6 +62,15 @@ async def predict(
     )
     served = await serve_prediction(state.admission, state.engine, state.after_prediction, upload, request)
     total_ms = (time.perf_counter() - received_at) * 1e3
-    return PredictResponse.from_result(
+    response = PredictResponse.from_result(
         served.result, part_id=part_id, request_id=request.request_id, queue_ms=served.queue_ms, total_ms=total_ms
     )
+    if state.records is not None:  # committed before the answer leaves: an answer always has its record
+        await state.records.record_prediction(
+            response.model_dump(mode="json", exclude={"anomaly_map"}),
+            rgb=upload.rgb,
+            xyz=upload.xyz,
+            anomaly_map=served.result.prediction.anomaly_map,
+            client=http.client.host if http.client else None,
+        )
+    return response

@@ -1,8 +1,4 @@
-"""POST /v1/predict leaves a record, its evidence and its push, through the real app and the fake model.
-
-Strict xfail until the predict handler and the app lifespan call service.records (the lead wires them
-after house-service's predict rewrite): then these pass, the strict marker turns that into a failure,
-and the marker must go."""
+"""POST /v1/predict leaves a record, its evidence and its push, through the real app and the fake model."""
 
 from __future__ import annotations
 
@@ -10,14 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
 from tests.records.servers import WebhookReceiver, free_port
 from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
-
-pytestmark = pytest.mark.xfail(strict=True, reason="records are not wired into /v1/predict and the lifespan yet")
 
 
 def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: WebhookReceiver) -> None:

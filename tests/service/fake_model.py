@@ -202,6 +202,8 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
         "intra_op_threads": 1,
         "batch_max_size": 1,
         "batch_wait_ms": 0.0,
+        # The audit trail's database and evidence beside the test's models, never in the working directory.
+        "data_dir": models_dir.parent / "service-data",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
