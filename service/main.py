@@ -15,7 +15,7 @@ from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
-from service.api.middleware import RequestMiddleware
+from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
 from service.config import Settings, decode_limits, get_settings
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
@@ -121,4 +121,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(models_router)
     app.include_router(predict_router)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
+    # Outermost, so that every answer names its server, refusals before the body included.
+    app.state.served_by = process_id()
+    app.add_middleware(ServedByMiddleware)
     return app

@@ -27,6 +27,12 @@ class ServiceState:
     limits: DecodeLimits
     admission: Admission | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Models loaded, verified and warmed up, and requests admitted: what /readyz answers (and what
+        service.cluster's health check reports to Ray Serve)."""
+        return self.admission is not None and self.engine.ready
+
 
 def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
@@ -44,7 +50,7 @@ async def state_dependency(request: Request) -> ServiceState:
 async def get_ready_state(request: Request) -> ServiceState:
     """The state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
-    if state.admission is None or not state.engine.ready:
+    if not state.ready:
         raise NotReadyError(
             "the service is not ready: models are loading or the service is stopping",
             retry_after_s=NOT_READY_RETRY_AFTER_S,
