@@ -74,19 +74,24 @@ def status_report() -> dict[str, Any]:
     status = serve.status()
     return {
         name: {
-            "status": str(app.status),
+            "status": _name(app.status),
             "message": app.message,
             "deployments": {
                 dep_name: {
-                    "status": str(dep.status),
+                    "status": _name(dep.status),
                     "message": dep.message,
-                    "replica_states": {str(k): v for k, v in dep.replica_states.items()},
+                    "replica_states": {_name(k): v for k, v in dep.replica_states.items()},
                 }
                 for dep_name, dep in app.deployments.items()
             },
         }
         for name, app in status.applications.items()
     }
+
+
+def _name(value: Any) -> str:
+    """An enum member's value ("RUNNING"), for JSON."""
+    return str(getattr(value, "value", value))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Runs inside Ray Serve's HTTP proxies: an answer the proxy makes up itself because no replica answered
 (the replica died under the request, or none is available) becomes the service's 503 with Retry-After.
 
-Ray Serve answers such requests with a bare 500 and its exception text; the line controller must see the
-same "retry later" as when one `python -m service` is briefly away. Every answer a replica gives carries
-`X-Served-By`, so a 5xx without it was made by the proxy. Ray finds this hook through
+Ray Serve leaves such a request without an answer (uvicorn then sends a bare 500) or answers a 5xx itself;
+the line controller must see the same "retry later" as when one `python -m service` is briefly away. Every
+answer a replica gives carries `X-Served-By`, so a 5xx without it, or none at all, came from the proxy. Ray finds this hook through
 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.cluster.proxy:middlewares (set by `python -m service.cluster`
 for the instance it starts, in docker/k8s/rayservice.yaml, and by hand for `ray start`).
 
@@ -59,11 +59,15 @@ class ReplicaLossMiddleware:
         try:
             await self.app(scope, receive, send_checked)
         except Exception as exc:
-            # The proxy raises (rather than answers) when the replica died under the request.
             if started:
                 raise
             if not replaced:
                 await self._send_unavailable(scope, send, type(exc).__name__)
+            return
+        if not started and not replaced:
+            # When the replica died under the request, the proxy returns without answering (uvicorn would
+            # then send a bare 500 of its own).
+            await self._send_unavailable(scope, send, "no answer from the proxy")
 
     async def _send_unavailable(self, scope: Scope, send: Send, cause: str) -> None:
         request_id = accepted_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
