@@ -3,9 +3,10 @@
 
 Ray Serve leaves such a request without an answer (uvicorn then sends a bare 500) or answers a 5xx itself;
 the line controller must see the same "retry later" as when one `python -m service` is briefly away. Every
-answer a replica gives carries `X-Served-By`, so a 5xx without it, or none at all, came from the proxy. Ray finds this hook through
-RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.cluster.proxy:middlewares (set by `python -m service.cluster`
-for the instance it starts, in docker/k8s/rayservice.yaml, and by hand for `ray start`).
+answer a replica gives carries `X-Served-By`, so a 5xx without it, or none at all, came from the proxy.
+Ray finds this hook through RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.cluster.proxy:middlewares (set
+by `python -m service.cluster` for the instance it starts, in docker/k8s/rayservice.yaml, Dockerfile.cluster,
+and by hand before `ray start`).
 
 Kept apart from service.cluster.app: every proxy imports it, and it needs neither the engine nor the models.
 """
