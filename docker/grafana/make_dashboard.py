@@ -252,6 +252,7 @@ def quality_row(y: int) -> list[Panel]:
 def capacity_row(y: int) -> list[Panel]:
     """Concurrency, GPU (DCGM) and the service process."""
     svc = 'job="bridgenet-service"'  # process_* also comes from Prometheus' own scrape
+    # On Ray Serve (docker/ray/prometheus.yml) one node exports several replicas: `replica` tells them apart.
     return [
         row("Capacity", y),
         timeseries(
@@ -289,7 +290,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service memory (RSS)",
             (14, y + 1, 5, 7),
             [
-                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}}"),
+                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}} {{replica}}"),
             ],
             "bytes",
             min=0,
@@ -299,7 +300,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service CPU",
             (19, y + 1, 5, 7),
             [
-                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}}"),
+                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}} {{replica}}"),
             ],
             "short",
             min=0,
