@@ -6,10 +6,14 @@ Run from the repository root (needs the `cluster` extra):
 Prints a table and writes benchmarks/results/cluster.json.
 
 Latency: `python -m service` and `python -m service.cluster --replicas 1` (a local Ray instance) run side by
-side on loopback with the same settings; rounds alternate between them at each client level, every client
+side on loopback with the same settings, each in a session of its own (Linux's autogroup scheduler gives
+each session its share of the CPU: the Ray instance must start in its own session to be stopped as a
+whole, so the direct service does too); rounds alternate between them at each client level, every client
 posting the same pre-built part back to back (closed loop). The added latency is the difference of the
-medians. Throughput: parts/s at the highest client level with 1 replica (that run) and with each further
-replica count on its own local Ray instance in turn (each replica reserves --cpus-per-replica of its CPUs).
+medians; "outside the app" is the client's latency minus the app's own total per answer, the part of the
+difference that is Ray's hop rather than how fast each engine got the CPU. Throughput: parts/s at the
+highest client level with 1 replica (that run) and with each further replica count on its own local Ray
+instance in turn (each replica reserves --cpus-per-replica of its CPUs).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -43,8 +46,6 @@ def running_cluster(
 ) -> Iterator[service_load.Service]:
     """`python -m service.cluster` with its own local Ray instance, ready; stopped with SIGTERM (which
     shuts Serve and the instance down), SIGKILL after STOP_TIMEOUT_S."""
-    import httpx
-
     port = service_load.free_port()
     values = {
         "models_dir": str(model_dir.parent.resolve()),
@@ -68,20 +69,7 @@ def running_cluster(
         )
     service = service_load.Service(f"http://127.0.0.1:{port}", process, log, values)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise service_load.ServiceStartError(
-                    f"the cluster exited with {process.returncode}:\n{service.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise service_load.ServiceStartError(f"not ready after {READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}")
-            try:
-                if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        service_load.wait_until_ready(service, READY_TIMEOUT_S, poll_s=0.5)
         yield service
     finally:
         if process.poll() is None:
@@ -91,6 +79,15 @@ def running_cluster(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)  # its own session: the instance's processes with it
                 process.wait()
+
+
+def outside_app(rounds: list[service_load.LoadRound]) -> dict[str, float]:
+    """Per answer, the client's latency minus the app's own `total` (its timings_ms): the HTTP path and,
+    on Ray, the proxy hop. It does not depend on how fast the engine got the CPU, which on a shared machine
+    can differ between the two systems by far more than the hop costs."""
+    return harness.stats(
+        [r.latency_ms - r.server_ms["total"] for rnd in rounds for r in rnd.results if r.status == 200]
+    )
 
 
 def level_row(name: str, level: dict[str, Any]) -> list[Any]:
@@ -151,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         systems = {
             "direct": stack.enter_context(
-                service_load.running_service(args.model_dir.parent, args.model_dir.name, settings, logs / "direct.log")
+                service_load.running_service(
+                    args.model_dir.parent, args.model_dir.name, settings, logs / "direct.log", own_session=True
+                )
             ),
             "ray_serve": stack.enter_context(running_cluster(args.model_dir, settings, 1, args, logs / "ray-1.log")),
         }
@@ -163,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                         service_load.closed_loop(svc.url, payload, clients, args.duration_s, args.warmup_s)
                     )
             for name in systems:
-                latency[name].append(service_load.summarise_rounds(rounds[name]))
+                level = service_load.summarise_rounds(rounds[name])
+                level["outside_app"] = outside_app(rounds[name])
+                latency[name].append(level)
                 logging.info("%s, %d clients: %s ms median", name, clients, latency[name][-1].get("latency"))
     result["latency"] = latency
+    result["added_outside_app_median_ms"] = {
+        str(d["clients"]): round(r["outside_app"]["median_ms"] - d["outside_app"]["median_ms"], 3)
+        for d, r in zip(latency["direct"], latency["ray_serve"], strict=True)
+    }
     result["added_median_ms"] = {
         str(d["clients"]): round(r["latency"]["median_ms"] - d["latency"]["median_ms"], 3)
         for d, r in zip(latency["direct"], latency["ray_serve"], strict=True)
@@ -195,9 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} × {args.duration_s:g} s per level, {os.cpu_count()} CPUs, "
         f"load at start {result['machine']['load_average_start']}, at end {result['load_average_end']}"
     )
-    rows = [level_row(name, level) for name, levels in latency.items() for level in levels]
-    harness.print_table(["system", "clients", "parts/s", "p50 ms", "p95 ms", "refused"], rows)
+    rows = [
+        [*level_row(name, level), level["outside_app"]["median_ms"], level["server_median_ms"]["inference"]]
+        for name, levels in latency.items()
+        for level in levels
+    ]
+    harness.print_table(
+        ["system", "clients", "parts/s", "p50 ms", "p95 ms", "refused", "outside app p50 ms", "inference p50 ms"], rows
+    )
     print(f"Ray Serve's added median latency (ms) by clients: {result['added_median_ms']}")
+    print(f"... of it outside the app (HTTP + proxy hop): {result['added_outside_app_median_ms']}")
     harness.print_table(
         ["replicas", "clients", "parts/s", "p50 ms", "p95 ms", "refused"],
         [[t["replicas"], *level_row("", t)[1:]] for t in throughput],

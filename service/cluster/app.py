@@ -108,6 +108,18 @@ def shared_database_problem(
     return None
 
 
+def shared_port_problem(settings: Settings, max_replicas: int, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why a separate metrics port (BRIDGENET_METRICS_PORT, where the service has one) cannot work with
+    `max_replicas` replicas, or None: replicas on one machine would all bind it."""
+    if max_replicas > 1 and _setting(settings, "metrics_port", environ) is not None:
+        return (
+            f"{env_name('metrics_port')} is set, but {max_replicas} replicas on one machine cannot all bind it; "
+            "on Ray each node exports every replica's metrics on its Ray metrics port (docker/ray/prometheus.yml): "
+            "unset it"
+        )
+    return None
+
+
 def deployment_options(settings: Settings, scale: Scale) -> dict[str, Any]:
     """Ray Serve options of the deployment, from the service's own limits (kept in one place)."""
     capacity = settings.max_inflight + settings.max_queue
@@ -221,9 +233,10 @@ InspectionReplica = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress()(_Repl
 def build(settings: Settings, scale: Scale, *, bind_settings: bool = True) -> Application:
     """The Serve application for `settings` at `scale`; refuses what cannot work before anything starts.
     `bind_settings=False`: each replica reads its settings from its own environment instead."""
-    problem = shared_database_problem(settings, scale.max_replicas)
-    if problem:
-        raise ClusterConfigError(problem)
+    for check in (shared_database_problem, shared_port_problem):
+        problem = check(settings, scale.max_replicas)
+        if problem:
+            raise ClusterConfigError(problem)
     if scale.gpus_per_replica == 0 and settings.require_cuda:
         raise ClusterConfigError(f"{env_name('require_cuda')} is set but --gpus-per-replica is 0")
     deployment = InspectionReplica.options(**deployment_options(settings, scale))

@@ -75,8 +75,8 @@ class ReplicaLossMiddleware:
         body = {
             "error": {
                 "code": REPLICA_LOST_CODE,
-                "message": "the replica serving this request stopped before answering; retry (another replica "
-                "answers, or a replacement is starting)",
+                "message": "no replica answered this request (the one serving it stopped, or every replica is "
+                "full); retry: another replica answers, or a replacement is starting",
                 "request_id": request_id,
             }
         }

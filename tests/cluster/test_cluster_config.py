@@ -104,6 +104,13 @@ def test_sqlite_audit_trail_is_refused_for_several_replicas(
         assert problem is None
 
 
+def test_a_separate_metrics_port_is_refused_for_several_replicas(tmp_path: Path) -> None:
+    settings, env = _settings_and_env(tmp_path, metrics_port="9100")
+    assert cluster.shared_port_problem(settings, 1, env) is None
+    problem = cluster.shared_port_problem(settings, 2, env)
+    assert problem is not None and "BRIDGENET_METRICS_PORT" in problem and "unset it" in problem
+
+
 def test_the_cli_refuses_sqlite_for_two_replicas_before_starting_ray(tmp_path: Path) -> None:
     write_fake_model(tmp_path)
     env = clean_env(
