@@ -56,6 +56,8 @@ def running_cluster(
     values.update({k: str(v) for k, v in settings.items()})
     env = service_load.service_env(values)
     env.pop("RAY_ADDRESS", None)  # always a fresh local instance
+    # Loopback only: no token authentication (Ray would otherwise create one in ~/.ray on every run).
+    env.setdefault("RAY_AUTH_MODE", "disabled")
     command = [
         sys.executable, "-m", "service.cluster", "--replicas", str(replicas),
         "--cpus-per-replica", str(args.cpus_per_replica), "--port", str(port),

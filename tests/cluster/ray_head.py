@@ -70,9 +70,13 @@ def command_line(pid: int) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process' environment without BRIDGENET_* (the tests say every setting they depend on)."""
+    """This process' environment without BRIDGENET_* (the tests say every setting they depend on), for
+    processes that run this checkout."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # Ray enables token authentication for a new local instance and keeps the token in ~/.ray, which later
+    # heads then require too: the tests' loopback instances run without it, whatever ~/.ray holds.
+    env["RAY_AUTH_MODE"] = "disabled"
     env.update(extra)
     return env
 

@@ -107,6 +107,19 @@ def predict(client: httpx.Client, url: str, files: Files, **form: str) -> httpx.
     return client.post(f"{url}/v1/predict", files=files, data=form)
 
 
+def served_by(client: httpx.Client, url: str, parts: int, until_both: bool = False) -> Counter[str]:
+    """Answers per replica (X-Served-By) for up to `parts` predictions, each of which must succeed;
+    `until_both`: stop once two replicas have answered (after at least 10 parts)."""
+    servers: Counter[str] = Counter()
+    for i in range(parts):
+        response = predict(client, url, fake_part(i))
+        assert response.status_code == 200, response.text
+        servers[response.headers["X-Served-By"]] += 1
+        if until_both and len(servers) == 2 and i >= 9:
+            break
+    return servers
+
+
 def test_a_model_that_fails_to_load_fails_the_start_with_the_reason(head: RayHead, tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     (models_dir / "broken").mkdir(parents=True)
@@ -126,14 +139,8 @@ def test_a_model_that_fails_to_load_fails_the_start_with_the_reason(head: RayHea
 
 
 def test_two_replicas_both_answer(deployment: Deployment) -> None:
-    servers: Counter[str] = Counter()
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
-        for i in range(40):
-            response = predict(client, deployment.url, fake_part(i))
-            assert response.status_code == 200, response.text
-            servers[response.headers["X-Served-By"]] += 1
-            if len(servers) == 2 and i >= 9:
-                break
+        servers = served_by(client, deployment.url, 40, until_both=True)
         probe = client.get(f"{deployment.url}/readyz")
         missing = client.get(f"{deployment.url}/no/such/route")
     assert len(servers) == 2, servers
@@ -202,12 +209,8 @@ def _dashboard_gaps(port: int) -> list[tuple[str, list[float]]]:
 
 def test_metrics_of_both_replicas_reach_prometheus_and_the_dashboard(deployment: Deployment, tmp_path: Path) -> None:
     binary = require_tool("prometheus")
-    served: Counter[str] = Counter()
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
-        for i in range(20):
-            response = predict(client, deployment.url, fake_part(i))
-            assert response.status_code == 200, response.text
-            served[response.headers["X-Served-By"]] += 1
+        served = served_by(client, deployment.url, 20)
         # A refusal per replica too: the dashboard's error panels then have a series to show.
         refused = [client.post(f"{deployment.url}/v1/predict", files={"rgb": fake_part()["rgb"]}) for _ in range(4)]
     assert len(served) == 2, served
