@@ -224,7 +224,9 @@ class _Replica:
             raise RuntimeError("the engine is not ready (models not loaded, or stopping)")
 
     def __del__(self) -> None:
-        self._copier.stop()
+        copier = getattr(self, "_copier", None)  # absent when the constructor failed (a model did not load)
+        if copier is not None:
+            copier.stop()
 
 
 InspectionReplica = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress()(_Replica))

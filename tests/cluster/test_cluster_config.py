@@ -325,3 +325,20 @@ def test_the_prometheus_config_gives_ray_exported_series_the_service_names(tmp_p
     checked.write_text(yaml.safe_dump(config))
     result = subprocess.run([promtool, "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Ray's health check reads the same readiness as /readyz --------------------------------------------
+
+
+def test_the_replica_health_check_follows_readyz(tmp_path: Path) -> None:
+    write_fake_model(tmp_path)
+    replica = cluster._Replica.__new__(cluster._Replica)  # the class Serve wraps, without its Ray constructor
+    replica._app = create_app(make_settings(tmp_path))
+    with pytest.raises(RuntimeError, match="not ready"):  # models not loaded yet
+        replica.check_health()
+    with TestClient(replica._app) as client:
+        assert client.get("/readyz").status_code == 200
+        replica.check_health()
+    assert replica._app.state.service.ready is False  # stopped: Ray would replace this replica
+    with pytest.raises(RuntimeError, match="not ready"):
+        replica.check_health()
