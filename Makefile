@@ -15,12 +15,12 @@ DEMO_TRAIN_ARGS ?= --no-mgag --utag-depth texture
 
 install: $(STAMP)
 
-# One environment with serving, training and development extras. torch==2.14.1 / torchvision==0.29.1
-# come from this machine's local disk (docs/DESIGN.md#torch-pins); nothing else leaves PyPI.
+# One environment with serving, training, development and cluster (Ray Serve) extras. torch==2.14.1 /
+# torchvision==0.29.1 come from this machine's local disk (docs/DESIGN.md#torch-pins); nothing else leaves PyPI.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[serve,train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[serve,train,dev,cluster]'
 	touch $(STAMP)
 
 run: install

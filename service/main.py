@@ -16,7 +16,7 @@ from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers, refusal_codes
 from service.api.inference import default_hooks
-from service.api.middleware import RequestMiddleware
+from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
 from service.api.routes_results import router as results_router
@@ -158,4 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(results_router)
     mount_ui(app, settings)  # the review station at /ui (service.ui)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
+    # Outermost, so that every answer names its server, refusals before the body included.
+    app.state.served_by = process_id()
+    app.add_middleware(ServedByMiddleware)
     return app

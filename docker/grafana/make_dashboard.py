@@ -321,6 +321,7 @@ def quality_row(y: int) -> list[Panel]:
 def capacity_row(y: int) -> list[Panel]:
     """Concurrency, GPU (DCGM) and the service process."""
     svc = 'job="bridgenet-service"'  # process_* also comes from Prometheus' own scrape
+    # On Ray Serve (docker/ray/prometheus.yml) one node exports several replicas: `replica` tells them apart.
     return [
         row("Capacity", y),
         timeseries(
@@ -358,7 +359,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service memory (RSS)",
             (14, y + 1, 5, 7),
             [
-                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}}"),
+                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}} {{replica}}"),
             ],
             "bytes",
             min=0,
@@ -368,7 +369,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service CPU",
             (19, y + 1, 5, 7),
             [
-                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}}"),
+                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}} {{replica}}"),
             ],
             "short",
             min=0,

@@ -35,6 +35,12 @@ class ServiceState:
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     after_prediction: list[AfterPrediction] = field(default_factory=list)
 
+    @property
+    def ready(self) -> bool:
+        """Models loaded, verified and warmed up, and requests admitted: what /readyz answers (and what
+        service.cluster's health check reports to Ray Serve)."""
+        return self.admission is not None and self.engine.ready
+
 
 @dataclass(frozen=True)
 class ReadyService:
@@ -63,7 +69,7 @@ async def state_dependency(request: Request) -> ServiceState:
 async def get_ready_state(request: Request) -> ReadyService:
     """The ready state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
-    if state.admission is None or not state.engine.ready:
+    if not state.ready or state.admission is None:  # (the second test only narrows the type: ready implies it)
         raise NotReadyError(
             "the service is not ready: models are loading or the service is stopping",
             retry_after_s=NOT_READY_RETRY_AFTER_S,

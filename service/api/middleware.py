@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
 import uuid
 
@@ -25,6 +27,7 @@ access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is echoed into logs and headers: accept only short, plain tokens (no log injection).
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+SERVED_BY_HEADER = "X-Served-By"
 PREDICT_PATH = "/v1/predict"
 CLIENT_CLOSED_STATUS = 499
 
@@ -133,3 +136,29 @@ def _content_length(headers: Headers) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def process_id() -> str:
+    """`host:pid`: which process answered, when one `python -m service` per host serves."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ServedByMiddleware:
+    """Adds `X-Served-By` to every answer: `app.state.served_by`, read per request so that a host that
+    runs the app elsewhere (service.cluster: a Ray Serve replica) can put its own id there after building it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        served_by = str(scope["app"].state.served_by)
+
+        async def send_with_server(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[SERVED_BY_HEADER] = served_by
+            await send(message)
+
+        await self.app(scope, receive, send_with_server)
