@@ -62,6 +62,7 @@ def service_env(models_dir: Path) -> dict[str, str]:
         BRIDGENET_DEFAULT_MODEL="fake",
         BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_INTRA_OP_THREADS="1",
+        BRIDGENET_DATA_DIR=str(models_dir / "service-data"),  # the audit trail, never in the working directory
         PYTHONPATH=str(REPO),
     )
     return env
