@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a BridgeNet model"),
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export", "export a trained run to ONNX + manifest"),
+    "calibrate": ("training.recalibrate", "re-calibrate an exported model's thresholds on good parts (no torch)"),
 }
 
 

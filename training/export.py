@@ -25,6 +25,7 @@ import torch
 from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
 from training.runs import Run, load_run
+from training.thresholds import calibration_fields
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, flo
             "n_parts": cal["n_parts"],
         },
         "score_stats": cal["score_stats"],
+        **calibration_fields(cal),
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": {k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)},

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import MODEL_FILE, Manifest, load_model_dir
+from service.manifest import MODEL_FILE, Manifest, ManifestError, load_model_dir
 from service.preprocessing import PreprocessConfig, preprocess_part
 
 
@@ -42,7 +42,10 @@ def load_exported(folder: Path | str, *, threads: int = 0) -> ExportedModel:
     if not path.is_file():
         # load_model_dir names the missing file; it needs the session's metadata, so check first.
         load_model_dir(folder, {})
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise ManifestError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from exc
     manifest = load_model_dir(folder, session.get_modelmeta().custom_metadata_map)
     return ExportedModel(folder, manifest, session, PreprocessConfig.from_dict(manifest.preprocessing))
 

@@ -32,6 +32,7 @@ METHODS: tuple[Method, ...] = (
 DEFAULT_METHOD: Method = "normal_tolerance"
 DEFAULT_CONFIDENCE = 0.95  # one-sided confidence of the quantile bound
 INTERVAL = 0.90  # two-sided coverage of the reported false-reject-rate interval
+PIXEL_RATE = 0.01  # target share of good parts that show any region above the pixel threshold
 _BOOTSTRAP = 2000
 _EPS = 1e-6  # scores are clipped to [eps, 1 − eps] before the logit
 
@@ -285,3 +286,80 @@ def pixel_quantile(maps: np.ndarray, quantile: float = 0.999) -> float:
     if not np.isfinite(m).all():
         raise CalibrationInputError("non-finite values in the good parts' maps")
     return float(np.quantile(m, quantile))
+
+
+def score_stats(scores: np.ndarray) -> dict[str, float]:
+    """Summary of good parts' scores: stored in the manifest so drift can be spotted in production."""
+    s = np.asarray(scores, dtype=np.float64)
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "p50": float(np.percentile(s, 50)),
+        "p95": float(np.percentile(s, 95)),
+        "p99": float(np.percentile(s, 99)),
+    }
+
+
+def calibrate_scores(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    *,
+    rate: float = 0.01,
+    method: Method = DEFAULT_METHOD,
+    pixel_rate: float | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    source: str,
+    anomaly_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Image and pixel thresholds from good parts' scores (N,) and anomaly maps (N, H, W).
+
+    The returned dict is `calibration.json`: `threshold`, `method`, `target_false_reject_rate`, `n_parts`,
+    `score_stats` (as before), plus the estimate's `confidence`, `inputs`, `expected_false_reject_rate`,
+    `false_reject_rate_interval`, `distribution_free_upper_bound`, `source`, the old method's threshold
+    for reference (`empirical_threshold`) and the pixel threshold (`pixel_threshold`, `pixel`): the same
+    method on the per-part map maxima, so about `pixel_rate` (default `PIXEL_RATE`) of good parts show a
+    region at all.
+    """
+    s = _check(scores, "good scores", 1)
+    if np.asarray(maps).shape[0] != s.size:
+        raise CalibrationInputError(f"{s.size} scores but {np.asarray(maps).shape[0]} maps")
+    image = estimate(method, s, rate, confidence, anomaly_scores=anomaly_scores)
+    maxima = map_maxima(maps)
+    if not np.isfinite(maxima).all():
+        raise CalibrationInputError("non-finite values in the good parts' maps")
+    p_rate = PIXEL_RATE if pixel_rate is None else pixel_rate
+    pixel_method: Method = "normal_prediction" if method == "synthetic_margin" else method
+    pixel = estimate(pixel_method, maxima, p_rate, confidence)
+    record = image.to_dict()
+    record.pop("n_parts")
+    return {
+        "threshold": image.threshold,
+        "method": image.method,
+        "target_false_reject_rate": rate,
+        "n_parts": int(s.size),
+        "score_stats": score_stats(s),
+        **{k: v for k, v in record.items() if k not in ("threshold", "method", "target_false_reject_rate")},
+        "source": source,
+        "empirical_threshold": empirical(s, rate).threshold,
+        "pixel_threshold": pixel.threshold,
+        "pixel": {
+            "method": f"{pixel.method} on the per-part maxima of the good parts' maps",
+            "target_share_of_good_parts_with_a_region": p_rate,
+            "inputs": pixel.inputs,
+            "expected_share_of_good_parts_with_a_region": pixel.expected_false_reject_rate,
+            "interval": list(pixel.false_reject_rate_interval),
+        },
+    }
+
+
+def calibration_fields(cal: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's schema-2 `calibration` and `pixel_threshold` from a `calibration.json`; empty for a
+    run calibrated before they existed (its manifest then looks like a schema-1 one)."""
+    if "expected_false_reject_rate" not in cal:
+        return {}
+    keys = ("method", "source", "n_parts", "target_false_reject_rate", "confidence", "inputs",
+            "expected_false_reject_rate", "false_reject_rate_interval", "distribution_free_upper_bound", "pixel")  # fmt: skip
+    return {"calibration": {k: cal[k] for k in keys if k in cal}, "pixel_threshold": cal.get("pixel_threshold")}

@@ -14,6 +14,7 @@ from service.manifest import (
     MANIFEST_FILE,
     METADATA_KEY,
     MODEL_FILE,
+    SCHEMA_VERSION,
     Manifest,
     ManifestError,
     load_model_dir,
@@ -95,7 +96,7 @@ def refused(folder: Path, embedded: dict[str, str]) -> str:
 
 def test_valid_manifest_fields() -> None:
     m = Manifest.model_validate(manifest_data())
-    assert m.schema_version == 1 and m.threshold.value == 0.1 + 0.2
+    assert m.schema_version == SCHEMA_VERSION and m.threshold.value == 0.1 + 0.2
     assert m.created.utcoffset() is not None and m.created.hour == 12
     assert m.preprocessing["version"] == PREPROCESSING_VERSION
     with pytest.raises(ValueError, match="frozen"):
@@ -110,9 +111,39 @@ def test_unknown_fields_refused_at_every_level() -> None:
 
 
 def test_newer_schema_version_refused_with_its_own_message() -> None:
-    message = invalid(manifest_data(schema_version=2, new_field=1))
-    assert "schema_version 2 is not supported" in message and "schema 1" in message
+    message = invalid(manifest_data(schema_version=99, new_field=1))
+    assert "schema_version 99 is not supported" in message and "schema 1, 2" in message
     assert "new_field" not in message
+
+
+def test_schema_1_manifest_loads_without_the_schema_2_fields() -> None:
+    m = Manifest.model_validate(manifest_data(schema_version=1))
+    assert m.calibration is None and m.pixel_threshold is None and m.min_defect_area_mm2 is None and m.history == []
+
+
+def test_schema_2_calibration_fields() -> None:
+    calibration = {
+        "method": "normal_prediction",
+        "source": "validation split",
+        "n_parts": 12,
+        "target_false_reject_rate": 0.01,
+        "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
+        "expected_false_reject_rate": 0.004,
+        "false_reject_rate_interval": [0.0005, 0.02],
+        "distribution_free_upper_bound": 0.22,
+        "pixel": {"method": "normal_prediction on map maxima"},
+    }
+    history = [{"version": "1", "created": "2026-01-01T00:00:00Z", "onnx_sha256": "a" * 64, "threshold": 0.6,
+                "calibration_method": "validation_good_false_reject_rate"}]  # fmt: skip
+    m = Manifest.model_validate(
+        manifest_data(calibration=calibration, pixel_threshold=0.45, min_defect_area_mm2=2.5, history=history)
+    )
+    assert m.calibration is not None and m.calibration.false_reject_rate_interval == (0.0005, 0.02)
+    assert m.pixel_threshold == 0.45 and m.history[0].pixel_threshold is None
+    assert "min_defect_area_mm2" in invalid(manifest_data(min_defect_area_mm2=0))
+    assert "calibration.expected_false_reject_rate" in invalid(
+        manifest_data(calibration={**calibration, "expected_false_reject_rate": 2.0})
+    )
 
 
 def test_missing_and_mistyped_fields_named() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import runs
+from training import runs, thresholds
 from training.cli import main as cli
 from training.synth import generate
 
@@ -43,9 +43,10 @@ def test_train_writes_a_complete_run(trained: Path) -> None:
     assert report["selection"]["epoch"] in (1, 2)
     assert "test split is never read" in report["selection"]["criterion"]
     cal = report["calibration"]
-    assert cal["n_parts"] == 3 and cal["method"] == "validation_good_false_reject_rate"
-    # With 3 good parts, a 1% false-reject target allows no reject: the threshold is the highest good score.
-    assert cal["threshold"] == pytest.approx(cal["score_stats"]["max"])
+    assert cal["n_parts"] == 3 and cal["method"] == thresholds.DEFAULT_METHOD
+    # With 3 good parts the fitted bound lies above the highest good score (the old method stopped there).
+    assert cal["threshold"] > cal["score_stats"]["max"] == pytest.approx(cal["empirical_threshold"])
+    assert 0.0 < cal["pixel_threshold"] < 1.0 and cal["expected_false_reject_rate"] < 0.05
     history = (trained / "history.csv").read_text().splitlines()
     # Lite0's default: MGAG without its input level (training.config.MGAG_INPUT_DEFAULTS).
     assert len(history) == 3 and "focal" in history[0] and "bce_features" in history[0]
