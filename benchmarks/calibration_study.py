@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import thresholds  # noqa: E402
-from training.onnx_scoring import ExportedModel, load_exported, run_model  # noqa: E402
+from training import thresholds
+from training.onnx_scoring import ExportedModel, load_exported, run_model
 
 
 def _score_arrays(model: ExportedModel, rgb: np.ndarray, depth: np.ndarray, batch: int = 8) -> tuple:
@@ -115,12 +115,18 @@ def compare_one(path: Path, rate: float, confidence: float) -> dict[str, Any]:
     for method in thresholds.METHODS:
         est = thresholds.estimate(method, val, rate, confidence, anomaly_scores=syn)
         result["image"][method] = {"estimate": est.to_dict(), "test": _rates(test, defects, est.threshold)}
+    good = defects == "good"
+    # What no calibration can beat: the threshold that rejects 2 % of the good test parts themselves.
+    oracle = float(np.quantile(test[good], 0.98, method="inverted_cdf"))
+    result["image"]["test oracle (2 % of test good)"] = {"estimate": None, "test": _rates(test, defects, oracle)}
     maxima = thresholds.map_maxima(d["val_maps"])
     candidates = {
         "image threshold on the map (before)": result["image"]["empirical"]["estimate"]["threshold"],
         "pooled good pixels, 0.999 quantile": thresholds.pixel_quantile(d["val_maps"], 0.999),
         "max of good maps (empirical)": thresholds.empirical(maxima, rate).threshold,
-        "max of good maps, normal tolerance": thresholds.normal_tolerance(maxima, rate, confidence).threshold,
+        "max of good maps, normal prediction 1 %": thresholds.normal_prediction(maxima, 0.01).threshold,
+        "max of good maps, normal prediction 5 %": thresholds.normal_prediction(maxima, 0.05).threshold,
+        "max of good maps, normal tolerance 1 %": thresholds.normal_tolerance(maxima, rate, confidence).threshold,
     }
     for label, t in candidates.items():
         result["pixel"][label] = _pixel_rates(d["test_maps"], d["test_gt"], defects, t)
@@ -135,17 +141,22 @@ def _print(result: dict[str, Any]) -> None:
     print("|---|---|---|---|---|" + "---|" * len(per))
     for method, r in result["image"].items():
         e, t = r["estimate"], r["test"]
-        lo, hi = e["false_reject_rate_interval"]
-        print(f"| {method} | {t['threshold']:.4f} | {e['expected_false_reject_rate']:.2%} [{lo:.2%}, {hi:.2%}] | "
+        lo, hi = e["false_reject_rate_interval"] if e else (np.nan, np.nan)
+        expected = e["expected_false_reject_rate"] if e else np.nan
+        print(f"| {method} | {t['threshold']:.4f} | {expected:.2%} [{lo:.2%}, {hi:.2%}] | "
               f"{t['frr']:.1%} ({t['false_rejects']}/{t['n_good']}, ≤{t['frr_upper95']:.1%}) | {t['detection']:.1%} | "
               + " | ".join(f"{t['per_defect'][k]:.0%}" for k in per) + " |")  # fmt: skip
-    print("\n| pixel threshold | value | good parts with a region | defective parts with a region on the defect "
-          "| good-pixel FPR | defect-pixel recall | median area (defective) | median gt area |")
+    print(
+        "\n| pixel threshold | value | good parts with a region | defective parts with a region on the defect "
+        "| good-pixel FPR | defect-pixel recall | median area (defective) | median gt area |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for label, p in result["pixel"].items():
-        print(f"| {label} | {p['pixel_threshold']:.4f} | {p['good_parts_with_region']:.1%} | "
-              f"{p['defective_parts_region_on_defect']:.1%} | {p['good_pixel_fpr']:.4%} | {p['defect_pixel_recall']:.1%} | "
-              f"{p['median_area_fraction_defective']:.3%} | {p['median_gt_fraction_defective']:.3%} |")  # fmt: skip
+        cells = [f"{p['pixel_threshold']:.4f}", f"{p['good_parts_with_region']:.1%}",
+                 f"{p['defective_parts_region_on_defect']:.1%}", f"{p['good_pixel_fpr']:.4%}",
+                 f"{p['defect_pixel_recall']:.1%}", f"{p['median_area_fraction_defective']:.3%}",
+                 f"{p['median_gt_fraction_defective']:.3%}"]  # fmt: skip
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -102,9 +102,7 @@ def pixel_areas(xyz: np.ndarray) -> np.ndarray:
     valid = _valid_points(xyz)
     p = np.where(valid[..., None], xyz.astype(np.float64), np.nan)
     a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]  # cell corners: a b / c d
-    cell = 0.5 * (
-        np.linalg.norm(np.cross(b - a, d - a), axis=-1) + np.linalg.norm(np.cross(d - a, c - a), axis=-1)
-    )
+    cell = 0.5 * (np.linalg.norm(np.cross(b - a, d - a), axis=-1) + np.linalg.norm(np.cross(d - a, c - a), axis=-1))
     finite = np.isfinite(cell)
     if finite.any():
         typical = float(np.median(cell[finite]))
@@ -160,9 +158,7 @@ def find_regions(
                 measured = float(known.mean())
                 area_mm2 = float(foot[known].mean() * idx.size)
         x, y, w, h = (int(v) for v in boxes[k, :4])
-        regions.append(
-            Region(x, y, w, h, int(idx.size), area_mm2, measured, float(values.max()), float(values.mean()))
-        )
+        regions.append(Region(x, y, w, h, int(idx.size), area_mm2, measured, float(values.max()), float(values.mean())))
     regions.sort(key=lambda r: -r.max_score)
     known_areas = [r.area_mm2 for r in regions if r.area_mm2 is not None]
     return RegionReport(
@@ -178,7 +174,11 @@ def find_regions(
 def check_finite(score: float, threshold: float, regions: Sequence[Region] = ()) -> None:
     """Raise NonFiniteError unless the score, the threshold and every region's scores are finite."""
     bad = [name for name, v in (("score", score), ("threshold", threshold)) if not math.isfinite(v)]
-    bad += [f"regions[{i}]" for i, r in enumerate(regions) if not (math.isfinite(r.max_score) and math.isfinite(r.mean_score))]  # fmt: skip
+    bad += [
+        f"regions[{i}]"
+        for i, r in enumerate(regions)
+        if not (math.isfinite(r.max_score) and math.isfinite(r.mean_score))
+    ]
     if bad:
         raise NonFiniteError(f"non-finite {', '.join(bad)} (score {score}, threshold {threshold}): no verdict")
 

@@ -67,7 +67,9 @@ def verdict_rates(scores: np.ndarray, defects: list[str], threshold: float) -> d
         "test_detection_rate": float(flagged[~good].mean()) if (~good).any() else None,
         "test_detections": int(flagged[~good].sum()),
         "test_defective_parts": int((~good).sum()),
-        "test_detection_rate_per_defect": {d: float(flagged[kinds == d].mean()) for d in sorted(set(defects) - {"good"})},
+        "test_detection_rate_per_defect": {
+            d: float(flagged[kinds == d].mean()) for d in sorted(set(defects) - {"good"})
+        },
     }
 
 

@@ -53,11 +53,14 @@ def load_exported(folder: Path | str, *, threads: int = 0) -> ExportedModel:
 def run_model(model: ExportedModel, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed inputs (N, 3, S, S) float32 → scores (N,) and maps (N, S, S), both checked finite."""
     scores, maps = model.session.run(
-        ["scores", "maps"], {"rgb": np.ascontiguousarray(rgb, np.float32), "depth": np.ascontiguousarray(depth, np.float32)}
+        ["scores", "maps"],
+        {"rgb": np.ascontiguousarray(rgb, np.float32), "depth": np.ascontiguousarray(depth, np.float32)},
     )
     n, size = rgb.shape[0], model.manifest.image_size
     if scores.shape != (n,) or maps.shape != (n, size, size):
-        raise ModelOutputError(f"model outputs scores {scores.shape}, maps {maps.shape}; expected ({n},), ({n}, {size}, {size})")
+        raise ModelOutputError(
+            f"model outputs scores {scores.shape}, maps {maps.shape}; expected ({n},), ({n}, {size}, {size})"
+        )
     if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
         raise ModelOutputError("the model returned a non-finite score or map value (NaN or inf)")
     return scores.astype(np.float32), maps.astype(np.float32)

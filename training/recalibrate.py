@@ -40,7 +40,14 @@ from service.manifest import (
 from service.preprocessing import PreprocessingError
 from training.data import GOOD, DatasetError, Sample, discover_folder, load_sample
 from training.onnx_scoring import ExportedModel, ModelOutputError, load_exported, score_part
-from training.thresholds import METHODS, CalibrationInputError, Method, calibrate_scores, calibration_fields
+from training.thresholds import (
+    DEFAULT_METHOD,
+    METHODS,
+    CalibrationInputError,
+    Method,
+    calibrate_scores,
+    calibration_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,7 @@ def score_folder(model: ExportedModel, samples: list[Sample], *, progress: bool)
 
 
 def next_version(manifest: Manifest) -> str:
-    """"3" after "2"; "v1-cal2" after "v1" with one earlier calibration."""
+    """The version after `manifest.version`: 3 after 2; v1-cal2 after v1 with one earlier calibration."""
     old = manifest.version
     return str(int(old) + 1) if old.isdigit() else f"{old}-cal{len(manifest.history) + 1}"
 
@@ -94,7 +101,8 @@ def new_manifest(
     old: Manifest, old_sha256: str, calibration: dict[str, Any], version: str, min_area: float | None, note: str
 ) -> Manifest:
     data = old.model_dump(mode="json")
-    history = data.get("history", []) + [
+    history = [
+        *data.get("history", []),
         {
             "version": old.version,
             "created": data["created"],
@@ -103,7 +111,7 @@ def new_manifest(
             "pixel_threshold": old.pixel_threshold,
             "calibration_method": old.threshold.method,
             "note": note,
-        }
+        },
     ]
     data.update(
         schema_version=SCHEMA_VERSION,
@@ -172,7 +180,8 @@ def calibrate_model(
         raise CalibrateError(f"{len(samples)} good part(s) in {good}; a calibration needs at least {MIN_PARTS}")
     scores, maps = score_folder(model, samples, progress=progress)
     old_calibration = model.manifest.calibration
-    chosen: Method = method or (old_calibration.method if old_calibration and old_calibration.method in METHODS else "normal_prediction")  # type: ignore[assignment]  # fmt: skip
+    previous = old_calibration.method if old_calibration is not None else None
+    chosen: Method = next((m for m in METHODS if m == previous), DEFAULT_METHOD) if method is None else method
     if chosen == "synthetic_margin":
         raise CalibrateError("synthetic_margin needs a training run's synthetic anomalies; choose another --method")
     try:
@@ -204,10 +213,10 @@ def calibrate_model(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="exported model folder (models/NAME)")
     p.add_argument("--good", required=True, type=Path,
-                   help="good parts: a folder with rgb/ + xyz/, or an MVTec-layout split folder with good/")  # fmt: skip
+                   help="good parts: rgb/ + xyz/ folders, or an MVTec-layout split folder with good/")  # fmt: skip
     p.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default: 0.01)")
     p.add_argument("--method", choices=[m for m in METHODS if m != "synthetic_margin"], default=None,
-                   help="threshold method (default: the model's, else normal_prediction)")  # fmt: skip
+                   help="threshold method (default: the model's, else the default method)")  # fmt: skip
     p.add_argument("--version", default=None, help="new version string (default: the old one + 1)")
     p.add_argument("--min-defect-area-mm2", type=float, default=None,
                    help="also set the area rule: NG only with a region at least this large (mm²)")  # fmt: skip

@@ -360,6 +360,16 @@ def calibration_fields(cal: dict[str, Any]) -> dict[str, Any]:
     run calibrated before they existed (its manifest then looks like a schema-1 one)."""
     if "expected_false_reject_rate" not in cal:
         return {}
-    keys = ("method", "source", "n_parts", "target_false_reject_rate", "confidence", "inputs",
-            "expected_false_reject_rate", "false_reject_rate_interval", "distribution_free_upper_bound", "pixel")  # fmt: skip
+    keys = (
+        "method",
+        "source",
+        "n_parts",
+        "target_false_reject_rate",
+        "confidence",
+        "inputs",
+        "expected_false_reject_rate",
+        "false_reject_rate_interval",
+        "distribution_free_upper_bound",
+        "pixel",
+    )
     return {"calibration": {k: cal[k] for k in keys if k in cal}, "pixel_threshold": cal.get("pixel_threshold")}
