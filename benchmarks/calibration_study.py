@@ -72,6 +72,9 @@ def dump(args: argparse.Namespace) -> int:
     return 0
 
 
+RESAMPLED_LARGE = 50  # a calibration on good parts from the line: more than a validation split holds
+
+
 def _rates(scores: np.ndarray, defects: np.ndarray, t: float) -> dict[str, Any]:
     good = defects == "good"
     flagged = scores > t
@@ -107,6 +110,26 @@ def _pixel_rates(maps: np.ndarray, gt: np.ndarray, defects: np.ndarray, t: float
     }
 
 
+def resampled(val: np.ndarray, test: np.ndarray, defects: np.ndarray, method: str, rate: float, confidence: float,
+              n: int, rounds: int = 300) -> dict[str, float]:  # fmt: skip
+    """Calibrate on n parts drawn from all good parts (validation + test), measure on the rest: the spread
+    of what one calibration of that size does, not just the one split at hand."""
+    rng = np.random.default_rng(0)
+    pool = np.concatenate([val, test[defects == "good"]])
+    bad = test[defects != "good"]
+    frr, det = np.empty(rounds), np.empty(rounds)
+    for i in range(rounds):
+        order = rng.permutation(pool.size)
+        t = thresholds.estimate(method, pool[order[:n]], rate, confidence, seed=i).threshold  # type: ignore[arg-type]
+        frr[i], det[i] = (pool[order[n:]] > t).mean(), (bad > t).mean()
+    return {
+        "mean_frr": float(frr.mean()),
+        "p90_frr": float(np.quantile(frr, 0.9)),
+        "share_frr_above_2pct": float((frr > 0.02).mean()),
+        "mean_detection": float(det.mean()),
+    }
+
+
 def compare_one(path: Path, rate: float, confidence: float) -> dict[str, Any]:
     d = np.load(path)
     val, syn, test = d["val_scores"], d["synthetic_scores"], d["test_scores"]
@@ -115,6 +138,10 @@ def compare_one(path: Path, rate: float, confidence: float) -> dict[str, Any]:
     for method in thresholds.METHODS:
         est = thresholds.estimate(method, val, rate, confidence, anomaly_scores=syn)
         result["image"][method] = {"estimate": est.to_dict(), "test": _rates(test, defects, est.threshold)}
+        if method != "synthetic_margin":  # needs anomalies made from the calibration parts themselves
+            result["image"][method]["resampled"] = {
+                n: resampled(val, test, defects, method, rate, confidence, n) for n in (val.size, RESAMPLED_LARGE)
+            }
     good = defects == "good"
     # What no calibration can beat: the threshold that rejects 2 % of the good test parts themselves.
     oracle = float(np.quantile(test[good], 0.98, method="inverted_cdf"))
@@ -146,6 +173,14 @@ def _print(result: dict[str, Any]) -> None:
         print(f"| {method} | {t['threshold']:.4f} | {expected:.2%} [{lo:.2%}, {hi:.2%}] | "
               f"{t['frr']:.1%} ({t['false_rejects']}/{t['n_good']}, ≤{t['frr_upper95']:.1%}) | {t['detection']:.1%} | "
               + " | ".join(f"{t['per_defect'][k]:.0%}" for k in per) + " |")  # fmt: skip
+    print(f"\nResampled: n calibration parts drawn 300 times from all good parts, measured on the other good parts "
+          "and every defective part:\n")  # fmt: skip
+    print("| method | n | mean test FRR | 90th percentile FRR | calibrations with FRR > 2 % | mean detection |")
+    print("|---|---|---|---|---|---|")
+    for method, r in result["image"].items():
+        for n, q in r.get("resampled", {}).items():
+            print(f"| {method} | {n} | {q['mean_frr']:.2%} | {q['p90_frr']:.2%} | {q['share_frr_above_2pct']:.0%} | "
+                  f"{q['mean_detection']:.1%} |")  # fmt: skip
     print(
         "\n| pixel threshold | value | good parts with a region | defective parts with a region on the defect "
         "| good-pixel FPR | defect-pixel recall | median area (defective) | median gt area |"
