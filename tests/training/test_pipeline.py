@@ -87,8 +87,15 @@ def test_evaluate_writes_metrics_table_and_pictures(trained: Path, tmp_path: Pat
     assert result["threshold"]["calibrated"] == pytest.approx(
         json.loads((trained / "calibration.json").read_text())["threshold"]
     )
+    th = result["threshold"]
+    assert th["test_good_parts"] == 2 and th["test_defective_parts"] == 10
+    assert th["test_false_reject_rate"] == th["test_false_rejects"] / 2
+    assert set(th["test_detection_rate_per_defect"]) == {"dent", "bump", "stain", "crack", "hole"}
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert result["pixel_threshold"]["value"] == pytest.approx(cal["pixel_threshold"])
     table = out.with_suffix(".md").read_text()
     assert "| AUPRO@0.3 |" in table and "| puck |" in table
+    assert "| false rejects (good parts judged NG) |" in table and "| detection: dent |" in table
     figures = tmp_path / "metrics_figures"
     assert (figures / "score_histogram.png").stat().st_size > 1000
     assert len(list(figures.glob("*_*.png"))) >= 6
