@@ -95,8 +95,8 @@ def _rates(scores: np.ndarray, defects: np.ndarray, t: float) -> dict[str, Any]:
 def _pixel_rates(maps: np.ndarray, gt: np.ndarray, defects: np.ndarray, t: float) -> dict[str, float]:
     good = defects == "good"
     above = maps.astype(np.float32) > t
-    any_region = above.reshape(len(maps), -1).any(1)
-    hit = (above & gt).reshape(len(maps), -1).any(1)
+    any_region = np.asarray(above.reshape(len(maps), -1).any(1))
+    hit = np.asarray((above & gt).reshape(len(maps), -1).any(1))
     area = above.reshape(len(maps), -1).mean(1)
     gt_area = gt.reshape(len(maps), -1).mean(1)
     return {
