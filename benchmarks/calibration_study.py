@@ -173,7 +173,7 @@ def _print(result: dict[str, Any]) -> None:
         print(f"| {method} | {t['threshold']:.4f} | {expected:.2%} [{lo:.2%}, {hi:.2%}] | "
               f"{t['frr']:.1%} ({t['false_rejects']}/{t['n_good']}, ≤{t['frr_upper95']:.1%}) | {t['detection']:.1%} | "
               + " | ".join(f"{t['per_defect'][k]:.0%}" for k in per) + " |")  # fmt: skip
-    print(f"\nResampled: n calibration parts drawn 300 times from all good parts, measured on the other good parts "
+    print("\nResampled: n calibration parts drawn 300 times from all good parts, measured on the other good parts "
           "and every defective part:\n")  # fmt: skip
     print("| method | n | mean test FRR | 90th percentile FRR | calibrations with FRR > 2 % | mean detection |")
     print("|---|---|---|---|---|---|")
