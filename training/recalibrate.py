@@ -41,6 +41,7 @@ from service.preprocessing import PreprocessingError
 from training.data import GOOD, DatasetError, Sample, discover_folder, load_sample
 from training.onnx_scoring import ExportedModel, ModelOutputError, load_exported, score_part
 from training.thresholds import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     METHODS,
     CalibrationInputError,
@@ -160,11 +161,14 @@ def calibrate_model(
     *,
     target_frr: float = 0.01,
     method: Method | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
     version: str | None = None,
     min_defect_area_mm2: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score the good parts, recompute both thresholds, write the new version; returns a summary."""
+    if not (0.5 <= confidence < 1.0):
+        raise CalibrateError(f"--confidence must be in [0.5, 1), got {confidence}")
     if not (0.0 < target_frr < 0.5):
         raise CalibrateError(f"--target-frr must be in (0, 0.5), got {target_frr}")
     if min_defect_area_mm2 is not None and not min_defect_area_mm2 > 0:
@@ -186,7 +190,12 @@ def calibrate_model(
         raise CalibrateError("synthetic_margin needs a training run's synthetic anomalies; choose another --method")
     try:
         calibration = calibrate_scores(
-            scores, maps, rate=target_frr, method=chosen, source=f"{len(samples)} good parts in {good}"
+            scores,
+            maps,
+            rate=target_frr,
+            method=chosen,
+            confidence=confidence,
+            source=f"{len(samples)} good parts in {good}",
         )
     except CalibrationInputError as exc:
         raise CalibrateError(str(exc)) from exc
@@ -217,6 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default: 0.01)")
     p.add_argument("--method", choices=[m for m in METHODS if m != "synthetic_margin"], default=None,
                    help="threshold method (default: the model's, else the default method)")  # fmt: skip
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                   help="one-sided confidence of the tolerance methods' bound (default: %(default)s)")  # fmt: skip
     p.add_argument("--version", default=None, help="new version string (default: the old one + 1)")
     p.add_argument("--min-defect-area-mm2", type=float, default=None,
                    help="also set the area rule: NG only with a region at least this large (mm²)")  # fmt: skip
@@ -230,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             args.good,
             target_frr=args.target_frr,
             method=args.method,
+            confidence=args.confidence,
             version=args.version,
             min_defect_area_mm2=args.min_defect_area_mm2,
             progress=not args.no_progress,
