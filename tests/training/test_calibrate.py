@@ -225,3 +225,14 @@ def test_a_model_answering_nan_is_refused(tmp_path: Path, good_parts: Path, capl
     before = sha256_file(tmp_path / "nan" / MODEL_FILE)
     assert cli(["calibrate", "--model", str(tmp_path / "nan"), "--good", str(good_parts), "--no-progress"]) == 2
     assert "non-finite" in caplog.text and sha256_file(tmp_path / "nan" / MODEL_FILE) == before
+
+
+def test_synth_makes_a_larger_good_test_split_without_changing_the_first_parts(tmp_path: Path) -> None:
+    small = generate(tmp_path / "a", ["puck"], size=64, n_train=1, n_validation=1, n_test_per_defect=1, progress=False)
+    large = generate(tmp_path / "b", ["puck"], size=64, n_train=1, n_validation=1, n_test_per_defect=1,
+                     n_test_good=4, progress=False)  # fmt: skip
+    assert small.counts["puck"]["test/good"] == 1 and large.counts["puck"]["test/good"] == 4
+    assert large.counts["puck"]["test/dent"] == 1
+    good = "puck/test/good/xyz"
+    assert len(list((tmp_path / "b" / good).iterdir())) == 4
+    assert (tmp_path / "a" / good / "000.tiff").read_bytes() == (tmp_path / "b" / good / "000.tiff").read_bytes()
