@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +238,8 @@ def test_synth_makes_a_larger_good_test_split_without_changing_the_first_parts(t
     good = "puck/test/good/xyz"
     assert len(list((tmp_path / "b" / good).iterdir())) == 4
     assert (tmp_path / "a" / good / "000.tiff").read_bytes() == (tmp_path / "b" / good / "000.tiff").read_bytes()
+
+
+def test_calibrate_does_not_import_torch() -> None:
+    code = "import sys, training.recalibrate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
