@@ -40,7 +40,10 @@ from service.preprocessing import ConfigError, PreprocessConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2 added the optional `calibration`, `pixel_threshold`, `min_defect_area_mm2` and `history`; a
+# schema-1 manifest (none of them) still loads.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 METADATA_KEY = "bridgenet_manifest"
 MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
 MANIFEST_FILE = "manifest.json"
@@ -107,6 +110,35 @@ class ScoreStats(_Strict):
         return self
 
 
+class Calibration(_Strict):
+    """How the thresholds were calibrated and what they are expected to do (schema 2; optional)."""
+
+    method: str = Field(min_length=1, examples=["normal_prediction"])
+    source: str = Field(min_length=1, description="where the good parts came from")
+    n_parts: int = Field(ge=1)
+    target_false_reject_rate: float = Field(gt=0.0, lt=1.0)
+    confidence: float | None = Field(default=None, gt=0.0, lt=1.0)
+    inputs: dict[str, Any] = Field(description="the fit's inputs: n, mean, std, logit_mean, logit_std, ...")
+    expected_false_reject_rate: float = Field(ge=0.0, le=1.0, description="on unseen good parts, under the fit")
+    false_reject_rate_interval: tuple[float, float] = Field(description="90 % interval of that rate")
+    distribution_free_upper_bound: float = Field(
+        ge=0.0, le=1.0, description="one-sided 95 % bound on the rate from the calibration parts alone"
+    )
+    pixel: dict[str, Any] = Field(default_factory=dict, description="the pixel threshold's method and inputs")
+
+
+class HistoryEntry(_Strict):
+    """An earlier version of the same model folder (kept under `history/<version>/`)."""
+
+    version: str = Field(min_length=1)
+    created: AwareDatetime
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    threshold: float
+    pixel_threshold: float | None = None
+    calibration_method: str
+    note: str = ""
+
+
 class Manifest(_Strict):
     """Everything the service needs to know about one exported model, and how it was made."""
 
@@ -129,6 +161,15 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict, description="evaluation numbers, e.g. i_auroc")
     selection: str = Field(min_length=1, description="how the checkpoint was chosen")
     training: dict[str, Any] = Field(default_factory=dict, description="training settings: epochs, seed, ...")
+    # Schema 2, all optional so that schema-1 models load unchanged.
+    calibration: Calibration | None = None
+    pixel_threshold: float | None = Field(
+        default=None, description="anomaly-map value above which a pixel belongs to a defect region"
+    )
+    min_defect_area_mm2: float | None = Field(
+        default=None, gt=0.0, description="area rule: NG only with a region at least this large (None: off)"
+    )
+    history: list[HistoryEntry] = Field(default_factory=list, description="earlier versions, oldest first")
 
     @property
     def image_size(self) -> int:
@@ -139,10 +180,10 @@ class Manifest(_Strict):
     @classmethod
     def _known_schema(cls, data: Any) -> Any:
         # Checked before the fields, so a newer manifest gets this message, not a list of unknown fields.
-        if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(
                 f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
-                f"schema {SCHEMA_VERSION}; upgrade the service or re-export the model"
+                f"schema {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; upgrade the service or re-export the model"
             )
         if not isinstance(data, Mapping):
             return data  # pydantic names the type

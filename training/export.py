@@ -26,6 +26,7 @@ from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_
 from training import runs
 from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
+from training.thresholds import calibration_fields
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, flo
             "n_parts": cal["n_parts"],
         },
         "score_stats": cal["score_stats"],
+        **calibration_fields(cal),
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),
