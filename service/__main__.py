@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from fastapi import FastAPI
 
+from service.http_protocol import with_deadline
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -37,11 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_server(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Server:
     """The uvicorn server for `app`. On SIGTERM it stops accepting, lets in-flight requests finish (each
-    ends by request_timeout_s) for up to `timeout_graceful_shutdown`, then the lifespan stops the engine."""
+    ends by request_timeout_s) for up to `timeout_graceful_shutdown`, then the lifespan stops the engine.
+    Connections are bounded (`max_connections`; more are answered 503) and their request heads must arrive
+    within `header_timeout_s` (service.http_protocol)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=with_deadline(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
         log_config=None,  # keep our JSON handler on the root logger
         access_log=False,  # the request middleware logs every request with its id
         lifespan="on",

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     max_inflight: int = Field(default=2, ge=1, description="predictions running at once")
     max_queue: int = Field(default=16, ge=0, description="predictions waiting beyond those; more get 429")
     request_timeout_s: float = Field(default=10.0, gt=0, description="time limit of a prediction, seconds; then 503")
+    # Connections and deadlines (docs/DEPLOYMENT.md "Memory under load"): beyond `max_connections` open
+    # connections new requests are answered 503 by uvicorn; a request's headers must arrive within
+    # `header_timeout_s` of the connection (or of the previous answer) and its body within `body_timeout_s`
+    # of its headers, or the connection is closed (408 when the body is late).
+    max_connections: int = Field(default=100, ge=1, description="open connections at most; more are answered 503")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="time to send a request's headers, seconds")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
+    )
     # Micro-batching, off by default (size 1): on a CPU a batch costs about its size in time, so waiting
     # for company only adds latency; on a GPU, e.g. 8 parts and 2 ms of waiting raise throughput.
     batch_max_size: int = Field(default=1, ge=1, le=256, description="parts per session run; 1: no micro-batching")

@@ -15,6 +15,7 @@ from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers, refusal_codes
+from service.api.gate import AdmissionGate
 from service.api.inference import default_hooks
 from service.api.middleware import RequestMiddleware
 from service.api.routes_docs import docs_router
@@ -157,5 +158,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.include_router(metrics_router)
     app.include_router(results_router)
     mount_ui(app, settings)  # the review station at /ui (service.ui)
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
+    # Outermost last: RequestMiddleware (request id, body limits and deadline, access log, metrics) wraps the
+    # gate, which refuses or admits the predict paths from their headers before the body is read.
+    app.add_middleware(AdmissionGate, state=state, max_body_bytes=max_body_bytes(settings))
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes(settings),
+        body_timeout_s=settings.body_timeout_s,
+    )
     return app

@@ -47,6 +47,14 @@ class ReadyService:
     records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
 
 
+def not_ready_error() -> NotReadyError:
+    return NotReadyError(
+        "the service is not ready: models are loading, the default model or a worker is down, or the service "
+        "is stopping",
+        retry_after_s=NOT_READY_RETRY_AFTER_S,
+    )
+
+
 def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
@@ -64,10 +72,7 @@ async def get_ready_state(request: Request) -> ReadyService:
     """The ready state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
     if state.admission is None or not state.engine.ready:
-        raise NotReadyError(
-            "the service is not ready: models are loading or the service is stopping",
-            retry_after_s=NOT_READY_RETRY_AFTER_S,
-        )
+        raise not_ready_error()
     return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records)
 
 

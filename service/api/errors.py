@@ -84,6 +84,18 @@ class BodyTooLargeHTTPError(StarletteHTTPException):
         super().__init__(PayloadTooLargeError.status, f"the request body exceeds the limit of {limit:,} bytes")
 
 
+class BodyTimeoutHTTPError(StarletteHTTPException):
+    """Raised from inside body reading when the body did not arrive within the body deadline (408); the
+    connection is closed with the answer (what the client was still sending is not waited for)."""
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (body_timeout_s); {received:,} bytes came",
+            headers={"Connection": "close"},
+        )
+
+
 # Preprocessing refusals: the input is well-formed but unusable for this model (422).
 _PREPROCESSING_CODES: dict[type[PreprocessingError], str] = {
     NoForegroundError: "no_foreground",
@@ -98,6 +110,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     PayloadTooLargeError.status: PayloadTooLargeError.code,
     415: "unsupported_media_type",
 }

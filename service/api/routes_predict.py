@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
+from service.api.gate import admission_pass
 from service.api.inference import serve_prediction
 from service.api.schemas import ErrorResponse, PredictResponse
 from service.api.security import require_api_key
@@ -60,7 +61,8 @@ async def predict(
         model=model_name,
         return_map=return_map,
     )
-    served = await serve_prediction(state.admission, state.engine, state.after_prediction, upload, request)
+    admitted = admission_pass(http.scope)
+    served = await serve_prediction(state.admission, admitted, state.engine, state.after_prediction, upload, request)
     total_ms = (time.perf_counter() - received_at) * 1e3
     response = PredictResponse.from_result(
         served.result, part_id=part_id, request_id=request.request_id, queue_ms=served.queue_ms, total_ms=total_ms
