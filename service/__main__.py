@@ -20,6 +20,7 @@ log = logging.getLogger("service")
 
 # Extra seconds beyond request_timeout_s that SIGTERM waits for in-flight requests to finish.
 SHUTDOWN_MARGIN_S = 5.0
+EXIT_WORKER_DIED = 4  # a batching worker died: the orchestrator restarts the container (restart: policy)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,11 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid settings: %s", exc)
         return 2
     configure_logging(settings.log_level)
-    server = build_server(create_app(settings), settings, args.host, args.port)
+    app = create_app(settings)
+    server = build_server(app, settings, args.host, args.port)
+    state = app.state.service
+
+    def stop_for_restart(reason: str) -> None:  # a worker died: drain, then exit non-zero (see below)
+        server.should_exit = True
+
+    state.on_fatal = stop_for_restart
     server.run()
     if not server.started:
         log.error("the service did not start; see the start-up error above")
         return 1
+    if state.fatal is not None:
+        log.critical("exiting for a restart: %s", state.fatal)
+        return EXIT_WORKER_DIED
     return 0
 
 

@@ -21,7 +21,7 @@ ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
 # Values never echoed in error messages (keys, passwords inside URLs).
-_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
+_SECRET_FIELDS = ("api_key", "admin_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         default="development", description="development or production (production requires an API key)"
     )
     api_key: SecretStr | None = Field(default=None, description="the X-API-Key clients must send on /v1 routes")
+    admin_key: SecretStr | None = Field(
+        default=None, description="the X-Admin-Key of POST /v1/admin/reload; unset: reload by SIGHUP only"
+    )
     allow_anonymous: bool = Field(default=False, description="production without an API key, on purpose")
     log_level: str = Field(default="INFO", description=f"one of {', '.join(LOG_LEVELS)}")
 
@@ -181,7 +184,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
+    @field_validator(*_SECRET_FIELDS, mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -34,6 +36,12 @@ class ServiceState:
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     after_prediction: list[AfterPrediction] = field(default_factory=list)
+    # A dead worker (service.main.watch_workers): why, and how the process is told to stop (set by
+    # `python -m service`; tests leave it None and see /readyz 503).
+    fatal: str | None = None
+    on_fatal: Callable[[str], None] | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.codecs import CodecError
-from service.engine import BatcherClosedError, EngineError, UnknownModelError
+from service.engine import BatcherClosedError, EngineError, ModelUnavailableError, UnknownModelError, WorkerDeadError
 from service.logs import current_request
 from service.preprocessing import (
     ConfigError,
@@ -135,6 +135,10 @@ def describe(exc: Exception) -> ErrorInfo | None:
     if isinstance(exc, PreprocessingError) and not isinstance(exc, ConfigError):
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))
+    if isinstance(exc, WorkerDeadError):  # the process exits to be restarted: another replica / later
+        return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, ModelUnavailableError):  # its folder failed to load; a reload may bring it back
+        return ErrorInfo(503, "model_unavailable", str(exc), {"Retry-After": "30"})
     if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
         return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
     if isinstance(exc, RecordError):  # no answer without its record: the client retries (another replica)
@@ -175,7 +179,7 @@ def refusal_codes() -> list[str]:
     codec_errors: list[type[CodecError]] = [CodecError, *_subclasses(CodecError)]
     codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
     codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
-    codes |= {"not_ready", "unknown_model", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    codes |= {"not_ready", "unknown_model", "model_unavailable", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
     return sorted(codes)
 
 
