@@ -154,18 +154,22 @@ def describe(exc: Exception) -> ErrorInfo | None:
     return None
 
 
+_WHERE = {"body": "form field", "query": "query parameter", "header": "header", "path": "path parameter"}
+
+
 def _describe_validation(exc: RequestValidationError) -> ErrorInfo:
     """FastAPI's validation errors → one message naming every bad field, e.g. "form field 'xyz' is required"."""
     parts: list[str] = []
     missing = False
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        where = _WHERE.get(str((err.get("loc") or ("body",))[0]), "form field")
+        loc = [str(p) for p in err.get("loc", ()) if p not in _WHERE]
         name = ".".join(loc) or "request"
         if err.get("type") == "missing":
             missing = True
-            parts.append(f"form field {name!r} is required")
+            parts.append(f"{where} {name!r} is required")
         else:
-            parts.append(f"form field {name!r}: {err.get('msg', 'invalid value')}")
+            parts.append(f"{where} {name!r}: {err.get('msg', 'invalid value')}")
     return ErrorInfo(422, "missing_field" if missing else "invalid_field", "; ".join(parts) or "invalid request")
 
 
