@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness
+from pydantic import SecretStr
 
 from service.api.admission import Admission
 from service.api.deps import ServiceState
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             default_model=args.model,
             providers="cpu",
             intra_op_threads=1,
-            api_key=KEY,
+            api_key=SecretStr(KEY),
             data_dir=Path(data_dir),
         )
         engine = Engine(engine_options(settings))
