@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.codecs import CodecError
 from service.engine import BatcherClosedError, EngineError, ModelUnavailableError, UnknownModelError, WorkerDeadError
@@ -147,6 +148,8 @@ def describe(exc: Exception) -> ErrorInfo | None:
         return ErrorInfo(404, "unknown_model", str(exc))
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
+    if isinstance(exc, ClientDisconnect):  # never seen by the client; the middleware counts it as 499
+        return ErrorInfo(400, CLIENT_CLOSED_CODE, "the client disconnected while sending the request body")
     if isinstance(exc, StarletteHTTPException):
         # Keep the framework's headers: a 405 carries `Allow` with the methods the path accepts.
         headers = dict(exc.headers or {})
@@ -221,5 +224,6 @@ def install_error_handlers(app: FastAPI) -> None:
         RecordError,
         RequestValidationError,
         StarletteHTTPException,
+        ClientDisconnect,
     ):
         app.add_exception_handler(exc_type, _handle)
