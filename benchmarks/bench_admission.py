@@ -138,14 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet = harness.wait_for_quiet(args.wait_quiet, 900) if args.wait_quiet else None
-    result: dict[str, Any] = {
-        "benchmark": "admission_gate",
-        "command": harness.command_line("bench_admission.py"),
-        "machine": harness.machine(),
-        "quiet_wait": quiet,
-    }
+    result = harness.start_result("admission_gate", "bench_admission.py", args.wait_quiet)
     result.update(run(args))
     rows = [[name, s["median_ms"], s["p95_ms"], s["added_median_ms"], s["n"]] for name, s in result["variants"].items()]
     print(f"\nPOST /v1/predict scopes through the admission gate, {args.repeats} × {args.per_call} per variant")

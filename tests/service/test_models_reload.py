@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.service.fake_model import (
     tiff_bytes,
     write_fake_model,
 )
+from tests.service.test_api_admission import wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
 RGB, XYZ = make_part(seed=21)
@@ -44,13 +43,6 @@ def write_external_data_model(models_dir: Path, name: str) -> Path:
     onnx.save(model, str(folder / MODEL_FILE), save_as_external_data=True, location="weights.bin", size_threshold=0)
     write_manifest_json(fake_manifest(name), folder, sha256_file(folder / MODEL_FILE))
     return folder
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_the_hash_is_checked_before_onnx_runtime_sees_the_bytes_and_the_session_is_built_from_them(
@@ -133,13 +125,13 @@ def test_reload_loads_changes_and_drops_folders_while_requests_keep_succeeding(
         threads = [threading.Thread(target=hammer) for _ in range(3)]
         for t in threads:
             t.start()
-        wait_for(lambda: len(statuses) >= 3)  # requests are flowing before the folders change
+        wait_until(lambda: len(statuses) >= 3, timeout_s=20)  # requests are flowing before the folders change
         write_fake_model(tmp_path, "new")
         write_fake_model(tmp_path, "fake", version="2")  # changed in place
         shutil.rmtree(tmp_path / "old")
         reports = [client.post("/v1/admin/reload", headers={"X-Admin-Key": ADMIN}) for _ in range(2)]
         after_reload = len(statuses)
-        wait_for(lambda: len(statuses) >= after_reload + 3)  # and go on flowing after the swap
+        wait_until(lambda: len(statuses) >= after_reload + 3, timeout_s=20)  # and go on flowing after the swap
         stop.set()
         for t in threads:
             t.join(30)
