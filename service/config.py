@@ -21,7 +21,7 @@ ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
 # Values never echoed in error messages (keys, passwords inside URLs).
-_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
+_SECRET_FIELDS = ("api_key", "admin_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     max_inflight: int = Field(default=2, ge=1, description="predictions running at once")
     max_queue: int = Field(default=16, ge=0, description="predictions waiting beyond those; more get 429")
     request_timeout_s: float = Field(default=10.0, gt=0, description="time limit of a prediction, seconds; then 503")
+    # Connections and deadlines (docs/DEPLOYMENT.md "Memory under load"): beyond `max_connections` open
+    # connections new requests are answered 503 by uvicorn; a request's headers must arrive within
+    # `header_timeout_s` of the connection (or of the previous answer) and its body within `body_timeout_s`
+    # of its headers, or the connection is closed (408 when the body is late).
+    max_connections: int = Field(default=100, ge=1, description="open connections at most; more are answered 503")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="time to send a request's headers, seconds")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
+    )
     # Micro-batching, off by default (size 1): on a CPU a batch costs about its size in time, so waiting
     # for company only adds latency; on a GPU, e.g. 8 parts and 2 ms of waiting raise throughput.
     batch_max_size: int = Field(default=1, ge=1, le=256, description="parts per session run; 1: no micro-batching")
@@ -86,6 +95,9 @@ class Settings(BaseSettings):
         default="development", description="development or production (production requires an API key)"
     )
     api_key: SecretStr | None = Field(default=None, description="the X-API-Key clients must send on /v1 routes")
+    admin_key: SecretStr | None = Field(
+        default=None, description="the X-Admin-Key of POST /v1/admin/reload; unset: reload by SIGHUP only"
+    )
     allow_anonymous: bool = Field(default=False, description="production without an API key, on purpose")
     log_level: str = Field(default="INFO", description=f"one of {', '.join(LOG_LEVELS)}")
 
@@ -172,7 +184,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
+    @field_validator(*_SECRET_FIELDS, mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".

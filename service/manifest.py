@@ -319,7 +319,20 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
     an `onnx_sha256`; the model file's SHA-256 matches it; the manifest embedded in the ONNX metadata
     (`embedded`, the session's `custom_metadata_map`) equals the JSON one. Parsing the manifest loads its
     preprocessing config, which refuses a preprocessing version other than the one this code implements.
+    The service does the same in two steps around its own single read of the model file
+    (`verify_model_bytes` before ONNX Runtime sees the bytes, `check_embedded` after).
     """
+    folder = Path(model_dir)
+    onnx_path = folder / MODEL_FILE
+    if not onnx_path.is_file():
+        read_manifest_json(folder)  # names the missing folder or file the same way
+    manifest = verify_model_bytes(folder, onnx_path.read_bytes())
+    check_embedded(folder, manifest, embedded)
+    return manifest
+
+
+def read_manifest_json(model_dir: Path | str) -> tuple[Manifest, str]:
+    """The folder's `manifest.json` and the `onnx_sha256` it records; ManifestError naming the fault."""
     folder = Path(model_dir)
     onnx_path, json_path = folder / MODEL_FILE, folder / MANIFEST_FILE
     if not folder.is_dir():
@@ -331,20 +344,31 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
     recorded = data.pop("onnx_sha256", None)
     if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
         raise ManifestError(f"{json_path}: onnx_sha256 is {recorded!r}; expected 64 lowercase hex digits")
-    manifest = parse_manifest(data, str(json_path))
+    return parse_manifest(data, str(json_path)), recorded
 
-    actual = sha256_file(onnx_path)
+
+def verify_model_bytes(model_dir: Path | str, model_bytes: bytes) -> Manifest:
+    """The folder's manifest, once the SHA-256 of `model_bytes` (the model file, as read) matches the one
+    it records: nothing parses a model file that is not the one its manifest was written for."""
+    folder = Path(model_dir)
+    manifest, recorded = read_manifest_json(folder)
+    actual = hashlib.sha256(model_bytes).hexdigest()
     if actual != recorded:
         raise ManifestError(
-            f"{onnx_path} sha256 {actual[:12]}… does not match {json_path.name} ({recorded[:12]}…): "
+            f"{folder / MODEL_FILE} sha256 {actual[:12]}… does not match {MANIFEST_FILE} ({recorded[:12]}…): "
             "the file is corrupt or was replaced"
         )
+    log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
+    return manifest
+
+
+def check_embedded(model_dir: Path | str, manifest: Manifest, embedded: Mapping[str, str]) -> None:
+    """The manifest embedded in the ONNX metadata must equal the folder's JSON one."""
+    onnx_path = Path(model_dir) / MODEL_FILE
     inner = manifest_from_metadata(embedded, str(onnx_path))
     differing = _differences(manifest, inner)
     if differing:
         raise ManifestError(
-            f"the manifest embedded in {onnx_path} differs from {json_path} in {differing}: "
+            f"the manifest embedded in {onnx_path} differs from {MANIFEST_FILE} in {differing}: "
             "one of them was edited, or they come from different exports"
         )
-    log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
-    return manifest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -34,6 +36,12 @@ class ServiceState:
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     after_prediction: list[AfterPrediction] = field(default_factory=list)
+    # A dead worker (service.main.watch_workers): why, and how the process is told to stop (set by
+    # `python -m service`; tests leave it None and see /readyz 503).
+    fatal: str | None = None
+    on_fatal: Callable[[str], None] | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
 
     @property
     def ready(self) -> bool:
@@ -53,6 +61,14 @@ class ReadyService:
     records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
 
 
+def not_ready_error() -> NotReadyError:
+    return NotReadyError(
+        "the service is not ready: models are loading, the default model or a worker is down, or the service "
+        "is stopping",
+        retry_after_s=NOT_READY_RETRY_AFTER_S,
+    )
+
+
 def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
@@ -70,10 +86,7 @@ async def get_ready_state(request: Request) -> ReadyService:
     """The ready state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
     if not state.ready or state.admission is None:  # (the second test only narrows the type: ready implies it)
-        raise NotReadyError(
-            "the service is not ready: models are loading or the service is stopping",
-            retry_after_s=NOT_READY_RETRY_AFTER_S,
-        )
+        raise not_ready_error()
     return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records)
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.api.admission import Admission
+from service.api.admission import Admission, AdmissionPass
 from service.engine import Engine, PartUpload, PredictResult
 from service.logs import RequestContext
 from service.metrics import Metrics
@@ -60,11 +60,13 @@ def _predict(
 
 async def serve_prediction(
     admission: Admission,
+    admitted: AdmissionPass,
     engine: Engine,
     hooks: Sequence[AfterPrediction],
     upload: PartUpload,
     request: RequestContext,
 ) -> Served:
-    """Predict `upload` under `admission` and run `hooks` on the result. Raises the engine's errors (and the
-    codec and preprocessing refusals), QueueFullError and RequestTimeoutError."""
-    return await admission.run(_predict, engine, hooks, upload, request, time.perf_counter())
+    """Predict `upload` under `admission`, with the pass the request was admitted with (service.api.gate),
+    and run `hooks` on the result. Raises the engine's errors (and the codec and preprocessing refusals)
+    and RequestTimeoutError."""
+    return await admission.run(admitted, _predict, engine, hooks, upload, request, time.perf_counter())

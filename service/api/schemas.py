@@ -96,9 +96,27 @@ class ModelInfo(BaseModel):
     default: bool = Field(description="Whether requests without a `model` field go to this model.")
 
 
+class UnavailableModel(BaseModel):
+    name: str
+    reason: str = Field(description="Why its folder is not served (or, for a changed folder, not replaced).")
+
+
 class ModelsResponse(BaseModel):
     default_model: str
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = Field(
+        default_factory=list, description="Model folders that failed to load; requests naming them get 503."
+    )
+
+
+class ReloadResponse(BaseModel):
+    loaded: list[str] = Field(description="New model folders, now served.")
+    reloaded: list[str] = Field(description="Changed model folders, their new version now served.")
+    removed: list[str] = Field(description="Model folders gone, no longer served.")
+    unchanged: list[str]
+    kept: list[str] = Field(description="Changed folders that failed to load; their previous version is served.")
+    failed: dict[str, str] = Field(description="Model name → why its folder failed to load.")
+    models: list[str] = Field(description="The models served after the reload.")
 
 
 class HealthResponse(BaseModel):

@@ -7,8 +7,16 @@ package's public face; the contract is in docs/DESIGN.md, "The predict path".
 """
 
 from service.engine.batching import Batcher, BatchOutcome
-from service.engine.engine import Engine
-from service.engine.errors import BatcherClosedError, EngineError, InferenceError, ModelLoadError, UnknownModelError
+from service.engine.engine import Engine, ReloadReport
+from service.engine.errors import (
+    BatcherClosedError,
+    EngineError,
+    InferenceError,
+    ModelLoadError,
+    ModelUnavailableError,
+    UnknownModelError,
+    WorkerDeadError,
+)
 from service.engine.loading import CPU, CUDA, EngineOptions, LoadedModel, cuda_driver_present, session_providers
 from service.engine.result import EncodedMap, PartUpload, Prediction, PredictResult, ReturnMap, ThresholdSource
 
@@ -25,12 +33,15 @@ __all__ = [
     "InferenceError",
     "LoadedModel",
     "ModelLoadError",
+    "ModelUnavailableError",
     "PartUpload",
     "PredictResult",
     "Prediction",
+    "ReloadReport",
     "ReturnMap",
     "ThresholdSource",
     "UnknownModelError",
+    "WorkerDeadError",
     "cuda_driver_present",
     "session_providers",
 ]

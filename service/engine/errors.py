@@ -19,6 +19,10 @@ class UnknownModelError(EngineError):
     """The request names a model that is not loaded."""
 
 
+class ModelUnavailableError(EngineError):
+    """The request names a model whose folder is there but failed to load (the reason is in /v1/models)."""
+
+
 class InferenceError(EngineError):
     """The session run failed (ONNX Runtime raised, or answered the wrong number of outputs), with micro-batching
     on or off. Chained to the cause; with batching on, every part of the failed batch gets its own copy."""
@@ -26,3 +30,8 @@ class InferenceError(EngineError):
 
 class BatcherClosedError(EngineError):
     """A part arrived after the engine began stopping, or was still queued when stopping gave up."""
+
+
+class WorkerDeadError(InferenceError):
+    """A model's batching worker thread died: its parts fail at once, the engine is no longer ready, and the
+    service exits non-zero so that its orchestrator restarts it."""

@@ -26,6 +26,8 @@ EXPECTED_ALERTS = {
     "BridgeNetScoreDrift",
     "BridgeNetPushBacklog",
     "BridgeNetGpuMemoryHigh",
+    "BridgeNetModelUnavailable",
+    "BridgeNetStuckPrediction",
 }
 
 

@@ -79,6 +79,22 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
     return model
 
 
+def with_wide_scores(columns: int, declared: list[str | int | None] | None = None) -> onnx.ModelProto:
+    """The fake graph with `scores` of shape (batch, columns) instead of (batch,): a model the service must
+    refuse at load. `declared`: the output shape the graph claims (default: the real one)."""
+    model = build_graph()
+    graph = model.graph
+    scores = next(n for n in graph.node if n.output[0] == "scores")
+    scores.output[0] = "raw_scores"
+    graph.node.append(helper.make_node("Unsqueeze", ["raw_scores", "axis1"], ["column"]))
+    graph.node.append(helper.make_node("Concat", ["column"] * columns, ["scores"], axis=1))
+    graph.output.remove(next(o for o in graph.output if o.name == "scores"))
+    shape: list[str | int | None] = declared if declared is not None else ["batch", columns]
+    graph.output.insert(0, helper.make_tensor_value_info("scores", TensorProto.FLOAT, shape))
+    onnx.checker.check_model(model)
+    return model
+
+
 def fake_manifest(name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1") -> Manifest:
     """A manifest as training.export would write it, for the fake graph."""
     data: dict[str, Any] = {
