@@ -229,8 +229,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
                    help="one-sided confidence of the tolerance methods' bound (default: %(default)s)")  # fmt: skip
     p.add_argument("--version", default=None, help="new version string (default: the old one + 1)")
-    p.add_argument("--min-defect-area-mm2", type=float, default=None,
-                   help="also set the area rule: NG only with a region this large, mm² (default: as the manifest)")
+    p.add_argument(
+        "--min-defect-area-mm2",
+        type=float,
+        default=None,
+        help="also set the area rule: NG only with a region this large, mm² (default: as the manifest)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -14,12 +14,15 @@ distribution-free upper bound that the calibration parts alone support.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
+
+log = logging.getLogger(__name__)
 
 Method = Literal["empirical", "normal_prediction", "normal_tolerance", "gumbel_tolerance", "synthetic_margin"]
 METHODS: tuple[Method, ...] = (
@@ -39,6 +42,7 @@ INTERVAL = 0.90  # two-sided coverage of the reported false-reject-rate interval
 PIXEL_RATE = 0.05
 PIXEL_METHOD: Method = "normal_prediction"
 _BOOTSTRAP = 2000
+MIN_PARTS_FOR_A_FIT = 3  # the parametric and tail methods need a spread to fit
 _EPS = 1e-6  # scores are clipped to [eps, 1 − eps] before the logit
 
 
@@ -331,12 +335,20 @@ def calibrate_scores(
     s = _check(scores, "good scores", 1)
     if np.asarray(maps).shape[0] != s.size:
         raise CalibrationInputError(f"{s.size} scores but {np.asarray(maps).shape[0]} maps")
+    fallback = None
+    if s.size < MIN_PARTS_FOR_A_FIT and method != "empirical":
+        # A run with one or two good validation parts must still finish with a threshold: the largest good
+        # score, flagged, rather than an error after hours of training. Recalibrate on more parts later.
+        fallback = f"{s.size} good part(s): too few for {method!r} (needs {MIN_PARTS_FOR_A_FIT}); used 'empirical'"
+        log.warning("calibration: %s", fallback)
+        method = "empirical"
     image = estimate(method, s, rate, confidence, anomaly_scores=anomaly_scores)
     maxima = map_maxima(maps)
     if not np.isfinite(maxima).all():
         raise CalibrationInputError("non-finite values in the good parts' maps")
     p_rate = PIXEL_RATE if pixel_rate is None else pixel_rate
-    pixel = estimate(PIXEL_METHOD, maxima, p_rate, confidence)
+    pixel_method: Method = PIXEL_METHOD if s.size >= MIN_PARTS_FOR_A_FIT else "empirical"
+    pixel = estimate(pixel_method, maxima, p_rate, confidence)
     record = image.to_dict()
     record.pop("n_parts")
     return {
@@ -347,6 +359,7 @@ def calibrate_scores(
         "score_stats": score_stats(s),
         **{k: v for k, v in record.items() if k not in ("threshold", "method", "target_false_reject_rate")},
         "source": source,
+        "fallback": fallback,
         "empirical_threshold": empirical(s, rate).threshold,
         "pixel_threshold": pixel.threshold,
         "pixel": {

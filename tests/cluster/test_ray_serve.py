@@ -134,10 +134,10 @@ def test_a_model_that_fails_to_load_fails_the_start_with_the_reason(head: RayHea
     )  # fmt: skip
     try:
         assert result.returncode == 1, result.stderr[-3000:]
-        assert "is not a loadable ONNX model" in result.stderr
+        assert "default model 'broken' cannot be served" in result.stderr
         status = serve_status(head)["broken"]
         assert status["status"] == "DEPLOY_FAILED"
-        assert "is not a loadable ONNX model" in status["deployments"]["inspection"]["message"]
+        assert "default model 'broken' cannot be served" in status["deployments"]["inspection"]["message"]
     finally:
         head.cli("--name", "broken", "--delete")
 

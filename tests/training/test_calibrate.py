@@ -243,3 +243,14 @@ def test_synth_makes_a_larger_good_test_split_without_changing_the_first_parts(t
 def test_calibrate_does_not_import_torch() -> None:
     code = "import sys, training.recalibrate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_too_few_good_parts_fall_back_to_the_largest_score_and_say_so() -> None:
+    """A run with two validation parts still ends with a threshold (the training must not be lost)."""
+    scores = np.array([0.31, 0.42])
+    maps = np.stack([np.full((8, 8), 0.2), np.full((8, 8), 0.3)])
+    out = thresholds.calibrate_scores(scores, maps, method="normal_tolerance", source="validation")
+    assert out["method"] == "empirical" and out["threshold"] == pytest.approx(0.42)
+    assert "too few" in out["fallback"] and out["n_parts"] == 2
+    enough = thresholds.calibrate_scores(np.array([0.31, 0.42, 0.37, 0.35]), np.stack([maps[0]] * 4), source="v")
+    assert enough["fallback"] is None and enough["method"] == thresholds.DEFAULT_METHOD
