@@ -66,7 +66,9 @@ def decision_from_answer(
         defect_area_fraction=float(answer.get("defect_area_fraction", 0.0)),
         provider=str(answer["provider"]),
         timings_ms=timings,
-        decision_rule=str((answer.get("decision") or {}).get("rule") or answer.get("decision_rule") or DEFAULT_DECISION_RULE),
+        decision_rule=str(
+            (answer.get("decision") or {}).get("rule") or answer.get("decision_rule") or DEFAULT_DECISION_RULE
+        ),
         regions=tuple(answer.get("regions") or ()),
         client=client,
     )
