@@ -174,18 +174,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"model names must be distinct, got {value}")
         return value
 
-    @field_validator("threshold_overrides", mode="before")
+    @field_validator("threshold_overrides", "min_defect_area_mm2", mode="before")
     @classmethod
-    def _parse_overrides(cls, value: Any) -> Any:
+    def _parse_model_maps(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
-            return _json(value, "threshold_overrides", 'a JSON object such as {"bagel": 0.73}')
-        return value
-
-    @field_validator("min_defect_area_mm2", mode="before")
-    @classmethod
-    def _parse_min_areas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _json(value, "min_defect_area_mm2", 'a JSON object such as {"bagel": 2.5}')
+            example = {"threshold_overrides": 0.73, "min_defect_area_mm2": 2.5}[info.field_name or ""]
+            return _json(value, info.field_name or "", f'a JSON object such as {{"bagel": {example}}}')
         return value
 
     @field_validator("min_defect_area_mm2")

@@ -59,10 +59,17 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
             helper.make_node("Add", ["raw_scores", "picked"], ["scores"]),
         ]
         initializers.append(helper.make_tensor("one_zero", TensorProto.FLOAT, [1], [0.0]))
+    return bridgenet_model(nodes, initializers, size, "fake_bridgenet")
+
+
+def bridgenet_model(
+    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], size: int, name: str
+) -> onnx.ModelProto:
+    """A checked model with the real model's inputs (rgb, depth) and outputs (scores, maps) around `nodes`."""
     image: list[str | int | None] = ["batch", 3, size, size]
     graph = helper.make_graph(
         nodes,
-        "fake_bridgenet",
+        name,
         inputs=[
             helper.make_tensor_value_info("rgb", TensorProto.FLOAT, image),
             helper.make_tensor_value_info("depth", TensorProto.FLOAT, image),
@@ -122,35 +129,19 @@ def with_hot_spot(rows: slice, cols: slice, hot: float = 0.95, cold: float = 0.1
     resolution); score = max of the map. A defect region at a known place, whatever the part looks like."""
     pattern = np.full((size, size), cold, np.float32)
     pattern[rows, cols] = hot
-    image: list[str | int | None] = ["batch", 3, size, size]
     nodes = [
         helper.make_node("ReduceMean", ["rgb", "axis1"], ["rgb_mean"], keepdims=0),  # (batch, S, S)
         helper.make_node("Mul", ["rgb_mean", "zero"], ["zeros"]),
         helper.make_node("Add", ["zeros", "pattern"], ["maps"]),
         helper.make_node("ReduceMax", ["maps", "axes12"], ["scores"], keepdims=0),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "fake_hot_spot",
-        inputs=[
-            helper.make_tensor_value_info("rgb", TensorProto.FLOAT, image),
-            helper.make_tensor_value_info("depth", TensorProto.FLOAT, image),
-        ],
-        outputs=[
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"]),
-            helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["batch", size, size]),
-        ],
-        initializer=[
-            helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
-            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-            helper.make_tensor("pattern", TensorProto.FLOAT, [size, size], pattern.ravel().tolist()),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
+    initializers = [
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("pattern", TensorProto.FLOAT, [size, size], pattern.ravel().tolist()),
+    ]
+    return bridgenet_model(nodes, initializers, size, "fake_hot_spot")
 
 
 def fake_manifest(
