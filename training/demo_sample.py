@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from service.engine import Engine, EngineOptions, PartUpload
 from training.data import GOOD
@@ -39,7 +40,7 @@ class Verdict:
 
 
 def _covers(gt_path: Path, box: tuple[int, int, int, int]) -> bool:
-    gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE) > 0
+    gt: np.ndarray = np.asarray(cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)) > 0
     x, y, w, h = box
     return bool(gt.any()) and gt[y : y + h, x : x + w].sum() >= MIN_GT_COVERED * gt.sum()
 
