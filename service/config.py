@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'
     )
+    # Model name → area rule (mm²) instead of the manifest's min_defect_area_mm2 (service.regions.decide).
+    min_defect_area_mm2: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON model → smallest defect region in mm² that makes a part NG (area rule), e.g. {"bagel": 2.5}',
+    )
 
     # Input limits, per uploaded file; image sizes are checked from the file header before decoding.
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest uploaded file, bytes")
@@ -169,11 +174,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"model names must be distinct, got {value}")
         return value
 
-    @field_validator("threshold_overrides", mode="before")
+    @field_validator("threshold_overrides", "min_defect_area_mm2", mode="before")
     @classmethod
-    def _parse_overrides(cls, value: Any) -> Any:
+    def _parse_model_maps(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
-            return _json(value, "threshold_overrides", 'a JSON object such as {"bagel": 0.73}')
+            example = {"threshold_overrides": 0.73, "min_defect_area_mm2": 2.5}[info.field_name or ""]
+            return _json(value, info.field_name or "", f'a JSON object such as {{"bagel": {example}}}')
+        return value
+
+    @field_validator("min_defect_area_mm2")
+    @classmethod
+    def _positive_min_areas(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: v for name, v in value.items() if not name or not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(f"expected model names mapped to areas > 0 in mm², got {bad}")
         return value
 
     @field_validator("threshold_overrides")
@@ -217,6 +231,9 @@ class Settings(BaseSettings):
             unknown = sorted(set(self.threshold_overrides) - set(self.models))
             if unknown:
                 problems.append(f"{env_name('threshold_overrides')} names models that are not loaded: {unknown}")
+            unknown = sorted(set(self.min_defect_area_mm2) - set(self.models))
+            if unknown:
+                problems.append(f"{env_name('min_defect_area_mm2')} names models that are not loaded: {unknown}")
         if self.require_cuda and self.providers == "cpu":
             problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
         if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:

@@ -17,7 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.codecs import CodecError
-from service.engine import BatcherClosedError, EngineError, ModelUnavailableError, UnknownModelError, WorkerDeadError
+from service.engine import (
+    BatcherClosedError,
+    EngineError,
+    InvalidModelOutputError,
+    ModelUnavailableError,
+    UnknownModelError,
+    WorkerDeadError,
+)
 from service.logs import current_request
 from service.preprocessing import (
     ConfigError,
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 _E = TypeVar("_E", bound=Exception)
 # A client that left while its body was read (counted by the request middleware, never sent).
 CLIENT_CLOSED_CODE = "client_disconnected"
+# The model answered NaN or infinity (service.engine.InvalidModelOutputError): 500, its own alert.
+INVALID_MODEL_OUTPUT = "invalid_model_output"
 
 
 class ApiError(Exception):
@@ -146,6 +155,8 @@ def describe(exc: Exception) -> ErrorInfo | None:
         return ErrorInfo(503, "audit_unavailable", str(exc), {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
+    if isinstance(exc, InvalidModelOutputError):  # never an OK on NaN: the model is at fault, not the part
+        return ErrorInfo(500, INVALID_MODEL_OUTPUT, str(exc))
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
     if isinstance(exc, ClientDisconnect):  # never seen by the client; the middleware counts it as 499
@@ -187,6 +198,7 @@ def refusal_codes() -> list[str]:
     codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
     codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
     codes |= {"not_ready", "unknown_model", "model_unavailable", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    codes.add(INVALID_MODEL_OUTPUT)
     return sorted(codes)
 
 
@@ -208,7 +220,9 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     info = describe(exc)
     if info is None:
         return internal_error_response(exc)
-    if isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
+    if isinstance(exc, InvalidModelOutputError):  # a fault of the model: an operator must look at it
+        log.error("invalid model output: %s", info.message, extra={"code": info.code, "status": info.status})
+    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
 

@@ -43,7 +43,14 @@ def log_scored_part(result: PredictResult, request: RequestContext) -> None:
     p = result.prediction
     log.info(
         "scored part",
-        extra={"score": p.score, "threshold": p.threshold, "is_anomalous": p.is_anomalous, "provider": p.provider},
+        extra={
+            "score": p.score,
+            "threshold": p.threshold,
+            "is_anomalous": p.is_anomalous,
+            "rule": p.decision.rule,
+            "n_regions": p.n_regions,
+            "provider": p.provider,
+        },
     )
 
 

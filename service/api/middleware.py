@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import (
     CLIENT_CLOSED_CODE,
+    INVALID_MODEL_OUTPUT,
     BodyTimeoutHTTPError,
     BodyTooLargeHTTPError,
     PayloadTooLargeError,
@@ -139,7 +140,9 @@ class RequestMiddleware:
             self.metrics.request_duration.observe(seconds)
             if status == 200:  # answered with a result: fast refusals must not flatter the latency
                 self.metrics.prediction_duration.observe(seconds)
-        if code is not None and status != 500:
+        # A bug (500 internal_error) is no refusal; a model's non-finite output (500 invalid_model_output) is
+        # counted by its code: a part left without a verdict, with its own alert.
+        if code is not None and (status != 500 or code == INVALID_MODEL_OUTPUT):
             self.metrics.rejected.labels(reason=code).inc()
         level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
         access_log.log(

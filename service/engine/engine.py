@@ -250,8 +250,7 @@ class Engine:
         timings["batch_wait"] = core.wait_ms
         timings["inference"] = core.inference_ms
         started = time.perf_counter()
-        height, width = rgb.shape[:2]
-        prediction = postprocess(model, core, height, width, part.info)
+        prediction = postprocess(model, core, xyz, part.info)
         timings["postprocess"] = _ms_since(started)
         return replace(prediction, timings_ms=timings)
 

@@ -28,6 +28,11 @@ class InferenceError(EngineError):
     on or off. Chained to the cause; with batching on, every part of the failed batch gets its own copy."""
 
 
+class InvalidModelOutputError(EngineError):
+    """The model answered a non-finite score or map (NaN or infinite): no verdict may be given, never an OK
+    (`score > threshold` is False for NaN). The API answers 500 `invalid_model_output`."""
+
+
 class BatcherClosedError(EngineError):
     """A part arrived after the engine began stopping, or was still queued when stopping gave up."""
 

@@ -34,6 +34,8 @@ class EngineOptions:
     require_cuda: bool = False
     providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
+    # Model name → smallest region (mm²) that makes a part NG, instead of the manifest's min_defect_area_mm2.
+    min_defect_area_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
     # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
     ort_spin_wait: bool = True
@@ -54,6 +56,8 @@ class LoadedModel:
     provider: str
     threshold: float
     threshold_source: ThresholdSource
+    # The area rule in effect (service.regions.decide): the override, else the manifest's; None = score rule.
+    min_defect_area_mm2: float | None = None
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -166,6 +170,20 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
             threshold,
             manifest.threshold.value,
         )
+    min_area = manifest.min_defect_area_mm2
+    if name in options.min_defect_area_overrides:
+        min_area = float(options.min_defect_area_overrides[name])
+        log.warning(
+            "min_defect_area_mm2 override for model %s: %g mm² instead of the manifest's %s",
+            name,
+            min_area,
+            manifest.min_defect_area_mm2,
+        )
+    if min_area is not None and manifest.pixel_threshold is None:
+        raise ModelLoadError(
+            f"model {name!r}: an area rule (min_defect_area_mm2 {min_area:g}) needs defect regions, but the manifest "
+            "has no pixel_threshold; run `python -m training calibrate` on the model first"
+        )
     return LoadedModel(
         name=name,
         manifest=manifest,
@@ -173,6 +191,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         provider=provider,
         threshold=threshold,
         threshold_source=source,
+        min_defect_area_mm2=min_area,
     )
 
 

@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "BridgeNetGpuMemoryHigh",
     "BridgeNetModelUnavailable",
     "BridgeNetStuckPrediction",
+    "BridgeNetInvalidModelOutput",
 }
 
 

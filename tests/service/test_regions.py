@@ -185,3 +185,26 @@ def test_decide_area_rule() -> None:
     assert not below.is_anomalous and below.rule == "score"
     with pytest.raises(ValueError, match="min_defect_area_mm2"):
         decide(0.9, 0.6, _report(1.0), min_defect_area_mm2=float("nan"))
+
+
+def test_region_areas_from_the_regions_window_equal_the_whole_clouds() -> None:
+    # A tilted, bumpy cloud with a step and holes; two regions far apart: find_regions computes footprints
+    # only in the window around the regions, with the typical cell from an even sample of the whole cloud.
+    rng = np.random.default_rng(3)
+    v, u = np.mgrid[0:300, 0:400].astype(np.float64)
+    z = 0.5 + 0.2 * u * 1e-3 + 1e-4 * rng.standard_normal(u.shape)
+    z[:, 200:] += 0.03
+    xyz = np.stack([u * 1e-3, v * 1e-3, z], axis=-1).astype(np.float32)
+    xyz[50:60, 30:35] = np.nan
+    amap = np.zeros((300, 400), np.float32)
+    amap[45:70, 20:40] = 0.9
+    amap[250:290, 190:215] = 0.8  # across the step
+    full = pixel_areas(xyz)
+    report = find_regions(amap, 0.5, xyz)
+    for region, window in zip(
+        report.regions, [(slice(45, 70), slice(20, 40)), (slice(250, 290), slice(190, 215))], strict=True
+    ):
+        foot = full[window].ravel()
+        known = np.isfinite(foot)
+        assert region.area_mm2 == pytest.approx(foot[known].mean() * foot.size, rel=1e-12)
+        assert region.measured_fraction == pytest.approx(known.mean())

@@ -133,26 +133,28 @@ def demo_copy(tmp_path: Path) -> Path:
 def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_parts: Path) -> None:
     old_manifest = json.loads((demo_copy / MANIFEST_FILE).read_text())
     old_sha = sha256_file(demo_copy / MODEL_FILE)
+    # The bundled demo is itself a calibrated version (its history in the manifest, the archive not bundled).
+    old, earlier = old_manifest["version"], [h["version"] for h in old_manifest.get("history", [])]
     assert cli(["calibrate", "--model", str(demo_copy), "--good", str(good_parts), "--no-progress"]) == 0
     new = load_exported(demo_copy).manifest  # verifies sha256 and the embedded manifest
-    assert new.version == "2" and new.schema_version == 2
+    assert new.version == str(int(old) + 1) and new.schema_version == 2
     assert new.calibration is not None and new.calibration.n_parts == 6 and new.threshold.n_parts == 6
     assert new.threshold.method == new.calibration.method == thresholds.DEFAULT_METHOD
     assert new.pixel_threshold is not None and new.min_defect_area_mm2 is None
-    assert [h.version for h in new.history] == ["1"] and new.history[0].onnx_sha256 == old_sha
-    assert new.history[0].threshold == old_manifest["threshold"]["value"]
-    archived = demo_copy / "history" / "1"
+    assert [h.version for h in new.history] == [*earlier, old] and new.history[-1].onnx_sha256 == old_sha
+    assert new.history[-1].threshold == old_manifest["threshold"]["value"]
+    archived = demo_copy / "history" / old
     assert sha256_file(archived / MODEL_FILE) == old_sha
     assert json.loads((archived / MANIFEST_FILE).read_text()) == old_manifest
-    assert load_exported(archived).manifest.version == "1"  # the old version still loads as it was
+    assert load_exported(archived).manifest.version == old  # the old version still loads as it was
     assert sha256_file(demo_copy / MODEL_FILE) != old_sha
     assert not list(demo_copy.glob(".calibrate-*"))
 
-    # Again, with the parts' own folder layout and an area rule: version 3, two history entries.
+    # Again, with the parts' own folder layout and an area rule: the next version, one more history entry.
     args = ["--model", str(demo_copy), "--good", str(good_parts / "good"), "--target-frr", "0.05"]
     assert cli(["calibrate", *args, "--min-defect-area-mm2", "4", "--method", "empirical", "--no-progress"]) == 0
     newer = load_exported(demo_copy).manifest
-    assert newer.version == "3" and [h.version for h in newer.history] == ["1", "2"]
+    assert newer.version == str(int(old) + 2) and [h.version for h in newer.history] == [*earlier, old, new.version]
     assert newer.min_defect_area_mm2 == 4.0 and newer.threshold.method == "empirical"
     assert newer.threshold.target_false_reject_rate == 0.05
 
