@@ -29,9 +29,10 @@ M2_TO_MM2 = 1e6  # point clouds are in metres (the service's contract); areas ar
 # A grid cell larger than this many times the cloud's median cell spans a depth jump, not a surface: a
 # surface would have to be seen at more than ~88° from its normal to stretch a cell that much.
 DISCONTINUITY_RATIO = 25.0
-# Cells sampled for the typical cell area: the median of ~65k evenly spread cells is the whole cloud's
-# to well under a percent, at a fraction of the cost on a multi-megapixel cloud.
-TYPICAL_CELLS = 4096  # cells sampled for the typical cell area: a robust median, a small cost per part
+# Cells sampled for the typical cell area: the median of ~4k evenly spread cells is a robust estimate (it
+# only sets the discontinuity cut above, 25× the typical cell) at under a millisecond per part; 65k cost
+# 12 ms on a 256×256 cloud, on every answer.
+TYPICAL_CELLS = 4096
 
 Rule = Literal["score", "area"]
 
