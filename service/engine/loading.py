@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_BATCH_MAX_SIZE = 16  # micro-batch size when the settings leave it unset and the sessions run on CUDA
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,19 @@ class EngineOptions:
     # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
     ort_spin_wait: bool = True
     # Micro-batching (service.engine.batching): 1 = off, every request runs its own session call.
-    batch_max_size: int = 1
+    # None: 1 on the CPU, GPU_BATCH_MAX_SIZE when the sessions run on CUDA (a batch of 16 costs about
+    # what one part does there; on a CPU a batch costs about its size in time).
+    batch_max_size: int | None = 1
     batch_wait_ms: float = 0.0
     # What one uploaded file may hold (Engine.predict_upload decodes the uploads).
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # Threads decoding RGB images while the point cloud becomes a depth image (Engine.predict_upload);
+    # 0: decode and preprocess one after the other in the request's thread.
+    decode_threads: int = 2
+    # IO binding with outputs allocated once (service.engine.binding): "auto" on CUDA only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    # Ask for ONNX Runtime's TensorRT provider ahead of CUDA; where it is missing, CUDA with a log line.
+    tensorrt: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class LoadedModel:
             "backbone": m.backbone,
             "image_size": m.image_size,
             "provider": self.provider,
+            "precision": m.precision,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "manifest_threshold": m.threshold.value,
@@ -79,11 +91,36 @@ def cuda_driver_present() -> bool:
     return True
 
 
-def session_providers(require_cuda: bool, providers: Literal["auto", "cpu"] = "auto") -> list[str]:
-    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it)."""
+def tensorrt_present() -> bool:
+    """Whether TensorRT's runtime library can be loaded (the onnxruntime-gpu build lists the TensorRT
+    provider whether or not TensorRT is installed; asking for it without the library fails at load)."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def session_providers(
+    require_cuda: bool, providers: Literal["auto", "cpu"] = "auto", *, tensorrt: bool = False
+) -> list[str]:
+    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it);
+    with `tensorrt`, TensorRT ahead of CUDA where its provider and library are both present."""
     available = ort.get_available_providers()
     if providers == "auto" and CUDA in available and cuda_driver_present():
+        if tensorrt:
+            if TENSORRT in available and tensorrt_present():
+                return [TENSORRT, CUDA, CPU]
+            log.warning(
+                "TensorRT asked for but not usable here (provider %s, library %s): running on CUDA",
+                "listed" if TENSORRT in available else "not in this onnxruntime build",
+                "found" if tensorrt_present() else "libnvinfer not found",
+            )
         return [CUDA, CPU]
+    if tensorrt:
+        log.warning("TensorRT asked for but CUDA is not usable here: running on %s", CPU)
     if require_cuda:
         raise ModelLoadError(
             "BRIDGENET_REQUIRE_CUDA is set but CUDA is not usable here: "
@@ -118,7 +155,9 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.ort_spin_wait else "0")
     try:
         session = ort.InferenceSession(
-            str(onnx_path), session_options, providers=session_providers(options.require_cuda, options.providers)
+            str(onnx_path),
+            session_options,
+            providers=session_providers(options.require_cuda, options.providers, tensorrt=options.tensorrt),
         )
     except ModelLoadError:
         raise
@@ -129,7 +168,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
     except ManifestError as exc:
         raise ModelLoadError(f"model {name!r}: {exc}") from exc
     provider = session.get_providers()[0]
-    if options.require_cuda and provider != CUDA:
+    if options.require_cuda and provider not in (CUDA, TENSORRT):
         raise ModelLoadError(f"model {name!r}: BRIDGENET_REQUIRE_CUDA is set but the session runs on {provider}")
     _check_io(name, session, manifest)
     threshold: float = manifest.threshold.value
