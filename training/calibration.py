@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from training.config import TrainConfig
-from training.dataset import PreparedSplit
 from training.inference import predict
 from training.metrics import threshold_for_false_reject_rate
+from training.prepared import PreparedSplit
 
 CALIBRATION_METHOD = "validation_good_false_reject_rate"
 

@@ -95,7 +95,7 @@ def refused(folder: Path, embedded: dict[str, str]) -> str:
 
 def test_valid_manifest_fields() -> None:
     m = Manifest.model_validate(manifest_data())
-    assert m.schema_version == 1 and m.threshold.value == 0.1 + 0.2
+    assert m.schema_version == 2 and m.threshold.value == 0.1 + 0.2 and m.precision == "fp32"
     assert m.created.utcoffset() is not None and m.created.hour == 12
     assert m.preprocessing == PreprocessConfig(image_size=SIZE) and m.image_size == SIZE
     with pytest.raises(ValueError, match="frozen"):
@@ -110,9 +110,18 @@ def test_unknown_fields_refused_at_every_level() -> None:
 
 
 def test_newer_schema_version_refused_with_its_own_message() -> None:
-    message = invalid(manifest_data(schema_version=2, new_field=1))
-    assert "schema_version 2 is not supported" in message and "schema 1" in message
+    message = invalid(manifest_data(schema_version=3, new_field=1))
+    assert "schema_version 3 is not supported" in message and "schema 1 and 2" in message
     assert "new_field" not in message
+
+
+def test_schema_1_reads_as_fp32_and_cannot_carry_schema_2_fields() -> None:
+    old = Manifest.model_validate(manifest_data(schema_version=1))
+    assert old.schema_version == 1 and old.precision == "fp32" and old.precision_check == {}
+    assert "schema_version 1 has no field precision" in invalid(manifest_data(schema_version=1, precision="int8"))
+    new = Manifest.model_validate(manifest_data(precision="int8", precision_check={"calibration_parts": 4}))
+    assert new.precision == "int8" and new.precision_check == {"calibration_parts": 4}
+    assert "precision" in invalid(manifest_data(precision="int4"))
 
 
 def test_missing_and_mistyped_fields_named() -> None:

@@ -65,7 +65,7 @@ def test_export_writes_a_model_folder_the_service_accepts(run_dir: Path, exporte
     calibration = json.loads((run_dir / runs.CALIBRATION_FILE).read_text())
     assert (manifest.name, manifest.version, manifest.category) == ("tiny", "3", "tiny")
     assert manifest.image_size == SIZE and manifest.feature_dim == 16 and manifest.opset == export_module.OPSET
-    assert manifest.preprocessing == config.preprocessing.to_dict()
+    assert manifest.preprocessing == config.preprocessing
     assert manifest.threshold.value == calibration["threshold"]
     assert manifest.inputs["rgb"] == ["batch", 3, SIZE, SIZE] and manifest.outputs["maps"] == ["batch", SIZE, SIZE]
     assert "preprocessing" not in manifest.training and manifest.training["feature_dim"] == 16
