@@ -94,7 +94,12 @@ def service_throughput(
     rgb, xyz = synthetic_part(256)[:2]
     png, tiff = service_load.encode_part(rgb, xyz)
     payload = service_load.build_payload(png, tiff, (256, 256), "none")
-    settings = {"providers": "cpu", "batch_max_size": 1, "max_inflight": clients, "request_timeout_s": 60}
+    settings: dict[str, str | int | float] = {
+        "providers": "cpu",
+        "batch_max_size": 1,
+        "max_inflight": clients,
+        "request_timeout_s": 60,
+    }
     out: dict[str, Any] = {}
     per_round: dict[str, list[service_load.LoadRound]] = {name: [] for name in folders}
     services = {}

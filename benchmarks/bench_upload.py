@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             payloads[f"tiffrgb@{hw}"] = service_load.build_payload(
                 service_load.encode_rgb_tiff(rgb), tiff, (hw, hw), "none"
             )
-    base = {"providers": "cpu", "batch_max_size": 1, "request_timeout_s": 120}
+    base: dict[str, str | int | float] = {"providers": "cpu", "batch_max_size": 1, "request_timeout_s": 120}
     log_dir = args.cache_dir / "logs"
     stages: dict[str, list[dict[str, float]]] = {}
     with (
