@@ -270,6 +270,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--float-stem-convs", type=int, default=2, help="int8: the backbone's first convolutions that stay float"
     )
     p.add_argument("--calibration-parts", type=int, default=32, help="int8: good training parts to calibrate on")
+    p.add_argument(
+        "--calibration", choices=["percentile", "minmax"], default="percentile", help="int8: activation ranges"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         float_head=not args.quantise_head,
         float_stem_convs=args.float_stem_convs,
         max_calibration_parts=args.calibration_parts,
+        calibration=args.calibration,
     )
     result = export(
         args.run,

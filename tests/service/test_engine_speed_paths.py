@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from service.codecs import CodecError
-from service.engine import Engine, EngineOptions, PartUpload
+from service.engine import Engine, PartUpload
 from service.engine import loading as engine_loading
 from service.engine.binding import BoundRunner
 from service.manifest import MANIFEST_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
@@ -34,6 +32,7 @@ from service.preprocessing import (
     preprocess_part,
 )
 from tests.service.fake_model import SIZE, make_part, png_bytes, tiff_bytes, write_fake_model
+from tests.service.test_engine import started
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +40,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     write_fake_model(root, "fake")
     return root
-
-
-@contextmanager
-def started(models_dir: Path, **options: Any) -> Iterator[Engine]:
-    engine = Engine(EngineOptions(models_dir=models_dir, default_model="fake", providers="cpu", **options))
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 def answer_bytes(engine: Engine, upload: PartUpload) -> tuple[Any, ...]:

@@ -14,30 +14,22 @@ import pytest
 
 from service.engine import Engine, EngineOptions
 from service.manifest import MANIFEST_FILE, MODEL_FILE
+from tests.training.tiny_run import tiny_data, tiny_run
 from training import precision
 from training.cli import main as cli
 from training.export import ExportError, export
-from training.synth.generate import generate
 
 pytestmark = pytest.mark.slow
-
-TRAIN_ARGS = ["--image-size", "64", "--batch-size", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate(root, ["puck"], seed=3, size=96, n_train=6, n_validation=3, n_test_per_defect=2, progress=False)
-    return root
+    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    assert (
-        cli(["train", "--data", str(data), "--category", "puck", "--out", str(out), "--epochs", "1", *TRAIN_ARGS]) == 0
-    )
-    return out
+    return tiny_run(data, tmp_path_factory.mktemp("run") / "run", epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,8 @@ def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(model
     train_stems = sorted(p.stem for p in (data / "puck" / "train" / "good" / "rgb").iterdir())
     assert check["calibration_data"]["split"] == "train (good parts)"
     assert sorted(check["calibration_data"]["stems"]) == train_stems[: len(check["calibration_data"]["stems"])]
-    assert check["calibration_parts"] == len(check["calibration_data"]["stems"]) == 6  # every training part (the data has a validation split)
+    # every training part: the data has a validation split, so none is held out of train
+    assert check["calibration_parts"] == len(check["calibration_data"]["stems"]) == 6
     against = check["against_fp32"]
     assert against["n_parts"] >= 1 and against["verdict_flips"] == []
     assert against["score_max_abs_diff"] <= precision.TOLERANCES["int8"].score
@@ -85,6 +78,7 @@ def test_reduced_models_serve_close_to_fp32_through_the_engine(models: Path, dat
         for name in ("int8", "fp16"):
             assert engine.get(name).manifest.precision == name
             for part in parts:
+                assert part.xyz is not None
                 ref = engine.predict(part.rgb, part.xyz, model_name="fp32")
                 got = engine.predict(part.rgb, part.xyz, model_name=name)
                 assert abs(got.score - ref.score) <= precision.TOLERANCES[name].score, name
@@ -114,9 +108,9 @@ def test_verdicts_are_compared_each_at_its_own_threshold() -> None:
 
     x = np.zeros((3, 3, 2, 2), np.float32)
     ref, cand = Fixed([0.1, 0.5, 0.9]), Fixed([0.1, 0.52, 0.88])
-    same = precision.compare(ref, cand, x, x, (0.5, 0.52))  # type: ignore[arg-type]
+    same = precision.compare(ref, cand, x, x, (0.5, 0.52))
     assert same["verdict_flips"] == [] and same["score_max_abs_diff"] == pytest.approx(0.02)
-    flipped = precision.compare(ref, cand, x, x, (0.5, 0.5))  # type: ignore[arg-type]
+    flipped = precision.compare(ref, cand, x, x, (0.5, 0.5))
     assert flipped["verdict_flips"] == [1]
     assert not precision.within(flipped, precision.Tolerance(score=1.0, map_mean=1.0))
 
