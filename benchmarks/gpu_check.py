@@ -125,7 +125,12 @@ def time_precisions(
     """fp32 and fp16 (made here with the exporter's converter) through the engine's IO binding, batches
     1/8/32: parts/s and GPU memory per precision, and fp16's largest score difference from fp32."""
     from service.engine.binding import BoundRunner
-    from training.precision import TOLERANCES, convert_fp16
+
+    try:  # the fp16 converter needs the `onnx` package (the training extra), not installed for serving only
+        from training.precision import TOLERANCES, convert_fp16
+    except ImportError as exc:
+        out["precisions_io_binding"] = f"skipped: {exc}"
+        return []
 
     target: Target = args.target
     fp16_path = args.cache_dir / f"{name}-fp16.onnx"
@@ -305,7 +310,7 @@ def print_report(result: dict[str, Any]) -> None:
                 f"{m['max_abs_diff_cuda_vs_cpu']}, nodes by provider {m['profile']['nodes_by_provider']}"
             )
     for m in result["models"]:
-        if "precisions_io_binding" in m:
+        if isinstance(m.get("precisions_io_binding"), dict):
             p = m["precisions_io_binding"]
             print(
                 f"\n{m['model']}: IO binding on {p['device']}, fp16 max |score diff| {p['fp16_score_max_abs_diff']:.3g}"

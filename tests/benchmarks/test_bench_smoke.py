@@ -117,7 +117,7 @@ def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     proc, data = run_script(
         "gpu_check.py", "--cpu-dry-run", "--no-torch", "--model-dir", fake_dir, "--wrn-sizes", "--repeats", "2",
-        "--clients", "1", "2", "--http-seconds", "0.3", "--cache-dir", tmp_path, "--out", out,
+        "--clients", "1", "2", "--http-seconds", "0.3", "--batches", "1", "4", "--cache-dir", tmp_path, "--out", out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "CPU DRY RUN" in proc.stdout and data["dry_run"] is True
@@ -129,6 +129,10 @@ def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
     assert_stats(demo["ort_cuda_b1"])
     assert [lv["clients"] for lv in demo["http"]["batching_on"]] == [1, 2]
     assert demo["not_run"] == ["torch CUDA timings"]
+    precisions = demo["precisions_io_binding"]  # fp32 and fp16 through the engine's IO binding, on the CPU here
+    assert precisions["device"] == "cpu" and precisions["fp16_score_max_abs_diff"] < 5e-3
+    for precision in ("fp32", "fp16"):
+        assert precisions[precision]["b1"]["parts_per_s"] > 0 and precisions[precision]["b4"]["n"] == 2
 
 
 def test_gpu_budget_skips_what_does_not_fit() -> None:
