@@ -161,9 +161,11 @@ def _json_safe(value: Any) -> Any:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", type=Path, help="training run folder (its checkpoint, PyTorch)")
+    what.add_argument("--run", type=Path, help="training run (its checkpoint, PyTorch); no default: this or --model")
     what.add_argument(
-        "--model", type=Path, help="exported model folder (models/NAME), run by the service's engine; no torch"
+        "--model",
+        type=Path,
+        help="exported model folder (models/NAME), run by the service's engine, no torch; no default: this or --run",
     )
     p.add_argument("--data", default=None, help="data root (default: the run's; required with --model)")
     p.add_argument("--category", default=None, help="category (default: the run's, or the model manifest's)")

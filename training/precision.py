@@ -152,6 +152,10 @@ def quantise_int8(
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         excluded = stem_nodes(graph, options.float_stem_convs) + (head_nodes(graph) if options.float_head else [])
+        quantisable = [n for n in graph.graph.node if n.op_type in QUANTISED_OPS and n.name not in excluded]
+        # Percentile ranges come from histograms of the quantised tensors; with none (a graph without
+        # convolutions or matrix products, e.g. a test model) ONNX Runtime has nothing to histogram.
+        calibration = options.calibration if quantisable else "minmax"
         quantize_static(
             str(prepared),
             str(out_path),
@@ -162,14 +166,12 @@ def quantise_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.Percentile
-            if options.calibration == "percentile"
-            else CalibrationMethod.MinMax,
-            extra_options={"CalibPercentile": 99.99} if options.calibration == "percentile" else {},
+            calibrate_method=CalibrationMethod.Percentile if calibration == "percentile" else CalibrationMethod.MinMax,
+            extra_options={"CalibPercentile": 99.99} if calibration == "percentile" else {},
         )
     counts = quantised_op_counts(onnx.load(str(out_path)))
     return {
-        "method": f"onnxruntime static quantisation, QDQ, {options.calibration} calibration",
+        "method": f"onnxruntime static quantisation, QDQ, {calibration} calibration",
         "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
         "activations": "uint8 per-tensor",
         "quantised_ops": list(QUANTISED_OPS),
