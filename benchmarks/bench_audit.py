@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import logging
 import os
 import sys
 import tempfile
@@ -140,14 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet = harness.wait_for_quiet(args.wait_quiet, 900) if args.wait_quiet else None
-    result: dict[str, Any] = {
-        "benchmark": f"audit_{args.mode}",
-        "command": harness.command_line("bench_audit.py"),
-        "machine": harness.machine(),
-        "quiet_wait": quiet,
-    }
+    result = harness.start_result(f"audit_{args.mode}", "bench_audit.py", args.wait_quiet)
     if args.mode == "write":
         result.update(run_write(args))
         rows = [

@@ -163,6 +163,14 @@ def command_line(script: str) -> str:
     return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
 
 
+def start_result(benchmark: str, script: str, wait_quiet: float | None) -> dict[str, Any]:
+    """Quiet WARNING logging, the optional wait for a quiet machine, and the head of the result: what ran,
+    how it was invoked, on which machine, after which wait."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet = wait_for_quiet(wait_quiet, 900) if wait_quiet else None
+    return {"benchmark": benchmark, "command": command_line(script), "machine": machine(), "quiet_wait": quiet}
+
+
 # ---- models and tables -----------------------------------------------------------------------------------
 
 OPT_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}

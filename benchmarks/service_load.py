@@ -133,6 +133,24 @@ class Service:
             return ""
 
 
+def wait_until_ready(service: Service, timeout_s: float, poll_s: float = 0.2) -> None:
+    """Poll `service`'s /readyz until 200; ServiceStartError with its log's tail when it exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if service.process.poll() is not None:
+            raise ServiceStartError(f"the service exited with {service.process.returncode}:\n{service.log_tail()}")
+        if time.monotonic() > deadline:
+            raise ServiceStartError(f"the service was not ready after {timeout_s:.0f} s:\n{service.log_tail()}")
+        try:
+            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+
+
 @contextmanager
 def running_service(
     models_dir: Path,
@@ -140,11 +158,14 @@ def running_service(
     settings: Mapping[str, str | int | float],
     log_path: Path,
     ready_timeout_s: float = 180,
+    own_session: bool = False,
 ) -> Iterator[Service]:
     """Start `python -m service` serving `models_dir/model` with `settings` (BRIDGENET_* names, no prefix),
-    wait for /readyz, yield it, and stop it with SIGTERM (SIGKILL after 30 s)."""
-    import httpx
+    wait for /readyz, yield it, and stop it with SIGTERM (SIGKILL after 30 s).
 
+    `own_session`: in a session of its own, the service gets its own share of the CPU under Linux's
+    autogroup scheduling instead of sharing the benchmark's (whose client threads run there); a benchmark
+    that compares it with another server started that way must start both alike."""
     port = free_port()
     values = {"models_dir": str(models_dir), "models": model, "default_model": model, "log_level": "WARNING"}
     values.update({k: str(v) for k, v in settings.items()})
@@ -156,22 +177,11 @@ def running_service(
             env=service_env(values),
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=own_session,
         )
     service = Service(f"http://127.0.0.1:{port}", process, log_path, values)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise ServiceStartError(f"the service exited with {process.returncode}:\n{service.log_tail()}")
-            if time.monotonic() > deadline:
-                waited = f"{ready_timeout_s:.0f} s"
-                raise ServiceStartError(f"the service was not ready after {waited}:\n{service.log_tail()}")
-            try:
-                if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(service, ready_timeout_s)
         yield service
     finally:
         if process.poll() is None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from fastapi import FastAPI
 
+from service.http_protocol import with_deadline
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ log = logging.getLogger("service")
 
 # Extra seconds beyond request_timeout_s that SIGTERM waits for in-flight requests to finish.
 SHUTDOWN_MARGIN_S = 5.0
+EXIT_WORKER_DIED = 4  # a batching worker died: the orchestrator restarts the container (restart: policy)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,11 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_server(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Server:
     """The uvicorn server for `app`. On SIGTERM it stops accepting, lets in-flight requests finish (each
-    ends by request_timeout_s) for up to `timeout_graceful_shutdown`, then the lifespan stops the engine."""
+    ends by request_timeout_s) for up to `timeout_graceful_shutdown`, then the lifespan stops the engine.
+    Connections are bounded (`max_connections`; more are answered 503) and their request heads must arrive
+    within `header_timeout_s` (service.http_protocol)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=with_deadline(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
         log_config=None,  # keep our JSON handler on the root logger
         access_log=False,  # the request middleware logs every request with its id
         lifespan="on",
@@ -64,11 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid settings: %s", exc)
         return 2
     configure_logging(settings.log_level)
-    server = build_server(create_app(settings), settings, args.host, args.port)
+    app = create_app(settings)
+    server = build_server(app, settings, args.host, args.port)
+    state = app.state.service
+
+    def stop_for_restart(reason: str) -> None:  # a worker died: drain, then exit non-zero (see below)
+        server.should_exit = True
+
+    state.on_fatal = stop_for_restart
     server.run()
     if not server.started:
         log.error("the service did not start; see the start-up error above")
         return 1
+    if state.fatal is not None:
+        log.critical("exiting for a restart: %s", state.fatal)
+        return EXIT_WORKER_DIED
     return 0
 
 

@@ -21,7 +21,7 @@ ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
 # Values never echoed in error messages (keys, passwords inside URLs).
-_SECRET_FIELDS = ("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
+_SECRET_FIELDS = ("api_key", "admin_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'
     )
+    # Model name → area rule (mm²) instead of the manifest's min_defect_area_mm2 (service.regions.decide).
+    min_defect_area_mm2: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON model → smallest defect region in mm² that makes a part NG (area rule), e.g. {"bagel": 2.5}',
+    )
 
     # Threads decoding the RGB image while the request's thread turns the point cloud into depth; 0: in turn.
     decode_threads: int = Field(default=2, ge=0, le=64, description="RGB decode threads beside the cloud's; 0: off")
@@ -83,6 +88,15 @@ class Settings(BaseSettings):
     max_inflight: int = Field(default=2, ge=1, description="predictions running at once")
     max_queue: int = Field(default=16, ge=0, description="predictions waiting beyond those; more get 429")
     request_timeout_s: float = Field(default=10.0, gt=0, description="time limit of a prediction, seconds; then 503")
+    # Connections and deadlines (docs/DEPLOYMENT.md "Memory under load"): beyond `max_connections` open
+    # connections new requests are answered 503 by uvicorn; a request's headers must arrive within
+    # `header_timeout_s` of the connection (or of the previous answer) and its body within `body_timeout_s`
+    # of its headers, or the connection is closed (408 when the body is late).
+    max_connections: int = Field(default=100, ge=1, description="open connections at most; more are answered 503")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="time to send a request's headers, seconds")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
+    )
     # Micro-batching, off by default on the CPU (size 1): there a batch costs about its size in time, so
     # waiting for company only adds latency; on a GPU a batch of 16 costs about what one part does, so unset
     # means 16 there (raise BRIDGENET_MAX_INFLIGHT to match: admission caps a batch at that many parts).
@@ -99,6 +113,9 @@ class Settings(BaseSettings):
         default="development", description="development or production (production requires an API key)"
     )
     api_key: SecretStr | None = Field(default=None, description="the X-API-Key clients must send on /v1 routes")
+    admin_key: SecretStr | None = Field(
+        default=None, description="the X-Admin-Key of POST /v1/admin/reload; unset: reload by SIGHUP only"
+    )
     allow_anonymous: bool = Field(default=False, description="production without an API key, on purpose")
     log_level: str = Field(default="INFO", description=f"one of {', '.join(LOG_LEVELS)}")
 
@@ -170,11 +187,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"model names must be distinct, got {value}")
         return value
 
-    @field_validator("threshold_overrides", mode="before")
+    @field_validator("threshold_overrides", "min_defect_area_mm2", mode="before")
     @classmethod
-    def _parse_overrides(cls, value: Any) -> Any:
+    def _parse_model_maps(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
-            return _json(value, "threshold_overrides", 'a JSON object such as {"bagel": 0.73}')
+            example = {"threshold_overrides": 0.73, "min_defect_area_mm2": 2.5}[info.field_name or ""]
+            return _json(value, info.field_name or "", f'a JSON object such as {{"bagel": {example}}}')
+        return value
+
+    @field_validator("min_defect_area_mm2")
+    @classmethod
+    def _positive_min_areas(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: v for name, v in value.items() if not name or not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(f"expected model names mapped to areas > 0 in mm², got {bad}")
         return value
 
     @field_validator("threshold_overrides")
@@ -185,7 +211,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator("api_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret", mode="before")
+    @field_validator(*_SECRET_FIELDS, mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
@@ -218,6 +244,9 @@ class Settings(BaseSettings):
             unknown = sorted(set(self.threshold_overrides) - set(self.models))
             if unknown:
                 problems.append(f"{env_name('threshold_overrides')} names models that are not loaded: {unknown}")
+            unknown = sorted(set(self.min_defect_area_mm2) - set(self.models))
+            if unknown:
+                problems.append(f"{env_name('min_defect_area_mm2')} names models that are not loaded: {unknown}")
         if self.require_cuda and self.providers == "cpu":
             problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
         if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:

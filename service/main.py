@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -14,9 +16,12 @@ from starlette.formparsers import MultiPartParser
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
 from service.api.deps import ServiceState
-from service.api.errors import install_error_handlers, refusal_codes
+from service.api.errors import install_error_handlers
+from service.api.gate import AdmissionGate
 from service.api.inference import default_hooks
-from service.api.middleware import RequestMiddleware
+from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
+from service.api.reload import install_sighup, publish_models
+from service.api.routes_admin import router as admin_router
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
 from service.api.routes_results import router as results_router
@@ -49,6 +54,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         require_cuda=settings.require_cuda,
         providers=settings.providers,
         threshold_overrides=dict(settings.threshold_overrides),
+        min_defect_area_overrides=dict(settings.min_defect_area_mm2),
         intra_op_threads=settings.intra_op_threads,
         ort_spin_wait=settings.ort_spin_wait,
         batch_max_size=settings.batch_max_size,
@@ -57,6 +63,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         decode_threads=settings.decode_threads,
         io_binding=settings.io_binding,
         tensorrt=settings.tensorrt,
+        result_timeout_s=2 * settings.request_timeout_s,  # as long as admission waits before reclaiming a slot
     )
 
 
@@ -73,6 +80,20 @@ def keep_uploads_in_memory(max_upload_bytes: int) -> None:
     copy; each upload stays within `max_upload_bytes` as before."""
     # A class attribute is Starlette's only knob for this (no per-app or per-request setting).
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
+
+
+WATCHDOG_INTERVAL_S = 0.5
+
+
+async def watch_workers(state: ServiceState) -> None:
+    """A dead batching worker makes the engine not ready at once (/readyz 503); this also ends the process
+    (non-zero, `state.fatal`) so its orchestrator restarts it. `state.on_fatal` stops the server."""
+    while state.engine.failure is None:
+        await asyncio.sleep(WATCHDOG_INTERVAL_S)
+    state.fatal = state.engine.failure
+    log.critical("a worker died: %s; the service stops to be restarted", state.fatal)
+    if state.on_fatal is not None:
+        state.on_fatal(state.fatal)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -113,19 +134,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if metrics_server is not None:
                 metrics_server.stop()
             raise
-        for name, loaded in engine.models.items():
-            metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
-            metrics.set_good_scores(name, loaded.manifest.score_stats.model_dump())
-            log.info("serving model %s", name, extra={"model_info": loaded.info()})  # "name" would clash
-        metrics.init_series(engine.models, refusal_codes())
+        publish_models(engine, metrics)
         metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
         if state.records is None:  # the audit trail: /v1/results and the review station (/ui) read it
             state.records = await Records.start(settings, metrics)
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
+        watchdog = asyncio.create_task(watch_workers(state))
+        on_sighup = install_sighup(state)
         try:
             yield
         finally:
+            watchdog.cancel()
+            if on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             # Uvicorn has finished (or given up on) in-flight requests by now; work that outlived its
             # request after a timeout still holds a session, so wait for it before dropping the sessions.
             admission, state.admission = state.admission, None
@@ -155,10 +177,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(predict_router)
+    app.include_router(admin_router)
     app.include_router(docs_router(settings.docs))
     if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
         app.include_router(metrics_router)
     app.include_router(results_router)
     mount_ui(app, settings)  # the review station at /ui (service.ui)
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=max_body_bytes(settings))
+    # Outermost last: RequestMiddleware (request id, body limits and deadline, access log, metrics) wraps the
+    # gate, which refuses or admits the predict paths from their headers before the body is read.
+    app.add_middleware(AdmissionGate, state=state, max_body_bytes=max_body_bytes(settings))
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes(settings),
+        body_timeout_s=settings.body_timeout_s,
+    )
+    # Outermost, so that every answer names its server, refusals before the body included.
+    app.state.served_by = process_id()
+    app.add_middleware(ServedByMiddleware)
     return app

@@ -42,6 +42,8 @@ from service.preprocessing import ConfigError, PreprocessConfig
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# Schema 2 added the optional `calibration`, `pixel_threshold`, `min_defect_area_mm2` and `history`; a
+# schema-1 manifest (none of them) still loads.
 READABLE_SCHEMA_VERSIONS = (1, 2)
 METADATA_KEY = "bridgenet_manifest"
 MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
@@ -109,6 +111,35 @@ class ScoreStats(_Strict):
         return self
 
 
+class Calibration(_Strict):
+    """How the thresholds were calibrated and what they are expected to do (schema 2; optional)."""
+
+    method: str = Field(min_length=1, examples=["normal_prediction"])
+    source: str = Field(min_length=1, description="where the good parts came from")
+    n_parts: int = Field(ge=1)
+    target_false_reject_rate: float = Field(gt=0.0, lt=1.0)
+    confidence: float | None = Field(default=None, gt=0.0, lt=1.0)
+    inputs: dict[str, Any] = Field(description="the fit's inputs: n, mean, std, logit_mean, logit_std, ...")
+    expected_false_reject_rate: float = Field(ge=0.0, le=1.0, description="on unseen good parts, under the fit")
+    false_reject_rate_interval: tuple[float, float] = Field(description="90 % interval of that rate")
+    distribution_free_upper_bound: float = Field(
+        ge=0.0, le=1.0, description="one-sided 95 % bound on the rate from the calibration parts alone"
+    )
+    pixel: dict[str, Any] = Field(default_factory=dict, description="the pixel threshold's method and inputs")
+
+
+class HistoryEntry(_Strict):
+    """An earlier version of the same model folder (kept under `history/<version>/`)."""
+
+    version: str = Field(min_length=1)
+    created: AwareDatetime
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    threshold: float
+    pixel_threshold: float | None = None
+    calibration_method: str
+    note: str = ""
+
+
 class Manifest(_Strict):
     """Everything the service needs to know about one exported model, and how it was made."""
 
@@ -136,6 +167,15 @@ class Manifest(_Strict):
     precision_check: dict[str, Any] = Field(
         default_factory=dict, description="calibration data and the comparison with the fp32 graph (fp16, int8)"
     )
+    # Schema 2, all optional so that schema-1 models load unchanged.
+    calibration: Calibration | None = None
+    pixel_threshold: float | None = Field(
+        default=None, description="anomaly-map value above which a pixel belongs to a defect region"
+    )
+    min_defect_area_mm2: float | None = Field(
+        default=None, gt=0.0, description="area rule: NG only with a region at least this large (None: off)"
+    )
+    history: list[HistoryEntry] = Field(default_factory=list, description="earlier versions, oldest first")
 
     @property
     def image_size(self) -> int:
@@ -149,7 +189,7 @@ class Manifest(_Strict):
         if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(
                 f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
-                f"schema {' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}; upgrade the service or re-export the model"
+                f"schema {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; upgrade the service or re-export the model"
             )
         if isinstance(data, Mapping) and data.get("schema_version") == 1:
             newer = sorted({"precision", "precision_check"} & set(data))
@@ -291,7 +331,20 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
     an `onnx_sha256`; the model file's SHA-256 matches it; the manifest embedded in the ONNX metadata
     (`embedded`, the session's `custom_metadata_map`) equals the JSON one. Parsing the manifest loads its
     preprocessing config, which refuses a preprocessing version other than the one this code implements.
+    The service does the same in two steps around its own single read of the model file
+    (`verify_model_bytes` before ONNX Runtime sees the bytes, `check_embedded` after).
     """
+    folder = Path(model_dir)
+    onnx_path = folder / MODEL_FILE
+    if not onnx_path.is_file():
+        read_manifest_json(folder)  # names the missing folder or file the same way
+    manifest = verify_model_bytes(folder, onnx_path.read_bytes())
+    check_embedded(folder, manifest, embedded)
+    return manifest
+
+
+def read_manifest_json(model_dir: Path | str) -> tuple[Manifest, str]:
+    """The folder's `manifest.json` and the `onnx_sha256` it records; ManifestError naming the fault."""
     folder = Path(model_dir)
     onnx_path, json_path = folder / MODEL_FILE, folder / MANIFEST_FILE
     if not folder.is_dir():
@@ -303,20 +356,31 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
     recorded = data.pop("onnx_sha256", None)
     if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
         raise ManifestError(f"{json_path}: onnx_sha256 is {recorded!r}; expected 64 lowercase hex digits")
-    manifest = parse_manifest(data, str(json_path))
+    return parse_manifest(data, str(json_path)), recorded
 
-    actual = sha256_file(onnx_path)
+
+def verify_model_bytes(model_dir: Path | str, model_bytes: bytes) -> Manifest:
+    """The folder's manifest, once the SHA-256 of `model_bytes` (the model file, as read) matches the one
+    it records: nothing parses a model file that is not the one its manifest was written for."""
+    folder = Path(model_dir)
+    manifest, recorded = read_manifest_json(folder)
+    actual = hashlib.sha256(model_bytes).hexdigest()
     if actual != recorded:
         raise ManifestError(
-            f"{onnx_path} sha256 {actual[:12]}… does not match {json_path.name} ({recorded[:12]}…): "
+            f"{folder / MODEL_FILE} sha256 {actual[:12]}… does not match {MANIFEST_FILE} ({recorded[:12]}…): "
             "the file is corrupt or was replaced"
         )
+    log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
+    return manifest
+
+
+def check_embedded(model_dir: Path | str, manifest: Manifest, embedded: Mapping[str, str]) -> None:
+    """The manifest embedded in the ONNX metadata must equal the folder's JSON one."""
+    onnx_path = Path(model_dir) / MODEL_FILE
     inner = manifest_from_metadata(embedded, str(onnx_path))
     differing = _differences(manifest, inner)
     if differing:
         raise ManifestError(
-            f"the manifest embedded in {onnx_path} differs from {json_path} in {differing}: "
+            f"the manifest embedded in {onnx_path} differs from {MANIFEST_FILE} in {differing}: "
             "one of them was edited, or they come from different exports"
         )
-    log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
-    return manifest

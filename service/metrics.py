@@ -146,6 +146,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # --- workers and models that cannot take the service down (issue 12, round two) -------------------
+        self.reclaimed_slots = Counter(
+            "bridgenet_reclaimed_slots_total",
+            "Admission slots taken back from predictions still running long after their request timed out.",
+            registry=r,
+        )
+        self.model_unavailable = Gauge(
+            "bridgenet_model_unavailable",
+            "Model folders that failed to load (value 1; the reason is in /v1/models and the log), by model.",
+            ["model"],
+            registry=r,
+        )
         self.records = RecordsMetrics(r)
 
     def observe_prediction(self, result: PredictResult) -> None:

@@ -1,54 +1,34 @@
-"""Threshold calibration on good validation parts: the verdict is NG iff score > threshold."""
+"""Threshold calibration on good validation parts: the verdict is NG iff score > threshold.
+
+The numerical methods live in `training.thresholds` (numpy/scipy, no torch), shared with
+`python -m training calibrate`, which re-calibrates an exported model on good parts from the line.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from training.config import TrainConfig
 from training.inference import predict
-from training.metrics import threshold_for_false_reject_rate
 from training.prepared import PreparedSplit
+from training.thresholds import calibrate_scores, score_stats
 
-CALIBRATION_METHOD = "validation_good_false_reject_rate"
-
-
-def score_stats(scores: np.ndarray) -> dict[str, float]:
-    """Summary of good parts' scores: stored in the manifest so drift can be spotted in production."""
-    s = np.asarray(scores, dtype=np.float64)
-    return {
-        "n": int(s.size),
-        "mean": float(s.mean()),
-        "std": float(s.std()),
-        "min": float(s.min()),
-        "max": float(s.max()),
-        "p50": float(np.percentile(s, 50)),
-        "p95": float(np.percentile(s, 95)),
-        "p99": float(np.percentile(s, 99)),
-    }
+__all__ = ["calibrate", "score_stats"]
 
 
 def calibrate(
     model: torch.nn.Module, validation: PreparedSplit, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Threshold for the target false-reject rate on the good validation parts (never the test split)."""
+    """Image and pixel thresholds for the target false-reject rate on the good validation parts (never the
+    test split); the dict is the run's `calibration.json` (see `training.thresholds.calibrate_scores`)."""
     good = ~validation.labels
     if not good.any():
         raise ValueError("no good parts in the validation data: cannot calibrate a threshold")
-    scores, _ = predict(
+    scores, maps = predict(
         model, validation.rgb[good], validation.depth[good], batch_size=config.batch_size * 2, device=device
     )
-    threshold = threshold_for_false_reject_rate(scores, config.target_false_reject_rate)
-    return {
-        "threshold": float(threshold),
-        "method": CALIBRATION_METHOD,
-        "target_false_reject_rate": config.target_false_reject_rate,
-        "n_parts": int(good.sum()),
-        "score_stats": score_stats(scores),
-        "note": "few good parts make the 1% quantile the maximum good score; more validation parts "
-        "give a better estimate"
-        if good.sum() < 100
-        else "",
-    }
+    return calibrate_scores(
+        scores, maps, rate=config.target_false_reject_rate, source=f"{int(good.sum())} good validation parts"
+    )

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export", "export a trained run to ONNX + manifest"),
     "import-reviews": ("training.import_reviews", "turn reviewed parts from a service into training data"),
+    "calibrate": ("training.recalibrate", "re-calibrate an exported model on good parts"),
 }
 
 

@@ -104,6 +104,20 @@ def discover(root: Path, category: str, split: str, *, require_xyz: bool = True)
     return sorted(samples, key=lambda s: (s.defect, s.stem))
 
 
+def discover_folder(folder: Path, *, category: str = "", defect: str = GOOD) -> list[Sample]:
+    """The parts of one `rgb/` + `xyz/` (+ `gt/`) folder outside a data-set layout, e.g. good parts
+    collected on the line; paired by stem as in `discover`. Raises DatasetError naming the problems."""
+    folder = Path(folder)
+    problems: list[str] = []
+    samples = _discover_defect(folder, category, "", defect, True, problems)
+    if problems:
+        listed = "\n  ".join(problems[:_MAX_LISTED_PROBLEMS])
+        raise DatasetError(f"{len(problems)} problem(s) in {folder}:\n  {listed}")
+    if not samples:
+        raise DatasetError(f"{folder / 'rgb'} holds no rgb images")
+    return sorted(samples, key=lambda s: s.stem)
+
+
 def _split_dir(root: Path, category: str, split: str) -> Path:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")

@@ -20,6 +20,7 @@ from training.figures import anomaly_sheet, score_histogram
 from training.formatting import fmt
 from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
 from training.prepared import PreparedSplit, prepare_split
+from training.thresholds import binomial_upper_bound
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
     from service.engine import Engine
@@ -33,7 +34,16 @@ def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str 
     from training.inference import predict
 
     scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
-    result = split_metrics(scores, maps, test, float(run.calibration["threshold"]), run.calibration["method"])
+    calibration = run.calibration
+    pixel_threshold = calibration.get("pixel_threshold")
+    result = split_metrics(
+        scores,
+        maps,
+        test,
+        float(calibration["threshold"]),
+        calibration["method"],
+        None if pixel_threshold is None else float(pixel_threshold),
+    )
     result = {"category": run.config.category, "run": str(run.path), **result}
     result["selection"] = run.report.get("selection", {})
     return result
@@ -50,7 +60,12 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
         maps.append(m)
     manifest = model.manifest
     result = split_metrics(
-        np.concatenate(scores), np.concatenate(maps), test, model.threshold, manifest.threshold.method
+        np.concatenate(scores),
+        np.concatenate(maps),
+        test,
+        model.threshold,
+        manifest.threshold.method,
+        manifest.pixel_threshold,
     )
     result = {
         "category": manifest.category,
@@ -65,9 +80,15 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
 
 
 def split_metrics(
-    scores: np.ndarray, maps: np.ndarray, test: PreparedSplit, threshold: float, method: str
+    scores: np.ndarray,
+    maps: np.ndarray,
+    test: PreparedSplit,
+    threshold: float,
+    method: str,
+    pixel_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """The metrics JSON's common part: AUROCs, AUPRO, per-defect AUROC, and the verdicts at `threshold`."""
+    """The metrics JSON's common part: AUROCs, AUPRO, per-defect AUROC, the verdicts at `threshold` and,
+    given a pixel threshold, the regions it draws."""
     labels = test.labels
     result: dict[str, Any] = {
         "n_test": len(test),
@@ -76,19 +97,55 @@ def split_metrics(
         **summarize(labels, scores, test.gt, maps, fpr_limit=0.3),
         "per_defect_image_auroc": per_defect_image_auroc(test.defects, scores),
     }
-    flagged = scores > threshold
     f1_threshold, f1 = f1_optimal_threshold(labels, scores)
     result["threshold"] = {
         "calibrated": threshold,
         "calibration_method": method,
-        "test_false_reject_rate": float(flagged[~labels].mean()) if (~labels).any() else None,
-        "test_detection_rate": float(flagged[labels].mean()) if labels.any() else None,
+        **verdict_rates(scores, test.defects, threshold),
         "f1_optimal_on_test": f1_threshold,
         "f1_at_f1_optimal": f1,
         "note": "the F1-optimal threshold looks at the test split and is for information only",
     }
+    if pixel_threshold is not None:
+        result["pixel_threshold"] = region_rates(maps, test.gt, labels, float(pixel_threshold))
     result["_scores"], result["_maps"] = scores, maps
     return result
+
+
+def verdict_rates(scores: np.ndarray, defects: list[str], threshold: float) -> dict[str, Any]:
+    """Test false-reject and detection rates at `threshold` (NG iff score > threshold), with counts, the
+    false-reject rate's one-sided 95 % upper bound (Clopper-Pearson) and the detection rate per defect."""
+    kinds = np.asarray(defects)
+    good = kinds == "good"
+    flagged = np.asarray(scores) > threshold
+    k, n = int(flagged[good].sum()), int(good.sum())
+    return {
+        "test_false_reject_rate": k / n if n else None,
+        "test_false_rejects": k,
+        "test_good_parts": n,
+        "test_false_reject_rate_upper95": binomial_upper_bound(k, n) if n else None,
+        "test_detection_rate": float(flagged[~good].mean()) if (~good).any() else None,
+        "test_detections": int(flagged[~good].sum()),
+        "test_defective_parts": int((~good).sum()),
+        "test_detection_rate_per_defect": {
+            d: float(flagged[kinds == d].mean()) for d in sorted(set(defects) - {"good"})
+        },
+    }
+
+
+def region_rates(maps: np.ndarray, gt: np.ndarray, labels: np.ndarray, pixel_threshold: float) -> dict[str, Any]:
+    """At the calibrated pixel threshold (model resolution): how many good parts show any region, and how
+    many defective parts show one touching their ground truth."""
+    above = maps > pixel_threshold
+    flat = above.reshape(len(maps), -1)
+    on_defect = (above & gt).reshape(len(maps), -1).any(axis=1)
+    return {
+        "value": pixel_threshold,
+        "good_parts_with_a_region": float(flat[~labels].any(axis=1).mean()) if (~labels).any() else None,
+        "defective_parts_with_a_region_on_the_defect": float(on_defect[labels].mean()) if labels.any() else None,
+        "defect_pixel_recall": float(above[gt].mean()) if gt.any() else None,
+        "good_pixel_false_positive_rate": float(above[~labels].mean()) if (~labels).any() else None,
+    }
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -105,13 +162,33 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += ["", "| defect | I-AUROC vs good |", "|---|---|"]
     lines += [f"| {d} | {fmt(v, '.3f')} |" for d, v in result["per_defect_image_auroc"].items()]
     sel = result.get("selection", {})
+    th = result["threshold"]
     lines += [
         "",
-        f"Model selection: {sel.get('method', '?')} (epoch {sel.get('epoch', '?')}). "
-        f"Threshold {result['threshold']['calibrated']:.4f} ({result['threshold']['calibration_method']}): "
-        f"test false-reject rate {result['threshold']['test_false_reject_rate']}, "
-        f"detection rate {result['threshold']['test_detection_rate']}.",
+        f"At the calibrated threshold {th['calibrated']:.4f} ({th['calibration_method']}):",
+        "",
+        "| verdict on the test split | rate | parts |",
+        "|---|---|---|",
+        f"| false rejects (good parts judged NG) | {fmt(th['test_false_reject_rate'], '.1%')} "
+        f"(95 % upper bound {fmt(th.get('test_false_reject_rate_upper95'), '.1%')}) | "
+        f"{th.get('test_false_rejects', '?')} of {th.get('test_good_parts', '?')} |",
+        f"| detection (defective parts judged NG) | {fmt(th['test_detection_rate'], '.1%')} | "
+        f"{th.get('test_detections', '?')} of {th.get('test_defective_parts', '?')} |",
     ]
+    lines += [
+        f"| detection: {d} | {fmt(v, '.1%')} | |" for d, v in th.get("test_detection_rate_per_defect", {}).items()
+    ]
+    px = result.get("pixel_threshold")
+    if px:
+        lines += [
+            "",
+            f"Pixel threshold {px['value']:.4f}: "
+            f"good parts showing a region {fmt(px['good_parts_with_a_region'], '.1%')}, "
+            "defective parts with a region on the defect "
+            f"{fmt(px['defective_parts_with_a_region_on_the_defect'], '.1%')}, "
+            f"defect-pixel recall {fmt(px['defect_pixel_recall'], '.1%')}.",
+        ]
+    lines += ["", f"Model selection: {sel.get('method', '?')} (epoch {sel.get('epoch', '?')})."]
     return "\n".join(lines) + "\n"
 
 

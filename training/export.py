@@ -34,6 +34,7 @@ from training.calibration import score_stats
 from training.metrics import threshold_for_false_reject_rate
 from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
+from training.thresholds import calibration_fields
 from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def build_manifest(
             "n_parts": cal["n_parts"],
         },
         "score_stats": cal["score_stats"],
+        **calibration_fields(cal),
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),

@@ -69,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="data root to write <category>/... into (created)")
     parser.add_argument("--category", required=True, help="category folder name under --out")
-    parser.add_argument("--since", help="only parts received at or after this time (ISO 8601; no zone = UTC)")
-    parser.add_argument("--until", help="only parts received before this time (ISO 8601)")
-    parser.add_argument("--model", help="only parts judged by this model")
+    parser.add_argument("--since", help="only parts received at or after this time (ISO 8601, UTC; default: all)")
+    parser.add_argument("--until", help="only parts received before this time (ISO 8601; default: no end)")
+    parser.add_argument("--model", help="only parts judged by this model (default: every model)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
 
 

@@ -60,7 +60,7 @@ def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], h
         + f"); validation parts: {report['n_validation_parts']} ({sel['validation_source']})",
         f"- **model selection**: {sel['method']}, epoch {sel['epoch']} — {sel['criterion']}",
         f"- **threshold** {cal['threshold']:.5f} ({cal['method']}, target false-reject rate "
-        f"{cal['target_false_reject_rate']:.2%}, {cal['n_parts']} good parts)",
+        f"{cal['target_false_reject_rate']:.2%}, {cal['n_parts']} good parts)" + _expected(cal),
         f"- wall time {report['train_seconds']:.0f} s",
         "",
         "![losses](losses.png)",
@@ -73,3 +73,14 @@ def write_train_report(out: Path, config: TrainConfig, report: dict[str, Any], h
         for row in history:
             lines.append(f"| {row['epoch']} | " + " | ".join(fmt(row.get(k)) for k in keys) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _expected(cal: dict[str, Any]) -> str:
+    """The calibration's expectation on unseen good parts (absent from runs calibrated before it existed)."""
+    if "expected_false_reject_rate" not in cal:
+        return ""
+    lo, hi = cal["false_reject_rate_interval"]
+    return (
+        f"; expected false-reject rate {cal['expected_false_reject_rate']:.2%} (90 % interval {lo:.2%}-{hi:.2%}); "
+        f"pixel threshold {cal['pixel_threshold']:.5f}; the maximum good score was {cal['score_stats']['max']:.5f}"
+    )

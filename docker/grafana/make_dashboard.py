@@ -114,8 +114,9 @@ def answered_quantile(q: float, window: str) -> str:
 def service_row(y: int) -> list[Panel]:
     """Is the service scraped at all, how full is admission, how large are batches, and how slow are the
     answers compared with all requests (fast refusals pull a mixed quantile down and hide slow answers)."""
-    running_limit = 'scalar(bridgenet_admission_limit{kind="inflight"})'
-    inflight = "sum(bridgenet_inflight_requests)"
+    # Per process (one `python -m service`, or each Ray replica): admitted beyond its running limit waits.
+    over_limit = 'bridgenet_inflight_requests - ignoring(kind) bridgenet_admission_limit{kind="inflight"}'
+    queued = f"sum(clamp_min({over_limit}, 0))"
     batch_sum, batch_count = (
         f"sum by (model) (rate(bridgenet_batch_size_{part}{{{MODEL}}}[{RATE}]))" for part in ("sum", "count")
     )
@@ -139,8 +140,8 @@ def service_row(y: int) -> list[Panel]:
             "Queue depth",
             (4, y + 1, 7, 7),
             [
-                target(f"clamp_min({inflight} - {running_limit}, 0)", "queued"),
-                target(f"clamp_max({inflight}, {running_limit})", "running", "B"),
+                target(queued, "queued"),
+                target(f"sum(bridgenet_inflight_requests) - {queued}", "running", "B"),
                 target('sum(bridgenet_admission_limit{kind="queue"})', "queue limit (more get 429)", "C"),
             ],
             "short",
@@ -321,6 +322,7 @@ def quality_row(y: int) -> list[Panel]:
 def capacity_row(y: int) -> list[Panel]:
     """Concurrency, GPU (DCGM) and the service process."""
     svc = 'job="bridgenet-service"'  # process_* also comes from Prometheus' own scrape
+    # On Ray Serve (docker/ray/prometheus.yml) one node exports several replicas: `replica` tells them apart.
     return [
         row("Capacity", y),
         timeseries(
@@ -358,7 +360,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service memory (RSS)",
             (14, y + 1, 5, 7),
             [
-                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}}"),
+                target(f"process_resident_memory_bytes{{{svc}}}", "{{instance}} {{replica}}"),
             ],
             "bytes",
             min=0,
@@ -368,7 +370,7 @@ def capacity_row(y: int) -> list[Panel]:
             "Service CPU",
             (19, y + 1, 5, 7),
             [
-                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}}"),
+                target(f"rate(process_cpu_seconds_total{{{svc}}}[{RATE}])", "{{instance}} {{replica}}"),
             ],
             "short",
             min=0,

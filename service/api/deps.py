@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -34,6 +36,18 @@ class ServiceState:
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     after_prediction: list[AfterPrediction] = field(default_factory=list)
+    # A dead worker (service.main.watch_workers): why, and how the process is told to stop (set by
+    # `python -m service`; tests leave it None and see /readyz 503).
+    fatal: str | None = None
+    on_fatal: Callable[[str], None] | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded, verified and warmed up, and requests admitted: what /readyz answers (and what
+        service.cluster's health check reports to Ray Serve)."""
+        return self.admission is not None and self.engine.ready
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,14 @@ class ReadyService:
     admission: Admission
     after_prediction: tuple[AfterPrediction, ...]
     records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
+
+
+def not_ready_error() -> NotReadyError:
+    return NotReadyError(
+        "the service is not ready: models are loading, the default model or a worker is down, or the service "
+        "is stopping",
+        retry_after_s=NOT_READY_RETRY_AFTER_S,
+    )
 
 
 def get_state(request: Request) -> ServiceState:
@@ -63,11 +85,8 @@ async def state_dependency(request: Request) -> ServiceState:
 async def get_ready_state(request: Request) -> ReadyService:
     """The ready state, or 503 not_ready while the models are still loading (or already stopped)."""
     state = get_state(request)
-    if state.admission is None or not state.engine.ready:
-        raise NotReadyError(
-            "the service is not ready: models are loading or the service is stopping",
-            retry_after_s=NOT_READY_RETRY_AFTER_S,
-        )
+    if not state.ready or state.admission is None:  # (the second test only narrows the type: ready implies it)
+        raise not_ready_error()
     return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records)
 
 

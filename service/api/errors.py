@@ -14,9 +14,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.codecs import CodecError
-from service.engine import BatcherClosedError, EngineError, UnknownModelError
+from service.engine import (
+    BatcherClosedError,
+    EngineError,
+    InvalidModelOutputError,
+    ModelUnavailableError,
+    UnknownModelError,
+    WorkerDeadError,
+)
 from service.logs import current_request
 from service.preprocessing import (
     ConfigError,
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 _E = TypeVar("_E", bound=Exception)
 # A client that left while its body was read (counted by the request middleware, never sent).
 CLIENT_CLOSED_CODE = "client_disconnected"
+# The model answered NaN or infinity (service.engine.InvalidModelOutputError): 500, its own alert.
+INVALID_MODEL_OUTPUT = "invalid_model_output"
 
 
 class ApiError(Exception):
@@ -84,6 +94,18 @@ class BodyTooLargeHTTPError(StarletteHTTPException):
         super().__init__(PayloadTooLargeError.status, f"the request body exceeds the limit of {limit:,} bytes")
 
 
+class BodyTimeoutHTTPError(StarletteHTTPException):
+    """Raised from inside body reading when the body did not arrive within the body deadline (408); the
+    connection is closed with the answer (what the client was still sending is not waited for)."""
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (body_timeout_s); {received:,} bytes came",
+            headers={"Connection": "close"},
+        )
+
+
 # Preprocessing refusals: the input is well-formed but unusable for this model (422).
 _PREPROCESSING_CODES: dict[type[PreprocessingError], str] = {
     NoForegroundError: "no_foreground",
@@ -98,6 +120,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     PayloadTooLargeError.status: PayloadTooLargeError.code,
     415: "unsupported_media_type",
 }
@@ -122,14 +145,22 @@ def describe(exc: Exception) -> ErrorInfo | None:
     if isinstance(exc, PreprocessingError) and not isinstance(exc, ConfigError):
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))
+    if isinstance(exc, WorkerDeadError):  # the process exits to be restarted: another replica / later
+        return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, ModelUnavailableError):  # its folder failed to load; a reload may bring it back
+        return ErrorInfo(503, "model_unavailable", str(exc), {"Retry-After": "30"})
     if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
         return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
     if isinstance(exc, RecordError):  # no answer without its record: the client retries (another replica)
         return ErrorInfo(503, "audit_unavailable", str(exc), {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
+    if isinstance(exc, InvalidModelOutputError):  # never an OK on NaN: the model is at fault, not the part
+        return ErrorInfo(500, INVALID_MODEL_OUTPUT, str(exc))
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
+    if isinstance(exc, ClientDisconnect):  # never seen by the client; the middleware counts it as 499
+        return ErrorInfo(400, CLIENT_CLOSED_CODE, "the client disconnected while sending the request body")
     if isinstance(exc, StarletteHTTPException):
         # Keep the framework's headers: a 405 carries `Allow` with the methods the path accepts.
         headers = dict(exc.headers or {})
@@ -137,18 +168,22 @@ def describe(exc: Exception) -> ErrorInfo | None:
     return None
 
 
+_WHERE = {"body": "form field", "query": "query parameter", "header": "header", "path": "path parameter"}
+
+
 def _describe_validation(exc: RequestValidationError) -> ErrorInfo:
     """FastAPI's validation errors → one message naming every bad field, e.g. "form field 'xyz' is required"."""
     parts: list[str] = []
     missing = False
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
+        where = _WHERE.get(str((err.get("loc") or ("body",))[0]), "form field")
+        loc = [str(p) for p in err.get("loc", ()) if p not in _WHERE]
         name = ".".join(loc) or "request"
         if err.get("type") == "missing":
             missing = True
-            parts.append(f"form field {name!r} is required")
+            parts.append(f"{where} {name!r} is required")
         else:
-            parts.append(f"form field {name!r}: {err.get('msg', 'invalid value')}")
+            parts.append(f"{where} {name!r}: {err.get('msg', 'invalid value')}")
     return ErrorInfo(422, "missing_field" if missing else "invalid_field", "; ".join(parts) or "invalid request")
 
 
@@ -162,7 +197,8 @@ def refusal_codes() -> list[str]:
     codec_errors: list[type[CodecError]] = [CodecError, *_subclasses(CodecError)]
     codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
     codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
-    codes |= {"not_ready", "unknown_model", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    codes |= {"not_ready", "unknown_model", "model_unavailable", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    codes.add(INVALID_MODEL_OUTPUT)
     return sorted(codes)
 
 
@@ -184,7 +220,9 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     info = describe(exc)
     if info is None:
         return internal_error_response(exc)
-    if isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
+    if isinstance(exc, InvalidModelOutputError):  # a fault of the model: an operator must look at it
+        log.error("invalid model output: %s", info.message, extra={"code": info.code, "status": info.status})
+    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
 
@@ -200,5 +238,6 @@ def install_error_handlers(app: FastAPI) -> None:
         RecordError,
         RequestValidationError,
         StarletteHTTPException,
+        ClientDisconnect,
     ):
         app.add_exception_handler(exc_type, _handle)

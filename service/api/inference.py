@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.api.admission import Admission
+from service.api.admission import Admission, AdmissionPass
 from service.engine import Engine, PartUpload, PredictResult
 from service.logs import RequestContext
 from service.metrics import Metrics
@@ -43,7 +43,14 @@ def log_scored_part(result: PredictResult, request: RequestContext) -> None:
     p = result.prediction
     log.info(
         "scored part",
-        extra={"score": p.score, "threshold": p.threshold, "is_anomalous": p.is_anomalous, "provider": p.provider},
+        extra={
+            "score": p.score,
+            "threshold": p.threshold,
+            "is_anomalous": p.is_anomalous,
+            "rule": p.decision.rule,
+            "n_regions": p.n_regions,
+            "provider": p.provider,
+        },
     )
 
 
@@ -60,11 +67,13 @@ def _predict(
 
 async def serve_prediction(
     admission: Admission,
+    admitted: AdmissionPass,
     engine: Engine,
     hooks: Sequence[AfterPrediction],
     upload: PartUpload,
     request: RequestContext,
 ) -> Served:
-    """Predict `upload` under `admission` and run `hooks` on the result. Raises the engine's errors (and the
-    codec and preprocessing refusals), QueueFullError and RequestTimeoutError."""
-    return await admission.run(_predict, engine, hooks, upload, request, time.perf_counter())
+    """Predict `upload` under `admission`, with the pass the request was admitted with (service.api.gate),
+    and run `hooks` on the result. Raises the engine's errors (and the codec and preprocessing refusals)
+    and RequestTimeoutError."""
+    return await admission.run(admitted, _predict, engine, hooks, upload, request, time.perf_counter())

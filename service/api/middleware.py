@@ -1,9 +1,13 @@
-"""Per-request plumbing (pure ASGI): request id, body-size limit, access log, request metrics, last-resort 500."""
+"""Per-request plumbing (pure ASGI): request id, body-size limit and deadline, access log, request metrics,
+last-resort 500."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import socket
 import time
 import uuid
 
@@ -12,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import (
     CLIENT_CLOSED_CODE,
+    INVALID_MODEL_OUTPUT,
+    BodyTimeoutHTTPError,
     BodyTooLargeHTTPError,
     PayloadTooLargeError,
     error_response,
@@ -25,7 +31,12 @@ access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is echoed into logs and headers: accept only short, plain tokens (no log injection).
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
-PREDICT_PATH = "/v1/predict"
+SERVED_BY_HEADER = "X-Served-By"
+PREDICT_PATHS = frozenset({"/v1/predict", "/predict"})
+ENDPOINT_SCOPE_KEY = "bridgenet.endpoint"  # set by service.api.gate for requests it refuses before routing
+# Every other path takes small bodies only (the review station's forms): a flood of large bodies there
+# cannot hold more than this per connection, with no admission in front of it.
+SMALL_BODY_BYTES = 1024 * 1024
 CLIENT_CLOSED_STATUS = 499
 
 
@@ -37,14 +48,17 @@ def accepted_request_id(value: str | None) -> str | None:
 class RequestMiddleware:
     """Binds the request context, refuses oversized bodies, and logs and counts every answer.
 
-    Bodies: a declared Content-Length above `max_body_bytes` is refused before a byte of the body is
-    read; a streamed body (no Content-Length) is counted while it arrives and stopped at the limit.
+    Bodies: a declared Content-Length above the path's limit (`max_body_bytes` on the predict paths,
+    SMALL_BODY_BYTES elsewhere) is refused before a byte of the body is read; a streamed body (no
+    Content-Length) is counted while it arrives and stopped at the limit. The whole body must arrive within
+    `body_timeout_s` of the request's start, or the request is answered 408 and its connection closed.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,25 +81,38 @@ class RequestMiddleware:
 
         received = 0
         disconnected = False
+        body_done = False
+        limit = self.max_body_bytes if scope["path"] in PREDICT_PATHS else SMALL_BODY_BYTES
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def receive_limited() -> Message:
-            nonlocal received, disconnected
-            message = await receive()
+            nonlocal received, disconnected, body_done
+            if body_done:  # after the body, receive() only waits for a disconnect: no deadline then
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(body_deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeoutHTTPError(self.body_timeout_s, received) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLargeHTTPError(self.max_body_bytes)
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    raise BodyTooLargeHTTPError(limit)
             elif message["type"] == "http.disconnect":
                 disconnected = True
             return message
 
         try:
             declared = _content_length(headers)
-            if declared is not None and declared > self.max_body_bytes:
+            if declared is not None and declared > limit:
                 refusal = PayloadTooLargeError(
-                    f"the request body is {declared:,} bytes (Content-Length); the limit is {self.max_body_bytes:,}"
+                    f"the request body is {declared:,} bytes (Content-Length); the limit is {limit:,}"
                 )
-                await error_response(refusal.info())(scope, receive, send_with_id)
+                response = error_response(refusal.info())
+                response.headers["Connection"] = "close"  # the client may not go on sending that body
+                await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception as exc:
@@ -106,13 +133,16 @@ class RequestMiddleware:
             # logged as 499 (nginx's "client closed request"), so refusals of bad input stay meaningful.
             status, code = CLIENT_CLOSED_STATUS, CLIENT_CLOSED_CODE
         route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+        # Templates only: bounded label values.
+        endpoint = getattr(route, "path", None) or scope.get(ENDPOINT_SCOPE_KEY) or "unmatched"
         self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        if endpoint == PREDICT_PATH:
+        if endpoint in PREDICT_PATHS:
             self.metrics.request_duration.observe(seconds)
             if status == 200:  # answered with a result: fast refusals must not flatter the latency
                 self.metrics.prediction_duration.observe(seconds)
-        if code is not None and status != 500:
+        # A bug (500 internal_error) is no refusal; a model's non-finite output (500 invalid_model_output) is
+        # counted by its code: a part left without a verdict, with its own alert.
+        if code is not None and (status != 500 or code == INVALID_MODEL_OUTPUT):
             self.metrics.rejected.labels(reason=code).inc()
         level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
         access_log.log(
@@ -133,3 +163,29 @@ def _content_length(headers: Headers) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def process_id() -> str:
+    """`host:pid`: which process answered, when one `python -m service` per host serves."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ServedByMiddleware:
+    """Adds `X-Served-By` to every answer: `app.state.served_by`, read per request so that a host that
+    runs the app elsewhere (service.cluster: a Ray Serve replica) can put its own id there after building it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        served_by = str(scope["app"].state.served_by)
+
+        async def send_with_server(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[SERVED_BY_HEADER] = served_by
+            await send(message)
+
+        await self.app(scope, receive, send_with_server)

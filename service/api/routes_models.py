@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.deps import ReadyState
-from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse
+from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, UnavailableModel
 from service.api.security import require_api_key
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
@@ -21,4 +21,5 @@ async def list_models(state: ReadyState) -> ModelsResponse:
     models = [
         ModelInfo(**loaded.info(), default=name == default) for name, loaded in sorted(state.engine.models.items())
     ]
-    return ModelsResponse(default_model=default, models=models)
+    unavailable = [UnavailableModel(name=n, reason=r) for n, r in sorted(state.engine.unavailable.items())]
+    return ModelsResponse(default_model=default, models=models, unavailable=unavailable)

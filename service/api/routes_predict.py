@@ -1,34 +1,106 @@
-"""POST /v1/predict: one part's RGB image + point cloud → score, verdict, anomaly map."""
+"""POST /v1/predict (and its alias POST /predict): one part's RGB image + point cloud → score, verdict, map.
+
+The form is read by the route itself (`service.api.forms.read_form`: at most 2 files and 3 fields, each name
+once, no undeclared field), after the request was admitted from its headers (`service.api.gate`); its text
+fields are validated by `PredictFields` (`part_id` printable, see `schemas.PartId`). The request body the
+OpenAPI contract shows is declared here (`PREDICT_FORM_SCHEMA`), since FastAPI does not parse the form.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Any, get_args
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
 
 from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
+from service.api.forms import PREDICT_FORM, read_form
+from service.api.gate import admission_pass
 from service.api.inference import serve_prediction
-from service.api.schemas import ErrorResponse, PredictResponse
+from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
 from service.api.security import require_api_key
 from service.engine import PartUpload, ReturnMap
 from service.logs import annotate_request
 
-router = APIRouter(prefix="/v1", tags=["inspection"], dependencies=[Depends(require_api_key)])
+MODEL_NAME_MAX_LENGTH = 128
+FILE_FIELDS = ("rgb", "xyz")
+
+
+class PredictFields(BaseModel):
+    """The text fields of the predict form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    part_id: PartId | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX_LENGTH)
+    return_map: ReturnMap = "none"
+
+
+PREDICT_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": list(FILE_FIELDS),
+    "additionalProperties": False,
+    "properties": {
+        "rgb": {
+            "type": "string",
+            "format": "binary",
+            "description": "RGB image: PNG, JPEG or TIFF (gray, 16-bit, alpha accepted).",
+        },
+        "xyz": {
+            "type": "string",
+            "format": "binary",
+            "description": "Organized point cloud, TIFF or NPY, H×W×3 float32/float64, metres; NaN or 0 = no point.",
+        },
+        "part_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": PART_ID_MAX_LENGTH,
+            "description": "Echoed back and logged. Printable text: no control, bidirectional or other "
+            "invisible formatting characters (422 otherwise).",
+        },
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MODEL_NAME_MAX_LENGTH,
+            "description": "Model name; default: the configured one.",
+        },
+        "return_map": {
+            "type": "string",
+            "enum": list(get_args(ReturnMap)),
+            "default": "none",
+            "description": "Anomaly map encoding in the answer.",
+        },
+    },
+}
+_FIELD_NAMES = (*FILE_FIELDS, *PredictFields.model_fields)
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
-        400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype)",
+        400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype), or a malformed form",
         401: "Missing or wrong API key",
         404: "Unknown model",
+        408: "The body did not arrive within BRIDGENET_BODY_TIMEOUT_S",
         413: "Upload or declared image size too large",
-        422: "Missing/invalid form field, or unusable input (no foreground, size mismatch, ...)",
+        422: "Missing/invalid/repeated/undeclared form field, or unusable input (no foreground, size mismatch, ...)",
         429: "Queue full (Retry-After)",
-        503: "Not ready, the request timed out, or its record could not be written (Retry-After)",
+        503: "Not ready, model unavailable, the request timed out, or its record could not be written (Retry-After)",
     }.items()
 }
+
+_ROUTE: dict[str, Any] = {
+    "response_model": PredictResponse,
+    "responses": _ERRORS,
+    "openapi_extra": {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": PREDICT_FORM_SCHEMA}}}
+    },
+}
+
+router = APIRouter(tags=["inspection"], dependencies=[Depends(require_api_key)])
 
 
 async def _read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
@@ -38,32 +110,55 @@ async def _read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
     return await upload.read()
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-async def predict(
-    http: Request,
-    state: ReadyState,
-    rgb: Annotated[UploadFile, File(description="RGB image: PNG, JPEG or TIFF (gray, 16-bit, alpha accepted).")],
-    xyz: Annotated[
-        UploadFile,
-        File(description="Organized point cloud, TIFF or NPY, H×W×3 float32/float64, metres; NaN or 0 = no point."),
-    ],
-    part_id: Annotated[str | None, Form(max_length=256, description="Echoed back and logged.")] = None,
-    model: Annotated[str | None, Form(max_length=128, description="Model name; default: the configured one.")] = None,
-    return_map: Annotated[ReturnMap, Form(description="Anomaly map encoding in the answer.")] = "none",
-) -> PredictResponse:
+def _file(form: FormData, name: str) -> UploadFile:
+    value = form.get(name)
+    if value is None:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", name), "msg": "Field required"}])
+    if not isinstance(value, UploadFile):
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": "expected a file upload"}])
+    return value
+
+
+def _fields(form: FormData) -> PredictFields:
+    values = {name: form.get(name) for name in PredictFields.model_fields if name in form}
+    if any(isinstance(v, UploadFile) for v in values.values()):
+        bad = next(name for name, v in values.items() if isinstance(v, UploadFile))
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", bad), "msg": "expected text, got a file"}]
+        )
+    try:
+        return PredictFields.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+
+
+async def predict(http: Request, state: ReadyState) -> PredictResponse:
+    """Score one part. `POST /predict` is the same operation under the path line controllers use."""
     received_at = time.perf_counter()
-    model_name = state.engine.get(model).name  # an unknown model is refused before any decoding work
-    request = annotate_request(part_id, model_name)
-    upload = PartUpload(
-        rgb=await _read_upload(rgb, "rgb", state.limits.max_bytes),
-        xyz=await _read_upload(xyz, "xyz", state.limits.max_bytes),
-        model=model_name,
-        return_map=return_map,
+    form = await read_form(http, PREDICT_FORM, known=_FIELD_NAMES)
+    try:
+        rgb, xyz = _file(form, "rgb"), _file(form, "xyz")
+        fields = _fields(form)
+        model_name = state.engine.get(fields.model).name  # an unknown model is refused before any decoding work
+        request = annotate_request(fields.part_id, model_name)
+        upload = PartUpload(
+            rgb=await _read_upload(rgb, "rgb", state.limits.max_bytes),
+            xyz=await _read_upload(xyz, "xyz", state.limits.max_bytes),
+            model=model_name,
+            return_map=fields.return_map,
+        )
+    finally:
+        await form.close()
+    served = await serve_prediction(
+        state.admission, admission_pass(http.scope), state.engine, state.after_prediction, upload, request
     )
-    served = await serve_prediction(state.admission, state.engine, state.after_prediction, upload, request)
     total_ms = (time.perf_counter() - received_at) * 1e3
     response = PredictResponse.from_result(
-        served.result, part_id=part_id, request_id=request.request_id, queue_ms=served.queue_ms, total_ms=total_ms
+        served.result,
+        part_id=fields.part_id,
+        request_id=request.request_id,
+        queue_ms=served.queue_ms,
+        total_ms=total_ms,
     )
     if state.records is not None:  # committed before the answer leaves: an answer always has its record
         await state.records.record_prediction(
@@ -74,3 +169,15 @@ async def predict(
             client=http.client.host if http.client else None,
         )
     return response
+
+
+router.add_api_route("/v1/predict", predict, methods=["POST"], operation_id="predict", **_ROUTE)
+router.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    operation_id="predict_alias",
+    summary="Predict (alias of POST /v1/predict)",
+    description="The same operation as `POST /v1/predict`, under the path line controllers were promised.",
+    **_ROUTE,
+)

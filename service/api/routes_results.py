@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
@@ -142,12 +143,28 @@ def _recorder(records: Annotated[Records, Depends(_records)]) -> Recorder:
 RecorderDep = Annotated[Recorder, Depends(_recorder)]
 
 
+# RFC 3339 date-time, as the contract declares (format: date-time): a number (pydantic would read it as a
+# Unix time) or a date without a time or an offset is refused (422) instead of silently reinterpreted.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE)
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _RFC3339.fullmatch(value):
+            raise ValueError(f"expected an RFC 3339 date-time such as 2026-11-30T08:00:00Z, got {value!r}")
+        return value.upper()  # t and z are allowed by RFC 3339, Python reads T and Z
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
 def _filters(
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
     verdict: Annotated[Literal["ok", "ng"] | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive; no zone = UTC.")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive; no zone = UTC.")] = None,
+    since: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, inclusive.")] = None,
+    until: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, exclusive.")] = None,
 ) -> ResultFilter:
     return ResultFilter(part_id=part_id, model=model, verdict=verdict, since=since, until=until)
 

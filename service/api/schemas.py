@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.engine import PredictResult, ThresholdSource
 from service.postprocessing import MapEncoding
+from service.regions import MAX_REGIONS, Decision, Region, Rule
 
 
 class ModelRef(BaseModel):
@@ -35,6 +36,76 @@ class Timings(BaseModel):
     total: float = Field(description="From the request's arrival at the handler to the answer, ms.")
 
 
+class DefectRegion(BaseModel):
+    """One connected region of the anomaly map above the model's pixel threshold (service.regions)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "x": 212,
+                    "y": 141,
+                    "width": 38,
+                    "height": 17,
+                    "area_px": 402,
+                    "area_mm2": 3.91,
+                    "measured_fraction": 1.0,
+                    "max_score": 0.94,
+                    "mean_score": 0.81,
+                }
+            ]
+        }
+    )
+
+    x: int = Field(description="Left of the bounding box in the uploaded image, pixels (x to the right).")
+    y: int = Field(description="Top of the bounding box, pixels (y down).")
+    width: int = Field(description="Bounding box width, pixels.")
+    height: int = Field(description="Bounding box height, pixels.")
+    area_px: int = Field(description="Pixels in the region (8-connected, map value above the pixel threshold).")
+    area_mm2: float | None = Field(
+        description="Area on the part's surface from the uploaded point cloud, mm²; null where the cloud has no "
+        "point under the region. Pixels without a point count with the mean footprint of the measured ones."
+    )
+    measured_fraction: float = Field(description="Share of the region's pixels with a point under them (0 to 1).")
+    max_score: float = Field(description="Highest map value in the region.")
+    mean_score: float = Field(description="Mean map value in the region.")
+
+    @classmethod
+    def of(cls, region: Region) -> DefectRegion:
+        return cls(**region.to_dict())
+
+
+class VerdictRule(BaseModel):
+    """Which rule gave `is_anomalous`: "score" (score > threshold) or "area" (score above the threshold and
+    a region at least `min_defect_area_mm2` large; a region without points counts as large enough)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"rule": "score"},
+                {
+                    "rule": "area",
+                    "min_defect_area_mm2": 2.5,
+                    "largest_area_mm2": 3.91,
+                    "unmeasured_regions": 0,
+                    "n_regions": 1,
+                },
+            ]
+        }
+    )
+
+    rule: Rule
+    min_defect_area_mm2: float | None = Field(None, description="The area rule in effect; null: score rule only.")
+    largest_area_mm2: float | None = Field(None, description="Largest measured region (area rule consulted only).")
+    unmeasured_regions: int | None = Field(None, description="Regions without points under them (area rule only).")
+    n_regions: int | None = Field(None, description="Regions above the pixel threshold (area rule consulted only).")
+
+    @classmethod
+    def of(cls, decision: Decision) -> VerdictRule:
+        keys = ("min_defect_area_mm2", "largest_area_mm2", "unmeasured_regions", "n_regions")
+        return cls(rule=decision.rule, **{k: decision.details[k] for k in keys if k in decision.details})
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
     part_id: str | None
@@ -42,9 +113,19 @@ class PredictResponse(BaseModel):
     threshold: float = Field(description="Threshold in effect: score > threshold means NG.")
     threshold_source: ThresholdSource
     is_anomalous: bool
+    decision: VerdictRule = Field(description="The rule that gave `is_anomalous`.")
     anomaly_map: AnomalyMap | None = None
+    pixel_threshold: float | None = Field(
+        description="Map value above which a pixel belongs to a defect region (the model's calibration); null for "
+        "a model calibrated before pixel thresholds (no regions then)."
+    )
+    regions: list[DefectRegion] = Field(
+        description=f"Defect regions in the upload's pixel frame, highest max_score first, at most {MAX_REGIONS}."
+    )
+    n_regions: int = Field(description=f"All regions above the pixel threshold (only {MAX_REGIONS} are listed).")
     defect_area_fraction: float = Field(
-        description="Share of the image's pixels whose map value exceeds the threshold."
+        description="Share of the image's pixels whose map value exceeds the pixel threshold (without one: the "
+        "image threshold)."
     )
     timings_ms: Timings
     provider: str = Field(description="ONNX Runtime execution provider that ran the model.")
@@ -64,6 +145,7 @@ class PredictResponse(BaseModel):
             threshold=p.threshold,
             threshold_source=p.threshold_source,
             is_anomalous=p.is_anomalous,
+            decision=VerdictRule.of(p.decision),
             anomaly_map=(
                 AnomalyMap(
                     width=encoded.width,
@@ -74,6 +156,9 @@ class PredictResponse(BaseModel):
                 if encoded is not None
                 else None
             ),
+            pixel_threshold=p.pixel_threshold,
+            regions=[DefectRegion.of(r) for r in p.regions],
+            n_regions=p.n_regions,
             defect_area_fraction=p.defect_area_fraction,
             timings_ms=Timings(**{k: round(v, 3) for k, v in timings.items()}),
             provider=p.provider,
@@ -96,9 +181,27 @@ class ModelInfo(BaseModel):
     default: bool = Field(description="Whether requests without a `model` field go to this model.")
 
 
+class UnavailableModel(BaseModel):
+    name: str
+    reason: str = Field(description="Why its folder is not served (or, for a changed folder, not replaced).")
+
+
 class ModelsResponse(BaseModel):
     default_model: str
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = Field(
+        default_factory=list, description="Model folders that failed to load; requests naming them get 503."
+    )
+
+
+class ReloadResponse(BaseModel):
+    loaded: list[str] = Field(description="New model folders, now served.")
+    reloaded: list[str] = Field(description="Changed model folders, their new version now served.")
+    removed: list[str] = Field(description="Model folders gone, no longer served.")
+    unchanged: list[str]
+    kept: list[str] = Field(description="Changed folders that failed to load; their previous version is served.")
+    failed: dict[str, str] = Field(description="Model name → why its folder failed to load.")
+    models: list[str] = Field(description="The models served after the reload.")
 
 
 class HealthResponse(BaseModel):

@@ -7,8 +7,17 @@ package's public face; the contract is in docs/DESIGN.md, "The predict path".
 """
 
 from service.engine.batching import Batcher, BatchOutcome
-from service.engine.engine import Engine
-from service.engine.errors import BatcherClosedError, EngineError, InferenceError, ModelLoadError, UnknownModelError
+from service.engine.engine import Engine, ReloadReport
+from service.engine.errors import (
+    BatcherClosedError,
+    EngineError,
+    InferenceError,
+    InvalidModelOutputError,
+    ModelLoadError,
+    ModelUnavailableError,
+    UnknownModelError,
+    WorkerDeadError,
+)
 from service.engine.loading import CPU, CUDA, EngineOptions, LoadedModel, cuda_driver_present, session_providers
 from service.engine.result import EncodedMap, PartUpload, Prediction, PredictResult, ReturnMap, ThresholdSource
 
@@ -23,14 +32,18 @@ __all__ = [
     "EngineError",
     "EngineOptions",
     "InferenceError",
+    "InvalidModelOutputError",
     "LoadedModel",
     "ModelLoadError",
+    "ModelUnavailableError",
     "PartUpload",
     "PredictResult",
     "Prediction",
+    "ReloadReport",
     "ReturnMap",
     "ThresholdSource",
     "UnknownModelError",
+    "WorkerDeadError",
     "cuda_driver_present",
     "session_providers",
 ]

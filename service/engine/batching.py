@@ -8,6 +8,11 @@ for the window: with nobody else on the way, waiting could only add latency. No 
 both).
 
 Pre- and postprocessing stay in each request's own thread; only the core stage is shared.
+
+A worker cannot hang its callers: any exception inside the loop fails the parts it holds and the loop goes
+on; if the thread ends anyway, it fails every queued part, refuses new ones and reports itself dead
+(`Batcher.failure`, which the engine turns into "not ready" and the service into a non-zero exit); and a
+caller waits for its result at most `result_timeout_s`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.errors import BatcherClosedError, InferenceError
+from service.engine.errors import BatcherClosedError, InferenceError, WorkerDeadError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ class BatchOutcome:
     inference_ms: float
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a queued part is removed as itself, never by its arrays
 class _Item:
     rgb: np.ndarray
     depth: np.ndarray
@@ -85,12 +90,18 @@ class Batcher:
         max_size: int,
         wait_s: float,
         name: str = "model",
+        result_timeout_s: float = 60.0,
     ) -> None:
-        if max_size < 1 or wait_s < 0:
-            raise ValueError(f"batcher {name!r}: expected max_size ≥ 1 and wait_s ≥ 0, got {max_size}, {wait_s}")
+        if max_size < 1 or wait_s < 0 or result_timeout_s <= 0:
+            raise ValueError(
+                f"batcher {name!r}: expected max_size ≥ 1, wait_s ≥ 0, result_timeout_s > 0; "
+                f"got {max_size}, {wait_s}, {result_timeout_s}"
+            )
         self.name = name
         self.max_size = max_size
         self.wait_s = wait_s
+        self.result_timeout_s = result_timeout_s
+        self.failure: str | None = None  # why the worker thread ended while the batcher was open
         self._run = run
         self._queue: deque[_Item] = deque()
         self._announced = 0  # requests between reserve() and submit(): parts that are on their way
@@ -130,12 +141,23 @@ class Batcher:
         with self._cond:
             if announced:
                 self._announced -= 1
+            if self.failure is not None:
+                raise WorkerDeadError(f"model {self.name!r}: the batching worker is dead ({self.failure})")
             if self._closed:
                 raise BatcherClosedError(f"model {self.name!r}: the engine is stopping; the part was not run")
             self._queue.append(item)
             self._cond.notify_all()
-        # No timeout: the worker resolves every future it takes, and close() fails the ones it leaves.
-        return item.future.result()
+        # The worker resolves every future it takes, close() and a dying worker fail the ones left queued;
+        # the timeout covers what none of them can: a session run that never returns.
+        try:
+            return item.future.result(timeout=self.result_timeout_s)
+        except TimeoutError:
+            with self._cond:
+                if item in self._queue:
+                    self._queue.remove(item)
+            raise InferenceError(
+                f"model {self.name!r}: no result within {self.result_timeout_s:g} s (a session run is stuck)"
+            ) from None
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Stop taking parts, run what is queued (drain), stop the worker. Returns whether it finished within
@@ -162,11 +184,36 @@ class Batcher:
         return False
 
     def _loop(self) -> None:
-        while True:
-            batch = self._gather()
-            if batch is None:
-                return
-            self._run_batch(batch)
+        try:
+            while True:
+                batch = self._gather()
+                if batch is None:
+                    return
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # a bug past the run itself: fail this batch, keep serving
+                    log.exception("batcher %s: a batch of %d failed outside the session run", self.name, len(batch))
+                    self._fail(batch, InferenceError(f"model {self.name!r}: the batch failed: {exc!r}"))
+        except BaseException as exc:  # the thread ends here (not re-raised: it is reported, not lost)
+            self._died(repr(exc))
+        finally:
+            if not self._closed and self.failure is None:
+                self._died("the worker thread ended")
+
+    def _died(self, reason: str) -> None:
+        """The worker ends while the batcher is open: refuse new parts and fail every queued one."""
+        with self._cond:
+            self.failure = reason
+            left = list(self._queue)
+            self._queue.clear()
+        log.critical("batcher %s: the worker thread died (%s); %d queued part(s) failed", self.name, reason, len(left))
+        self._fail(left, WorkerDeadError(f"model {self.name!r}: the batching worker died ({reason})"))
+
+    @staticmethod
+    def _fail(items: list[_Item], error: Exception) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _gather(self) -> list[_Item] | None:
         """The next batch per the gathering rule; None once closed and empty."""
@@ -174,7 +221,7 @@ class Batcher:
             while not self._queue:
                 if self._closed:
                     return None
-                self._cond.wait()
+                self._cond.wait(1.0)  # idle; notified on every submit and on close
             deadline = self._queue[0].submitted_at + self.wait_s
             while len(self._queue) < self.max_size and self._announced > 0 and not self._closed:
                 remaining = deadline - time.perf_counter()

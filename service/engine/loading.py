@@ -13,9 +13,11 @@ import numpy as np
 import onnxruntime as ort
 
 from service.codecs import DecodeLimits
+from service.engine.binding import BoundRunner
 from service.engine.errors import ModelLoadError
+from service.engine.onnx_scan import ProtobufError, external_tensors
 from service.engine.result import ThresholdSource
-from service.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError, load_model_dir
+from service.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError, check_embedded, verify_model_bytes
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class EngineOptions:
     require_cuda: bool = False
     providers: Literal["auto", "cpu"] = "auto"  # "cpu": never ask for CUDA, even where it is usable
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
+    # Model name → smallest region (mm²) that makes a part NG, instead of the manifest's min_defect_area_mm2.
+    min_defect_area_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
     # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
     ort_spin_wait: bool = True
@@ -43,6 +47,8 @@ class EngineOptions:
     # what one part does there; on a CPU a batch costs about its size in time).
     batch_max_size: int | None = 1
     batch_wait_ms: float = 0.0
+    # Longest wait for a micro-batch's result; a replaced model's worker is closed this long after a reload.
+    result_timeout_s: float = 60.0
     # What one uploaded file may hold (Engine.predict_upload decodes the uploads).
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
     # Threads decoding RGB images while the point cloud becomes a depth image (Engine.predict_upload);
@@ -62,6 +68,10 @@ class LoadedModel:
     provider: str
     threshold: float
     threshold_source: ThresholdSource
+    # The area rule in effect (service.regions.decide): the override, else the manifest's; None = score rule.
+    min_defect_area_mm2: float | None = None
+    # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
+    runner: BoundRunner | None = None
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -143,11 +153,31 @@ def model_names(options: EngineOptions) -> list[str]:
 
 
 def load_model(options: EngineOptions, name: str) -> LoadedModel:
-    """Open `models_dir/<name>`'s session and verify its manifest; ModelLoadError names the model and the fault."""
+    """Open `models_dir/<name>`'s session and verify its manifest; ModelLoadError names the model and the fault.
+
+    The model file is read once; the SHA-256 of those bytes is checked against the manifest and the file
+    is checked to be self-contained (no external data) before ONNX Runtime parses anything, and the
+    session is built from the same bytes, so what runs is what was verified.
+    """
     folder = options.models_dir / name
     onnx_path = folder / MODEL_FILE
     if not onnx_path.is_file():
         raise ModelLoadError(f"model {name!r}: {onnx_path} not found")
+    model_bytes = onnx_path.read_bytes()
+    try:
+        manifest = verify_model_bytes(folder, model_bytes)
+    except ManifestError as exc:
+        raise ModelLoadError(f"model {name!r}: {exc}") from exc
+    try:
+        external = external_tensors(model_bytes)
+    except ProtobufError as exc:
+        raise ModelLoadError(f"model {name!r}: {onnx_path} is not a loadable ONNX model: {exc}") from exc
+    if external:
+        shown = ", ".join(external[:5]) + (" …" if len(external) > 5 else "")
+        raise ModelLoadError(
+            f"model {name!r}: {onnx_path} keeps {len(external)} tensor(s) in external data ({shown}); "
+            "only self-contained model files are served (export without external data)"
+        )
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if options.intra_op_threads:
@@ -155,7 +185,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.ort_spin_wait else "0")
     try:
         session = ort.InferenceSession(
-            str(onnx_path),
+            model_bytes,
             session_options,
             providers=session_providers(options.require_cuda, options.providers, tensorrt=options.tensorrt),
         )
@@ -163,8 +193,9 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise ModelLoadError(f"model {name!r}: {onnx_path} is not a loadable ONNX model: {exc}") from exc
+    del model_bytes  # the session holds its own copy
     try:
-        manifest = load_model_dir(folder, session.get_modelmeta().custom_metadata_map)
+        check_embedded(folder, manifest, session.get_modelmeta().custom_metadata_map)
     except ManifestError as exc:
         raise ModelLoadError(f"model {name!r}: {exc}") from exc
     provider = session.get_providers()[0]
@@ -181,6 +212,20 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
             threshold,
             manifest.threshold.value,
         )
+    min_area = manifest.min_defect_area_mm2
+    if name in options.min_defect_area_overrides:
+        min_area = float(options.min_defect_area_overrides[name])
+        log.warning(
+            "min_defect_area_mm2 override for model %s: %g mm² instead of the manifest's %s",
+            name,
+            min_area,
+            manifest.min_defect_area_mm2,
+        )
+    if min_area is not None and manifest.pixel_threshold is None:
+        raise ModelLoadError(
+            f"model {name!r}: an area rule (min_defect_area_mm2 {min_area:g}) needs defect regions, but the manifest "
+            "has no pixel_threshold; run `python -m training calibrate` on the model first"
+        )
     return LoadedModel(
         name=name,
         manifest=manifest,
@@ -188,27 +233,54 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         provider=provider,
         threshold=threshold,
         threshold_source=source,
+        min_defect_area_mm2=min_area,
     )
 
 
+FLOAT = "tensor(float)"
+
+
 def _check_io(name: str, session: ort.InferenceSession, manifest: Manifest) -> None:
-    inputs = {i.name: i.shape for i in session.get_inputs()}
-    outputs = [o.name for o in session.get_outputs()]
-    if set(inputs) != {"rgb", "depth"} or outputs[:2] != ["scores", "maps"]:
+    """The graph's declared inputs and outputs: names, element types, and shapes where they are fixed."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if set(inputs) != {"rgb", "depth"} or not {"scores", "maps"} <= set(outputs):
         raise ModelLoadError(
-            f"model {name!r}: graph inputs {sorted(inputs)} / outputs {outputs} are not rgb, depth → scores, maps"
+            f"model {name!r}: graph inputs {sorted(inputs)} / outputs {list(outputs)} are not rgb, depth → scores, maps"
         )
     size = manifest.image_size
-    for input_name, shape in inputs.items():
-        if list(shape[1:]) != [3, size, size]:
+    for input_name, arg in inputs.items():
+        if list(arg.shape[1:]) != [3, size, size] or arg.type != FLOAT:
             raise ModelLoadError(
-                f"model {name!r}: input {input_name} has shape {shape}, manifest says [batch, 3, {size}, {size}]"
+                f"model {name!r}: input {input_name} is {arg.type} {arg.shape}; "
+                f"expected float32 [batch, 3, {size}, {size}] (manifest image_size {size})"
+            )
+    expected = {"scores": "[batch]", "maps": f"[batch, {size}, {size}]"}
+    for output_name, rank in (("scores", 1), ("maps", 3)):
+        arg = outputs[output_name]
+        fixed = [d for d in arg.shape[1:] if isinstance(d, int)]
+        wrong_size = output_name == "maps" and any(d != size for d in fixed)
+        if arg.type != FLOAT or len(arg.shape) != rank or wrong_size:
+            raise ModelLoadError(
+                f"model {name!r}: output {output_name} is {arg.type} {arg.shape}; expected float32 "
+                f"{expected[output_name]}"
             )
 
 
 def warm_up(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
-    """One run per batch size: a first run at a new shape allocates (and on CUDA, tunes) for it."""
+    """One run per batch size: a first run at a new shape allocates (and on CUDA, tunes) for it. The outputs
+    are checked too: a graph that declares nothing (or lies) about its output shapes is refused here, before
+    a request could meet it. ModelLoadError names the output, its shape and dtype, and what was expected."""
     size = model.manifest.image_size
     for batch in sorted(set(batch_sizes)):
         zeros = np.zeros((batch, 3, size, size), np.float32)
-        model.session.run(None, {"rgb": zeros, "depth": zeros})
+        try:
+            scores, maps = model.session.run(["scores", "maps"], {"rgb": zeros, "depth": zeros})
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ModelLoadError(f"model {model.name!r}: the warm-up run (batch {batch}) failed: {exc}") from exc
+        for output_name, array, shape in (("scores", scores, (batch,)), ("maps", maps, (batch, size, size))):
+            if array.shape != shape or array.dtype != np.float32:
+                raise ModelLoadError(
+                    f"model {model.name!r}: output {output_name} is {array.dtype} {array.shape} at warm-up with "
+                    f"batch {batch}; expected float32 {shape}"
+                )

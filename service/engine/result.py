@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.postprocessing import MapEncoding
+from service.regions import Decision, Region
 
 # How the answer carries the anomaly map: not at all, a 16-bit PNG, or a float32 .npy (service.postprocessing).
 ReturnMap = Literal["none", "png", "npy"]
@@ -34,6 +35,9 @@ class Prediction:
     when batching is off), inference (the whole batch's session time), postprocess. `batch_size`: parts in
     the session run; `first_in_batch`: whether this part reports its run (one part per run does).
     `info`: the preprocessing facts of the part (JSON-able: plane method, foreground fraction, ...).
+    `regions`: at most 16 connected regions above `pixel_threshold` in the upload's frame, largest score
+    first (`n_regions`: all of them); empty without a pixel threshold (a schema-1 manifest). `decision`: the
+    rule that gave `is_anomalous` (service.regions.decide).
     """
 
     model: str
@@ -49,6 +53,10 @@ class Prediction:
     batch_size: int
     first_in_batch: bool
     info: dict[str, Any]
+    pixel_threshold: float | None
+    regions: tuple[Region, ...]
+    n_regions: int
+    decision: Decision
 
 
 @dataclass(frozen=True)

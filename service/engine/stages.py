@@ -9,9 +9,11 @@ import numpy as np
 
 from service.codecs import DecodeLimits, decode_rgb, decode_xyz
 from service.engine.batching import BatchOutcome
+from service.engine.errors import InvalidModelOutputError
 from service.engine.loading import LoadedModel
 from service.engine.result import EncodedMap, PartUpload, Prediction, ReturnMap
 from service.postprocessing import defect_area_fraction, encode_map, map_to_input_size
+from service.regions import NonFiniteError, check_finite, decide, find_regions
 
 
 def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray, np.ndarray]:
@@ -24,25 +26,50 @@ def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray,
     return rgb, xyz
 
 
-def postprocess(model: LoadedModel, core: BatchOutcome, height: int, width: int, info: dict[str, Any]) -> Prediction:
+def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: dict[str, Any]) -> Prediction:
     """The one place where the model's output becomes an answer: `core` holds the raw score and the (S, S)
-    map at the model's resolution; the map goes back to the upload's `height` × `width`, the verdict and the
-    defect area follow from the threshold in effect. `timings_ms` is left empty for the engine to fill in."""
+    map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud (the decoded array itself, not a
+    copy). The map goes back to the upload's H × W; the defect regions come from the manifest's pixel
+    threshold and their mm² from `xyz`; the verdict from `service.regions.decide` with the threshold and the
+    area rule in effect. A model without a pixel threshold (schema 1) answers no regions and the area
+    fraction above the image threshold, as before. `timings_ms` is left empty for the engine to fill in.
+
+    Raises InvalidModelOutputError on a non-finite score or map: never an answer, never an OK.
+    """
+    try:
+        check_finite(core.score, model.threshold)
+        if not np.isfinite(core.anomaly_map).all():  # checked at the model's resolution: resizing spreads NaN
+            bad = int(np.count_nonzero(~np.isfinite(core.anomaly_map)))
+            raise NonFiniteError(f"the anomaly map holds {bad} non-finite value(s)")
+    except NonFiniteError as exc:
+        raise InvalidModelOutputError(f"model {model.name!r} version {model.manifest.version}: {exc}") from exc
+    height, width = xyz.shape[:2]
     anomaly_map = map_to_input_size(core.anomaly_map, height, width)
+    pixel_threshold = model.manifest.pixel_threshold
+    if pixel_threshold is None:
+        report, fraction = None, defect_area_fraction(anomaly_map, model.threshold)
+    else:
+        report = find_regions(anomaly_map, pixel_threshold, xyz)
+        fraction = report.defect_area_fraction
+    decision = decide(core.score, model.threshold, report, model.min_defect_area_mm2)
     return Prediction(
         model=model.name,
         version=model.manifest.version,
         score=core.score,
         threshold=model.threshold,
         threshold_source=model.threshold_source,
-        is_anomalous=core.score > model.threshold,
+        is_anomalous=decision.is_anomalous,
         anomaly_map=anomaly_map,
-        defect_area_fraction=defect_area_fraction(anomaly_map, model.threshold),
+        defect_area_fraction=fraction,
         timings_ms={},
         provider=model.provider,
         batch_size=core.batch_size,
         first_in_batch=core.first_in_batch,
         info=dict(info),
+        pixel_threshold=pixel_threshold,
+        regions=report.regions if report is not None else (),
+        n_regions=report.n_regions if report is not None else 0,
+        decision=decision,
     )
 
 

@@ -47,7 +47,8 @@ def decision_from_answer(
     answer: Mapping[str, Any], *, model_sha256: str, received_at: datetime | None = None, client: str | None = None
 ) -> DecisionRecord:
     """A record from the predict answer (its JSON form). `received_at` defaults to now − timings_ms.total.
-    `decision_rule` and `regions` are taken from the answer when it carries them."""
+    The rule comes from the answer's `decision.rule` (an answer recorded before that field: `decision_rule`,
+    else the score rule); `regions` from the answer when it carries them."""
     timings = {k: float(v) for k, v in answer["timings_ms"].items()}
     if received_at is None:
         received_at = datetime.now(UTC) - timedelta(milliseconds=timings.get("total", 0.0))
@@ -65,7 +66,9 @@ def decision_from_answer(
         defect_area_fraction=float(answer.get("defect_area_fraction", 0.0)),
         provider=str(answer["provider"]),
         timings_ms=timings,
-        decision_rule=str(answer.get("decision_rule") or DEFAULT_DECISION_RULE),
+        decision_rule=str(
+            (answer.get("decision") or {}).get("rule") or answer.get("decision_rule") or DEFAULT_DECISION_RULE
+        ),
         regions=tuple(answer.get("regions") or ()),
         client=client,
     )

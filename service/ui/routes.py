@@ -242,7 +242,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
 def _config_for(state: ServiceState, model: str) -> PreprocessConfig:
     loaded = state.engine.models.get(model)
     # A record of a model this replica does not serve: the default config (its manifest is not at hand).
-    return loaded.preprocess_config if loaded is not None else PreprocessConfig()
+    return loaded.manifest.preprocessing if loaded is not None else PreprocessConfig()
 
 
 @router.get("/parts/{request_id}/{picture}.png")

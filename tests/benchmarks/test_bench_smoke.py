@@ -103,6 +103,19 @@ def test_throughput_quick(fake_dir: Path, tmp_path: Path) -> None:
     assert set(data["throughput_on_over_off"]) == {"1", "3"}
 
 
+def test_admission_quick(fake_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "admission.json"
+    proc, data = run_script(
+        "bench_admission.py", "--quick", "--models-dir", fake_dir.parent, "--model", fake_dir.name, "--out", out
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: over the target (a loaded machine), still a result
+    assert_machine(data)
+    assert set(data["variants"]) == {"bare", "gate, admitted", "gate, refused 401"}
+    for variant in data["variants"].values():
+        assert_stats(variant)
+    assert data["within_target"] == (data["added_ms"] <= data["target_added_ms"] == 0.3)
+
+
 @pytest.mark.skipif(gpu_env.probe()["gpu_present"], reason="this machine has a GPU: the no-GPU path is unreachable")
 def test_gpu_check_says_no_gpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"

@@ -18,6 +18,7 @@ import yaml
 
 from tests.deploy.processes import free_port, running_prometheus, stop, wait_until
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
+from tests.records.servers import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,10 @@ def live_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return model
 
 
-def service_env(model: LiveModel) -> dict[str, str]:
+def service_env(model: LiveModel, data_dir: Path, webhook_url: str) -> dict[str, str]:
     """The parent's environment without any BRIDGENET_* (a developer's shell must not leak in), plus the
-    settings of this run: one model, CPU provider, development mode without an API key."""
+    settings of this run: one model, CPU provider, development mode without an API key, the audit trail in
+    `data_dir` and results pushed to a webhook (so the push panels have a destination to show)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
     env.update(
         BRIDGENET_MODELS_DIR=str(model.models_dir),
@@ -144,6 +146,8 @@ def service_env(model: LiveModel) -> dict[str, str]:
         BRIDGENET_ENVIRONMENT="development",
         BRIDGENET_INTRA_OP_THREADS="2",
         BRIDGENET_LOG_LEVEL="INFO",
+        BRIDGENET_DATA_DIR=str(data_dir),
+        BRIDGENET_WEBHOOK_URL=webhook_url,
     )
     return env
 
@@ -154,10 +158,13 @@ def live_service(live_model: LiveModel, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("service")
     log_path = folder / "service.log"
     port = free_port()
+    webhook = WebhookReceiver()  # a real HTTP receiver standing in for the line's MES
+    webhook.start()
     log_file = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT, env=service_env(live_model), stdout=log_file, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT, env=service_env(live_model, folder / "data", webhook.url), stdout=log_file,
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -174,6 +181,7 @@ def live_service(live_model: LiveModel, tmp_path_factory: pytest.TempPathFactory
         yield LiveService(base, port, live_model, log_path)
     finally:
         stop(process, log_file)
+        webhook.stop()
 
 
 def loopback_config(service_port: int, prometheus_port: int, dcgm_port: int) -> dict[str, Any]:

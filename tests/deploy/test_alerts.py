@@ -26,6 +26,9 @@ EXPECTED_ALERTS = {
     "BridgeNetScoreDrift",
     "BridgeNetPushBacklog",
     "BridgeNetGpuMemoryHigh",
+    "BridgeNetModelUnavailable",
+    "BridgeNetStuckPrediction",
+    "BridgeNetInvalidModelOutput",
 }
 
 

@@ -46,6 +46,11 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         "bolt", "3", "CUDAExecutionProvider", "tf_efficientnet_lite0"
     ).set(1)
     Gauge("bridgenet_inflight_requests", "", registry=reg).set(2)
+    # Traceability: a webhook whose backlog holds 3 results, failing now and then; the audit write time.
+    Gauge("bridgenet_push_backlog", "", ["destination"], registry=reg).labels("webhook").set(3)
+    push_failures = Counter("bridgenet_push_failures", "", ["destination"], registry=reg)
+    audit = Histogram("bridgenet_audit_write_seconds", "", buckets=(0.001, 0.002, 0.005), registry=reg)
+    Gauge("bridgenet_archive_bytes", "", registry=reg).set(2.5e6)
     for name, value in (("DCGM_FI_DEV_GPU_UTIL", 40), ("DCGM_FI_DEV_FB_USED", 3000), ("DCGM_FI_DEV_FB_FREE", 138000)):
         Gauge(name, "", ["gpu"], registry=reg).labels("0").set(value)
     ProcessCollector(registry=reg)
@@ -57,11 +62,13 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         requests.labels("/v1/predict", "200").inc(9)
         requests.labels("/v1/predict", "429").inc(1)
         rejected.labels("queue_full").inc(1)
+        push_failures.labels("webhook").inc(1)
         latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):
             latency.observe(0.08)
             answered.observe(0.08)
             batch.labels("bolt").observe(1)
+            audit.observe(0.0015)
             score.labels("bolt").observe(1.5)
             for name, seconds in (("decode", 0.004), ("preprocess", 0.02), ("inference", 0.05), ("postprocess", 0.006)):
                 stage.labels(name).observe(seconds)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ def service_env(models_dir: Path, default_model: str = "fake", **settings: str) 
         BRIDGENET_DEFAULT_MODEL=default_model,
         BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_INTRA_OP_THREADS="1",
+        # The audit trail's database and evidence in a folder of their own, never in the working directory.
+        BRIDGENET_DATA_DIR=tempfile.mkdtemp(prefix="bridgenet-service-data-"),
         PYTHONPATH=str(REPO),
     )
     env.update({f"BRIDGENET_{k.upper()}": v for k, v in settings.items()})

@@ -4,8 +4,10 @@ message naming the problem; clients that vanish mid-request leave the service re
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -52,10 +54,11 @@ def test_missing_model_file_is_named(tmp_path: Path) -> None:
 
 
 def test_truncated_model_file_is_named(tmp_path: Path) -> None:
+    """The hash is checked before ONNX Runtime parses the file: a truncated file fails that check."""
     onnx_path = write_fake_model(tmp_path / "models", "fake") / "model.onnx"
     onnx_path.write_bytes(onnx_path.read_bytes()[:-200])
     message = refused(tmp_path / "models", tmp_path)
-    assert re.search(r"model 'fake': .*model\.onnx is not a loadable ONNX model", message), message
+    assert re.search(r"model 'fake': .*model\.onnx sha256 .* does not match manifest\.json", message), message
 
 
 def test_model_file_swapped_for_another_fails_the_manifest_check(tmp_path: Path) -> None:
@@ -75,16 +78,40 @@ def test_edited_model_fails_the_manifest_check(tmp_path: Path) -> None:
     assert "does not match manifest.json" in refused(tmp_path / "models", tmp_path)
 
 
-def test_one_bad_model_among_good_ones_stops_start_up_and_is_named(tmp_path: Path) -> None:
-    """A service must serve every model it was given or none: a line configured for "bagel" must not find,
-    later, that its requests fail with unknown_model while /readyz said ready."""
+def test_one_bad_model_among_good_ones_is_reported_and_the_others_are_served(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """One bad folder must not stop a station: it is named (log line, /v1/models, metric), requests naming
+    it get 503 model_unavailable, and the default model keeps the station ready."""
     models = tmp_path / "models"
     write_fake_model(models, "fake")
     write_fake_model(models, "good")
     broken = write_fake_model(models, "broken") / "model.onnx"
     broken.write_bytes(broken.read_bytes()[:64])
-    message = refused(models, tmp_path)
-    assert "model 'broken'" in message and "'fake'" not in message and "'good'" not in message, message
+    service = start_service(models)
+    listing = httpx.get(f"{service.url}/v1/models", timeout=10).json()
+    assert [m["name"] for m in listing["models"]] == ["fake", "good"]
+    assert [m["name"] for m in listing["unavailable"]] == ["broken"]
+    answer = httpx.post(f"{service.url}/v1/predict", files=part_files(), data={"model": "broken"}, timeout=10)
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_unavailable"
+    assert httpx.post(f"{service.url}/v1/predict", files=part_files(), data={"model": "good"}, timeout=10).is_success
+    assert 'bridgenet_model_unavailable{model="broken"} 1.0' in httpx.get(f"{service.url}/metrics", timeout=5).text
+    errors = [json.loads(line) for line in service.log_text().splitlines() if '"level": "ERROR"' in line]
+    assert any("model broken is not served" in str(e["message"]) for e in errors), errors
+
+
+def test_sighup_reloads_the_model_folders(start_service: StartService, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_fake_model(models, "fake")
+    service = start_service(models)
+    write_fake_model(models, "added")
+    os.kill(service.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "added" not in [m["name"] for m in httpx.get(f"{service.url}/v1/models", timeout=5).json()["models"]]:
+        assert time.monotonic() < deadline and service.proc.poll() is None, service.log_text()[-3000:]
+        time.sleep(0.1)
+    answer = httpx.post(f"{service.url}/v1/predict", files=part_files(), data={"model": "added"}, timeout=10)
+    assert answer.is_success, answer.text
 
 
 @pytest.mark.skipif(

@@ -59,10 +59,17 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
             helper.make_node("Add", ["raw_scores", "picked"], ["scores"]),
         ]
         initializers.append(helper.make_tensor("one_zero", TensorProto.FLOAT, [1], [0.0]))
+    return bridgenet_model(nodes, initializers, size, "fake_bridgenet")
+
+
+def bridgenet_model(
+    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], size: int, name: str
+) -> onnx.ModelProto:
+    """A checked model with the real model's inputs (rgb, depth) and outputs (scores, maps) around `nodes`."""
     image: list[str | int | None] = ["batch", 3, size, size]
     graph = helper.make_graph(
         nodes,
-        "fake_bridgenet",
+        name,
         inputs=[
             helper.make_tensor_value_info("rgb", TensorProto.FLOAT, image),
             helper.make_tensor_value_info("depth", TensorProto.FLOAT, image),
@@ -79,8 +86,69 @@ def build_graph(size: int = SIZE, fails_on_parts: bool = False) -> onnx.ModelPro
     return model
 
 
-def fake_manifest(name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1") -> Manifest:
-    """A manifest as training.export would write it, for the fake graph."""
+def with_wide_scores(columns: int, declared: list[str | int | None] | None = None) -> onnx.ModelProto:
+    """The fake graph with `scores` of shape (batch, columns) instead of (batch,): a model the service must
+    refuse at load. `declared`: the output shape the graph claims (default: the real one)."""
+    model = build_graph()
+    graph = model.graph
+    scores = next(n for n in graph.node if n.output[0] == "scores")
+    scores.output[0] = "raw_scores"
+    graph.node.append(helper.make_node("Unsqueeze", ["raw_scores", "axis1"], ["column"]))
+    graph.node.append(helper.make_node("Concat", ["column"] * columns, ["scores"], axis=1))
+    graph.output.remove(next(o for o in graph.output if o.name == "scores"))
+    shape: list[str | int | None] = declared if declared is not None else ["batch", columns]
+    graph.output.insert(0, helper.make_tensor_value_info("scores", TensorProto.FLOAT, shape))
+    onnx.checker.check_model(model)
+    return model
+
+
+def with_nan_on_parts(output: str) -> onnx.ModelProto:
+    """The fake graph whose `output` ("scores" or "maps") turns NaN for any real part: sqrt of the smallest
+    rgb input, which is 0 at the all-zero warm-up (the model loads) and negative for every normalised image.
+    With "maps", the scores stay the finite maxima of the clean map."""
+    model = build_graph()
+    graph = model.graph
+    producer = next(n for n in graph.node if output in n.output)
+    producer.output[list(producer.output).index(output)] = f"clean_{output}"
+    if output == "maps":  # the scores read the clean map
+        for node in graph.node:
+            node.input[:] = ["clean_maps" if name == "maps" else name for name in node.input]
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMin", ["rgb"], ["rgb_min"], keepdims=0),
+            helper.make_node("Sqrt", ["rgb_min"], ["nan_on_parts"]),
+            helper.make_node("Add", [f"clean_{output}", "nan_on_parts"], [output]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def with_hot_spot(rows: slice, cols: slice, hot: float = 0.95, cold: float = 0.1, size: int = SIZE) -> onnx.ModelProto:
+    """A graph whose map is the same for every part: `cold` everywhere, `hot` on [rows, cols] (model
+    resolution); score = max of the map. A defect region at a known place, whatever the part looks like."""
+    pattern = np.full((size, size), cold, np.float32)
+    pattern[rows, cols] = hot
+    nodes = [
+        helper.make_node("ReduceMean", ["rgb", "axis1"], ["rgb_mean"], keepdims=0),  # (batch, S, S)
+        helper.make_node("Mul", ["rgb_mean", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "pattern"], ["maps"]),
+        helper.make_node("ReduceMax", ["maps", "axes12"], ["scores"], keepdims=0),
+    ]
+    initializers = [
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("pattern", TensorProto.FLOAT, [size, size], pattern.ravel().tolist()),
+    ]
+    return bridgenet_model(nodes, initializers, size, "fake_hot_spot")
+
+
+def fake_manifest(
+    name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1", **fields: Any
+) -> Manifest:
+    """A manifest as training.export would write it, for the fake graph. `fields`: further manifest fields
+    (schema 2: pixel_threshold, min_defect_area_mm2, ...)."""
     data: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -109,6 +177,7 @@ def fake_manifest(name: str, size: int = SIZE, threshold: float = THRESHOLD, ver
         "metrics": {},
         "selection": "last epoch",
         "training": {},
+        **fields,
     }
     return Manifest.model_validate(data)
 
@@ -191,6 +260,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
         "require_cuda": False,
         "providers": "cpu",  # same numbers and fast session start on a GPU machine too
         "threshold_overrides": {},
+        "min_defect_area_mm2": {},
         "max_upload_bytes": 1024 * 1024,
         "max_image_side": 1024,
         "max_image_pixels": 1024 * 1024,

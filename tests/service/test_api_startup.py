@@ -3,6 +3,7 @@ exits non-zero on it, and serves, then stops cleanly on SIGTERM, with a good mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -32,10 +33,21 @@ def start_app(models_dir: Path) -> None:
         pass
 
 
-def test_truncated_model_file_stops_start_up(tmp_path: Path) -> None:
+def test_truncated_model_file_stops_start_up_before_onnx_runtime_parses_it(tmp_path: Path) -> None:
     onnx_path = write_fake_model(tmp_path, "fake") / "model.onnx"
     data = onnx_path.read_bytes()
     onnx_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=r"model 'fake'.*model\.onnx sha256 .* does not match manifest\.json"):
+        start_app(tmp_path)
+
+
+def test_a_file_matching_its_manifest_that_onnx_runtime_cannot_parse_is_named(tmp_path: Path) -> None:
+    folder = write_fake_model(tmp_path, "fake")
+    data = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(data[: len(data) // 2])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["onnx_sha256"] = hashlib.sha256(data[: len(data) // 2]).hexdigest()  # "re-signed"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match=r"model 'fake'.*model\.onnx is not a loadable ONNX model"):
         start_app(tmp_path)
 
@@ -51,7 +63,7 @@ def test_manifest_sha_mismatch_stops_start_up(tmp_path: Path) -> None:
 
 def test_missing_default_model_stops_start_up(tmp_path: Path) -> None:
     write_fake_model(tmp_path, "other")
-    with pytest.raises(ModelLoadError, match="default model 'fake' is not among the loaded models"):
+    with pytest.raises(ModelLoadError, match="default model 'fake' cannot be served: not among the loaded models"):
         start_app(tmp_path)
 
 
@@ -62,6 +74,7 @@ def service_env(models_dir: Path) -> dict[str, str]:
         BRIDGENET_DEFAULT_MODEL="fake",
         BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_INTRA_OP_THREADS="1",
+        BRIDGENET_DATA_DIR=str(models_dir / "service-data"),  # the audit trail, never in the working directory
         PYTHONPATH=str(REPO),
     )
     return env
@@ -85,7 +98,7 @@ def test_python_m_service_exits_non_zero_with_the_message(tmp_path: Path) -> Non
     assert result.returncode != 0
     failures = [r for r in json_lines(result.stderr) if "start-up failed" in str(r["message"])]
     assert failures, result.stderr
-    assert "is not a loadable ONNX model" in str(failures[0]["message"])
+    assert "does not match manifest.json" in str(failures[0]["message"])
     assert failures[0]["level"] == "ERROR"
 
 

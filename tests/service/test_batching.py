@@ -272,7 +272,9 @@ def test_engine_stop_with_queued_parts_drains_them(models_dir: Path) -> None:
         futures = [pool.submit(engine.predict, rgb, xyz) for _ in range(5)]
         deadline = time.monotonic() + 5
         # Every part submitted: one batch (of 1 or 2) held at the gate, the rest queued behind it.
-        while not engine.sizes or engine.sizes[0] + engine._batchers["fake"].queued < 5:
+        batcher = engine._served["fake"].batcher
+        assert batcher is not None
+        while not engine.sizes or engine.sizes[0] + batcher.queued < 5:
             assert time.monotonic() < deadline, "the parts did not queue up"
             time.sleep(0.005)
         threading.Timer(0.2, engine.gate.set).start()

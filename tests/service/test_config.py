@@ -50,6 +50,7 @@ def test_values_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         default_model="tire",
         require_cuda="1",
         threshold_overrides='{"bagel": 0.73}',
+        min_defect_area_mm2='{"tire": 2.5}',
         max_upload_bytes="1000",
         request_timeout_s="2.5",
         log_level="debug",
@@ -59,6 +60,7 @@ def test_values_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert s.models_dir == Path("/srv/models") and s.models == ["bagel", "tire"] and s.default_model == "tire"
     assert s.require_cuda is True and s.threshold_overrides == {"bagel": 0.73}
+    assert s.min_defect_area_mm2 == {"tire": 2.5}
     assert s.max_upload_bytes == 1000 and s.request_timeout_s == 2.5 and s.log_level == "DEBUG"
     assert s.intra_op_threads == 3 and s.batch_max_size == 8 and s.batch_wait_ms == 1.5
 
@@ -70,8 +72,8 @@ def test_models_as_json_list_and_lowercase_variable(monkeypatch: pytest.MonkeyPa
 
 def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     # docker compose passes `${BRIDGENET_API_KEY:-}`: empty, not absent.
-    s = settings_from(monkeypatch, api_key="", models="", threshold_overrides="")
-    assert s.api_key is None and s.models is None and s.threshold_overrides == {}
+    s = settings_from(monkeypatch, api_key="", models="", threshold_overrides="", min_defect_area_mm2="")
+    assert s.api_key is None and s.models is None and s.threshold_overrides == {} and s.min_defect_area_mm2 == {}
 
 
 @pytest.mark.parametrize(
@@ -88,6 +90,15 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
         ({"require_cuda": "maybe"}, "BRIDGENET_REQUIRE_CUDA: Input should be a valid boolean"),
         ({"threshold_overrides": "{x"}, "BRIDGENET_THRESHOLD_OVERRIDES: expected a JSON object"),
         ({"threshold_overrides": '{"a": "NaN"}'}, "BRIDGENET_THRESHOLD_OVERRIDES"),
+        ({"min_defect_area_mm2": "[2]"}, "BRIDGENET_MIN_DEFECT_AREA_MM2"),
+        (
+            {"min_defect_area_mm2": '{"a": 0}'},
+            "BRIDGENET_MIN_DEFECT_AREA_MM2: expected model names mapped to areas > 0",
+        ),
+        (
+            {"models": "demo", "min_defect_area_mm2": '{"other": 1}'},
+            "BRIDGENET_MIN_DEFECT_AREA_MM2 names models that are not loaded",
+        ),
         ({"environment": "staging"}, "BRIDGENET_ENVIRONMENT: Input should be 'development' or 'production'"),
         ({"providers": "tensorrt"}, "BRIDGENET_PROVIDERS"),
         ({"batch_max_size": "0"}, "BRIDGENET_BATCH_MAX_SIZE"),

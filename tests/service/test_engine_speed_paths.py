@@ -118,8 +118,8 @@ def test_io_binding_on_the_cpu_gives_session_run_answers(models_dir: Path) -> No
     rng = np.random.default_rng(0)
     with started(models_dir, io_binding="on", batch_max_size=4) as bound, started(models_dir) as plain:
         model = bound.get(None)
-        runner = bound._runners["fake"]
-        assert runner.device == "cpu" and "fake" not in plain._runners
+        runner = model.runner
+        assert runner is not None and runner.device == "cpu" and plain.get(None).runner is None
         kept = []
         for batch in (1, 3, 1, 4):  # the output buffers are reused per batch size: results must not alias them
             rgb = rng.normal(size=(batch, 3, SIZE, SIZE)).astype(np.float32)
@@ -147,7 +147,7 @@ def test_io_binding_per_thread_buffers(models_dir: Path) -> None:
 
 def test_auto_io_binding_stays_off_on_the_cpu(models_dir: Path) -> None:
     with started(models_dir, io_binding="auto") as auto, started(models_dir, io_binding="off") as off:
-        assert auto._runners == {} and off._runners == {}
+        assert auto.get(None).runner is None and off.get(None).runner is None
 
 
 def test_provider_choice_with_tensorrt(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -178,9 +178,9 @@ def test_tensorrt_asked_for_on_this_machine_still_starts(models_dir: Path) -> No
 
 def test_unset_batch_size_is_one_on_the_cpu(models_dir: Path) -> None:
     with started(models_dir, batch_max_size=None) as engine:
-        assert engine.batch_max_size() == 1 and engine._batchers == {}
+        assert engine.batch_max_size(engine.get(None)) == 1 and engine._served["fake"].batcher is None
     with started(models_dir, batch_max_size=4) as engine:
-        assert engine.batch_max_size() == 4 and set(engine._batchers) == {"fake"}
+        assert engine.batch_max_size(engine.get(None)) == 4 and engine._served["fake"].batcher is not None
 
 
 def test_fp16_model_on_the_cpu_is_served_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

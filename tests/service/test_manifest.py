@@ -14,6 +14,7 @@ from service.manifest import (
     MANIFEST_FILE,
     METADATA_KEY,
     MODEL_FILE,
+    SCHEMA_VERSION,
     Manifest,
     ManifestError,
     load_model_dir,
@@ -95,7 +96,7 @@ def refused(folder: Path, embedded: dict[str, str]) -> str:
 
 def test_valid_manifest_fields() -> None:
     m = Manifest.model_validate(manifest_data())
-    assert m.schema_version == 2 and m.threshold.value == 0.1 + 0.2 and m.precision == "fp32"
+    assert m.schema_version == SCHEMA_VERSION and m.threshold.value == 0.1 + 0.2 and m.precision == "fp32"
     assert m.created.utcoffset() is not None and m.created.hour == 12
     assert m.preprocessing == PreprocessConfig(image_size=SIZE) and m.image_size == SIZE
     with pytest.raises(ValueError, match="frozen"):
@@ -110,9 +111,39 @@ def test_unknown_fields_refused_at_every_level() -> None:
 
 
 def test_newer_schema_version_refused_with_its_own_message() -> None:
-    message = invalid(manifest_data(schema_version=3, new_field=1))
-    assert "schema_version 3 is not supported" in message and "schema 1 and 2" in message
+    message = invalid(manifest_data(schema_version=99, new_field=1))
+    assert "schema_version 99 is not supported" in message and "schema 1, 2" in message
     assert "new_field" not in message
+
+
+def test_schema_1_manifest_loads_without_the_schema_2_fields() -> None:
+    m = Manifest.model_validate(manifest_data(schema_version=1))
+    assert m.calibration is None and m.pixel_threshold is None and m.min_defect_area_mm2 is None and m.history == []
+
+
+def test_schema_2_calibration_fields() -> None:
+    calibration = {
+        "method": "normal_prediction",
+        "source": "validation split",
+        "n_parts": 12,
+        "target_false_reject_rate": 0.01,
+        "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
+        "expected_false_reject_rate": 0.004,
+        "false_reject_rate_interval": [0.0005, 0.02],
+        "distribution_free_upper_bound": 0.22,
+        "pixel": {"method": "normal_prediction on map maxima"},
+    }
+    history = [{"version": "1", "created": "2026-01-01T00:00:00Z", "onnx_sha256": "a" * 64, "threshold": 0.6,
+                "calibration_method": "validation_good_false_reject_rate"}]  # fmt: skip
+    m = Manifest.model_validate(
+        manifest_data(calibration=calibration, pixel_threshold=0.45, min_defect_area_mm2=2.5, history=history)
+    )
+    assert m.calibration is not None and m.calibration.false_reject_rate_interval == (0.0005, 0.02)
+    assert m.pixel_threshold == 0.45 and m.history[0].pixel_threshold is None
+    assert "min_defect_area_mm2" in invalid(manifest_data(min_defect_area_mm2=0))
+    assert "calibration.expected_false_reject_rate" in invalid(
+        manifest_data(calibration={**calibration, "expected_false_reject_rate": 2.0})
+    )
 
 
 def test_schema_1_reads_as_fp32_and_cannot_carry_schema_2_fields() -> None:
@@ -303,6 +334,18 @@ def test_unloadable_preprocessing_config(tmp_path: Path) -> None:
     assert "preprocessing config is invalid" in message and "blur" in message
 
 
+# Schema 2's optional fields (calibration record, pixel threshold, area rule, version history, numeric
+# precision and its check) at their defaults.
+NEW_OPTIONAL_FIELDS = {
+    "calibration": None,
+    "pixel_threshold": None,
+    "min_defect_area_mm2": None,
+    "history": [],
+    "precision": "fp32",
+    "precision_check": {},
+}
+
+
 def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:
     """The typed preprocessing keeps the JSON format: the demo's manifest.json round-trips to the same fields,
     top-level keys in the same order."""
@@ -311,4 +354,7 @@ def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:
     m = Manifest.model_validate({k: v for k, v in stored.items() if k != "onnx_sha256"})
     assert m.preprocessing.image_size == m.image_size == stored["image_size"]
     written = {**m.model_dump(mode="json"), "onnx_sha256": stored["onnx_sha256"]}
+    # Fields a later schema added and an older manifest lacks come back at their defaults, nothing else differs.
+    added = {k: written.pop(k) for k in list(written) if k not in stored}
+    assert added == {k: v for k, v in NEW_OPTIONAL_FIELDS.items() if k in added}
     assert written == stored and list(written) == list(stored)

@@ -40,5 +40,5 @@ def test_a_run_with_other_preprocessing_does_not_load(tmp_path: Path) -> None:
     data = TrainConfig(data="d", category="c").to_dict()
     data["preprocessing"]["version"] = "0"
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="version mismatch"):
+    with pytest.raises(ConfigError, match=r"preprocessing version .0. of the stored config is not the one"):
         TrainConfig.load(tmp_path / "config.json")

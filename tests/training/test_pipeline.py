@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.training.tiny_run import TRAIN_ARGS, tiny_data, tiny_run
-from training import runs
+from training import runs, thresholds
 from training.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -35,9 +35,10 @@ def test_train_writes_a_complete_run(trained: Path) -> None:
     assert report["selection"]["epoch"] in (1, 2)
     assert "test split is never read" in report["selection"]["criterion"]
     cal = report["calibration"]
-    assert cal["n_parts"] == 3 and cal["method"] == "validation_good_false_reject_rate"
-    # With 3 good parts, a 1% false-reject target allows no reject: the threshold is the highest good score.
-    assert cal["threshold"] == pytest.approx(cal["score_stats"]["max"])
+    assert cal["n_parts"] == 3 and cal["method"] == thresholds.DEFAULT_METHOD
+    # With 3 good parts the fitted bound lies above the highest good score (the old method stopped there).
+    assert cal["threshold"] > cal["score_stats"]["max"] == pytest.approx(cal["empirical_threshold"])
+    assert 0.0 < cal["pixel_threshold"] < 1.0 and cal["expected_false_reject_rate"] < 0.05
     history = (trained / "history.csv").read_text().splitlines()
     # Lite0's default: MGAG without its input level (training.config.MGAG_INPUT_DEFAULTS).
     assert len(history) == 3 and "focal" in history[0] and "bce_features" in history[0]
@@ -78,8 +79,15 @@ def test_evaluate_writes_metrics_table_and_pictures(trained: Path, tmp_path: Pat
     assert result["threshold"]["calibrated"] == pytest.approx(
         json.loads((trained / "calibration.json").read_text())["threshold"]
     )
+    th = result["threshold"]
+    assert th["test_good_parts"] == 2 and th["test_defective_parts"] == 10
+    assert th["test_false_reject_rate"] == th["test_false_rejects"] / 2
+    assert set(th["test_detection_rate_per_defect"]) == {"dent", "bump", "stain", "crack", "hole"}
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert result["pixel_threshold"]["value"] == pytest.approx(cal["pixel_threshold"])
     table = out.with_suffix(".md").read_text()
     assert "| AUPRO@0.3 |" in table and "| puck |" in table
+    assert "| false rejects (good parts judged NG) |" in table and "| detection: dent |" in table
     figures = tmp_path / "metrics_figures"
     assert (figures / "score_histogram.png").stat().st_size > 1000
     assert len(list(figures.glob("*_*.png"))) >= 6

@@ -255,6 +255,10 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     assert driver.find_element(By.ID, "verdict").text == "NG"
     assert driver.find_element(By.ID, "score").text == f"{answer['score']:.4f}"
     shots(driver, "ui-part")
+    # Its own regions (the service's answer, kept in its record) are drawn over the map with their area.
+    assert answer["regions"] and answer["regions"][0]["area_mm2"], answer
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#regions rect"), "drawing the part's regions", live)
+    assert f"{answer['regions'][0]['area_mm2']:.2f} mm²" in driver.find_element(By.ID, "regions").text
 
     # Review with the keyboard: type a defect type, leave the field, press "c".
     driver.find_element(By.ID, "defect-type").send_keys("dent")

@@ -146,9 +146,13 @@ def _prepare_folder(folder: Path, overwrite: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def _plan_counts(n_train: int, n_validation: int, n_test_per_defect: int) -> dict[str, int]:
+def _plan_counts(
+    n_train: int, n_validation: int, n_test_per_defect: int, n_test_good: int | None = None
+) -> dict[str, int]:
     counts = {"train/good": n_train, "validation/good": n_validation}
     counts.update({f"test/{kind}": n_test_per_defect for kind in PART_KINDS})
+    if n_test_good is not None:
+        counts["test/good"] = n_test_good
     bad = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 0}
     if bad:
         raise SynthConfigError(f"part counts must be integers ≥ 0, got {bad}")
@@ -164,13 +168,15 @@ def generate(
     n_train: int = DEFAULT_TRAIN,
     n_validation: int = DEFAULT_VALIDATION,
     n_test_per_defect: int = DEFAULT_TEST_PER_DEFECT,
+    n_test_good: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> SynthSummary:
     """Write `<out>/<category>/{train,validation,test}/<defect>/{rgb,xyz,gt}/NNN.{png,tiff,png}`.
 
     `categories`: names from `CATEGORIES` or "all" (default: the small, easy `DEFAULT_CATEGORY`).
-    `size`: square side or (H, W) in pixels. Test gets `n_test_per_defect` good parts as well. Each
+    `size`: square side or (H, W) in pixels. Test gets `n_test_good` good parts (default: `n_test_per_defect`;
+    more unseen good parts measure the false-reject rate: parts 0..n-1 are the same whatever n). Each
     category also gets `class_ids.json` (gt code → defect name, as in MVTec 3D-AD) and `synth.json` (the
     generator's parameters). Same arguments → byte-identical files.
     """
@@ -179,7 +185,7 @@ def generate(
         raise SynthConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
     names = _resolve_categories(categories)
     height, width = _image_size(size)
-    counts = _plan_counts(n_train, n_validation, n_test_per_defect)
+    counts = _plan_counts(n_train, n_validation, n_test_per_defect, n_test_good)
     camera = Camera.for_size(height, width)
     out = Path(out)
     jobs = [(c, folder, i) for c in names for folder, n in counts.items() for i in range(n)]
@@ -242,6 +248,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TEST_PER_DEFECT,
         help=f"test parts per defect type and good; types: {', '.join(DEFECTS)}",
     )
+    parser.add_argument(
+        "--test-good",
+        type=int,
+        default=None,
+        help="good test parts (default: --test-per-defect); e.g. 100 to measure false-reject rates",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace category folders this tool wrote")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -257,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
             n_train=args.train,
             n_validation=args.validation,
             n_test_per_defect=args.test_per_defect,
+            n_test_good=args.test_good,
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )

@@ -1,0 +1,56 @@
+"""POST /v1/admin/reload: load new and changed model folders, drop removed ones, without a restart.
+
+Behind its own key (`BRIDGENET_ADMIN_KEY`, header `X-Admin-Key`): the line controllers' API key does not
+change what the station serves. Without an admin key the route answers 403; SIGHUP does the same reload.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Security
+from fastapi.security import APIKeyHeader
+
+from service.api.deps import State, not_ready_error
+from service.api.errors import ApiError
+from service.api.reload import reload_models
+from service.api.schemas import ErrorResponse, ReloadResponse
+from service.api.security import check_api_key
+
+ADMIN_KEY_HEADER = "X-Admin-Key"
+
+_admin_key_header = APIKeyHeader(
+    name=ADMIN_KEY_HEADER,
+    scheme_name="AdminKey",
+    auto_error=False,
+    description="Required on /v1/admin/*: the value of BRIDGENET_ADMIN_KEY.",
+)
+
+
+class AdminDisabledError(ApiError):
+    status, code = 403, "admin_disabled"
+
+
+router = APIRouter(prefix="/v1/admin", tags=["operations"])
+
+
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or wrong admin key"},
+        403: {"model": ErrorResponse, "description": "No admin key is configured (BRIDGENET_ADMIN_KEY)"},
+        503: {"model": ErrorResponse, "description": "Not ready"},
+    },
+)
+async def reload(state: State, key: Annotated[str | None, Security(_admin_key_header)]) -> ReloadResponse:
+    """Reload the model folders: new ones are loaded, changed ones replaced, removed ones dropped; requests in
+    flight finish on the version they started with. A folder that fails is reported and the others are
+    served (a changed one keeps its previous version); the default model is never dropped."""
+    if state.settings.admin_key is None:
+        raise AdminDisabledError("no admin key is configured (BRIDGENET_ADMIN_KEY); send SIGHUP to reload instead")
+    check_api_key(state.settings.admin_key, key, ADMIN_KEY_HEADER)
+    if not state.ready:
+        raise not_ready_error()
+    report = await reload_models(state)
+    return ReloadResponse(**report.__dict__, models=sorted(state.engine.models))

@@ -1,0 +1,111 @@
+"""Runs inside Ray Serve's HTTP proxies: an answer the proxy makes up itself because no replica answered
+(the replica died under the request, or none is available) becomes the service's 503 with Retry-After.
+
+Ray Serve leaves such a request without an answer (uvicorn then sends a bare 500) or answers a 5xx itself;
+the line controller must see the same "retry later" as when one `python -m service` is briefly away. Every
+answer a replica gives carries `X-Served-By`, so a 5xx without it, or none at all, came from the proxy.
+Ray finds this hook through RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.cluster.proxy:middlewares (set
+by `python -m service.cluster` for the instance it starts, in docker/k8s/rayservice.yaml, Dockerfile.cluster,
+and by hand before `ray start`).
+
+Kept apart from service.cluster.app: every proxy imports it, and it needs neither the engine nor the models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.middleware import REQUEST_ID_HEADER, SERVED_BY_HEADER, accepted_request_id
+
+log = logging.getLogger(__name__)
+
+REPLICA_LOST_RETRY_AFTER_S = 1  # Ray starts a replacement and routes elsewhere meanwhile
+REPLICA_LOST_CODE = "replica_unavailable"
+
+
+class ReplicaLossMiddleware:
+    """Turns the proxy's own 5xx answers (no `X-Served-By`) into the service's error body: 503, Retry-After."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.served_by = f"proxy@{socket.gethostname()}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        replaced = False
+
+        async def send_checked(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:  # the proxy's own body after its replaced start: already answered
+                return
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if message["status"] >= 500 and SERVED_BY_HEADER not in headers:
+                    replaced = True
+                    await self._send_unavailable(scope, send, str(message["status"]))
+                    return
+                _drop_repeated(headers, REQUEST_ID_HEADER)
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_checked)
+        except Exception as exc:
+            if started:
+                raise
+            if not replaced:
+                await self._send_unavailable(scope, send, type(exc).__name__)
+            return
+        if not started and not replaced:
+            # When the replica died under the request, the proxy returns without answering (uvicorn would
+            # then send a bare 500 of its own).
+            await self._send_unavailable(scope, send, "no answer from the proxy")
+
+    async def _send_unavailable(self, scope: Scope, send: Send, cause: str) -> None:
+        request_id = accepted_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        body = {
+            "error": {
+                "code": REPLICA_LOST_CODE,
+                "message": "no replica answered this request (the one serving it stopped, or every replica is "
+                "full); retry: another replica answers, or a replacement is starting",
+                "request_id": request_id,
+            }
+        }
+        payload = json.dumps(body).encode()
+        log.warning("no replica answered %s %s (%s): 503", scope.get("method"), scope.get("path"), cause)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"retry-after", str(REPLICA_LOST_RETRY_AFTER_S).encode()),
+                    (SERVED_BY_HEADER.lower().encode(), self.served_by.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _drop_repeated(headers: MutableHeaders, name: str) -> None:
+    """Keep the first of several equal-named headers: the app echoes the request id Ray's proxy gave the
+    request, and the proxy appends it once more."""
+    values = headers.getlist(name)
+    if len(values) > 1:
+        del headers[name]
+        headers.append(name, values[0])
+
+
+def middlewares() -> list[Middleware]:
+    """What Ray Serve's proxy calls (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH)."""
+    return [Middleware(ReplicaLossMiddleware)]

@@ -1,0 +1,255 @@
+"""Defect regions in the upload's pixel frame, their physical size from the point cloud, and the verdict rule.
+
+Pure numpy + OpenCV (no torch, no model): the engine hands in the anomaly map already resized to the
+upload's H×W, the model's pixel threshold and the uploaded organized point cloud.
+
+- `pixel_areas`: each pixel's footprint on the part's surface in mm², from its 3D neighbours. The grid
+  cell between four neighbouring points is split into two triangles (half the cross product of two edge
+  vectors each); a pixel's footprint is the mean of the up to four cells around it. A cell with a corner
+  without a point, or spanning a depth jump (an occluding edge: its area is far above the cloud's typical
+  cell), has no area; a pixel without any valid cell has none either (NaN).
+- `find_regions`: 8-connected components of `map > pixel_threshold`, largest `max_score` first, at most
+  `MAX_REGIONS`, each with bounding box, pixel count, mm² and scores; plus the share of pixels above the
+  threshold (`defect_area_fraction`).
+- `decide`: the verdict. Never OK on a non-finite score, threshold or region score (`NonFiniteError`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+MAX_REGIONS = 16
+M2_TO_MM2 = 1e6  # point clouds are in metres (the service's contract); areas are reported in mm²
+# A grid cell larger than this many times the cloud's median cell spans a depth jump, not a surface: a
+# surface would have to be seen at more than ~88° from its normal to stretch a cell that much.
+DISCONTINUITY_RATIO = 25.0
+# Cells sampled for the typical cell area: the median of ~65k evenly spread cells is the whole cloud's
+# to well under a percent, at a fraction of the cost on a multi-megapixel cloud.
+TYPICAL_CELLS = 65536
+
+Rule = Literal["score", "area"]
+
+
+class NonFiniteError(ValueError):
+    """A model output (score or map) or a threshold is NaN or infinite: no verdict may be given."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected region above the pixel threshold. Coordinates in the upload's pixels (x right, y down)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area_px: int
+    # Physical area on the part's surface; None where the cloud has no point under the region. Pixels
+    # without a footprint (dropouts) count with the mean footprint of the region's measured pixels.
+    area_mm2: float | None
+    # Share of the region's pixels with a measured footprint (0 when `area_mm2` is None).
+    measured_fraction: float
+    max_score: float
+    mean_score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "x": self.x,
+            "y": self.y,
+            "width": self.width,
+            "height": self.height,
+            "area_px": self.area_px,
+            "area_mm2": self.area_mm2,
+            "measured_fraction": self.measured_fraction,
+            "max_score": self.max_score,
+            "mean_score": self.mean_score,
+        }
+
+
+@dataclass(frozen=True)
+class RegionReport:
+    """`regions`: at most `MAX_REGIONS`, largest max_score first. `n_regions`: all of them. The area
+    summary covers every region (not only the ones listed): what the area rule of `decide` needs."""
+
+    regions: tuple[Region, ...]
+    n_regions: int
+    defect_area_fraction: float
+    largest_area_mm2: float | None  # over the regions whose area is known
+    unmeasured_regions: int  # regions with no point of the cloud under them (area unknown)
+    pixel_threshold: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict and the rule that decided it; `details` is JSON-able."""
+
+    is_anomalous: bool
+    rule: Rule
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _valid_points(xyz: np.ndarray) -> np.ndarray:
+    """(H, W) bool: a point exists (the preprocessing's rule: finite and z ≠ 0)."""
+    return np.isfinite(xyz).all(axis=-1) & (xyz[..., 2] != 0)
+
+
+def _cell_areas(p: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float64 points (NaN = none) → (h-1, w-1) area of each grid cell, two triangles."""
+    a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]  # cell corners: a b / c d
+    return 0.5 * (np.linalg.norm(np.cross(b - a, d - a), axis=-1) + np.linalg.norm(np.cross(d - a, c - a), axis=-1))
+
+
+def _points(xyz: np.ndarray) -> np.ndarray:
+    return np.where(_valid_points(xyz)[..., None], xyz.astype(np.float64), np.nan)
+
+
+def typical_cell(xyz: np.ndarray) -> float | None:
+    """The median area of the cloud's grid cells (m²), from at most ~`TYPICAL_CELLS` cells spread evenly
+    over it (every k-th row and column); None when no cell has four points."""
+    h, w = xyz.shape[:2]
+    step = max(1, math.ceil(math.sqrt((h - 1) * (w - 1) / TYPICAL_CELLS)))
+    rows, cols = np.arange(0, h - 1, step), np.arange(0, w - 1, step)
+    corners = _points(xyz[np.ix_(np.concatenate([rows, rows + 1]), np.concatenate([cols, cols + 1]))])
+    n, m = rows.size, cols.size  # corner (i, j) of sampled cell k, l sits at [i * n + k, j * m + l]
+    a, b, c, d = corners[:n, :m], corners[:n, m:], corners[n:, :m], corners[n:, m:]
+    cells = 0.5 * (np.linalg.norm(np.cross(b - a, d - a), axis=-1) + np.linalg.norm(np.cross(d - a, c - a), axis=-1))
+    finite = cells[np.isfinite(cells)]
+    return float(np.median(finite)) if finite.size else None
+
+
+def pixel_areas(xyz: np.ndarray, typical: float | None = None) -> np.ndarray:
+    """(H, W, 3) organized cloud in metres → (H, W) float64 footprint per pixel in mm², NaN where unknown.
+
+    `typical`: the cloud's typical cell area in m² (`typical_cell`), for a window cut from a larger cloud;
+    None: this cloud's own."""
+    if xyz.ndim != 3 or xyz.shape[2] != 3 or min(xyz.shape[:2]) < 2:
+        raise ValueError(f"expected an (H, W, 3) point cloud with H, W ≥ 2, got shape {xyz.shape}")
+    valid = _valid_points(xyz)
+    cell = _cell_areas(_points(xyz))
+    finite = np.isfinite(cell)
+    if typical is None and finite.any():
+        typical = float(np.median(cell[finite]))
+    if typical is not None:
+        cell[finite & (cell > DISCONTINUITY_RATIO * typical)] = np.nan
+    # Pixel (i, j) touches cells (i-1..i, j-1..j): pad the cell grid with NaN and average four shifts.
+    padded = np.full((cell.shape[0] + 2, cell.shape[1] + 2), np.nan)
+    padded[1:-1, 1:-1] = cell
+    h, w = valid.shape
+    stack = np.stack([padded[di : di + h, dj : dj + w] for di in (0, 1) for dj in (0, 1)])
+    count = np.isfinite(stack).sum(axis=0)
+    total = np.where(np.isfinite(stack), stack, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = np.where((count > 0) & valid, total / count, np.nan)
+    return area * M2_TO_MM2
+
+
+def _region_areas(xyz: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Pixel footprints (mm²) over the window holding every region's box plus one pixel (a pixel's
+    footprint needs its neighbours), and the window's top-left (y, x): the regions are usually a small part
+    of the image, and the cross products are the costly step."""
+    h, w = xyz.shape[:2]
+    x0 = max(int(boxes[:, 0].min()) - 1, 0)
+    y0 = max(int(boxes[:, 1].min()) - 1, 0)
+    x1 = min(int((boxes[:, 0] + boxes[:, 2]).max()) + 1, w)
+    y1 = min(int((boxes[:, 1] + boxes[:, 3]).max()) + 1, h)
+    if x1 - x0 < 2 or y1 - y0 < 2:  # a one-pixel-wide image: the whole cloud
+        return pixel_areas(xyz), 0, 0
+    return pixel_areas(xyz[y0:y1, x0:x1], typical_cell(xyz)), y0, x0
+
+
+def find_regions(
+    amap: np.ndarray, pixel_threshold: float, xyz: np.ndarray | None, *, limit: int = MAX_REGIONS
+) -> RegionReport:
+    """Connected regions of `amap > pixel_threshold` (8-connectivity).
+
+    `amap`: (H, W) anomaly map at the upload's resolution. `xyz`: the uploaded (H, W, 3) cloud in metres,
+    or None (every `area_mm2` is then None). Raises NonFiniteError on a non-finite map or threshold and
+    ValueError on mismatched shapes.
+    """
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly map must be 2-D, got shape {amap.shape}")
+    if not math.isfinite(pixel_threshold):
+        raise NonFiniteError(f"pixel threshold is {pixel_threshold}")
+    if not np.isfinite(amap).all():
+        raise NonFiniteError(f"anomaly map holds {int((~np.isfinite(amap)).sum())} non-finite value(s)")
+    if xyz is not None and xyz.shape[:2] != amap.shape:
+        raise ValueError(f"anomaly map is {amap.shape} but the point cloud is {xyz.shape[:2]} (H, W)")
+    above = amap > pixel_threshold
+    fraction = float(np.count_nonzero(above)) / float(amap.size)
+    n, labels, boxes, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return RegionReport((), 0, fraction, None, 0, float(pixel_threshold))
+    areas, y0, x0 = _region_areas(xyz, boxes[1:]) if xyz is not None else (None, 0, 0)
+    flat_labels = labels.ravel()
+    order = np.argsort(flat_labels, kind="stable")
+    starts = np.searchsorted(flat_labels[order], np.arange(n + 1))
+    scores = amap.ravel()
+    regions = []
+    for k in range(1, n):
+        idx = order[starts[k] : starts[k + 1]]
+        values = scores[idx]
+        area_mm2, measured = None, 0.0
+        if areas is not None:
+            rows, cols = np.divmod(idx, amap.shape[1])
+            foot = areas[rows - y0, cols - x0]
+            known = np.isfinite(foot)
+            if known.any():
+                measured = float(known.mean())
+                area_mm2 = float(foot[known].mean() * idx.size)
+        x, y, w, h = (int(v) for v in boxes[k, :4])
+        regions.append(Region(x, y, w, h, int(idx.size), area_mm2, measured, float(values.max()), float(values.mean())))
+    regions.sort(key=lambda r: -r.max_score)
+    known_areas = [r.area_mm2 for r in regions if r.area_mm2 is not None]
+    return RegionReport(
+        regions=tuple(regions[:limit]),
+        n_regions=len(regions),
+        defect_area_fraction=fraction,
+        largest_area_mm2=max(known_areas) if known_areas else None,
+        unmeasured_regions=sum(r.area_mm2 is None for r in regions),
+        pixel_threshold=float(pixel_threshold),
+    )
+
+
+def check_finite(score: float, threshold: float, regions: Sequence[Region] = ()) -> None:
+    """Raise NonFiniteError unless the score, the threshold and every region's scores are finite."""
+    bad = [name for name, v in (("score", score), ("threshold", threshold)) if not math.isfinite(v)]
+    bad += [
+        f"regions[{i}]"
+        for i, r in enumerate(regions)
+        if not (math.isfinite(r.max_score) and math.isfinite(r.mean_score))
+    ]
+    if bad:
+        raise NonFiniteError(f"non-finite {', '.join(bad)} (score {score}, threshold {threshold}): no verdict")
+
+
+def decide(
+    score: float, threshold: float, report: RegionReport | None = None, min_defect_area_mm2: float | None = None
+) -> Decision:
+    """NG iff score > threshold ("score" rule). With `min_defect_area_mm2` set (the "area" rule), a part
+    above the score threshold is NG only if some region is at least that large; a region whose area is
+    unknown (no points under it, e.g. a hole) counts as large enough, so missing data never passes a part.
+
+    `rule` names the rule that decided: "score" when the score alone did (always without an area rule),
+    "area" when the area rule was consulted. Raises NonFiniteError on any non-finite input.
+    """
+    check_finite(float(score), float(threshold), report.regions if report is not None else ())
+    details: dict[str, Any] = {"score": float(score), "threshold": float(threshold)}
+    over = float(score) > float(threshold)
+    if min_defect_area_mm2 is None:
+        return Decision(over, "score", details)
+    if not (math.isfinite(min_defect_area_mm2) and min_defect_area_mm2 >= 0):
+        raise ValueError(f"min_defect_area_mm2 must be a finite number ≥ 0, got {min_defect_area_mm2}")
+    details["min_defect_area_mm2"] = float(min_defect_area_mm2)
+    if not over:
+        return Decision(False, "score", details)
+    if report is None:
+        raise ValueError("the area rule needs the regions: pass the RegionReport of this part")
+    largest, unknown = report.largest_area_mm2, report.unmeasured_regions
+    details.update({"largest_area_mm2": largest, "unmeasured_regions": unknown, "n_regions": report.n_regions})
+    large = unknown > 0 or (largest is not None and largest >= min_defect_area_mm2)
+    return Decision(large, "area", details)

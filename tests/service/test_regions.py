@@ -1,0 +1,210 @@
+"""Defect regions, their physical area from the point cloud, and the verdict rule (service.regions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.regions import MAX_REGIONS, NonFiniteError, Region, RegionReport, decide, find_regions, pixel_areas
+
+F = 500.0  # focal length in pixels
+
+
+def rays(h: int, w: int) -> np.ndarray:
+    """(H, W, 3) pinhole rays (u', v', 1) through the pixel centres, principal point in the middle."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    return np.stack([(u - (w - 1) / 2) / F, (v - (h - 1) / 2) / F, np.ones((h, w))], axis=-1)
+
+
+def plane_cloud(h: int, w: int, normal: np.ndarray, d: float) -> np.ndarray:
+    """Points where each pixel's ray meets the plane n·X = d (n unit), in metres."""
+    r = rays(h, w)
+    t = d / (r @ normal)
+    return (r * t[..., None]).astype(np.float32)
+
+
+def analytic_area_mm2(h: int, w: int, normal: np.ndarray, d: float, mask: np.ndarray) -> float:
+    """Σ over `mask` of each pixel's footprint d² / |n·r|³ / f² (the area element of a ray-plane map)."""
+    r = rays(h, w)
+    per_pixel = d**2 / np.abs(r @ normal) ** 3 / F**2
+    return float(per_pixel[mask].sum() * 1e6)
+
+
+def square_map(h: int, w: int, box: tuple[int, int, int, int], value: float = 0.9) -> np.ndarray:
+    x, y, bw, bh = box
+    amap = np.full((h, w), 0.1, np.float32)
+    amap[y : y + bh, x : x + bw] = value
+    return amap
+
+
+def test_plane_at_known_distance_gives_the_pinhole_footprint() -> None:
+    h, w, z = 64, 80, 0.4
+    xyz = plane_cloud(h, w, np.array([0.0, 0.0, 1.0]), z)
+    report = find_regions(square_map(h, w, (20, 10, 12, 8)), 0.5, xyz)
+    assert report.n_regions == 1
+    region = report.regions[0]
+    assert (region.x, region.y, region.width, region.height, region.area_px) == (20, 10, 12, 8, 96)
+    # Each pixel sees (z / f)² m² of a fronto-parallel plane: 0.64 mm² here.
+    assert region.area_mm2 == pytest.approx(96 * (z / F) ** 2 * 1e6, rel=1e-6)
+    assert region.measured_fraction == 1.0
+    assert region.max_score == pytest.approx(0.9) and region.mean_score == pytest.approx(0.9)
+    assert report.defect_area_fraction == pytest.approx(96 / (h * w))
+
+
+def test_tilted_plane_matches_the_analytic_area() -> None:
+    h, w = 96, 96
+    tilt = math.radians(50)
+    normal = np.array([0.0, math.sin(tilt), math.cos(tilt)])
+    d = 0.35
+    xyz = plane_cloud(h, w, normal, d)
+    box = (30, 40, 25, 20)
+    report = find_regions(square_map(h, w, box), 0.5, xyz)
+    mask = np.zeros((h, w), bool)
+    mask[40:60, 30:55] = True
+    expected = analytic_area_mm2(h, w, normal, d, mask)
+    # The tilt stretches each footprint by about 1 / cos(50°) ≈ 1.56 over the fronto-parallel one.
+    assert expected > 1.4 * mask.sum() * (d / F) ** 2 * 1e6
+    assert report.regions[0].area_mm2 == pytest.approx(expected, rel=0.01)
+
+
+def test_no_points_under_a_region_gives_no_area() -> None:
+    h, w = 48, 48
+    xyz = plane_cloud(h, w, np.array([0.0, 0.0, 1.0]), 0.5)
+    xyz[8:20, 8:20] = 0.0  # a hole in the cloud, larger than the region
+    amap = square_map(h, w, (10, 10, 8, 8))
+    amap[30:36, 30:36] = 0.8  # a second region on measured surface
+    report = find_regions(amap, 0.5, xyz)
+    by_pos = {(r.x, r.y): r for r in report.regions}
+    assert by_pos[(10, 10)].area_mm2 is None and by_pos[(10, 10)].measured_fraction == 0.0
+    assert by_pos[(30, 30)].area_mm2 == pytest.approx(36 * (0.5 / F) ** 2 * 1e6, rel=1e-6)
+    assert report.unmeasured_regions == 1
+    assert report.largest_area_mm2 == by_pos[(30, 30)].area_mm2
+
+
+def test_dropouts_under_a_region_are_filled_with_the_region_mean_footprint() -> None:
+    h, w, z = 48, 48, 0.3
+    xyz = plane_cloud(h, w, np.array([0.0, 0.0, 1.0]), z)
+    xyz[10:18:2, 10:18:3] = np.nan  # scattered missing points (NaN counts as no point too)
+    report = find_regions(square_map(h, w, (10, 10, 8, 8)), 0.5, xyz)
+    region = report.regions[0]
+    assert 0.5 < region.measured_fraction < 1.0  # dropped points and neighbours whose cells all touch one
+    assert region.area_mm2 == pytest.approx(64 * (z / F) ** 2 * 1e6, rel=1e-6)
+
+
+def test_a_depth_jump_inside_a_region_does_not_count_as_surface() -> None:
+    h, w = 40, 40
+    xyz = plane_cloud(h, w, np.array([0.0, 0.0, 1.0]), 0.4)
+    top = plane_cloud(h, w, np.array([0.0, 0.0, 1.0]), 0.3)
+    xyz[:, 20:] = top[:, 20:]  # a 10 cm step: the cells across it are walls seen edge-on
+    report = find_regions(square_map(h, w, (15, 10, 10, 10)), 0.5, xyz)
+    expected = 10 * 5 * (0.4 / F) ** 2 * 1e6 + 10 * 5 * (0.3 / F) ** 2 * 1e6
+    assert report.regions[0].area_mm2 == pytest.approx(expected, rel=0.05)
+
+
+def test_pixel_areas_are_nan_without_points() -> None:
+    xyz = plane_cloud(8, 8, np.array([0.0, 0.0, 1.0]), 0.2)
+    xyz[0, 0] = 0.0
+    areas = pixel_areas(xyz)
+    assert np.isnan(areas[0, 0]) and np.isfinite(areas[1:, 1:]).all()
+    with pytest.raises(ValueError, match="point cloud"):
+        pixel_areas(np.zeros((8, 8), np.float32))
+
+
+def test_regions_are_sorted_by_max_score_and_capped() -> None:
+    h, w = 64, 64
+    amap = np.zeros((h, w), np.float32)
+    rng = np.random.default_rng(0)
+    peaks = rng.permutation(np.linspace(0.55, 0.99, 20))
+    for k, peak in enumerate(peaks):
+        y, x = 3 * (k // 5) * 4, 3 * (k % 5) * 4
+        amap[y : y + 3, x : x + 3] = 0.6
+        amap[y + 1, x + 1] = peak
+    report = find_regions(amap, 0.5, None)
+    assert report.n_regions == 20 and len(report.regions) == MAX_REGIONS
+    maxima = [r.max_score for r in report.regions]
+    assert maxima == sorted(maxima, reverse=True)
+    assert maxima[0] == pytest.approx(peaks.max())
+    assert all(r.area_mm2 is None for r in report.regions)  # no cloud given
+
+
+def test_nothing_above_the_threshold_gives_no_region() -> None:
+    report = find_regions(np.full((16, 16), 0.2, np.float32), 0.5, None)
+    assert report.regions == () and report.n_regions == 0 and report.defect_area_fraction == 0.0
+
+
+def test_non_finite_map_or_threshold_is_refused() -> None:
+    amap = np.full((16, 16), 0.2, np.float32)
+    with pytest.raises(NonFiniteError):
+        find_regions(amap, float("nan"), None)
+    amap[3, 3] = np.nan
+    with pytest.raises(NonFiniteError, match="1 non-finite"):
+        find_regions(amap, 0.5, None)
+    with pytest.raises(ValueError, match="point cloud"):
+        find_regions(np.zeros((16, 16), np.float32), 0.5, np.zeros((8, 8, 3), np.float32))
+
+
+def _report(*areas: float | None) -> RegionReport:
+    regions = tuple(Region(0, 0, 1, 1, 1, a, 0.0 if a is None else 1.0, 0.9, 0.8) for a in areas)
+    known = [a for a in areas if a is not None]
+    return RegionReport(regions, len(regions), 0.01, max(known) if known else None, areas.count(None), 0.5)
+
+
+def test_decide_score_rule() -> None:
+    assert decide(0.7, 0.6).is_anomalous and decide(0.7, 0.6).rule == "score"
+    ok = decide(0.6, 0.6)  # NG iff strictly above
+    assert not ok.is_anomalous and ok.details == {"score": 0.6, "threshold": 0.6}
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), -float("inf")])
+def test_decide_never_answers_on_a_non_finite_score(score: float) -> None:
+    with pytest.raises(NonFiniteError):
+        decide(score, 0.6)
+    with pytest.raises(NonFiniteError):
+        decide(score, 0.6, _report(5.0), min_defect_area_mm2=1.0)
+
+
+def test_decide_refuses_non_finite_threshold_and_region_scores() -> None:
+    with pytest.raises(NonFiniteError):
+        decide(0.7, float("nan"))
+    bad = RegionReport((Region(0, 0, 1, 1, 1, 1.0, 1.0, float("nan"), 0.5),), 1, 0.1, 1.0, 0, 0.5)
+    with pytest.raises(NonFiniteError, match="regions"):
+        decide(0.7, 0.6, bad)
+
+
+def test_decide_area_rule() -> None:
+    small = decide(0.9, 0.6, _report(0.5, 1.5), min_defect_area_mm2=2.0)
+    assert not small.is_anomalous and small.rule == "area" and small.details["largest_area_mm2"] == 1.5
+    large = decide(0.9, 0.6, _report(0.5, 2.5), min_defect_area_mm2=2.0)
+    assert large.is_anomalous and large.rule == "area"
+    # A region over a hole in the cloud has an unknown area: it must not let the part pass.
+    unknown = decide(0.9, 0.6, _report(None, 0.5), min_defect_area_mm2=2.0)
+    assert unknown.is_anomalous and unknown.details["unmeasured_regions"] == 1
+    below = decide(0.5, 0.6, _report(10.0), min_defect_area_mm2=2.0)
+    assert not below.is_anomalous and below.rule == "score"
+    with pytest.raises(ValueError, match="min_defect_area_mm2"):
+        decide(0.9, 0.6, _report(1.0), min_defect_area_mm2=float("nan"))
+
+
+def test_region_areas_from_the_regions_window_equal_the_whole_clouds() -> None:
+    # A tilted, bumpy cloud with a step and holes; two regions far apart: find_regions computes footprints
+    # only in the window around the regions, with the typical cell from an even sample of the whole cloud.
+    rng = np.random.default_rng(3)
+    v, u = np.mgrid[0:300, 0:400].astype(np.float64)
+    z = 0.5 + 0.2 * u * 1e-3 + 1e-4 * rng.standard_normal(u.shape)
+    z[:, 200:] += 0.03
+    xyz = np.stack([u * 1e-3, v * 1e-3, z], axis=-1).astype(np.float32)
+    xyz[50:60, 30:35] = np.nan
+    amap = np.zeros((300, 400), np.float32)
+    amap[45:70, 20:40] = 0.9
+    amap[250:290, 190:215] = 0.8  # across the step
+    full = pixel_areas(xyz)
+    report = find_regions(amap, 0.5, xyz)
+    for region, window in zip(
+        report.regions, [(slice(45, 70), slice(20, 40)), (slice(250, 290), slice(190, 215))], strict=True
+    ):
+        foot = full[window].ravel()
+        known = np.isfinite(foot)
+        assert region.area_mm2 == pytest.approx(foot[known].mean() * foot.size, rel=1e-12)
+        assert region.measured_fraction == pytest.approx(known.mean())
