@@ -115,7 +115,49 @@ def check_ort(name: str, model_dir: Path, args: argparse.Namespace, out: dict[st
     out["ort_cuda_b8"]["per_part_median_ms"] = round(out["ort_cuda_b8"]["median_ms"] / 8, 3)
     if args.cpu_reference and target.provider == CUDA:
         out["ort_cpu_b1"] = timed(lambda: cpu_session.run(["scores", "maps"], one), max(3, args.repeats // 5), 1)
+    failures += time_precisions(name, onnx_path, manifest, args, out)
     return failures
+
+
+def time_precisions(
+    name: str, onnx_path: Path, manifest: dict[str, Any], args: argparse.Namespace, out: dict[str, Any]
+) -> list[str]:
+    """fp32 and fp16 (made here with the exporter's converter) through the engine's IO binding, batches
+    1/8/32: parts/s and GPU memory per precision, and fp16's largest score difference from fp32."""
+    from service.engine.binding import BoundRunner
+
+    try:  # the fp16 converter needs the `onnx` package (the training extra), not installed for serving only
+        from training.precision import TOLERANCES, convert_fp16
+    except ImportError as exc:
+        out["precisions_io_binding"] = f"skipped: {exc}"
+        return []
+
+    target: Target = args.target
+    fp16_path = args.cache_dir / f"{name}-fp16.onnx"
+    if not fp16_path.is_file():
+        convert_fp16(onnx_path, fp16_path)
+    device = "cuda" if target.provider == CUDA else "cpu"
+    size = int(manifest["image_size"])
+    base = model_inputs(manifest, 2)
+    rows: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    for precision, path in (("fp32", onnx_path), ("fp16", fp16_path)):
+        session = harness.ort_session(path, providers=target.ort_providers)
+        runner = BoundRunner(session, size, device)
+        scores[precision] = runner.run(base["rgb"], base["depth"])[0]
+        rows[precision] = {}
+        for batch in args.batches:
+            feed = {k: np.concatenate([v] * (batch // 2 + 1))[:batch] for k, v in base.items()}
+            runner.run(feed["rgb"], feed["depth"])  # the first run at a shape allocates
+            t = timed(partial(runner.run, feed["rgb"], feed["depth"]), args.repeats)
+            t["parts_per_s"] = round(1e3 * batch / t["median_ms"], 1)
+            rows[precision][f"b{batch}"] = t
+        rows[precision]["gpu_memory_used_mb"] = gpu_memory_used_mb()
+        del runner, session  # free this precision's GPU memory before the next one is measured
+    diff = float(np.abs(scores["fp32"] - scores["fp16"]).max())
+    out["precisions_io_binding"] = rows | {"fp16_score_max_abs_diff": diff, "device": device}
+    bound = TOLERANCES["fp16"].score
+    return [f"{name}: fp16 scores differ from fp32 by {diff:.4g} > {bound}"] if diff > bound else []
 
 
 def time_torch_cuda(model_dir: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -267,6 +309,17 @@ def print_report(result: dict[str, Any]) -> None:
                 f"{m['model']}: providers {m['session_providers']}, CUDA vs CPU max |diff| "
                 f"{m['max_abs_diff_cuda_vs_cpu']}, nodes by provider {m['profile']['nodes_by_provider']}"
             )
+    for m in result["models"]:
+        if isinstance(m.get("precisions_io_binding"), dict):
+            p = m["precisions_io_binding"]
+            print(
+                f"\n{m['model']}: IO binding on {p['device']}, fp16 max |score diff| {p['fp16_score_max_abs_diff']:.3g}"
+            )
+            batches = [key for key in p["fp32"] if key.startswith("b")]
+            harness.print_table(
+                ["precision", *(f"{b} parts/s" for b in batches), "GPU MB used"],
+                [[k, *(p[k][b]["parts_per_s"] for b in batches), p[k]["gpu_memory_used_mb"]] for k in ("fp32", "fp16")],
+            )
     for line in result["skipped"]:
         print(f"skipped: {line}")
     print(f"STATUS: {result['status']}" + "".join(f"\n  - {f}" for f in result["failures"]))
@@ -278,6 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrn-sizes", type=int, nargs="*", default=[288, 576])
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting new steps after this")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes of the fp32/fp16 timings")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--http-seconds", type=float, default=2.0, help="measured seconds per HTTP cell")
     p.add_argument("--no-cpu-reference", dest="cpu_reference", action="store_false")

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # "cpu" never tries CUDA. `require_cuda` refuses to start unless the sessions really run on CUDA.
     providers: Literal["auto", "cpu"] = Field(default="auto", description="auto: CUDA where usable, else CPU; cpu")
     require_cuda: bool = Field(default=False, description="refuse to start unless the sessions run on CUDA")
+    # TensorRT ahead of CUDA where both its provider and its library are present; otherwise CUDA, logged.
+    tensorrt: bool = Field(default=False, description="ask for the TensorRT provider ahead of CUDA where present")
+    # IO binding: outputs allocated once on the session's device; "auto" uses it on CUDA only.
+    io_binding: Literal["auto", "on", "off"] = Field(default="auto", description="auto: on CUDA only; on; off")
     intra_op_threads: int | None = Field(  # None: ONNX Runtime's default (all cores)
         default=None, ge=1, description="ONNX Runtime threads per session; unset: its default (all cores)"
     )
@@ -66,6 +70,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON model → smallest defect region in mm² that makes a part NG (area rule), e.g. {"bagel": 2.5}',
     )
+
+    # Threads decoding the RGB image while the request's thread turns the point cloud into depth; 0: in turn.
+    decode_threads: int = Field(default=2, ge=0, le=64, description="RGB decode threads beside the cloud's; 0: off")
 
     # Input limits, per uploaded file; image sizes are checked from the file header before decoding.
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest uploaded file, bytes")
@@ -90,9 +97,15 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
     )
-    # Micro-batching, off by default (size 1): on a CPU a batch costs about its size in time, so waiting
-    # for company only adds latency; on a GPU, e.g. 8 parts and 2 ms of waiting raise throughput.
-    batch_max_size: int = Field(default=1, ge=1, le=256, description="parts per session run; 1: no micro-batching")
+    # Micro-batching, off by default on the CPU (size 1): there a batch costs about its size in time, so
+    # waiting for company only adds latency; on a GPU a batch of 16 costs about what one part does, so unset
+    # means 16 there (raise BRIDGENET_MAX_INFLIGHT to match: admission caps a batch at that many parts).
+    batch_max_size: int | None = Field(  # None: 1 on the CPU, 16 when the sessions run on CUDA
+        default=None,
+        ge=1,
+        le=256,
+        description="parts per session run; 1: no micro-batching; unset: 1 on CPU, 16 on CUDA",
+    )
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="longest wait for company in a batch, ms")
 
     # Access: production refuses to start without an API key unless anonymous access is chosen explicitly.

@@ -60,6 +60,9 @@ def engine_options(settings: Settings) -> EngineOptions:
         batch_max_size=settings.batch_max_size,
         batch_wait_ms=settings.batch_wait_ms,
         decode_limits=decode_limits(settings),
+        decode_threads=settings.decode_threads,
+        io_binding=settings.io_binding,
+        tensorrt=settings.tensorrt,
         result_timeout_s=2 * settings.request_timeout_s,  # as long as admission waits before reclaiming a slot
     )
 
@@ -107,7 +110,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         limits=decode_limits(settings),
         after_prediction=default_hooks(metrics),
     )
-    if settings.batch_max_size > settings.max_inflight:
+    if settings.batch_max_size is not None and settings.batch_max_size > settings.max_inflight:
         # Admission lets at most max_inflight predictions reach the engine at once: batches never grow beyond.
         log.warning(
             "BRIDGENET_BATCH_MAX_SIZE=%d exceeds BRIDGENET_MAX_INFLIGHT=%d; batches stay at most %d parts",

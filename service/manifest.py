@@ -3,7 +3,8 @@
 Unknown fields are refused (`extra="forbid"`) at every level except the free dicts `metrics` and
 `training`: a misspelt key ("treshold") must fail loudly rather than be dropped, and a manifest from a
 newer exporter must be refused by an older service instead of being half understood. Adding a field
-therefore bumps `SCHEMA_VERSION`, and the service says which version it reads.
+therefore bumps `SCHEMA_VERSION`, and the service says which versions it reads. Schema 2 added `precision`
+and `precision_check` (reduced-precision exports); a schema-1 manifest reads as an fp32 model.
 
 `preprocessing` is the model's `PreprocessConfig`, stored as its `to_dict()` (with `version`); reading it
 back runs `PreprocessConfig.from_dict`, the one place that checks the preprocessing version. The model
@@ -161,6 +162,11 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict, description="evaluation numbers, e.g. i_auroc")
     selection: str = Field(min_length=1, description="how the checkpoint was chosen")
     training: dict[str, Any] = Field(default_factory=dict, description="training settings: epochs, seed, ...")
+    # Schema 2: the numeric precision of the graph and, for fp16/int8, how it was made and checked against fp32.
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision_check: dict[str, Any] = Field(
+        default_factory=dict, description="calibration data and the comparison with the fp32 graph (fp16, int8)"
+    )
     # Schema 2, all optional so that schema-1 models load unchanged.
     calibration: Calibration | None = None
     pixel_threshold: float | None = Field(
@@ -185,6 +191,10 @@ class Manifest(_Strict):
                 f"schema_version {data['schema_version']!r} is not supported: this service reads manifest "
                 f"schema {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; upgrade the service or re-export the model"
             )
+        if isinstance(data, Mapping) and data.get("schema_version") == 1:
+            newer = sorted({"precision", "precision_check"} & set(data))
+            if newer:
+                raise ValueError(f"schema_version 1 has no field {', '.join(newer)} (added in schema 2)")
         if not isinstance(data, Mapping):
             return data  # pydantic names the type
         if "image_size" not in data:
@@ -217,6 +227,8 @@ class Manifest(_Strict):
         # The JSON format keeps image_size where it always was, right after backbone.
         out: dict[str, Any] = {}
         for key, value in handler(self).items():
+            if self.schema_version == 1 and key in ("precision", "precision_check"):
+                continue  # a schema-1 manifest writes back as it was read
             out[key] = value
             if key == "backbone":
                 out["image_size"] = self.image_size

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from training.config import TrainConfig
-from training.dataset import PreparedSplit
 from training.inference import predict
+from training.prepared import PreparedSplit
 from training.thresholds import calibrate_scores, score_stats
 
 __all__ = ["calibrate", "score_stats"]

@@ -1,4 +1,9 @@
-"""`python -m training evaluate`: test-split metrics, a paper-style table, anomaly maps and histograms."""
+"""`python -m training evaluate`: test-split metrics, a paper-style table, anomaly maps and histograms.
+
+`--run` evaluates a training run's checkpoint with PyTorch; `--model` evaluates an exported model folder
+(fp32, fp16 or int8) through the service's own engine, ONNX Runtime only: this path never imports torch,
+so what is measured is what is served.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +11,103 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.preprocessing import PreprocessConfig
-from training.dataset import PreparedSplit, prepare_split
 from training.figures import anomaly_sheet, score_histogram
 from training.formatting import fmt
-from training.inference import predict
 from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
-from training.runs import Run, load_run
+from training.prepared import PreparedSplit, prepare_split
 from training.thresholds import binomial_upper_bound
+
+if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
+    from service.engine import Engine
+    from training.runs import Run
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str = "cpu") -> dict[str, Any]:
-    """Metrics on the test split at the model's resolution (maps and masks at S×S)."""
+    """Metrics of a run's checkpoint on the test split at the model's resolution (maps and masks at S×S)."""
+    from training.inference import predict
+
     scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
+    calibration = run.calibration
+    pixel_threshold = calibration.get("pixel_threshold")
+    result = split_metrics(
+        scores,
+        maps,
+        test,
+        float(calibration["threshold"]),
+        calibration["method"],
+        None if pixel_threshold is None else float(pixel_threshold),
+    )
+    result = {"category": run.config.category, "run": str(run.path), **result}
+    result["selection"] = run.report.get("selection", {})
+    return result
+
+
+def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) -> dict[str, Any]:
+    """Metrics of the engine's default model on the test split: its session (the service's options) runs
+    the same preprocessed inputs, at the threshold the service applies."""
+    model = engine.get(None)
+    scores, maps = [], []
+    for i in range(0, len(test), batch_size):
+        s, m = engine.infer(model, test.rgb[i : i + batch_size], test.depth[i : i + batch_size])
+        scores.append(s)
+        maps.append(m)
+    manifest = model.manifest
+    result = split_metrics(
+        np.concatenate(scores),
+        np.concatenate(maps),
+        test,
+        model.threshold,
+        manifest.threshold.method,
+        manifest.pixel_threshold,
+    )
+    result = {
+        "category": manifest.category,
+        "model": model.name,
+        "version": manifest.version,
+        "precision": manifest.precision,
+        "provider": model.provider,
+        **result,
+    }
+    result["selection"] = json.loads(manifest.selection) if manifest.selection.startswith("{") else {}
+    return result
+
+
+def split_metrics(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    test: PreparedSplit,
+    threshold: float,
+    method: str,
+    pixel_threshold: float | None = None,
+) -> dict[str, Any]:
+    """The metrics JSON's common part: AUROCs, AUPRO, per-defect AUROC, the verdicts at `threshold` and,
+    given a pixel threshold, the regions it draws."""
     labels = test.labels
     result: dict[str, Any] = {
-        "category": run.config.category,
-        "run": str(run.path),
         "n_test": len(test),
         "n_defective": int(labels.sum()),
-        "resolution": run.config.image_size,
+        "resolution": int(maps.shape[-1]),
         **summarize(labels, scores, test.gt, maps, fpr_limit=0.3),
         "per_defect_image_auroc": per_defect_image_auroc(test.defects, scores),
     }
-    threshold = float(run.calibration["threshold"])
     f1_threshold, f1 = f1_optimal_threshold(labels, scores)
     result["threshold"] = {
         "calibrated": threshold,
-        "calibration_method": run.calibration["method"],
+        "calibration_method": method,
         **verdict_rates(scores, test.defects, threshold),
         "f1_optimal_on_test": f1_threshold,
         "f1_at_f1_optimal": f1,
         "note": "the F1-optimal threshold looks at the test split and is for information only",
     }
-    pixel_threshold = run.calibration.get("pixel_threshold")
     if pixel_threshold is not None:
         result["pixel_threshold"] = region_rates(maps, test.gt, labels, float(pixel_threshold))
-    result["selection"] = run.report.get("selection", {})
     result["_scores"], result["_maps"] = scores, maps
     return result
 
@@ -178,28 +237,29 @@ def _json_safe(value: Any) -> Any:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, type=Path, help="training run folder")
-    p.add_argument("--data", default=None, help="data root (default: the run's)")
-    p.add_argument("--category", default=None, help="category (default: the run's)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", type=Path, help="training run (its checkpoint, PyTorch); no default: this or --model")
+    what.add_argument(
+        "--model",
+        type=Path,
+        help="exported model folder (models/NAME), run by the service's engine, no torch; no default: this or --run",
+    )
+    p.add_argument("--data", default=None, help="data root (default: the run's; required with --model)")
+    p.add_argument("--category", default=None, help="category (default: the run's, or the model manifest's)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON file to write")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (with --model: cuda lets the engine pick CUDA)")
     p.add_argument("--batch-size", type=int, default=8, help="parts per inference batch")
     p.add_argument("--figures-per-defect", type=int, default=2, help="anomaly-map pictures per defect type")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    trained = load_run(args.run, device=args.device)
-    config = trained.config
-    data = Path(args.data) if args.data else Path(config.data)
-    category = args.category or config.category
-    test = prepare_split(data, category, "test", config.preprocessing, progress=not args.no_progress)
-    if not test.labels.any() or test.labels.all():
-        raise SystemExit(f"test split of {category} needs good and defective parts to compute AUROC")
-    result = evaluate(trained, test, batch_size=args.batch_size, device=args.device)
-    result["category"] = category
+    if args.model is not None:
+        result, test, preprocessing = _evaluate_model_folder(args)
+    else:
+        result, test, preprocessing = _evaluate_run(args)
     figures = args.out.parent / f"{args.out.stem}_figures"
-    result["figures"] = write_figures(result, test, figures, config.preprocessing, per_defect=args.figures_per_defect)
+    result["figures"] = write_figures(result, test, figures, preprocessing, per_defect=args.figures_per_defect)
     scores = result.pop("_scores")
     result.pop("_maps")
     result["parts"] = [
@@ -217,3 +277,50 @@ def run(args: argparse.Namespace) -> int:
     args.out.with_suffix(".md").write_text(table)
     print(table)
     return 0
+
+
+def _test_split(data: Path, category: str, preprocessing: PreprocessConfig, progress: bool) -> PreparedSplit:
+    test = prepare_split(data, category, "test", preprocessing, progress=progress)
+    if not test.labels.any() or test.labels.all():
+        raise SystemExit(f"test split of {category} needs good and defective parts to compute AUROC")
+    return test
+
+
+def _evaluate_run(args: argparse.Namespace) -> tuple[dict[str, Any], PreparedSplit, PreprocessConfig]:
+    from training.runs import load_run
+
+    trained = load_run(args.run, device=args.device)
+    config = trained.config
+    data = Path(args.data) if args.data else Path(config.data)
+    category = args.category or config.category
+    test = _test_split(data, category, config.preprocessing, not args.no_progress)
+    result = evaluate(trained, test, batch_size=args.batch_size, device=args.device)
+    result["category"] = category
+    return result, test, config.preprocessing
+
+
+def _evaluate_model_folder(args: argparse.Namespace) -> tuple[dict[str, Any], PreparedSplit, PreprocessConfig]:
+    from service.engine import Engine, EngineOptions
+
+    if args.data is None:
+        raise SystemExit("--model needs --data (a model folder does not say where its test data is)")
+    folder = Path(args.model)
+    options = EngineOptions(
+        models_dir=folder.parent,
+        default_model=folder.name,
+        models=(folder.name,),
+        providers="auto" if args.device == "cuda" else "cpu",
+        require_cuda=args.device == "cuda",
+    )
+    engine = Engine(options)
+    engine.start()
+    try:
+        preprocessing = engine.get(None).manifest.preprocessing
+        category = args.category or engine.get(None).manifest.category
+        test = _test_split(Path(args.data), category, preprocessing, not args.no_progress)
+        result = evaluate_model(engine, test, batch_size=args.batch_size)
+    finally:
+        engine.stop()
+    result["category"] = category
+    result["model_folder"] = folder.name
+    return result, test, preprocessing

@@ -3,6 +3,10 @@
 The graph goes from the two preprocessed inputs to the image scores and the smoothed maps at the model's
 resolution, so no per-pixel model maths remains in the service. Every export is checked: ONNX Runtime must
 match PyTorch within 1e-4 on real preprocessed parts saved by the run, or nothing is written.
+
+`--precision int8|fp16` then derives the reduced-precision graph from that checked fp32 one
+(training/precision.py) and checks it against fp32 on the run's validation parts: scores within the
+precision's tolerance and identical verdicts at the calibrated threshold, or nothing is written.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,14 @@ import onnxruntime as ort
 import torch
 
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
+from training import precision as reduced
 from training import runs
+from training.calibration import score_stats
+from training.metrics import threshold_for_false_reject_rate
 from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
 from training.thresholds import calibration_fields
+from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +91,14 @@ def git_sha() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, float] | None) -> Manifest:
+def build_manifest(
+    trained: Run,
+    name: str,
+    version: str,
+    metrics: dict[str, float] | None,
+    precision: reduced.Precision = "fp32",
+    precision_check: dict[str, Any] | None = None,
+) -> Manifest:
     cfg = trained.config
     cal = trained.calibration
     size = cfg.image_size
@@ -111,14 +127,27 @@ def build_manifest(trained: Run, name: str, version: str, metrics: dict[str, flo
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),
+        "precision": precision,
+        "precision_check": precision_check or {},
     }
     return Manifest.model_validate(data)
 
 
 def export(
-    run_dir: Path, out_dir: Path, *, name: str | None = None, version: str = "1", metrics_file: Path | None = None
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    metrics_file: Path | None = None,
+    precision: reduced.Precision = "fp32",
+    int8: reduced.Int8Options | None = None,
+    tolerance: reduced.Tolerance | None = None,
 ) -> dict[str, Any]:
-    """Export, embed the manifest, check parity; only a checked model is moved into `out_dir`."""
+    """Export, embed the manifest, check parity; only a checked model is moved into `out_dir`.
+
+    For fp16/int8 the fp32 graph is exported and checked against PyTorch first, then converted and checked
+    against itself (`tolerance`: the precision's default from training/precision.py)."""
     trained = load_run(run_dir)
     samples_path = run_dir / runs.SAMPLES_FILE
     if not samples_path.is_file():
@@ -129,26 +158,93 @@ def export(
     if metrics_file is not None:
         raw = json.loads(metrics_file.read_text())
         metrics = {k: float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    manifest = build_manifest(trained, name or out_dir.name, version, metrics)
 
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         tmp_onnx = Path(tmp) / MODEL_FILE
         export_onnx(trained.model, tmp_onnx, trained.config.image_size)
-        proto = onnx.load(str(tmp_onnx))
-        onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
-        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/onnx_scrub.py)
-        onnx.save(proto, str(tmp_onnx))
-        onnx.checker.check_model(str(tmp_onnx))
         diffs = parity_check(trained.model, tmp_onnx, rgb, depth)
         if max(diffs.values()) > PARITY_TOLERANCE:
             raise ExportError(
                 f"ONNX Runtime disagrees with PyTorch beyond {PARITY_TOLERANCE}: max |diff| {diffs}; nothing written"
             )
+        check: dict[str, Any] = {}
+        if precision != "fp32":
+            reduced_onnx = Path(tmp) / f"model_{precision}.onnx"
+            check, calibration = reduced_precision(trained, tmp_onnx, reduced_onnx, precision, int8, tolerance)
+            trained = replace(trained, calibration=calibration)
+            tmp_onnx = reduced_onnx
+        manifest = build_manifest(trained, name or out_dir.name, version, metrics, precision, check)
+        proto = onnx.load(str(tmp_onnx))
+        del proto.metadata_props[:]  # quantisation tools may carry over or add their own
+        onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
+        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/onnx_scrub.py)
+        onnx.save(proto, str(tmp_onnx))
+        onnx.checker.check_model(str(tmp_onnx))
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(tmp_onnx), out_dir / MODEL_FILE)
     write_manifest_json(manifest, out_dir, sha256_file(out_dir / MODEL_FILE))
-    log.info("exported %s → %s (parity %s)", run_dir, out_dir, diffs)
-    return {"out": str(out_dir), "parity_max_abs_diff": diffs, "n_parity_parts": len(rgb)}
+    log.info("exported %s → %s (%s; parity %s)", run_dir, out_dir, precision, diffs)
+    return {"out": str(out_dir), "precision": precision, "parity_max_abs_diff": diffs, "n_parity_parts": len(rgb)} | (
+        {"precision_check": check} if check else {}
+    )
+
+
+def reduced_precision(
+    trained: Run,
+    fp32_onnx: Path,
+    out_onnx: Path,
+    precision: reduced.Precision,
+    int8: reduced.Int8Options | None,
+    tolerance: reduced.Tolerance | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Convert the checked fp32 graph; compare on the run's validation parts; raise ExportError outside tolerance.
+
+    Returns what was done and checked (for the manifest) and the reduced model's calibration (threshold and
+    score statistics recomputed on its own validation scores).
+
+    int8 is calibrated on the run's good training parts (the train split, preprocessed by the shared
+    preprocessing exactly as in training); both splits are read from the run's data folder."""
+    try:
+        splits = load_splits(trained.config, progress=False)
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"{precision} export needs the run's data ({trained.config.data}) for calibration and the check: {exc}"
+        ) from exc
+    validation = splits.validation
+    if precision == "int8":
+        options = int8 or reduced.Int8Options()
+        chosen = sorted(set(splits.train_indices))[: options.max_calibration_parts]  # few-shot runs repeat parts
+        parts = splits.train.subset(chosen)
+        facts = reduced.quantise_int8(fp32_onnx, out_onnx, parts.rgb, parts.depth, options)
+        facts["calibration_data"] = {
+            "data": Path(trained.config.data).name,  # the folder's name only: no paths of this machine
+            "category": trained.config.category,
+            "split": "train (good parts)",
+            "stems": [s.stem for s in parts.samples],
+        }
+    else:
+        facts = reduced.convert_fp16(fp32_onnx, out_onnx)
+    # The reduced model gets its own threshold, by the run's rule on its own scores of the same good parts.
+    candidate = reduced.session(out_onnx)
+    scores, _ = reduced.run_batched(candidate, validation.rgb, validation.depth)
+    calibration = {
+        **trained.calibration,
+        "threshold": threshold_for_false_reject_rate(scores, trained.config.target_false_reject_rate),
+        "score_stats": score_stats(scores),
+    }
+    bound = tolerance or reduced.TOLERANCES[precision]
+    compared = reduced.compare(
+        reduced.session(fp32_onnx),
+        candidate,
+        validation.rgb,
+        validation.depth,
+        (float(trained.calibration["threshold"]), float(calibration["threshold"])),
+    )
+    compared["parts"] = f"validation ({splits.validation_source})"
+    compared["tolerance"] = {"score": bound.score, "map_mean": bound.map_mean, "verdicts": "identical"}
+    if not reduced.within(compared, bound):
+        raise ExportError(f"the {precision} model disagrees with fp32 beyond its tolerance: {compared}; not written")
+    return {**facts, "against_fp32": compared}, calibration
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,9 +255,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics", type=Path, default=None, help="evaluate's JSON, to record in the manifest (default: no metrics)"
     )
+    p.add_argument(
+        "--precision",
+        choices=reduced.PRECISIONS,
+        default="fp32",
+        help="fp32 (default); int8: static QDQ quantisation for CPUs, calibrated on the run's good training "
+        "parts; fp16: for the CUDA provider. Both are checked against fp32 on the validation parts",
+    )
+    p.add_argument(
+        "--per-tensor", action="store_true", help="int8: one weight scale per tensor instead of per output channel"
+    )
+    p.add_argument(
+        "--quantise-head", action="store_true", help="int8: quantise the score head too (default: it stays float)"
+    )
+    p.add_argument(
+        "--float-stem-convs", type=int, default=2, help="int8: the backbone's first convolutions that stay float"
+    )
+    p.add_argument("--calibration-parts", type=int, default=32, help="int8: good training parts to calibrate on")
+    p.add_argument(
+        "--calibration", choices=["percentile", "minmax"], default="percentile", help="int8: activation ranges"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export(args.run, args.out, name=args.name, version=args.version, metrics_file=args.metrics)
+    int8 = reduced.Int8Options(
+        per_channel=not args.per_tensor,
+        float_head=not args.quantise_head,
+        float_stem_convs=args.float_stem_convs,
+        max_calibration_parts=args.calibration_parts,
+        calibration=args.calibration,
+    )
+    result = export(
+        args.run,
+        args.out,
+        name=args.name,
+        version=args.version,
+        metrics_file=args.metrics,
+        precision=args.precision,
+        int8=int8,
+    )
     print(json.dumps(result, indent=2))
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -15,13 +17,32 @@ from pathlib import Path
 
 import numpy as np
 
+from service.codecs import decode_rgb, decode_xyz
 from service.engine.batching import Batcher, BatchOutcome
+from service.engine.binding import BoundRunner
 from service.engine.errors import InferenceError, ModelLoadError, ModelUnavailableError, UnknownModelError
-from service.engine.loading import EngineOptions, LoadedModel, load_model, model_names, warm_up
+from service.engine.loading import (
+    CPU,
+    CUDA,
+    GPU_BATCH_MAX_SIZE,
+    TENSORRT,
+    EngineOptions,
+    LoadedModel,
+    load_model,
+    model_names,
+    warm_up,
+)
 from service.engine.result import PartUpload, Prediction, PredictResult
 from service.engine.stages import decode_upload, encode_anomaly_map, postprocess
 from service.manifest import MANIFEST_FILE, MODEL_FILE
-from service.preprocessing import PreprocessedPart, preprocess_part
+from service.preprocessing import (
+    PreprocessConfig,
+    PreprocessedPart,
+    preprocess_cloud,
+    preprocess_image,
+    preprocess_part,
+    validate_part,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +90,7 @@ class Engine:
         self._failed: dict[str, str] = {}  # model name → why its folder is not served
         self._retiring: list[threading.Timer] = []
         self._reload_lock = threading.Lock()
+        self._decoder: ThreadPoolExecutor | None = None  # the RGB decode pool (EngineOptions.decode_threads)
         self._started = False
 
     @property
@@ -111,6 +133,8 @@ class Engine:
             reason = self._failed.get(default, f"not among the loaded models {sorted(served)}")
             raise ModelLoadError(f"default model {default!r} cannot be served: {reason}")
         self._served = served
+        if self.options.decode_threads > 0:
+            self._decoder = ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="decode")
         self._started = True
 
     def _load(self, name: str) -> _Served:
@@ -119,13 +143,26 @@ class Engine:
         folder = self.options.models_dir / name
         fingerprint = _fingerprint(folder)
         model = load_model(self.options, name)
-        warm_up(model, (1, self.options.batch_max_size))  # the largest batch too
-        log.info("model %s ready", name, extra={"provider": model.provider, "version": model.manifest.version})
+        if model.manifest.precision == "fp16" and model.provider == CPU:
+            log.warning("model %s is fp16 on the CPU provider, where fp32 is faster: fp16 is meant for CUDA", name)
+        batch_max_size = self.batch_max_size(model)
+        warm_up(model, (1, batch_max_size))  # the largest batch too
+        model = replace(model, runner=self._runner(model))  # after the warm-up checked the outputs
+        log.info(
+            "model %s ready",
+            name,
+            extra={
+                "provider": model.provider,
+                "version": model.manifest.version,
+                "precision": model.manifest.precision,
+                "io_binding": model.runner is not None,
+            },
+        )
         batcher = None
-        if self.options.batch_max_size > 1:
+        if batch_max_size > 1:
             batcher = Batcher(
                 partial(self.infer, model),
-                max_size=self.options.batch_max_size,
+                max_size=batch_max_size,
                 wait_s=self.options.batch_wait_ms / 1e3,
                 name=name,
                 result_timeout_s=self.options.result_timeout_s,
@@ -197,6 +234,23 @@ class Engine:
         for item in served.values():
             if item.batcher is not None:
                 item.batcher.close(drain_timeout_s)
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.shutdown(wait=True)
+
+    def batch_max_size(self, model: LoadedModel) -> int:
+        """The micro-batch size in effect for `model`: the option, or when unset 1 on the CPU and
+        GPU_BATCH_MAX_SIZE when its session runs on CUDA (or TensorRT)."""
+        if self.options.batch_max_size is not None:
+            return self.options.batch_max_size
+        return GPU_BATCH_MAX_SIZE if model.provider in (CUDA, TENSORRT) else 1
+
+    def _runner(self, model: LoadedModel) -> BoundRunner | None:
+        """IO binding for this model's session, or None for plain `session.run` (see EngineOptions.io_binding)."""
+        on_gpu = model.provider in (CUDA, TENSORRT)
+        if self.options.io_binding == "off" or (self.options.io_binding == "auto" and not on_gpu):
+            return None
+        return BoundRunner(model.session, model.manifest.image_size, "cuda" if on_gpu else "cpu")
 
     def get(self, name: str | None) -> LoadedModel:
         return self._get(name).model
@@ -212,6 +266,8 @@ class Engine:
 
     def infer(self, model: LoadedModel, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`rgb`, `depth`: (B, 3, S, S) float32 → scores (B,), maps (B, S, S). The core stage only."""
+        if model.runner is not None:
+            return model.runner.run(rgb, depth)
         scores, maps = model.session.run(["scores", "maps"], {"rgb": rgb, "depth": depth})
         return scores, maps
 
@@ -222,15 +278,46 @@ class Engine:
         problem), UnknownModelError, InferenceError when the session run failed (batching on or off), and
         BatcherClosedError once the engine is stopping.
         """
-        started = time.perf_counter()
-        rgb, xyz = decode_upload(upload, self.options.decode_limits)
-        decode_ms = _ms_since(started)
-        prediction = self.predict(rgb, xyz, model_name=upload.model)
+        if self._decoder is None:
+            started = time.perf_counter()
+            rgb, xyz = decode_upload(upload, self.options.decode_limits)
+            decode_ms = _ms_since(started)
+            prediction = self.predict(rgb, xyz, model_name=upload.model)
+        else:
+            prediction, decode_ms = self._predict_overlapped(upload, self._decoder)
         encoding_started = time.perf_counter()
         encoded = encode_anomaly_map(prediction, upload.return_map)
         timings = {"decode": decode_ms, **prediction.timings_ms}
         timings["postprocess"] = timings.get("postprocess", 0.0) + _ms_since(encoding_started)
         return PredictResult(prediction=prediction, anomaly_map=encoded, timings_ms=timings)
+
+    def _predict_overlapped(self, upload: PartUpload, decoder: ThreadPoolExecutor) -> tuple[Prediction, float]:
+        """`predict_upload`'s decode and preprocess with the RGB decode in a pool thread while this thread
+        decodes the point cloud and turns it into a depth image (OpenCV's and tifffile's decoders and the
+        cloud's numpy/OpenCV work release the GIL). Same answers and the same errors, in the same order of
+        precedence, as the sequential path; `decode` is this thread's decoding plus its wait for the RGB."""
+        limits = self.options.decode_limits
+        started = time.perf_counter()
+        rgb_job = decoder.submit(decode_rgb, upload.rgb, limits, field="rgb")
+        config: PreprocessConfig | None = None
+        try:
+            xyz = decode_xyz(upload.xyz, limits, field="xyz")
+            decode_ms = _ms_since(started)
+            served = self._get(upload.model)  # the model and its worker together, as one reload left them
+            config = served.model.manifest.preprocessing
+            cloud_started = time.perf_counter()
+            depth_image = preprocess_cloud(xyz, config)
+            cloud_ms = _ms_since(cloud_started)
+        except Exception:
+            rgb = rgb_job.result()  # a bad RGB file is named first, as in the sequential order
+            if config is not None:  # the cloud half failed: the whole-part checks come first there
+                validate_part(rgb, xyz, config)
+            raise
+        waited = time.perf_counter()
+        rgb = rgb_job.result()
+        decode_ms += _ms_since(waited)
+        prediction = self._predict_prepared(served, xyz, lambda: preprocess_image(rgb, depth_image, config), cloud_ms)
+        return prediction, decode_ms
 
     def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
         """The decoded part's prediction: preprocess → infer → postprocess.
@@ -239,13 +326,21 @@ class Engine:
         `predict_upload` does, less the codec errors.
         """
         served = self._get(model_name)  # the model and its worker together, as one reload left them
+        config = served.model.manifest.preprocessing
+        return self._predict_prepared(served, xyz, lambda: preprocess_part(rgb, xyz, config), 0.0)
+
+    def _predict_prepared(
+        self, served: _Served, xyz: np.ndarray, prepare: Callable[[], PreprocessedPart], preprocess_ms: float
+    ) -> Prediction:
+        """`prepare()` (the preprocessing, or what is left of it) → infer → postprocess with the decoded
+        `xyz`. `preprocess_ms`: time already spent preprocessing before the call."""
         model, batcher = served.model, served.batcher
         timings: dict[str, float] = {}
         # Announce the part to the batcher before preprocessing, so a batch waits for it (service.engine.batching).
         with batcher.reserve() if batcher is not None else nullcontext() as ticket:
             started = time.perf_counter()
-            part = preprocess_part(rgb, xyz, model.manifest.preprocessing)
-            timings["preprocess"] = _ms_since(started)
+            part = prepare()
+            timings["preprocess"] = preprocess_ms + _ms_since(started)
             core = ticket.submit(part.rgb, part.depth) if ticket is not None else self._infer_one(model, part)
         timings["batch_wait"] = core.wait_ms
         timings["inference"] = core.inference_ms

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.codecs import DecodeLimits
+from service.engine.binding import BoundRunner
 from service.engine.errors import ModelLoadError
 from service.engine.onnx_scan import ProtobufError, external_tensors
 from service.engine.result import ThresholdSource
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_BATCH_MAX_SIZE = 16  # micro-batch size when the settings leave it unset and the sessions run on CUDA
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,21 @@ class EngineOptions:
     # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
     ort_spin_wait: bool = True
     # Micro-batching (service.engine.batching): 1 = off, every request runs its own session call.
-    batch_max_size: int = 1
+    # None: 1 on the CPU, GPU_BATCH_MAX_SIZE when the sessions run on CUDA (a batch of 16 costs about
+    # what one part does there; on a CPU a batch costs about its size in time).
+    batch_max_size: int | None = 1
     batch_wait_ms: float = 0.0
     # Longest wait for a micro-batch's result; a replaced model's worker is closed this long after a reload.
     result_timeout_s: float = 60.0
     # What one uploaded file may hold (Engine.predict_upload decodes the uploads).
     decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # Threads decoding RGB images while the point cloud becomes a depth image (Engine.predict_upload);
+    # 0: decode and preprocess one after the other in the request's thread.
+    decode_threads: int = 2
+    # IO binding with outputs allocated once (service.engine.binding): "auto" on CUDA only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    # Ask for ONNX Runtime's TensorRT provider ahead of CUDA; where it is missing, CUDA with a log line.
+    tensorrt: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class LoadedModel:
     threshold_source: ThresholdSource
     # The area rule in effect (service.regions.decide): the override, else the manifest's; None = score rule.
     min_defect_area_mm2: float | None = None
+    # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
+    runner: BoundRunner | None = None
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -69,6 +83,7 @@ class LoadedModel:
             "backbone": m.backbone,
             "image_size": m.image_size,
             "provider": self.provider,
+            "precision": m.precision,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "manifest_threshold": m.threshold.value,
@@ -86,11 +101,36 @@ def cuda_driver_present() -> bool:
     return True
 
 
-def session_providers(require_cuda: bool, providers: Literal["auto", "cpu"] = "auto") -> list[str]:
-    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it)."""
+def tensorrt_present() -> bool:
+    """Whether TensorRT's runtime library can be loaded (the onnxruntime-gpu build lists the TensorRT
+    provider whether or not TensorRT is installed; asking for it without the library fails at load)."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def session_providers(
+    require_cuda: bool, providers: Literal["auto", "cpu"] = "auto", *, tensorrt: bool = False
+) -> list[str]:
+    """Providers to ask for, CUDA first when the build and the machine both have it (and "auto" allows it);
+    with `tensorrt`, TensorRT ahead of CUDA where its provider and library are both present."""
     available = ort.get_available_providers()
     if providers == "auto" and CUDA in available and cuda_driver_present():
+        if tensorrt:
+            if TENSORRT in available and tensorrt_present():
+                return [TENSORRT, CUDA, CPU]
+            log.warning(
+                "TensorRT asked for but not usable here (provider %s, library %s): running on CUDA",
+                "listed" if TENSORRT in available else "not in this onnxruntime build",
+                "found" if tensorrt_present() else "libnvinfer not found",
+            )
         return [CUDA, CPU]
+    if tensorrt:
+        log.warning("TensorRT asked for but CUDA is not usable here: running on %s", CPU)
     if require_cuda:
         raise ModelLoadError(
             "BRIDGENET_REQUIRE_CUDA is set but CUDA is not usable here: "
@@ -145,7 +185,9 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.ort_spin_wait else "0")
     try:
         session = ort.InferenceSession(
-            model_bytes, session_options, providers=session_providers(options.require_cuda, options.providers)
+            model_bytes,
+            session_options,
+            providers=session_providers(options.require_cuda, options.providers, tensorrt=options.tensorrt),
         )
     except ModelLoadError:
         raise
@@ -157,7 +199,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
     except ManifestError as exc:
         raise ModelLoadError(f"model {name!r}: {exc}") from exc
     provider = session.get_providers()[0]
-    if options.require_cuda and provider != CUDA:
+    if options.require_cuda and provider not in (CUDA, TENSORRT):
         raise ModelLoadError(f"model {name!r}: BRIDGENET_REQUIRE_CUDA is set but the session runs on {provider}")
     _check_io(name, session, manifest)
     threshold: float = manifest.threshold.value

@@ -35,7 +35,13 @@ from service.preprocessing.errors import (
     SizeMismatchError,
 )
 from service.preprocessing.image import prepare_depth, prepare_rgb, resize_mask
-from service.preprocessing.pipeline import PreprocessedPart, preprocess_part
+from service.preprocessing.pipeline import (
+    PreprocessedPart,
+    preprocess_cloud,
+    preprocess_image,
+    preprocess_part,
+    validate_part,
+)
 from service.preprocessing.plane import fit_plane
 from service.preprocessing.pointcloud import (
     DepthImage,
@@ -69,7 +75,10 @@ __all__ = [
     "point_cloud_to_depth",
     "prepare_depth",
     "prepare_rgb",
+    "preprocess_cloud",
+    "preprocess_image",
     "preprocess_part",
     "resize_mask",
     "valid_points",
+    "validate_part",
 ]

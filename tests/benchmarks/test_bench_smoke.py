@@ -130,7 +130,7 @@ def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     proc, data = run_script(
         "gpu_check.py", "--cpu-dry-run", "--no-torch", "--model-dir", fake_dir, "--wrn-sizes", "--repeats", "2",
-        "--clients", "1", "2", "--http-seconds", "0.3", "--cache-dir", tmp_path, "--out", out,
+        "--clients", "1", "2", "--http-seconds", "0.3", "--batches", "1", "4", "--cache-dir", tmp_path, "--out", out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "CPU DRY RUN" in proc.stdout and data["dry_run"] is True
@@ -142,6 +142,10 @@ def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
     assert_stats(demo["ort_cuda_b1"])
     assert [lv["clients"] for lv in demo["http"]["batching_on"]] == [1, 2]
     assert demo["not_run"] == ["torch CUDA timings"]
+    precisions = demo["precisions_io_binding"]  # fp32 and fp16 through the engine's IO binding, on the CPU here
+    assert precisions["device"] == "cpu" and precisions["fp16_score_max_abs_diff"] < 5e-3
+    for precision in ("fp32", "fp16"):
+        assert precisions[precision]["b1"]["parts_per_s"] > 0 and precisions[precision]["b4"]["n"] == 2
 
 
 def test_gpu_budget_skips_what_does_not_fit() -> None:
@@ -221,3 +225,35 @@ def test_preprocessing_pil_comparison_takes_its_image_as_an_argument(tmp_path: P
     proc, data = run_script("bench_preprocessing.py", "--repeats", "1", "--out", out)
     assert proc.returncode == 0 and data["rgb_filter_vs_pil"] is None
     assert "skipped (pass --pil-image PATH" in proc.stdout
+
+
+def test_precision_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """fp32 beside its int8 variants (made by the exporter's code) and fp16: paired session times, the
+    per-operator profile, and end-to-end rounds through two services."""
+    out = tmp_path / "precision.json"
+    proc, data = run_script(
+        "bench_precision.py", "--quick", "--model-dir", fake_dir, "--int8-dir", fake_dir, "--variants", "int8",
+        "fp16", "--e2e-seconds", "0.3", "--cache-dir", tmp_path, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    paths = data["sessions"]["paths"]
+    assert set(paths) == {"fp32", "int8", "fp16"} and paths["fp32"]["speedup_paired"] == 1.0
+    for s in paths.values():
+        assert_stats(s)
+    assert data["profile_ms_per_run"]["fp32"] and data["profile_ms_per_run"]["int8"]
+    assert data["end_to_end"]["fp32"]["answered"] >= 1 and "int8/fp32" in data["end_to_end"]["paired_ratio"]
+
+
+def test_upload_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """Sequential and overlapped decode services side by side with the model work they wrap."""
+    out = tmp_path / "upload.json"
+    proc, data = run_script(
+        "bench_upload.py", "--quick", "--model-dir", fake_dir, "--cache-dir", tmp_path, "--out", out
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    for key in (f"http_seq_png@{SIZE}", f"http_overlap_png@{SIZE}", "http_overlap_tiffrgb@800", "http_seq_png@800"):
+        assert_stats(data["paths"][key])
+        assert data["ratios"][key]["http_over_pipeline_paired"] > 0
+    assert data["ratios"]["overlap_over_seq_png@800"] > 0

@@ -10,11 +10,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import Engine, Prediction
+from service.engine import Engine, PartUpload, PredictResult
 from service.logs import JsonFormatter
 from service.main import create_app, engine_options
 from tests.service.fake_model import (
@@ -178,7 +177,7 @@ def test_without_api_key_v1_routes_are_open(client: TestClient) -> None:
 
 
 class BrokenEngine(Engine):
-    def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
+    def predict_upload(self, upload: PartUpload) -> PredictResult:
         raise RuntimeError("boom: a bug in the engine")
 
 

@@ -38,7 +38,7 @@ def test_defaults() -> None:
     s = get_settings()
     assert s.models_dir == Path("models") and s.default_model == "demo" and s.models is None
     assert s.environment == "development" and s.api_key is None and s.log_level == "INFO"
-    assert s.max_upload_bytes == 64 * 1024 * 1024 and s.batch_max_size == 1 and s.providers == "auto"
+    assert s.max_upload_bytes == 64 * 1024 * 1024 and s.batch_max_size is None and s.providers == "auto"
     assert s.threshold_overrides == {} and not s.require_cuda
 
 

@@ -96,7 +96,7 @@ def refused(folder: Path, embedded: dict[str, str]) -> str:
 
 def test_valid_manifest_fields() -> None:
     m = Manifest.model_validate(manifest_data())
-    assert m.schema_version == SCHEMA_VERSION and m.threshold.value == 0.1 + 0.2
+    assert m.schema_version == SCHEMA_VERSION and m.threshold.value == 0.1 + 0.2 and m.precision == "fp32"
     assert m.created.utcoffset() is not None and m.created.hour == 12
     assert m.preprocessing == PreprocessConfig(image_size=SIZE) and m.image_size == SIZE
     with pytest.raises(ValueError, match="frozen"):
@@ -144,6 +144,15 @@ def test_schema_2_calibration_fields() -> None:
     assert "calibration.expected_false_reject_rate" in invalid(
         manifest_data(calibration={**calibration, "expected_false_reject_rate": 2.0})
     )
+
+
+def test_schema_1_reads_as_fp32_and_cannot_carry_schema_2_fields() -> None:
+    old = Manifest.model_validate(manifest_data(schema_version=1))
+    assert old.schema_version == 1 and old.precision == "fp32" and old.precision_check == {}
+    assert "schema_version 1 has no field precision" in invalid(manifest_data(schema_version=1, precision="int8"))
+    new = Manifest.model_validate(manifest_data(precision="int8", precision_check={"calibration_parts": 4}))
+    assert new.precision == "int8" and new.precision_check == {"calibration_parts": 4}
+    assert "precision" in invalid(manifest_data(precision="int4"))
 
 
 def test_missing_and_mistyped_fields_named() -> None:
@@ -325,8 +334,16 @@ def test_unloadable_preprocessing_config(tmp_path: Path) -> None:
     assert "preprocessing config is invalid" in message and "blur" in message
 
 
-# Schema 2's optional fields (calibration record, pixel threshold, area rule, version history) at their defaults.
-NEW_OPTIONAL_FIELDS = {"calibration": None, "pixel_threshold": None, "min_defect_area_mm2": None, "history": []}
+# Schema 2's optional fields (calibration record, pixel threshold, area rule, version history, numeric
+# precision and its check) at their defaults.
+NEW_OPTIONAL_FIELDS = {
+    "calibration": None,
+    "pixel_threshold": None,
+    "min_defect_area_mm2": None,
+    "history": [],
+    "precision": "fp32",
+    "precision_check": {},
+}
 
 
 def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:

@@ -10,14 +10,8 @@ import pytest
 from service.preprocessing import PreprocessConfig
 from training.anomalies.textures import load_textures
 from training.config import TrainConfig
-from training.dataset import (
-    AnomalyOptions,
-    PreparedSplit,
-    TextureAnomalySet,
-    prepare_split,
-    resize_gt,
-    synthetic_validation,
-)
+from training.dataset import AnomalyOptions, TextureAnomalySet, synthetic_validation
+from training.prepared import PreparedSplit, prepare_split, resize_gt
 from training.synth.generate import generate
 
 SIZE = 32

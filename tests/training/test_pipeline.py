@@ -9,29 +9,21 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.tiny_run import TRAIN_ARGS, tiny_data, tiny_run
 from training import runs, thresholds
 from training.cli import main as cli
-from training.synth.generate import generate
 
 pytestmark = pytest.mark.slow
-
-TRAIN_ARGS = ["--image-size", "64", "--batch-size", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate(root, ["puck"], seed=3, size=96, n_train=6, n_validation=3, n_test_per_defect=2, progress=False)
-    return root
+    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    assert (
-        cli(["train", "--data", str(data), "--category", "puck", "--out", str(out), "--epochs", "2", *TRAIN_ARGS]) == 0
-    )
-    return out
+    return tiny_run(data, tmp_path_factory.mktemp("run") / "run", epochs=2)
 
 
 def test_train_writes_a_complete_run(trained: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from training.config import TrainConfig
-from training.dataset import PreparedSplit, prepare_split
+from training.prepared import PreparedSplit, prepare_split
 
 log = logging.getLogger(__name__)
 
