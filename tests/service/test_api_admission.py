@@ -8,22 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.api.deps import ServiceState
 from service.main import create_app, engine_options
-from tests.service.fake_model import GatedEngine, make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import GatedEngine, make_part, make_settings, png_bytes, tiff_bytes
 
 RGB, XYZ = make_part(40, 48, seed=4)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -22,19 +22,12 @@ from service.api.forms import FormLimits, read_form
 from service.api.routes_docs import SWAGGER_UI_ASSETS, SWAGGER_UI_DIR, docs_page
 from service.api.schemas import PartId
 from service.main import create_app
-from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes
 
 KEY = "exposure-test-key-0123456789"
 AUTH = {"X-API-Key": KEY}
 RGB, XYZ = make_part(40, 48, seed=5)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
 
 
 def settings(models_dir: Path, **overrides: Any) -> Any:

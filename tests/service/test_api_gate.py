@@ -14,17 +14,10 @@ from fastapi.testclient import TestClient
 
 from service.api.deps import ServiceState
 from service.main import create_app, max_body_bytes
-from tests.service.fake_model import make_settings, write_fake_model
+from tests.service.fake_model import make_settings
 
 KEY = "gate-test-key-0123456789"
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
 
 
 class Answer:

@@ -23,19 +23,11 @@ from tests.service.fake_model import (
     npy_bytes,
     png_bytes,
     tiff_bytes,
-    write_fake_model,
 )
 
 RGB, XYZ = make_part(40, 48, seed=1)
 FLAT_RGB, FLAT_XYZ = make_part(40, 48, seed=2, flat=True)
 Files = dict[str, tuple[str, bytes, str]]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.engine import Batcher, BatcherClosedError, BatchOutcome, Engine, InferenceError, Prediction
 from service.main import create_app, engine_options
-from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes
 
 S = 4  # side of the parts the unit tests feed the batcher
 
@@ -212,13 +212,6 @@ def test_close_with_a_hung_run_gives_up_in_time_and_fails_the_queue() -> None:
 
 
 # --- the engine and the app over the fake ONNX model ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
 
 
 def started_engine(models_dir: Path, **overrides: Any) -> Engine:

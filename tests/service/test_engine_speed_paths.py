@@ -35,13 +35,6 @@ from tests.service.fake_model import SIZE, make_part, png_bytes, tiff_bytes, wri
 from tests.service.test_engine import started
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_fake_model(root, "fake")
-    return root
-
-
 def answer_bytes(engine: Engine, upload: PartUpload) -> tuple[Any, ...]:
     """Everything an answer holds except the timings, as bytes where it is an array."""
     result = engine.predict_upload(upload)
