@@ -197,13 +197,15 @@ def find_regions(
     if n <= 1:
         return RegionReport((), 0, fraction, None, 0, float(pixel_threshold))
     areas, y0, x0 = _region_areas(xyz, boxes[1:]) if xyz is not None else (None, 0, 0)
-    flat_labels = labels.ravel()
-    order = np.argsort(flat_labels, kind="stable")
-    starts = np.searchsorted(flat_labels[order], np.arange(n + 1))
+    # Only the pixels above the threshold belong to a region: sort those by label (not the whole image).
+    inside = np.flatnonzero(above)
+    inside_labels = labels.ravel()[inside]
+    order = np.argsort(inside_labels, kind="stable")
+    starts = np.searchsorted(inside_labels[order], np.arange(n + 1))
     scores = amap.ravel()
     regions = []
     for k in range(1, n):
-        idx = order[starts[k] : starts[k + 1]]
+        idx = inside[order[starts[k] : starts[k + 1]]]
         values = scores[idx]
         area_mm2, measured = None, 0.0
         if areas is not None:
