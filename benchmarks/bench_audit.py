@@ -73,7 +73,12 @@ def run_write(args: argparse.Namespace) -> dict[str, Any]:
         def call(records: Records, *, ng: bool) -> None:
             loop.run_until_complete(
                 records.record_prediction(
-                    answer(next(ids), ng=ng), rgb=rgb, xyz=xyz, anomaly_map=amap, client="10.0.0.7"
+                    answer(next(ids), ng=ng),
+                    rgb=rgb,
+                    xyz=xyz,
+                    anomaly_map=amap,
+                    model_sha256="0" * 64,
+                    client="10.0.0.7",
                 )
             )
 

@@ -338,7 +338,7 @@ def load_model_dir(model_dir: Path | str, embedded: Mapping[str, str]) -> Manife
     onnx_path = folder / MODEL_FILE
     if not onnx_path.is_file():
         read_manifest_json(folder)  # names the missing folder or file the same way
-    manifest = verify_model_bytes(folder, onnx_path.read_bytes())
+    manifest, _ = verify_model_bytes(folder, onnx_path.read_bytes())
     check_embedded(folder, manifest, embedded)
     return manifest
 
@@ -359,9 +359,10 @@ def read_manifest_json(model_dir: Path | str) -> tuple[Manifest, str]:
     return parse_manifest(data, str(json_path)), recorded
 
 
-def verify_model_bytes(model_dir: Path | str, model_bytes: bytes) -> Manifest:
-    """The folder's manifest, once the SHA-256 of `model_bytes` (the model file, as read) matches the one
-    it records: nothing parses a model file that is not the one its manifest was written for."""
+def verify_model_bytes(model_dir: Path | str, model_bytes: bytes) -> tuple[Manifest, str]:
+    """The folder's manifest and the model file's SHA-256, once the SHA-256 of `model_bytes` (the file, as
+    read) matches the one the manifest records: nothing parses a model file that is not the one its manifest
+    was written for."""
     folder = Path(model_dir)
     manifest, recorded = read_manifest_json(folder)
     actual = hashlib.sha256(model_bytes).hexdigest()
@@ -371,7 +372,7 @@ def verify_model_bytes(model_dir: Path | str, model_bytes: bytes) -> Manifest:
             "the file is corrupt or was replaced"
         )
     log.info("verified %s (sha256 %s…, manifest %s %s)", folder, actual[:12], manifest.name, manifest.version)
-    return manifest
+    return manifest, actual
 
 
 def check_embedded(model_dir: Path | str, manifest: Manifest, embedded: Mapping[str, str]) -> None:

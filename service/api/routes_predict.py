@@ -166,6 +166,7 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
             rgb=upload.rgb,
             xyz=upload.xyz,
             anomaly_map=served.result.prediction.anomaly_map,
+            model_sha256=served.result.prediction.model_sha256,
             client=http.client.host if http.client else None,
         )
     return response

@@ -68,6 +68,7 @@ class LoadedModel:
     provider: str
     threshold: float
     threshold_source: ThresholdSource
+    onnx_sha256: str  # of the model file as read and verified at load (what the audit trail records)
     # The area rule in effect (service.regions.decide): the override, else the manifest's; None = score rule.
     min_defect_area_mm2: float | None = None
     # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
@@ -165,7 +166,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         raise ModelLoadError(f"model {name!r}: {onnx_path} not found")
     model_bytes = onnx_path.read_bytes()
     try:
-        manifest = verify_model_bytes(folder, model_bytes)
+        manifest, onnx_sha256 = verify_model_bytes(folder, model_bytes)
     except ManifestError as exc:
         raise ModelLoadError(f"model {name!r}: {exc}") from exc
     try:
@@ -233,6 +234,7 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         provider=provider,
         threshold=threshold,
         threshold_source=source,
+        onnx_sha256=onnx_sha256,
         min_defect_area_mm2=min_area,
     )
 

@@ -57,6 +57,7 @@ class Prediction:
     regions: tuple[Region, ...]
     n_regions: int
     decision: Decision
+    model_sha256: str  # the SHA-256 of the model file that scored the part (a hot reload may change it)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
         regions=report.regions if report is not None else (),
         n_regions=report.n_regions if report is not None else 0,
         decision=decision,
+        model_sha256=model.onnx_sha256,
     )
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,12 +79,9 @@ class Records:
         self,
         recorder: Recorder | None = None,
         dispatcher: Dispatcher | None = None,
-        models_dir: Path | None = None,
     ) -> None:
         self.recorder = recorder
         self.dispatcher = dispatcher
-        self.models_dir = models_dir
-        self._model_sha: dict[str, str] = {}
         self._pruner: asyncio.Task[None] | None = None
 
     @property
@@ -118,7 +113,7 @@ class Records:
             metrics=metrics.records,
             on_commit=dispatcher.wake if dispatcher else None,
         )
-        records = cls(recorder, dispatcher, settings.models_dir)
+        records = cls(recorder, dispatcher)
         await asyncio.to_thread(recorder.prune)
         if dispatcher is not None:
             await dispatcher.start()
@@ -151,19 +146,6 @@ class Records:
             except Exception:  # retention must not end for good over one failed pass
                 log.exception("evidence retention pass failed")
 
-    def model_sha256(self, model: str) -> str:
-        """The ONNX file's SHA-256 from the model's manifest.json (verified by the engine at start)."""
-        if model not in self._model_sha:
-            sha = "unknown"
-            if self.models_dir is not None:
-                try:
-                    data = json.loads((self.models_dir / model / "manifest.json").read_text(encoding="utf-8"))
-                    sha = str(data.get("onnx_sha256", "unknown"))
-                except (OSError, ValueError) as exc:
-                    log.warning("model %s: no onnx_sha256 for the records: %s", model, exc)
-            self._model_sha[model] = sha
-        return self._model_sha[model]
-
     async def record_prediction(
         self,
         answer: Mapping[str, Any],
@@ -171,16 +153,17 @@ class Records:
         rgb: bytes,
         xyz: bytes,
         anomaly_map: np.ndarray,
+        model_sha256: str,
         client: str | None = None,
         received_at: datetime | None = None,
     ) -> RecordOutcome | None:
         """Record one answered prediction (JSON form of the predict answer) with its evidence; returns once
-        committed. Raises store.RecordError when the record cannot be written. None when audit is off."""
+        committed. `model_sha256`: of the model file that scored the part, as the engine verified it at load
+        (not re-read from disk: after a hot reload the folder may already hold another version).
+        Raises store.RecordError when the record cannot be written. None when audit is off."""
         if self.recorder is None:
             return None
-        decision = decision_from_answer(
-            answer, model_sha256=self.model_sha256(answer["model"]["name"]), received_at=received_at, client=client
-        )
+        decision = decision_from_answer(answer, model_sha256=model_sha256, received_at=received_at, client=client)
         return await asyncio.to_thread(self.recorder.record, decision, Evidence(rgb, xyz, anomaly_map))
 
     def status(self) -> dict[str, Any]:

@@ -56,7 +56,10 @@ def record(c: TestClient, ans: dict[str, Any], *, rgb: bytes = b"", xyz: bytes =
     records: Records = c.app.state.service.records  # type: ignore[attr-defined]
     amap = np.full((8, 8), 0.25, np.float32)
     assert c.portal is not None
-    return c.portal.call(partial(records.record_prediction, ans, rgb=rgb, xyz=xyz, anomaly_map=amap, client="10.0.0.7"))
+    sha = "ab" * 32  # the engine's verified SHA-256 of the scoring model file, as the handler passes it
+    return c.portal.call(
+        partial(records.record_prediction, ans, rgb=rgb, xyz=xyz, anomaly_map=amap, model_sha256=sha, client="10.0.0.7")
+    )
 
 
 def build_app(settings: Settings) -> FastAPI:

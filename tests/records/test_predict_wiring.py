@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.manifest import MODEL_FILE, sha256_file
 from tests.records.servers import WebhookReceiver, free_port
 from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 
@@ -33,6 +34,8 @@ def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: Webhoo
         for field in ("part_id", "score", "threshold", "threshold_source", "is_anomalous", "provider"):
             assert body[field] == answer[field], field
         assert body["model"]["name"] == "fake" and len(body["model"]["onnx_sha256"]) == 64
+        # The SHA-256 the engine verified at load: the model file that scored the part.
+        assert body["model"]["onnx_sha256"] == sha256_file(models / "fake" / MODEL_FILE)
         assert body["client"] == "testclient"
         assert client.get(f"/v1/results/{answer['request_id']}/files/rgb").content == rgb_bytes
         assert client.get(f"/v1/results/{answer['request_id']}/files/xyz").content == xyz_bytes
