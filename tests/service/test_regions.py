@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 
-from service.regions import MAX_REGIONS, NonFiniteError, Region, RegionReport, decide, find_regions, pixel_areas
+from service.regions import (
+    MAX_REGIONS,
+    NonFiniteError,
+    Region,
+    RegionReport,
+    decide,
+    find_regions,
+    pixel_areas,
+    typical_cell,
+)
 
 F = 500.0  # focal length in pixels
 
@@ -187,9 +197,9 @@ def test_decide_area_rule() -> None:
         decide(0.9, 0.6, _report(1.0), min_defect_area_mm2=float("nan"))
 
 
-def test_region_areas_from_the_regions_window_equal_the_whole_clouds() -> None:
+def test_region_areas_from_the_regions_pixels_equal_the_whole_clouds() -> None:
     # A tilted, bumpy cloud with a step and holes; two regions far apart: find_regions computes footprints
-    # only in the window around the regions, with the typical cell from an even sample of the whole cloud.
+    # only for the cells around the regions' pixels, with the typical cell from an even sample of the cloud.
     rng = np.random.default_rng(3)
     v, u = np.mgrid[0:300, 0:400].astype(np.float64)
     z = 0.5 + 0.2 * u * 1e-3 + 1e-4 * rng.standard_normal(u.shape)
@@ -208,3 +218,35 @@ def test_region_areas_from_the_regions_window_equal_the_whole_clouds() -> None:
         known = np.isfinite(foot)
         assert region.area_mm2 == pytest.approx(foot[known].mean() * foot.size, rel=1e-12)
         assert region.measured_fraction == pytest.approx(known.mean())
+
+
+def test_many_regions_match_a_per_label_reference() -> None:
+    # A noisy map with dozens of blobs over a cloud with holes: every region's box, pixel count, scores and
+    # mm² must equal what OpenCV's own statistics and a per-label mask over the whole cloud's footprints give.
+    rng = np.random.default_rng(7)
+    h, w = 120, 170
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    xyz = np.stack([u * 1e-3, v * 1e-3, 0.4 + 0.1 * v * 1e-3 + 2e-5 * rng.standard_normal(u.shape)], -1)
+    xyz = xyz.astype(np.float32)
+    xyz[rng.random((h, w)) < 0.05] = np.nan
+    amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
+    threshold = float(np.quantile(amap, 0.9))
+    report = find_regions(amap, threshold, xyz, limit=10_000)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((amap > threshold).astype(np.uint8), connectivity=8)
+    assert report.n_regions == n - 1 > 20
+    full = pixel_areas(xyz, typical_cell(xyz))
+    expected = {}
+    for k in range(1, n):
+        mask = labels == k
+        foot = full[mask]
+        known = np.isfinite(foot)
+        area = float(foot[known].mean() * foot.size) if known.any() else None
+        x, y, bw, bh = (int(s) for s in stats[k, :4])
+        expected[(x, y, bw, bh)] = (int(mask.sum()), float(amap[mask].max()), float(amap[mask].mean()), area)
+    for r in report.regions:
+        pixels, max_score, mean_score, area = expected[(r.x, r.y, r.width, r.height)]
+        assert r.area_px == pixels and r.max_score == max_score
+        assert r.mean_score == pytest.approx(mean_score, rel=1e-5)
+        assert (r.area_mm2 is None) == (area is None)
+        if area is not None:
+            assert r.area_mm2 == pytest.approx(area, rel=1e-9)
