@@ -165,7 +165,7 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
             response.model_dump(mode="json", exclude={"anomaly_map"}),
             rgb=upload.rgb,
             xyz=upload.xyz,
-            anomaly_map=served.result.prediction.anomaly_map,
+            anomaly_map=served.result.prediction.model_map,  # the model's S×S map: 10× less to encode at 800 px
             model_sha256=served.result.prediction.model_sha256,
             client=http.client.host if http.client else None,
         )

@@ -296,7 +296,8 @@ def media_type(data: bytes) -> tuple[str, str]:
         **_ERRORS,
         200: {
             "description": "The archived upload exactly as received (rgb, xyz) or the anomaly map as a 16-bit PNG "
-            "(map: score = pixel / 65535). ETag: the file's sha256.",
+            "(map: score = pixel / 65535, at the model's resolution: resize it bilinearly to the part's image to "
+            "line it up). ETag: the file's sha256.",
             "content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "application/octet-stream": {}},
         },
     },

@@ -31,7 +31,9 @@ class PartUpload:
 class Prediction:
     """One part's answer, built from the model's output in one place (`service.engine.stages.postprocess`).
 
-    `anomaly_map`: (H, W) float32 scores at the upload's resolution. `timings_ms`: preprocess, batch_wait (0
+    `anomaly_map`: (H, W) float32 scores at the upload's resolution; `model_map`: the (S, S) map at the
+    model's resolution it was resized from (bilinear, `service.postprocessing.map_to_input_size`), what the
+    evidence archive keeps: the same information at a fixed, small size. `timings_ms`: preprocess, batch_wait (0
     when batching is off), inference (the whole batch's session time), postprocess. `batch_size`: parts in
     the session run; `first_in_batch`: whether this part reports its run (one part per run does).
     `info`: the preprocessing facts of the part (JSON-able: plane method, foreground fraction, ...).
@@ -47,6 +49,7 @@ class Prediction:
     threshold_source: ThresholdSource
     is_anomalous: bool
     anomaly_map: np.ndarray
+    model_map: np.ndarray
     defect_area_fraction: float
     timings_ms: dict[str, float]
     provider: str

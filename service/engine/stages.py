@@ -60,6 +60,7 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
         threshold_source=model.threshold_source,
         is_anomalous=decision.is_anomalous,
         anomaly_map=anomaly_map,
+        model_map=core.anomaly_map,
         defect_area_fraction=fraction,
         timings_ms={},
         provider=model.provider,

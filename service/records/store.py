@@ -94,7 +94,9 @@ class DecisionRecord:
 
 @dataclass(frozen=True)
 class Evidence:
-    """The uploads exactly as received and the anomaly map ((H, W) float32 in [0, 1])."""
+    """The uploads exactly as received and the anomaly map ((S, S) float32 in [0, 1] at the model's
+    resolution; the answer's map is this one resized bilinearly to the upload's H × W, as is the review
+    station's overlay)."""
 
     rgb: bytes
     xyz: bytes

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.manifest import MODEL_FILE, sha256_file
+from service.postprocessing import map_to_input_size
+from service.ui.images import decode_map
 from tests.records.servers import WebhookReceiver, free_port
+from tests.service.fake_model import SIZE as FAKE_SIZE
 from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 
 
@@ -24,7 +30,7 @@ def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: Webhoo
         response = client.post(
             "/v1/predict",
             files={"rgb": ("rgb.png", rgb_bytes, "image/png"), "xyz": ("xyz.tiff", xyz_bytes, "image/tiff")},
-            data={"part_id": "line1-0042"},
+            data={"part_id": "line1-0042", "return_map": "npy"},
         )
         assert response.status_code == 200, response.text
         answer = response.json()
@@ -39,6 +45,12 @@ def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: Webhoo
         assert body["client"] == "testclient"
         assert client.get(f"/v1/results/{answer['request_id']}/files/rgb").content == rgb_bytes
         assert client.get(f"/v1/results/{answer['request_id']}/files/xyz").content == xyz_bytes
+        # The archived map is the model's (S × S); resized bilinearly to the part it is the answer's map.
+        archived = decode_map(client.get(f"/v1/results/{answer['request_id']}/files/map").content)
+        assert archived.shape == (FAKE_SIZE, FAKE_SIZE) != rgb.shape[:2]
+        answered = np.load(io.BytesIO(base64.b64decode(answer["anomaly_map"]["data"])))
+        assert answered.shape == rgb.shape[:2]
+        np.testing.assert_allclose(map_to_input_size(archived, *rgb.shape[:2]), answered, atol=1 / 65535)
         deadline = time.monotonic() + 20
         while not webhook.received and time.monotonic() < deadline:
             time.sleep(0.05)
