@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Engine, Select, and_, func, or_, select, update
+from sqlalchemy import Engine, Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -144,46 +144,49 @@ class Recorder:
         start = time.perf_counter()
         status, shas = self._store_evidence(decision, evidence)
         received = utc(decision.received_at)
-        row = Decision(
-            request_id=decision.request_id,
-            part_id=decision.part_id,
-            received_at=received,
-            model=decision.model,
-            model_version=decision.model_version,
-            model_sha256=decision.model_sha256,
-            threshold=decision.threshold,
-            threshold_source=decision.threshold_source,
-            score=decision.score,
-            is_anomalous=decision.is_anomalous,
-            defect_area_fraction=decision.defect_area_fraction,
-            decision_rule=decision.decision_rule,
-            regions=[dict(r) for r in decision.regions],
-            timings_ms=dict(decision.timings_ms),
-            provider=decision.provider,
-            client=decision.client,
-            evidence=status,
-            rgb_sha256=shas[0],
-            xyz_sha256=shas[1],
-            map_sha256=shas[2],
-        )
+        row = {
+            "request_id": decision.request_id,
+            "part_id": decision.part_id,
+            "received_at": received,
+            "model": decision.model,
+            "model_version": decision.model_version,
+            "model_sha256": decision.model_sha256,
+            "threshold": decision.threshold,
+            "threshold_source": decision.threshold_source,
+            "score": decision.score,
+            "is_anomalous": decision.is_anomalous,
+            "defect_area_fraction": decision.defect_area_fraction,
+            "decision_rule": decision.decision_rule,
+            "regions": [dict(r) for r in decision.regions],
+            "timings_ms": dict(decision.timings_ms),
+            "provider": decision.provider,
+            "client": decision.client,
+            "evidence": status,
+            "rgb_sha256": shas[0],
+            "xyz_sha256": shas[1],
+            "map_sha256": shas[2],
+        }
         pushed = self.destinations if (self.push_on == "all" or decision.is_anomalous) else ()
         # Serialised once: every destination and every retry sends these very bytes.
         payload = json.dumps(decision.payload(), separators=(",", ":"), allow_nan=False)
+        created = datetime.now(UTC)
         messages = [
-            OutboxMessage(
-                destination=d,
-                request_id=decision.request_id,
-                payload=payload,
-                created_at=datetime.now(UTC),
-                attempts=0,
-            )
+            {
+                "destination": d,
+                "request_id": decision.request_id,
+                "payload": payload,
+                "created_at": created,
+                "attempts": 0,
+            }
             for d in pushed
         ]
         try:
-            with Session(self.engine) as session, session.begin():
-                session.add(row)
-                session.flush()  # the decision first: the outbox rows refer to it
-                session.add_all(messages)
+            # Plain INSERTs (SQLAlchemy Core), not ORM objects: nothing reads the rows back here, and the
+            # ORM's unit of work cost 0.3 ms more per answer (0.42 against 0.12 ms on SQLite).
+            with self.engine.begin() as connection:
+                connection.execute(insert(Decision), [row])  # the decision first: the outbox rows refer to it
+                if messages:
+                    connection.execute(insert(OutboxMessage), messages)
         except IntegrityError as exc:
             # A client that retries with the same X-Request-ID: the first record stands, nothing is queued twice.
             if self.get(decision.request_id) is not None:
