@@ -11,7 +11,6 @@ from importlib import metadata
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.formparsers import MultiPartParser
 
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
@@ -72,16 +71,6 @@ def max_body_bytes(settings: Settings) -> int:
     return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
 
 
-def keep_uploads_in_memory(max_upload_bytes: int) -> None:
-    """Starlette spools an uploaded file beyond 1 MB to a temporary file, one thread hand-off per 64 KB
-    chunk written; the handler then reads it all back into memory anyway. An 800×800 point cloud (7.7 MB)
-    took 24 ms to parse that way and 4 ms in memory. The cost: while a request's uploads are being read,
-    its body is in memory twice (parser buffer + the bytes the handler reads) instead of once plus a disk
-    copy; each upload stays within `max_upload_bytes` as before."""
-    # A class attribute is Starlette's only knob for this (no per-app or per-request setting).
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
-
-
 WATCHDOG_INTERVAL_S = 0.5
 
 
@@ -100,7 +89,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the app. Nothing is loaded here: the lifespan starts the engine (load, verify, warm up) and
     only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine)."""
     settings = settings or get_settings()
-    keep_uploads_in_memory(settings.max_upload_bytes)
     engine = engine or Engine(engine_options(settings))
     metrics = Metrics()
     state = ServiceState(

@@ -9,16 +9,16 @@ OpenAPI contract shows is declared here (`PREDICT_FORM_SCHEMA`), since FastAPI d
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, get_args
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import FormData, UploadFile
 
 from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
-from service.api.forms import PREDICT_FORM, read_form
+from service.api.forms import PREDICT_FORM, FormFile, FormValue, read_form
 from service.api.gate import admission_pass
 from service.api.inference import serve_prediction
 from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
@@ -103,26 +103,28 @@ _ROUTE: dict[str, Any] = {
 router = APIRouter(tags=["inspection"], dependencies=[Depends(require_api_key)])
 
 
-async def _read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
-    """The upload's bytes; refused from its size before reading when it exceeds `max_bytes`."""
-    if upload.size is not None and upload.size > max_bytes:
-        raise PayloadTooLargeError(f"{field}: the upload is {upload.size:,} bytes; the limit is {max_bytes:,} bytes")
-    return await upload.read()
-
-
-def _file(form: FormData, name: str) -> UploadFile:
+def _file(form: Mapping[str, FormValue], name: str) -> FormFile:
     value = form.get(name)
     if value is None:
         raise RequestValidationError([{"type": "missing", "loc": ("body", name), "msg": "Field required"}])
-    if not isinstance(value, UploadFile):
+    if not isinstance(value, FormFile):
         raise RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": "expected a file upload"}])
     return value
 
 
-def _fields(form: FormData) -> PredictFields:
-    values = {name: form.get(name) for name in PredictFields.model_fields if name in form}
-    if any(isinstance(v, UploadFile) for v in values.values()):
-        bad = next(name for name, v in values.items() if isinstance(v, UploadFile))
+def _upload_bytes(upload: FormFile, field: str, max_bytes: int) -> bytes:
+    """The upload's bytes; 413 when they exceed `max_bytes`."""
+    if len(upload.data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{field}: the upload is {len(upload.data):,} bytes; the limit is {max_bytes:,} bytes"
+        )
+    return upload.data
+
+
+def _fields(form: Mapping[str, FormValue]) -> PredictFields:
+    values = {name: form[name] for name in PredictFields.model_fields if name in form}
+    bad = next((name for name, v in values.items() if isinstance(v, FormFile)), None)
+    if bad is not None:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", bad), "msg": "expected text, got a file"}]
         )
@@ -136,19 +138,16 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
     """Score one part. `POST /predict` is the same operation under the path line controllers use."""
     received_at = time.perf_counter()
     form = await read_form(http, PREDICT_FORM, known=_FIELD_NAMES)
-    try:
-        rgb, xyz = _file(form, "rgb"), _file(form, "xyz")
-        fields = _fields(form)
-        model_name = state.engine.get(fields.model).name  # an unknown model is refused before any decoding work
-        request = annotate_request(fields.part_id, model_name)
-        upload = PartUpload(
-            rgb=await _read_upload(rgb, "rgb", state.limits.max_bytes),
-            xyz=await _read_upload(xyz, "xyz", state.limits.max_bytes),
-            model=model_name,
-            return_map=fields.return_map,
-        )
-    finally:
-        await form.close()
+    rgb, xyz = _file(form, "rgb"), _file(form, "xyz")
+    fields = _fields(form)
+    model_name = state.engine.get(fields.model).name  # an unknown model is refused before any decoding work
+    request = annotate_request(fields.part_id, model_name)
+    upload = PartUpload(
+        rgb=_upload_bytes(rgb, "rgb", state.limits.max_bytes),
+        xyz=_upload_bytes(xyz, "xyz", state.limits.max_bytes),
+        model=model_name,
+        return_map=fields.return_map,
+    )
     served = await serve_prediction(
         state.admission, admission_pass(http.scope), state.engine, state.after_prediction, upload, request
     )

@@ -209,9 +209,7 @@ def form_client(models_dir: Path) -> Iterator[TestClient]:
     @app.post("/test/form")
     async def form_route(request: Request) -> dict[str, Any]:
         form = await read_form(request, FormLimits(), known=("rgb", "xyz", "model", "part_id", "map"))
-        names = sorted({name for name, _ in form.multi_items()})
-        await form.close()
-        return {"names": names}
+        return {"names": sorted(form)}
 
     @app.post("/test/part")
     async def part_route(part_id: Annotated[PartId, Form()]) -> dict[str, str]:

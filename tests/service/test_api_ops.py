@@ -224,8 +224,8 @@ def test_onnx_runtime_spin_wait_follows_the_setting(models_dir: Path, spin: bool
 
 
 def test_uploads_over_one_megabyte_are_parsed_in_memory(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Starlette would spool each file over 1 MB to disk (a thread hand-off per chunk); the app keeps uploads
-    # up to max_upload_bytes in memory. A rollover is the moment a spooled file moves to disk.
+    # Starlette's own form reading would spool each file over 1 MB to disk (a thread hand-off per chunk);
+    # the predict form keeps its uploads in memory. A rollover is the moment a spooled file moves to disk.
     rolled: list[int] = []
     original = tempfile.SpooledTemporaryFile.rollover
 

@@ -40,8 +40,9 @@ def answer_bytes(engine: Engine, upload: PartUpload) -> tuple[Any, ...]:
     result = engine.predict_upload(upload)
     p = result.prediction
     encoded = result.anomaly_map.data if result.anomaly_map is not None else None
-    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("timings_ms", "anomaly_map")}
-    return fields, p.anomaly_map.tobytes(), p.anomaly_map.shape, encoded
+    maps = ("anomaly_map", "model_map")
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("timings_ms", *maps)}
+    return fields, *((getattr(p, m).tobytes(), getattr(p, m).shape) for m in maps), encoded
 
 
 def uploads() -> list[PartUpload]:
