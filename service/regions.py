@@ -94,33 +94,40 @@ class Decision:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _valid(points: np.ndarray) -> np.ndarray:
-    """(..., 3) points → (...) bool: a point exists (the preprocessing's rule: finite and z ≠ 0)."""
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]  # per coordinate: a reduction over the last
-    return np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & (z != 0)  # axis of 3 costs several times more
+def _valid(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """A point exists where its coordinates are finite and z ≠ 0 (the preprocessing's rule)."""
+    return np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & (z != 0)
 
 
-def _triangle_pair_area(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Area of the cells with corners a b / c d (each (N, 3)), as the triangles abd + adc. The cross
-    products are written out per component: np.cross and np.linalg.norm cost several times more here, and
-    this runs on every answered part."""
-    ux, uy, uz = (b - a).T
-    vx, vy, vz = (d - a).T
-    tx, ty, tz = (c - a).T
+def _coordinates(xyz: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, z of the points at flat pixel indices `at` (row * W + col), each a contiguous 1-D array in the
+    cloud's own float precision (float32 for uploads: differences of neighbouring float32 points are exact,
+    and the cross products keep ~1e-7 relative error, far below what a footprint in mm² needs). Gathering
+    each coordinate on its own keeps the arithmetic below on contiguous arrays."""
+    dtype = np.result_type(xyz.dtype, np.float32)
+    # Whole points first (np.take on one strided coordinate would copy the entire cloud), then one transposed
+    # copy of just these points.
+    picked = np.take(xyz.reshape(-1, 3), at, axis=0)
+    x, y, z = np.ascontiguousarray(picked.T, dtype=dtype)
+    return x, y, z
+
+
+def _cell_areas(xyz: np.ndarray, corner: np.ndarray) -> np.ndarray:
+    """Areas of the grid cells whose top-left corner is at flat pixel index `corner`: corners a b / c d at
+    (i, j), (i, j+1), (i+1, j), (i+1, j+1), split into the triangles abd + adc; NaN where a corner has no
+    point. The cross products are written out per component: np.cross and np.linalg.norm cost several
+    times more, and this runs on every answered part."""
+    w = xyz.shape[1]
+    (ax, ay, az), (bx, by, bz), (cx, cy, cz), (dx, dy, dz) = (
+        _coordinates(xyz, corner + offset) for offset in (0, 1, w, w + 1)
+    )
+    ux, uy, uz = bx - ax, by - ay, bz - az
+    vx, vy, vz = dx - ax, dy - ay, dz - az
+    tx, ty, tz = cx - ax, cy - ay, cz - az
     first = np.sqrt((uy * vz - uz * vy) ** 2 + (uz * vx - ux * vz) ** 2 + (ux * vy - uy * vx) ** 2)
     second = np.sqrt((vy * tz - vz * ty) ** 2 + (vz * tx - vx * tz) ** 2 + (vx * ty - vy * tx) ** 2)
-    return 0.5 * (first + second)
-
-
-def _cell_areas(xyz: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Areas of the grid cells whose top-left corner is (i, j) (1-D index arrays): corners a b / c d at
-    (i, j), (i, j+1), (i+1, j), (i+1, j+1); NaN where a corner has no point. Computed in the cloud's own
-    float precision (float32 for uploads: differences of neighbouring float32 points are exact, and the
-    cross products keep ~1e-7 relative error, far below what a footprint in mm² needs)."""
-    dtype = np.result_type(xyz.dtype, np.float32)
-    corners = [xyz[i + di, j + dj].astype(dtype, copy=False) for di, dj in ((0, 0), (0, 1), (1, 0), (1, 1))]
-    areas = _triangle_pair_area(*corners)
-    missing = ~(_valid(corners[0]) & _valid(corners[1]) & _valid(corners[2]) & _valid(corners[3]))
+    areas = 0.5 * (first + second)
+    missing = ~(_valid(ax, ay, az) & _valid(bx, by, bz) & _valid(cx, cy, cz) & _valid(dx, dy, dz))
     areas[missing] = np.nan
     return areas
 
@@ -131,7 +138,7 @@ def typical_cell(xyz: np.ndarray) -> float | None:
     h, w = xyz.shape[:2]
     step = max(1, math.ceil(math.sqrt((h - 1) * (w - 1) / TYPICAL_CELLS)))
     i, j = np.meshgrid(np.arange(0, h - 1, step), np.arange(0, w - 1, step), indexing="ij")
-    cells = _cell_areas(xyz, i.ravel(), j.ravel())
+    cells = _cell_areas(xyz, (i * w + j).ravel())
     finite = cells[np.isfinite(cells)]
     return float(np.median(finite)) if finite.size else None
 
@@ -143,30 +150,32 @@ def _footprints(xyz: np.ndarray, rows: np.ndarray, cols: np.ndarray, typical: fl
     an 800×800 cloud computing every cell took ~45 ms. `typical`: the cloud's typical cell in m² (None: the
     median of the cells computed here)."""
     h, w = xyz.shape[:2]
-    # Pixel (r, c) touches the cells with top-left corners (r-1..r, c-1..c) that exist.
-    touched = np.zeros((h - 1, w - 1), dtype=bool)
+    # Pixel (r, c) touches the cells with top-left corners (r-1..r, c-1..c) that exist; cells are numbered
+    # i * (W - 1) + j.
+    touched = np.zeros((h - 1) * (w - 1), dtype=bool)
     for di in (0, 1):
         for dj in (0, 1):
             i, j = rows - di, cols - dj
             inside = (i >= 0) & (i < h - 1) & (j >= 0) & (j < w - 1)
-            touched[i[inside], j[inside]] = True
+            touched[i[inside] * (w - 1) + j[inside]] = True
     ci, cj = np.divmod(np.flatnonzero(touched), w - 1)
-    cells = _cell_areas(xyz, ci, cj)
+    cells = _cell_areas(xyz, ci * w + cj)
     finite = np.isfinite(cells)
     if typical is None and finite.any():
         typical = float(np.median(cells[finite]))
     if typical is not None:
         cells[finite & (cells > DISCONTINUITY_RATIO * typical)] = np.nan
-    # The cell grid padded by one NaN cell on every side: cell (i, j) sits at [i + 1, j + 1], so pixel
-    # (r, c)'s four cells are [r..r+1, c..c+1].
-    grid = np.full((h + 1, w + 1), np.nan, dtype=cells.dtype)
-    grid[ci + 1, cj + 1] = cells
-    around = np.stack([grid[rows + di, cols + dj] for di in (0, 1) for dj in (0, 1)])
+    # The cell grid padded by one NaN cell on every side, flat: cell (i, j) sits at (i + 1) * (W + 1) + j + 1,
+    # so pixel (r, c)'s four cells are at r * (W + 1) + c + {0, 1, W + 1, W + 2}.
+    grid = np.full((h + 1) * (w + 1), np.nan, dtype=cells.dtype)
+    grid[(ci + 1) * (w + 1) + cj + 1] = cells
+    first = rows * (w + 1) + cols
+    around = np.stack([np.take(grid, first + offset) for offset in (0, 1, w + 1, w + 2)])
     known = np.isfinite(around)
     count = known.sum(axis=0)
     total = np.where(known, around, 0.0).sum(axis=0, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        area = np.where((count > 0) & _valid(xyz[rows, cols]), total / count, np.nan)
+        area = np.where((count > 0) & _valid(*_coordinates(xyz, rows * w + cols)), total / count, np.nan)
     return area * M2_TO_MM2
 
 
