@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -100,27 +99,8 @@ def service_throughput(
         "max_inflight": clients,
         "request_timeout_s": 60,
     }
-    out: dict[str, Any] = {}
-    per_round: dict[str, list[service_load.LoadRound]] = {name: [] for name in folders}
-    services = {}
-    try:
-        for name, folder in folders.items():
-            cm = service_load.running_service(folder.parent, folder.name, settings, log_dir / f"service-{name}.log")
-            services[name] = (cm, cm.__enter__())
-        for _ in range(rounds):
-            for name, (_cm, svc) in services.items():
-                time.sleep(0.5)
-                per_round[name].append(service_load.closed_loop(svc.url, payload, clients, seconds, warmup_s=1.0))
-    finally:
-        for _cm, _svc in services.values():
-            _cm.__exit__(None, None, None)
-    for name, rnds in per_round.items():
-        out[name] = service_load.summarise_rounds(rnds)
-    names = list(folders)
-    if len(names) == 2:
-        a, b = (np.array([r.throughput for r in per_round[n]]) for n in names)
-        out["paired_ratio"] = {f"{names[1]}/{names[0]}": round(float(np.median(b / a)), 3)}
-    return out
+    configs = {name: (folder, settings) for name, folder in folders.items()}
+    return service_load.alternating_throughput(configs, payload, clients, rounds, seconds, log_dir)
 
 
 def latency(summary: dict[str, Any]) -> float | None:

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,4 +351,38 @@ def summarise_rounds(rounds: list[LoadRound]) -> dict[str, Any]:
             key: round(float(np.median([r.server_ms.get(key, 0.0) for r in ok])), 3) for key in ok[0].server_ms
         }
         out["provider"] = ok[0].provider
+    return out
+
+
+def alternating_throughput(
+    configs: Mapping[str, tuple[Path, Mapping[str, str | int | float]]],
+    payload: Payload,
+    clients: int,
+    rounds: int,
+    seconds: float,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Closed-loop parts/s of several services, each `name: (model folder, BRIDGENET_* settings)`, all
+    started at once and measured in turn, round after round (so a change of load on the machine hits
+    every configuration alike). Returns each one's summary and its throughput paired by round with the
+    first configuration's (`paired_ratio`)."""
+    per_round: dict[str, list[LoadRound]] = {name: [] for name in configs}
+    with ExitStack() as stack:
+        services = {
+            name: stack.enter_context(
+                running_service(folder.parent, folder.name, settings, log_dir / f"service-{name}.log")
+            )
+            for name, (folder, settings) in configs.items()
+        }
+        for _ in range(rounds):
+            for name, svc in services.items():
+                time.sleep(0.5)
+                per_round[name].append(closed_loop(svc.url, payload, clients, seconds, warmup_s=1.0))
+    out: dict[str, Any] = {name: summarise_rounds(rnds) for name, rnds in per_round.items()}
+    first, *others = configs
+    base = np.array([r.throughput for r in per_round[first]])
+    out["paired_ratio"] = {
+        f"{name}/{first}": round(float(np.median(np.array([r.throughput for r in per_round[name]]) / base)), 3)
+        for name in others
+    }
     return out

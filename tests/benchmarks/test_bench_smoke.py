@@ -257,3 +257,22 @@ def test_upload_quick(fake_dir: Path, tmp_path: Path) -> None:
         assert_stats(data["paths"][key])
         assert data["ratios"][key]["http_over_pipeline_paired"] > 0
     assert data["ratios"]["overlap_over_seq_png@800"] > 0
+
+
+def test_station_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """Every station configuration answered parts, with paired ratios against the first."""
+    out = tmp_path / "station.json"
+    proc, data = run_script(
+        "bench_station.py", "--quick", "--fp32", fake_dir, "--int8", fake_dir, "--configs", "fp32, defaults",
+        "int8, 1 thread per request", "int8, batches of 2", "--cache-dir", tmp_path, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    runs = data["runs"]
+    for name in ("fp32, defaults", "int8, 1 thread per request", "int8, batches of 2"):
+        assert runs[name]["answered"] >= 1 and runs[name]["throughput_parts_per_s"] > 0, name
+    assert set(runs["paired_ratio"]) == {
+        "int8, 1 thread per request/fp32, defaults",
+        "int8, batches of 2/fp32, defaults",
+    }
+    assert data["settings"]["int8, batches of 2"]["batch_max_size"] == 2
