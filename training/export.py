@@ -269,7 +269,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quantise-head", action="store_true", help="int8: quantise the score head too (default: it stays float)"
     )
     p.add_argument(
-        "--float-stem-convs", type=int, default=2, help="int8: the backbone's first convolutions that stay float"
+        "--float-stem-convs",
+        type=int,
+        default=reduced.Int8Options.float_stem_convs,
+        help="int8: the backbone's first convolutions that stay float (default: %(default)s)",
     )
     p.add_argument("--calibration-parts", type=int, default=32, help="int8: good training parts to calibrate on")
     p.add_argument(

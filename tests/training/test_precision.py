@@ -68,6 +68,19 @@ def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(model
     assert (models / "int8" / MODEL_FILE).stat().st_size < 0.5 * (models / "fp32" / MODEL_FILE).stat().st_size
 
 
+def test_int8_keeps_the_backbones_first_convolutions_float(models: Path) -> None:
+    """The default keeps the first `float_stem_convs` convolutions float (their inputs and weights are not
+    dequantised int8) and quantises the next one."""
+    graph = onnx.load(str(models / "int8" / MODEL_FILE))
+    dequantised = {out for n in graph.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    keep = precision.Int8Options().float_stem_convs
+    assert keep == 12 and len(convs) > keep
+    assert not any(i in dequantised for n in convs[:keep] for i in n.input)
+    assert all(n.input[1] in dequantised for n in convs[keep : keep + 1]), "the next convolution is int8"
+    assert {n.name for n in convs[:keep]} <= set(manifest(models, "int8")["precision_check"]["float_nodes"])
+
+
 def test_reduced_models_serve_close_to_fp32_through_the_engine(models: Path, data: Path) -> None:
     from training.data import discover, load_sample
 
