@@ -42,6 +42,7 @@ INT8_VARIANTS: dict[str, tuple[bool, int, bool]] = {
     "int8_per_tensor": (False, _DEFAULT.float_stem_convs, True),
     "int8_all_convs": (True, 0, True),
     "int8_head_too": (True, _DEFAULT.float_stem_convs, False),
+    "int8_gemms_only": (True, 10**6, True),  # every convolution float: only the adaptor and discriminator int8
 }
 
 

@@ -150,3 +150,31 @@ def test_evaluate_an_exported_model_without_torch(models: Path, data: Path, tmp_
         assert 0.0 <= result[key] <= 1.0, key
     assert result["threshold"]["calibrated"] == manifest(models, "int8")["threshold"]["value"]
     assert "| AUPRO@0.3 |" in out.with_suffix(".md").read_text()
+
+
+def test_int8_sweep_compares_variants_with_fp32_on_the_validation_parts(
+    trained: Path, models: Path, tmp_path: Path
+) -> None:
+    """benchmarks/int8_sweep.py: each variant beside fp32 on the validation parts and synthetic anomalies."""
+    out = tmp_path / "sweep.json"
+    args = ["--run", trained, "--model-dir", models / "fp32", "--float-stem-convs", "2", "12"]
+    args += ["--calibration", "minmax", "--anomaly-copies", "2", "--repeats", "2", "--out", out]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "int8_sweep.py"), *map(str, args)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["validation"] == {"good_parts": 3, "anomalies": 6, "source": "validation split"}
+    rows = result["variants"]
+    assert list(rows) == ["fp32", "float_stem_convs=2, minmax", "float_stem_convs=12, minmax"]
+    assert rows["fp32"]["cpu_speedup_paired"] == 1.0 and "map_mean_abs_diff" not in rows["fp32"]
+    for name in list(rows)[1:]:
+        row = rows[name]
+        assert 0.0 < row["map_mean_abs_diff"] <= precision.TOLERANCES["int8"].map_mean, name
+        assert row["map_mean_abs_diff_unshifted"] <= row["map_mean_abs_diff"] + 1e-6
+        assert 0.0 <= row["val_aupro"] <= 1.0 and row["cpu_median_ms"] > 0
