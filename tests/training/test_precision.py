@@ -68,6 +68,19 @@ def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(model
     assert (models / "int8" / MODEL_FILE).stat().st_size < 0.5 * (models / "fp32" / MODEL_FILE).stat().st_size
 
 
+def test_reduced_models_are_calibrated_by_the_runs_rule_on_their_own_scores(models: Path) -> None:
+    """Each reduced model's threshold is the run's method on that model's own validation scores (not the
+    fp32 model's statistics with another rule's threshold)."""
+    fp32 = manifest(models, "fp32")
+    for name in ("int8", "fp16"):
+        m = manifest(models, name)
+        assert m["threshold"]["method"] == fp32["threshold"]["method"] == "normal_tolerance", name
+        assert m["calibration"]["source"].endswith(f"scored by the {name} model")
+        assert m["calibration"]["inputs"]["mean"] == pytest.approx(m["score_stats"]["mean"]), name
+        assert m["score_stats"]["mean"] != fp32["score_stats"]["mean"]
+        assert m["threshold"]["value"] > m["score_stats"]["max"]  # normal tolerance: above the good parts
+
+
 def test_int8_keeps_the_backbones_first_convolutions_float(models: Path) -> None:
     """The default keeps the first `float_stem_convs` convolutions float (their inputs and weights are not
     dequantised int8) and quantises the next one."""
