@@ -11,7 +11,7 @@
   (on EfficientNet-Lite0: everything at 1/2 and 1/4 of the input size and the block that takes it to 1/8).
   The discriminator is trained to call feature noise anomalous, so quantisation noise made early and carried
   through the backbone raises the whole map; keeping these convolutions float cuts the map's difference to
-  fp32 by 3-8× and costs little CPU time, because int8 pays little on such narrow convolutions
+  fp32 by 4-8× and costs little CPU time, because int8 pays little on such narrow convolutions
   (docs/BENCHMARKS.md, "int8", second round).
 - fp16: every float tensor in half precision for the CUDA provider, inputs and outputs kept float32 so the
   service feeds it as any other model.
