@@ -33,12 +33,15 @@ from training import precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 
+_DEFAULT = precision.Int8Options()
 # name → (per_channel, float_stem_convs, float_head); "int8" is the exporter's default.
 INT8_VARIANTS: dict[str, tuple[bool, int, bool]] = {
-    "int8": (True, 2, True),
-    "int8_per_tensor": (False, 2, True),
+    "int8": (_DEFAULT.per_channel, _DEFAULT.float_stem_convs, _DEFAULT.float_head),
+    "int8_stem2": (True, 2, True),  # the first round's default (2 float convolutions)
+    "int8_per_tensor": (False, _DEFAULT.float_stem_convs, True),
     "int8_all_convs": (True, 0, True),
-    "int8_head_too": (True, 2, False),
+    "int8_head_too": (True, _DEFAULT.float_stem_convs, False),
+    "int8_gemms_only": (True, 10**6, True),  # every convolution float: only the adaptor and discriminator int8
 }
 
 
@@ -84,6 +87,17 @@ def profile(path: Path, feed: dict[str, np.ndarray], runs: int, prefix: str) -> 
         by_op[op].append(ms)
     medians = {op: float(np.median(v)) for op, v in by_op.items()}
     return {op: round(ms, 3) for op, ms in sorted(medians.items(), key=lambda kv: -kv[1])}
+
+
+def cpu_times(paths: dict[str, Path], feed: dict[str, np.ndarray], repeats: int) -> dict[str, list[float]]:
+    """CPU ms of each graph's run on one intra-op thread, in shuffled rounds.
+
+    With one thread ONNX Runtime computes on the calling thread, so that thread's CPU time is the work per
+    part: unlike wall time it hardly moves when other processes share the cores (the 2-core machine this
+    runs on usually has other work)."""
+    sessions = {name: harness.ort_session(path, threads=1) for name, path in paths.items()}
+    fns = {name: partial(s.run, ["scores", "maps"], feed) for name, s in sessions.items()}
+    return harness.interleaved(fns, repeats, 3, 0.0, clock=time.thread_time)
 
 
 def service_throughput(
@@ -163,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         result["sessions"] = {"image_size": size, "batch": args.batch, "paths": rows}
         print(f"\nsession.run, batch {args.batch}, {size} px, {args.repeats} rounds interleaved")
         harness.print_table(["graph", "median ms", "p95 ms", "min ms", "× fp32 (paired)", "MB"], table)
+        cpu = cpu_times(paths, feed, args.repeats)
+        cpu_base = np.asarray(cpu["fp32"])
+        result["cpu_one_thread"] = {
+            name: harness.stats(t) | {"speedup_paired": round(float(np.median(cpu_base / np.asarray(t))), 3)}
+            for name, t in cpu.items()
+        }
+        print(f"\nCPU time of session.run on one intra-op thread, {args.repeats} rounds interleaved")
+        harness.print_table(
+            ["graph", "median CPU ms", "min CPU ms", "× fp32 (paired)"],
+            [[n, r["median_ms"], r["min_ms"], r["speedup_paired"]] for n, r in result["cpu_one_thread"].items()],
+        )
         profiles = {}
         for name in ("fp32", "int8"):
             if name in paths:

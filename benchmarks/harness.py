@@ -100,7 +100,11 @@ def stats(times_ms: list[float]) -> dict[str, float]:
 
 
 def interleaved(
-    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 2, gap_s: float = 0.02
+    fns: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 2,
+    gap_s: float = 0.02,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Time each function `repeats` times in rounds (each function once per round, in an order shuffled
     per round with a fixed seed), after `warmup` calls each.
@@ -110,6 +114,7 @@ def interleaved(
     that no variant always follows the same neighbour (e.g. an HTTP request whose server is still winding
     down). `gap_s` of idle time before each call: ONNX Runtime's and OpenMP's pool threads busy-wait for a
     while after a run, and without a gap one variant's spinning threads would slow down the next one.
+    `clock`: wall time by default; `time.thread_time` measures the calling thread's CPU time instead.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -122,9 +127,9 @@ def interleaved(
         for name in names:
             fn = fns[name]
             time.sleep(gap_s)
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return times
 
 

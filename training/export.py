@@ -34,7 +34,7 @@ from training.calibration import score_stats
 from training.metrics import threshold_for_false_reject_rate
 from training.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
-from training.thresholds import calibration_fields
+from training.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, calibration_fields
 from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
@@ -224,14 +224,10 @@ def reduced_precision(
         }
     else:
         facts = reduced.convert_fp16(fp32_onnx, out_onnx)
-    # The reduced model gets its own threshold, by the run's rule on its own scores of the same good parts.
     candidate = reduced.session(out_onnx)
-    scores, _ = reduced.run_batched(candidate, validation.rgb, validation.depth)
-    calibration = {
-        **trained.calibration,
-        "threshold": threshold_for_false_reject_rate(scores, trained.config.target_false_reject_rate),
-        "score_stats": score_stats(scores),
-    }
+    scores, maps = reduced.run_batched(candidate, validation.rgb, validation.depth)
+    good = ~validation.labels
+    calibration = own_calibration(trained.calibration, scores[good], maps[good], precision)
     bound = tolerance or reduced.TOLERANCES[precision]
     compared = reduced.compare(
         reduced.session(fp32_onnx),
@@ -245,6 +241,28 @@ def reduced_precision(
     if not reduced.within(compared, bound):
         raise ExportError(f"the {precision} model disagrees with fp32 beyond its tolerance: {compared}; not written")
     return {**facts, "against_fp32": compared}, calibration
+
+
+def own_calibration(run: dict[str, Any], scores: np.ndarray, maps: np.ndarray, precision: str) -> dict[str, Any]:
+    """A reduced-precision model's own threshold: the run's rule (method, target rate, confidence) on the
+    model's own scores and maps of the run's good validation parts, so that its verdicts are made as the fp32
+    model's are. A run calibrated before `training.thresholds` keeps its rule of then (the highest good
+    score for the target rate)."""
+    method = run.get("method")
+    if method not in METHODS or method == "synthetic_margin":  # synthetic_margin needs the anomalies' scores
+        return {
+            **run,
+            "threshold": threshold_for_false_reject_rate(scores, run["target_false_reject_rate"]),
+            "score_stats": score_stats(scores),
+        }
+    return calibrate_scores(
+        scores,
+        maps,
+        rate=run["target_false_reject_rate"],
+        method=method,
+        confidence=run.get("confidence", DEFAULT_CONFIDENCE),
+        source=f"{len(scores)} good validation parts, scored by the {precision} model",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -269,7 +287,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quantise-head", action="store_true", help="int8: quantise the score head too (default: it stays float)"
     )
     p.add_argument(
-        "--float-stem-convs", type=int, default=2, help="int8: the backbone's first convolutions that stay float"
+        "--float-stem-convs",
+        type=int,
+        default=reduced.Int8Options.float_stem_convs,
+        help="int8: the backbone's first convolutions that stay float (default: %(default)s)",
     )
     p.add_argument("--calibration-parts", type=int, default=32, help="int8: good training parts to calibrate on")
     p.add_argument(

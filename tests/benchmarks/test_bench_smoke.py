@@ -241,6 +241,10 @@ def test_precision_quick(fake_dir: Path, tmp_path: Path) -> None:
     assert set(paths) == {"fp32", "int8", "fp16"} and paths["fp32"]["speedup_paired"] == 1.0
     for s in paths.values():
         assert_stats(s)
+    cpu = data["cpu_one_thread"]  # CPU time of each graph's run on one intra-op thread
+    assert set(cpu) == set(paths) and cpu["fp32"]["speedup_paired"] == 1.0
+    for s in cpu.values():
+        assert_stats(s)
     assert data["profile_ms_per_run"]["fp32"] and data["profile_ms_per_run"]["int8"]
     assert data["end_to_end"]["fp32"]["answered"] >= 1 and "int8/fp32" in data["end_to_end"]["paired_ratio"]
 

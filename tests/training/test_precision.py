@@ -68,6 +68,32 @@ def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(model
     assert (models / "int8" / MODEL_FILE).stat().st_size < 0.5 * (models / "fp32" / MODEL_FILE).stat().st_size
 
 
+def test_reduced_models_are_calibrated_by_the_runs_rule_on_their_own_scores(models: Path) -> None:
+    """Each reduced model's threshold is the run's method on that model's own validation scores (not the
+    fp32 model's statistics with another rule's threshold)."""
+    fp32 = manifest(models, "fp32")
+    for name in ("int8", "fp16"):
+        m = manifest(models, name)
+        assert m["threshold"]["method"] == fp32["threshold"]["method"] == "normal_tolerance", name
+        assert m["calibration"]["source"].endswith(f"scored by the {name} model")
+        assert m["calibration"]["inputs"]["mean"] == pytest.approx(m["score_stats"]["mean"]), name
+        assert m["score_stats"]["mean"] != fp32["score_stats"]["mean"]
+        assert m["threshold"]["value"] > m["score_stats"]["max"]  # normal tolerance: above the good parts
+
+
+def test_int8_keeps_the_backbones_first_convolutions_float(models: Path) -> None:
+    """The default keeps the first `float_stem_convs` convolutions float (their inputs and weights are not
+    dequantised int8) and quantises the next one."""
+    graph = onnx.load(str(models / "int8" / MODEL_FILE))
+    dequantised = {out for n in graph.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    keep = precision.Int8Options().float_stem_convs
+    assert keep == 12 and len(convs) > keep
+    assert not any(i in dequantised for n in convs[:keep] for i in n.input)
+    assert all(n.input[1] in dequantised for n in convs[keep : keep + 1]), "the next convolution is int8"
+    assert {n.name for n in convs[:keep]} <= set(manifest(models, "int8")["precision_check"]["float_nodes"])
+
+
 def test_reduced_models_serve_close_to_fp32_through_the_engine(models: Path, data: Path) -> None:
     from training.data import discover, load_sample
 
@@ -137,3 +163,31 @@ def test_evaluate_an_exported_model_without_torch(models: Path, data: Path, tmp_
         assert 0.0 <= result[key] <= 1.0, key
     assert result["threshold"]["calibrated"] == manifest(models, "int8")["threshold"]["value"]
     assert "| AUPRO@0.3 |" in out.with_suffix(".md").read_text()
+
+
+def test_int8_sweep_compares_variants_with_fp32_on_the_validation_parts(
+    trained: Path, models: Path, tmp_path: Path
+) -> None:
+    """benchmarks/int8_sweep.py: each variant beside fp32 on the validation parts and synthetic anomalies."""
+    out = tmp_path / "sweep.json"
+    args = ["--run", trained, "--model-dir", models / "fp32", "--float-stem-convs", "2", "12"]
+    args += ["--calibration", "minmax", "--anomaly-copies", "2", "--repeats", "2", "--out", out]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "int8_sweep.py"), *map(str, args)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["validation"] == {"good_parts": 3, "anomalies": 6, "source": "validation split"}
+    rows = result["variants"]
+    assert list(rows) == ["fp32", "float_stem_convs=2, minmax", "float_stem_convs=12, minmax"]
+    assert rows["fp32"]["cpu_speedup_paired"] == 1.0 and "map_mean_abs_diff" not in rows["fp32"]
+    for name in list(rows)[1:]:
+        row = rows[name]
+        assert 0.0 < row["map_mean_abs_diff"] <= precision.TOLERANCES["int8"].map_mean, name
+        assert row["map_mean_abs_diff_unshifted"] <= row["map_mean_abs_diff"] + 1e-6
+        assert 0.0 <= row["val_aupro"] <= 1.0 and row["cpu_median_ms"] > 0
