@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
