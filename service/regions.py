@@ -215,7 +215,7 @@ def find_regions(
     if n <= 1:
         return RegionReport((), 0, fraction, None, 0, float(pixel_threshold))
     # Only the pixels above the threshold belong to a region: sort those by label (not the whole image);
-    # region k (1..n-1) is then the slice starts[k-1]:starts[k] of the sorted pixels.
+    # label k (1..n-1) is then the `sizes[k-1]` sorted pixels from `starts[k-1]` on.
     inside = np.flatnonzero(above)
     order = np.argsort(labels.ravel()[inside], kind="stable")
     inside = inside[order]
