@@ -4,8 +4,8 @@ Run from the repository root, in two steps (scoring once, comparing offline as o
     python benchmarks/calibration_study.py dump --model models/NAME --data ROOT --category C --out S.npz
     python benchmarks/calibration_study.py compare S.npz [S2.npz ...] [--rate 0.01] [--json OUT]
 `dump` scores the validation split's good parts, the run's synthetic validation anomalies made from them
-(same seed and generator as training) and the whole test split with the exported ONNX model
-(`training.onnx_scoring`). `compare` calibrates every method of `training.thresholds` on the validation
+(same seed and generator as training) and the whole test split with the exported model, through the
+service's engine (`training.served`). `compare` calibrates every method of `training.thresholds` on the validation
 scores only and prints, per data set, the test false-reject rate (with its Clopper-Pearson 95 % upper
 bound) and the detection rate per defect type at each threshold, then the pixel thresholds: the share of
 good test parts showing any region, and of defective parts with a region touching their ground truth.
@@ -23,26 +23,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.engine import Engine
 from training import thresholds
-from training.onnx_scoring import ExportedModel, load_exported, run_model
-
-
-def _score_arrays(model: ExportedModel, rgb: np.ndarray, depth: np.ndarray, batch: int = 8) -> tuple:
-    scores, maps = [], []
-    for start in range(0, len(rgb), batch):
-        s, m = run_model(model, rgb[start : start + batch], depth[start : start + batch])
-        scores.append(s)
-        maps.append(m.astype(np.float16))
-    return np.concatenate(scores), np.concatenate(maps)
+from training.served import infer_batches, open_engine
 
 
 def dump(args: argparse.Namespace) -> int:
+    with open_engine(args.model) as engine:
+        return _dump(args, engine)
+
+
+def _dump(args: argparse.Namespace, engine: Engine) -> int:
     from training.anomalies.textures import load_textures
     from training.config import TrainConfig
     from training.dataset import AnomalyOptions, prepare_split, synthetic_validation
 
-    model = load_exported(args.model)
-    pre = model.preprocessing
+    model = engine.get(None)
+    pre = model.manifest.preprocessing
     training = model.manifest.training
     # A manifest from before `utag_depth` existed was trained with the paper's texture anomalies.
     known = {k: training[k] for k in ("modality", "alpha", "seed") if k in training}
@@ -50,19 +47,19 @@ def dump(args: argparse.Namespace) -> int:
                       **known)  # fmt: skip
     val = prepare_split(args.data, args.category, "validation", pre)
     val = val.subset([i for i, bad in enumerate(val.labels) if not bad])
-    v_scores, v_maps = _score_arrays(model, val.rgb, val.depth)
+    v_scores, v_maps = infer_batches(engine, model, val.rgb, val.depth)
     syn = synthetic_validation(val, load_textures(None), AnomalyOptions.from_config(cfg))
-    s_scores, _ = _score_arrays(model, syn.rgb[syn.labels], syn.depth[syn.labels])
+    s_scores, _ = infer_batches(engine, model, syn.rgb[syn.labels], syn.depth[syn.labels])
     test = prepare_split(args.data, args.category, "test", pre)
-    t_scores, t_maps = _score_arrays(model, test.rgb, test.depth)
+    t_scores, t_maps = infer_batches(engine, model, test.rgb, test.depth)
     np.savez_compressed(
         args.out,
         name=f"{args.category} ({model.manifest.name})",
         val_scores=v_scores,
-        val_maps=v_maps,
+        val_maps=v_maps.astype(np.float16),  # half the file; the pixel thresholds need no more
         synthetic_scores=s_scores,
         test_scores=t_scores,
-        test_maps=t_maps,
+        test_maps=t_maps.astype(np.float16),
         test_defects=np.array(test.defects),
         test_gt=test.gt,
         test_foreground=test.foreground,

@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.engine import Engine
 from service.preprocessing import PreprocessConfig
 from training.figures import anomaly_sheet, score_histogram
 from training.formatting import fmt
 from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
 from training.prepared import PreparedSplit, prepare_split
+from training.served import infer_batches, open_engine
 from training.thresholds import binomial_upper_bound
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
-    from service.engine import Engine
     from training.runs import Run
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,11 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
     """Metrics of the engine's default model on the test split: its session (the service's options) runs
     the same preprocessed inputs, at the threshold the service applies."""
     model = engine.get(None)
-    scores, maps = [], []
-    for i in range(0, len(test), batch_size):
-        s, m = engine.infer(model, test.rgb[i : i + batch_size], test.depth[i : i + batch_size])
-        scores.append(s)
-        maps.append(m)
+    scores, maps = infer_batches(engine, model, test.rgb, test.depth, batch_size=batch_size)
     manifest = model.manifest
     result = split_metrics(
-        np.concatenate(scores),
-        np.concatenate(maps),
+        scores,
+        maps,
         test,
         model.threshold,
         manifest.threshold.method,
@@ -300,27 +297,14 @@ def _evaluate_run(args: argparse.Namespace) -> tuple[dict[str, Any], PreparedSpl
 
 
 def _evaluate_model_folder(args: argparse.Namespace) -> tuple[dict[str, Any], PreparedSplit, PreprocessConfig]:
-    from service.engine import Engine, EngineOptions
-
     if args.data is None:
         raise SystemExit("--model needs --data (a model folder does not say where its test data is)")
     folder = Path(args.model)
-    options = EngineOptions(
-        models_dir=folder.parent,
-        default_model=folder.name,
-        models=(folder.name,),
-        providers="auto" if args.device == "cuda" else "cpu",
-        require_cuda=args.device == "cuda",
-    )
-    engine = Engine(options)
-    engine.start()
-    try:
+    with open_engine(folder, device=args.device) as engine:
         preprocessing = engine.get(None).manifest.preprocessing
         category = args.category or engine.get(None).manifest.category
         test = _test_split(Path(args.data), category, preprocessing, not args.no_progress)
         result = evaluate_model(engine, test, batch_size=args.batch_size)
-    finally:
-        engine.stop()
     result["category"] = category
     result["model_folder"] = folder.name
     return result, test, preprocessing

@@ -2,7 +2,8 @@
 
 Good parts from production are the best calibration data: many more than a run's validation split, and
 from the real process. The parts are scored with the exported ONNX model exactly as the service scores
-them (`training.onnx_scoring.score_part`), the image and pixel thresholds are recomputed with
+them: through the service's engine (`training.served.open_engine`, then `Engine.predict` per part: its
+score and its map at the model's resolution), the image and pixel thresholds are recomputed with
 `training.thresholds`, and the model folder gets a new version:
 
     models/NAME/model.onnx, manifest.json        the new version (manifest embedded again: new sha256)
@@ -27,19 +28,19 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from service.engine import Engine, EngineError, ModelLoadError
 from service.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     SCHEMA_VERSION,
     Manifest,
-    ManifestError,
     manifest_to_metadata,
     sha256_file,
     write_manifest_json,
 )
 from service.preprocessing import PreprocessingError
 from training.data import GOOD, DatasetError, Sample, discover_folder, load_sample
-from training.onnx_scoring import ExportedModel, ModelOutputError, load_exported, score_part
+from training.served import open_engine
 from training.thresholds import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
@@ -77,17 +78,19 @@ def find_good_parts(folder: Path) -> list[Sample]:
     )
 
 
-def score_folder(model: ExportedModel, samples: list[Sample], *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N,) and maps (N, S, S) of the parts; any unreadable part stops it, naming the file."""
-    size = model.manifest.image_size
+def score_folder(engine: Engine, samples: list[Sample], *, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and maps (N, S, S) of the parts as the engine's default model answers them; any unreadable
+    part, or a non-finite answer (InvalidModelOutputError), stops it, naming the file."""
+    size = engine.get(None).manifest.image_size
     scores = np.empty(len(samples), np.float32)
     maps = np.empty((len(samples), size, size), np.float32)
     for i, sample in enumerate(tqdm(samples, desc="score good parts", unit="part", disable=not progress)):
         try:
             part = load_sample(sample)
             assert part.xyz is not None  # discover_folder requires the point clouds
-            scores[i], maps[i] = score_part(model, part.rgb, part.xyz)
-        except (DatasetError, PreprocessingError, ModelOutputError, OSError) as exc:
+            prediction = engine.predict(part.rgb, part.xyz)
+            scores[i], maps[i] = prediction.score, prediction.model_map
+        except (DatasetError, PreprocessingError, EngineError, OSError) as exc:
             raise CalibrateError(f"part {sample.rgb_path} cannot be scored: {exc}") from exc
     return scores, maps
 
@@ -133,12 +136,11 @@ def new_manifest(
     return Manifest.model_validate(data)
 
 
-def write_version(model: ExportedModel, manifest: Manifest) -> Path:
-    """Archive the current files under history/<version>/, then put the new version in place."""
-    folder = model.folder
-    archive = folder / HISTORY_DIR / model.manifest.version
+def write_version(folder: Path, old: Manifest, manifest: Manifest) -> Path:
+    """Archive the current files (version `old`) under history/<version>/, then put the new version in place."""
+    archive = folder / HISTORY_DIR / old.version
     if archive.exists():
-        raise CalibrateError(f"{archive} already exists: the model's version {model.manifest.version!r} was archived "
+        raise CalibrateError(f"{archive} already exists: the model's version {old.version!r} was archived "
                              "before; restore or remove it, or pass a different --version")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=folder) as tmp:
         staged = Path(tmp)
@@ -146,7 +148,11 @@ def write_version(model: ExportedModel, manifest: Manifest) -> Path:
         onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
         onnx.save(proto, str(staged / MODEL_FILE))
         write_manifest_json(manifest, staged, sha256_file(staged / MODEL_FILE))
-        load_exported(staged)  # the new version must load as the service would load it
+        try:
+            with open_engine(staged):  # the new version must load as the service loads it
+                pass
+        except ModelLoadError as exc:
+            raise CalibrateError(f"the new version does not load: {exc}") from exc
         archive.mkdir(parents=True)
         for name in (MODEL_FILE, MANIFEST_FILE):
             shutil.copy2(folder / name, archive / name)
@@ -175,15 +181,18 @@ def calibrate_model(
         raise CalibrateError(f"--min-defect-area-mm2 must be > 0, got {min_defect_area_mm2}")
     if version is not None and (not version or "/" in version or "\\" in version or version.startswith(".")):
         raise CalibrateError(f"--version {version!r} must be a plain name (it names the history folder)")
+    folder = Path(model_dir)
     try:
-        model = load_exported(model_dir)
-    except ManifestError as exc:
+        with open_engine(folder) as engine:
+            loaded = engine.get(None)
+            samples = find_good_parts(good)
+            if len(samples) < MIN_PARTS:
+                raise CalibrateError(f"{len(samples)} good part(s) in {good}; a calibration needs at least {MIN_PARTS}")
+            scores, maps = score_folder(engine, samples, progress=progress)
+    except ModelLoadError as exc:
         raise CalibrateError(f"--model {model_dir}: {exc}") from exc
-    samples = find_good_parts(good)
-    if len(samples) < MIN_PARTS:
-        raise CalibrateError(f"{len(samples)} good part(s) in {good}; a calibration needs at least {MIN_PARTS}")
-    scores, maps = score_folder(model, samples, progress=progress)
-    old_calibration = model.manifest.calibration
+    old, old_sha = loaded.manifest, loaded.onnx_sha256  # the version that scored the parts
+    old_calibration = old.calibration
     previous = old_calibration.method if old_calibration is not None else None
     chosen: Method = next((m for m in METHODS if m == previous), DEFAULT_METHOD) if method is None else method
     if chosen == "synthetic_margin":
@@ -199,15 +208,13 @@ def calibrate_model(
         )
     except CalibrationInputError as exc:
         raise CalibrateError(str(exc)) from exc
-    old_sha = sha256_file(model.folder / MODEL_FILE)
     note = f"re-calibrated on {len(samples)} good parts ({chosen}, target false-reject rate {target_frr})"
-    manifest = new_manifest(model.manifest, old_sha, calibration, version or next_version(model.manifest),
-                            min_defect_area_mm2, note)  # fmt: skip
-    archive = write_version(model, manifest)
-    old_t = model.manifest.threshold.value
+    manifest = new_manifest(old, old_sha, calibration, version or next_version(old), min_defect_area_mm2, note)
+    archive = write_version(folder, old, manifest)
+    old_t = old.threshold.value
     return {
-        "model": str(model.folder),
-        "version": f"{model.manifest.version} → {manifest.version}",
+        "model": str(folder),
+        "version": f"{old.version} → {manifest.version}",
         "archived": str(archive),
         "n_parts": len(samples),
         "threshold": f"{old_t:.5f} → {calibration['threshold']:.5f}",

@@ -13,14 +13,30 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service.manifest import MANIFEST_FILE, MODEL_FILE, manifest_to_metadata, sha256_file, write_manifest_json
+from service.engine import InvalidModelOutputError
+from service.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    manifest_to_metadata,
+    sha256_file,
+    write_manifest_json,
+)
 from training import thresholds
 from training.cli import main as cli
 from training.metrics import threshold_for_false_reject_rate
-from training.onnx_scoring import ModelOutputError, load_exported, run_model
+from training.data import load_sample
+from training.recalibrate import find_good_parts
+from training.served import infer_batches, open_engine
 from training.synth.generate import generate
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+def served_manifest(folder: Path) -> Manifest:
+    """The manifest of `folder` as the service's engine loads it (sha256 and embedded manifest verified)."""
+    with open_engine(folder) as engine:
+        return engine.get(None).manifest
 
 
 # ---------- methods ----------
@@ -136,7 +152,7 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     # The bundled demo is itself a calibrated version (its history in the manifest, the archive not bundled).
     old, earlier = old_manifest["version"], [h["version"] for h in old_manifest.get("history", [])]
     assert cli(["calibrate", "--model", str(demo_copy), "--good", str(good_parts), "--no-progress"]) == 0
-    new = load_exported(demo_copy).manifest  # verifies sha256 and the embedded manifest
+    new = served_manifest(demo_copy)  # verifies sha256 and the embedded manifest
     assert new.version == str(int(old) + 1) and new.schema_version == 2
     assert new.calibration is not None and new.calibration.n_parts == 6 and new.threshold.n_parts == 6
     assert new.threshold.method == new.calibration.method == thresholds.DEFAULT_METHOD
@@ -146,14 +162,14 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     archived = demo_copy / "history" / old
     assert sha256_file(archived / MODEL_FILE) == old_sha
     assert json.loads((archived / MANIFEST_FILE).read_text()) == old_manifest
-    assert load_exported(archived).manifest.version == old  # the old version still loads as it was
+    assert served_manifest(archived).version == old  # the old version still loads as it was
     assert sha256_file(demo_copy / MODEL_FILE) != old_sha
     assert not list(demo_copy.glob(".calibrate-*"))
 
     # Again, with the parts' own folder layout and an area rule: the next version, one more history entry.
     args = ["--model", str(demo_copy), "--good", str(good_parts / "good"), "--target-frr", "0.05"]
     assert cli(["calibrate", *args, "--min-defect-area-mm2", "4", "--method", "empirical", "--no-progress"]) == 0
-    newer = load_exported(demo_copy).manifest
+    newer = served_manifest(demo_copy)
     assert newer.version == str(int(old) + 2) and [h.version for h in newer.history] == [*earlier, old, new.version]
     assert newer.min_defect_area_mm2 == 4.0 and newer.threshold.method == "empirical"
     assert newer.threshold.target_false_reject_rate == 0.05
@@ -191,7 +207,7 @@ def test_calibrate_names_a_part_without_its_point_cloud(demo_copy: Path, good_pa
 
 def nan_model(folder: Path) -> Path:
     """A model folder with the demo's manifest whose graph answers NaN scores and maps (onnx.helper)."""
-    manifest = load_exported(DEMO).manifest
+    manifest = served_manifest(DEMO)
     nodes = [
         helper.make_node("ReduceMean", ["rgb", "axis1"], ["m"], keepdims=0),
         helper.make_node("Mul", ["m", "nan"], ["maps"]),
@@ -222,10 +238,15 @@ def nan_model(folder: Path) -> Path:
 
 
 def test_a_model_answering_nan_is_refused(tmp_path: Path, good_parts: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = load_exported(nan_model(tmp_path / "nan"))
-    zeros = np.zeros((1, 3, model.manifest.image_size, model.manifest.image_size), np.float32)
-    with pytest.raises(ModelOutputError, match="non-finite"):
-        run_model(model, zeros, zeros)
+    part = load_sample(find_good_parts(good_parts)[0])
+    assert part.xyz is not None
+    with open_engine(nan_model(tmp_path / "nan")) as engine:  # it loads: its outputs have the right shapes
+        with pytest.raises(InvalidModelOutputError, match="non-finite"):
+            engine.predict(part.rgb, part.xyz)  # what `calibrate` scores each part with
+        model = engine.get(None)
+        zeros = np.zeros((2, 3, model.manifest.image_size, model.manifest.image_size), np.float32)
+        with pytest.raises(InvalidModelOutputError, match="non-finite"):
+            infer_batches(engine, model, zeros, zeros, batch_size=1)  # evaluate --model, calibration_study
     before = sha256_file(tmp_path / "nan" / MODEL_FILE)
     assert cli(["calibrate", "--model", str(tmp_path / "nan"), "--good", str(good_parts), "--no-progress"]) == 2
     assert "non-finite" in caplog.text and sha256_file(tmp_path / "nan" / MODEL_FILE) == before
