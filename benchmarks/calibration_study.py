@@ -36,7 +36,8 @@ def dump(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace, engine: Engine) -> int:
     from training.anomalies.textures import load_textures
     from training.config import TrainConfig
-    from training.dataset import AnomalyOptions, prepare_split, synthetic_validation
+    from training.dataset import AnomalyOptions, synthetic_validation
+    from training.prepared import prepare_split
 
     model = engine.get(None)
     pre = model.manifest.preprocessing

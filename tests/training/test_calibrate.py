@@ -24,8 +24,8 @@ from service.manifest import (
 )
 from training import thresholds
 from training.cli import main as cli
-from training.metrics import threshold_for_false_reject_rate
 from training.data import load_sample
+from training.metrics import threshold_for_false_reject_rate
 from training.recalibrate import find_good_parts
 from training.served import infer_batches, open_engine
 from training.synth.generate import generate
