@@ -217,9 +217,10 @@ def find_regions(
     # Only the pixels above the threshold belong to a region: sort those by label (not the whole image);
     # label k (1..n-1) is then the `sizes[k-1]` sorted pixels from `starts[k-1]` on.
     inside = np.flatnonzero(above)
-    order = np.argsort(labels.ravel()[inside], kind="stable")
+    inside_labels = labels.ravel()[inside]
+    order = np.argsort(inside_labels, kind="stable")
     inside = inside[order]
-    starts = np.searchsorted(labels.ravel()[inside], np.arange(1, n))
+    starts = np.searchsorted(inside_labels[order], np.arange(1, n))
     sizes = np.diff(np.append(starts, inside.size))
     rows, cols = np.divmod(inside, amap.shape[1])
     left, top = np.minimum.reduceat(cols, starts), np.minimum.reduceat(rows, starts)

@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.tiny_run import TRAIN_ARGS, tiny_data, tiny_run
+from tests.training.tiny_run import TRAIN_ARGS, tiny_run
 from training import runs, thresholds
 from training.cli import main as cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

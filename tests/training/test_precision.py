@@ -14,17 +14,12 @@ import pytest
 
 from service.engine import Engine, EngineOptions
 from service.manifest import MANIFEST_FILE, MODEL_FILE
-from tests.training.tiny_run import tiny_data, tiny_run
+from tests.training.tiny_run import tiny_run
 from training import precision
 from training.cli import main as cli
 from training.export import ExportError, export
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
