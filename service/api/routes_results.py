@@ -102,6 +102,10 @@ class PushBacklog(BaseModel):
     oldest_age_s: float | None
     attempts: int = Field(description="Failed attempts on the oldest waiting result.")
     last_error: str | None
+    dead_letters: int = Field(
+        description="Results taken out of the outbox undelivered (refused with a 4xx, too old, over the "
+        "backlog bound); POST /v1/admin/push/retry re-queues them."
+    )
 
 
 class ArchiveStatus(BaseModel):

@@ -3,8 +3,18 @@
 At least once, in order: a row is deleted only after its destination acknowledged it, and the next row is
 not tried before the current one went through (a failing head is retried with capped exponential
 backoff). Rows survive restarts because they live in the records database, written in the record's own
-transaction. With PostgreSQL and several replicas, a session-level advisory lock per destination lets one
-replica deliver while the others wait their turn (they take over if it dies).
+transaction.
+
+Bounded: a message the destination refuses for good (DeliveryError.permanent, a 4xx answer) moves to the
+dead letters at once and the next one is tried; while a destination stays away, messages older than
+`Bounds.max_age` and the oldest beyond `Bounds.max_backlog` move there too, so an outage of a side channel
+cannot fill the disk (and through it stop the records the line needs). The newest results keep their place:
+when the destination comes back it gets the current production first; the dead letters can be re-queued
+(`requeue`, POST /v1/admin/push/retry). Dead letters beyond `Bounds.max_dead_letters` are deleted, oldest
+first: the decision records themselves stay, readable through /v1/results.
+
+With PostgreSQL and several replicas, a session-level advisory lock per destination lets one replica
+deliver while the others wait their turn (they take over if it dies).
 """
 
 from __future__ import annotations
@@ -15,14 +25,30 @@ import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    DateTime,
+    Delete,
+    Engine,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
 from service.push.destinations import DeliveryError, Destination
-from service.records.tables import OutboxMessage
+from service.records.tables import DeadLetter, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +66,15 @@ class Backoff:
         return float(min(self.max_s, self.first_s * 2 ** max(0, failures - 1)))
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How much undelivered push the database keeps per destination (settings push_max_*)."""
+
+    max_age: timedelta = timedelta(hours=24)
+    max_backlog: int = 100_000
+    max_dead_letters: int = 100_000
+
+
 class Dispatcher:
     """Delivers the outbox of `engine` to `destinations`. `start()`/`stop()` from the app's event loop;
     `wake()` from any thread after a commit, so a new result goes out without waiting for the poll."""
@@ -51,11 +86,13 @@ class Dispatcher:
         metrics: RecordsMetrics | None = None,
         backoff: Backoff | None = None,
         poll_s: float = 1.0,
+        bounds: Bounds | None = None,
     ) -> None:
         self.engine = engine
         self.destinations = list(destinations)
         self.metrics = metrics
         self.backoff = backoff or Backoff()
+        self.bounds = bounds or Bounds()
         self.poll_s = poll_s  # also picks up rows that another replica wrote
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
@@ -118,37 +155,67 @@ class Dispatcher:
         event.clear()
 
     async def _deliver_pending(self, destination: Destination) -> None:
-        """Send the waiting rows in order until none is left; back off and retry on a failing head."""
+        """Send the waiting rows in order until none is left. A transient failure backs off and retries
+        the head (after applying the bounds, which may have moved it away); a permanent one dead-letters
+        the row and goes on with the next."""
+        name = destination.name
         failures = 0
         while True:
-            rows = await asyncio.to_thread(_head, self.engine, destination.name, BATCH)
-            self._set_backlog(destination.name, await asyncio.to_thread(_count, self.engine, destination.name))
+            await self._apply_bounds(name)
+            rows = await asyncio.to_thread(_head, self.engine, name, BATCH)
+            self._set_backlog(name, await asyncio.to_thread(_count, self.engine, name))
             if not rows:
                 return
             for row_id, request_id, payload in rows:
-                while True:
-                    try:
-                        await destination.send(request_id, payload)
-                    except DeliveryError as exc:
-                        failures += 1
-                        delay = self.backoff.delay(failures)
-                        log.warning(
-                            "push to %s failed (attempt %d, retry in %.1f s): %s",
-                            destination.name,
-                            failures,
-                            delay,
-                            exc,
-                        )
-                        if self.metrics is not None:
-                            self.metrics.push_failures.labels(destination=destination.name).inc()
-                        await asyncio.to_thread(_note_failure, self.engine, row_id, str(exc))
-                        await asyncio.sleep(delay)
-                        continue
-                    failures = 0
-                    await asyncio.to_thread(_delete, self.engine, row_id)
+                try:
+                    await destination.send(request_id, payload)
+                except DeliveryError as exc:
                     if self.metrics is not None:
-                        self.metrics.push_delivered.labels(destination=destination.name).inc()
-                    break
+                        self.metrics.push_failures.labels(destination=name).inc()
+                    if exc.permanent:
+                        log.error("push to %s refused %s for good, dead-lettered: %s", name, request_id, exc)
+                        await asyncio.to_thread(_kill_rows, self.engine, [row_id], "refused", str(exc))
+                        self._count_dead(name, "refused", 1)
+                        failures = 0
+                        continue
+                    failures += 1
+                    delay = self.backoff.delay(failures)
+                    log.warning("push to %s failed (attempt %d, retry in %.1f s): %s", name, failures, delay, exc)
+                    await asyncio.to_thread(_note_failure, self.engine, row_id, str(exc))
+                    await asyncio.sleep(delay)
+                    break  # read the head again: the bounds may have moved this row to the dead letters
+                failures = 0
+                await asyncio.to_thread(_delete, self.engine, row_id)
+                if self.metrics is not None:
+                    self.metrics.push_delivered.labels(destination=name).inc()
+
+    async def _apply_bounds(self, name: str) -> None:
+        expired, overflow, pruned = await asyncio.to_thread(_enforce_bounds, self.engine, name, self.bounds)
+        if expired:
+            log.error("push to %s: %d result(s) older than %s dead-lettered", name, expired, self.bounds.max_age)
+            self._count_dead(name, "expired", expired)
+        if overflow:
+            log.error(
+                "push to %s: backlog over %d, the oldest %d result(s) dead-lettered",
+                name,
+                self.bounds.max_backlog,
+                overflow,
+            )
+            self._count_dead(name, "overflow", overflow)
+        if pruned:
+            log.error(
+                "push to %s: %d dead letter(s) beyond %d deleted (their records stay)",
+                name,
+                pruned,
+                self.bounds.max_dead_letters,
+            )
+        if self.metrics is not None:
+            dead = await asyncio.to_thread(_count_dead, self.engine, name)
+            self.metrics.push_dead_letters.labels(destination=name).set(dead)
+
+    def _count_dead(self, name: str, reason: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.push_dead_lettered.labels(destination=name, reason=reason).inc(n)
 
     def _set_backlog(self, name: str, count: int) -> None:
         if self.metrics is not None:
@@ -187,6 +254,89 @@ def _note_failure(engine: Engine, row_id: int, error: str) -> None:
             .where(OutboxMessage.id == row_id)
             .values(attempts=OutboxMessage.attempts + 1, last_error=error[:1000])
         )
+
+
+def _count_dead(engine: Engine, destination: str) -> int:
+    query = select(func.count()).select_from(DeadLetter).where(DeadLetter.destination == destination)
+    with Session(engine) as session:
+        return int(session.scalar(query) or 0)
+
+
+def _move_to_dead(session: Session, where: ColumnElement[bool], reason: str, error: str | None = None) -> int:
+    """Copy the outbox rows matching `where` into the dead letters, then delete them (one transaction)."""
+    now = datetime.now(UTC)
+    columns = ["destination", "request_id", "payload", "created_at", "attempts", "last_error", "dead_at", "reason"]
+    last_error = OutboxMessage.last_error if error is None else literal(error[:1000])
+    source = select(
+        OutboxMessage.destination,
+        OutboxMessage.request_id,
+        OutboxMessage.payload,
+        OutboxMessage.created_at,
+        OutboxMessage.attempts,
+        last_error,
+        literal(now, DateTime(timezone=True)),
+        literal(reason),
+    ).where(where)
+    session.execute(insert(DeadLetter).from_select(columns, source))
+    return _deleted(session, delete(OutboxMessage).where(where))
+
+
+def _deleted(session: Session, statement: Delete) -> int:
+    """Run a DELETE; how many rows it removed."""
+    result = session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def _kill_rows(engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
+    with Session(engine) as session, session.begin():
+        _move_to_dead(session, OutboxMessage.id.in_(row_ids), reason, error)
+
+
+def _enforce_bounds(engine: Engine, destination: str, bounds: Bounds) -> tuple[int, int, int]:
+    """Dead-letter what is past the age bound, then the oldest beyond the count bound; delete the oldest
+    dead letters beyond theirs. Returns (expired, overflowed, pruned) counts."""
+    mine = OutboxMessage.destination == destination
+    with Session(engine) as session, session.begin():
+        cutoff = datetime.now(UTC) - bounds.max_age
+        expired = _move_to_dead(session, mine & (OutboxMessage.created_at < cutoff), "expired")
+        # The id of the newest row that is over the bound: it and every older one go.
+        over = session.scalar(
+            select(OutboxMessage.id).where(mine).order_by(OutboxMessage.id.desc()).offset(bounds.max_backlog).limit(1)
+        )
+        overflow = 0 if over is None else _move_to_dead(session, mine & (OutboxMessage.id <= over), "overflow")
+        dead = DeadLetter.destination == destination
+        last = session.scalar(
+            select(DeadLetter.id).where(dead).order_by(DeadLetter.id.desc()).offset(bounds.max_dead_letters).limit(1)
+        )
+        pruned = 0
+        if last is not None:
+            pruned = _deleted(session, delete(DeadLetter).where(dead & (DeadLetter.id <= last)))
+    return expired, overflow, pruned
+
+
+def requeue(engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
+    """Move the dead letters of `destinations` back to the end of their outbox, as new messages (age from
+    now, no attempts), in their original order. Returns how many per destination."""
+    out: dict[str, int] = {}
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        for destination in destinations:
+            dead = DeadLetter.destination == destination
+            source = (
+                select(
+                    DeadLetter.destination,
+                    DeadLetter.request_id,
+                    DeadLetter.payload,
+                    literal(now, DateTime(timezone=True)),
+                    literal(0),
+                )
+                .where(dead)
+                .order_by(DeadLetter.id)
+            )
+            columns = ["destination", "request_id", "payload", "created_at", "attempts"]
+            session.execute(insert(OutboxMessage).from_select(columns, source))
+            out[destination] = _deleted(session, delete(DeadLetter).where(dead))
+    return out
 
 
 def _try_leader_lock(engine: Engine, destination: str) -> Connection | None:

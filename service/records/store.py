@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from service.metrics import RecordsMetrics
 from service.postprocessing import encode_map
 from service.records.archive import Archive, ArchiveError
-from service.records.tables import Decision, OutboxMessage
+from service.records.tables import DeadLetter, Decision, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,8 @@ class Recorder:
             return None
 
     def backlog(self) -> dict[str, dict[str, Any]]:
-        """Per destination: messages waiting, the oldest one's age (s), its attempts and last error."""
+        """Per destination: messages waiting, the oldest one's age (s), its attempts and last error, and the
+        dead letters (refused for good or past the outbox's bounds; re-queued by POST /v1/admin/push/retry)."""
         out: dict[str, dict[str, Any]] = {}
         now = datetime.now(UTC)
         with Session(self.engine) as session:
@@ -339,6 +340,12 @@ class Recorder:
                     "oldest_age_s": round((now - utc(head.created_at)).total_seconds(), 3) if head else None,
                     "attempts": head.attempts if head else 0,
                     "last_error": head.last_error if head else None,
+                    "dead_letters": int(
+                        session.scalar(
+                            select(func.count()).select_from(DeadLetter).where(DeadLetter.destination == destination)
+                        )
+                        or 0
+                    ),
                 }
         return out
 
