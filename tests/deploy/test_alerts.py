@@ -25,6 +25,7 @@ EXPECTED_ALERTS = {
     "BridgeNetInputRefusals",
     "BridgeNetScoreDrift",
     "BridgeNetPushBacklog",
+    "BridgeNetPushDeadLetters",
     "BridgeNetGpuMemoryHigh",
     "BridgeNetModelUnavailable",
     "BridgeNetStuckPrediction",
