@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
-from service.postprocessing import encode_map
+from service.postprocessing.maps import encode_map
 from service.records.archive import Archive, ArchiveError
 from service.records.tables import Decision, OutboxMessage
 

@@ -1,4 +1,5 @@
-"""Defect regions, their physical area from the point cloud, and the verdict rule (service.regions)."""
+"""Defect regions, their physical area from the point cloud (service.postprocessing.regions), and the verdict rule
+(service.postprocessing.verdict)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.regions import (
-    MAX_REGIONS,
-    NonFiniteError,
-    Region,
-    RegionReport,
-    decide,
-    find_regions,
-    pixel_areas,
-    typical_cell,
-)
+from service.postprocessing.regions import MAX_REGIONS, Region, RegionReport, find_regions, pixel_areas, typical_cell
+from service.postprocessing.verdict import NonFiniteError, decide
 
 F = 500.0  # focal length in pixels
 
