@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
 from service.push.destinations import DeliveryError, Destination
-from service.records.tables import DeadLetter, OutboxMessage
+from service.records.tables import DeadLetterRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +76,19 @@ class Bounds:
 
 
 class Dispatcher:
-    """Delivers the outbox of `engine` to `destinations`. `start()`/`stop()` from the app's event loop;
+    """Delivers the outbox of `db_engine` to `destinations`. `start()`/`stop()` from the app's event loop;
     `wake()` from any thread after a commit, so a new result goes out without waiting for the poll."""
 
     def __init__(
         self,
-        engine: Engine,
+        db_engine: Engine,
         destinations: Sequence[Destination],
         metrics: RecordsMetrics | None = None,
         backoff: Backoff | None = None,
         poll_s: float = 1.0,
         bounds: Bounds | None = None,
     ) -> None:
-        self.engine = engine
+        self.db_engine = db_engine
         self.destinations = list(destinations)
         self.metrics = metrics
         self.backoff = backoff or Backoff()
@@ -127,8 +127,8 @@ class Dispatcher:
         lock: Connection | None = None
         try:
             while True:
-                if self.engine.dialect.name == "postgresql" and lock is None:
-                    lock = await asyncio.to_thread(_try_leader_lock, self.engine, destination.name)
+                if self.db_engine.dialect.name == "postgresql" and lock is None:
+                    lock = await asyncio.to_thread(_try_leader_lock, self.db_engine, destination.name)
                     if lock is None:  # another replica delivers this destination
                         await self._idle(destination.name)
                         continue
@@ -162,8 +162,8 @@ class Dispatcher:
         failures = 0
         while True:
             await self._apply_bounds(name)
-            rows = await asyncio.to_thread(_head, self.engine, name, BATCH)
-            self._set_backlog(name, await asyncio.to_thread(_count, self.engine, name))
+            rows = await asyncio.to_thread(_head, self.db_engine, name, BATCH)
+            self._set_backlog(name, await asyncio.to_thread(_count, self.db_engine, name))
             if not rows:
                 return
             for row_id, request_id, payload in rows:
@@ -174,23 +174,23 @@ class Dispatcher:
                         self.metrics.push_failures.labels(destination=name).inc()
                     if exc.permanent:
                         log.error("push to %s refused %s for good, dead-lettered: %s", name, request_id, exc)
-                        await asyncio.to_thread(_kill_rows, self.engine, [row_id], "refused", str(exc))
+                        await asyncio.to_thread(_kill_rows, self.db_engine, [row_id], "refused", str(exc))
                         self._count_dead(name, "refused", 1)
                         failures = 0
                         continue
                     failures += 1
                     delay = self.backoff.delay(failures)
                     log.warning("push to %s failed (attempt %d, retry in %.1f s): %s", name, failures, delay, exc)
-                    await asyncio.to_thread(_note_failure, self.engine, row_id, str(exc))
+                    await asyncio.to_thread(_note_failure, self.db_engine, row_id, str(exc))
                     await asyncio.sleep(delay)
                     break  # read the head again: the bounds may have moved this row to the dead letters
                 failures = 0
-                await asyncio.to_thread(_delete, self.engine, row_id)
+                await asyncio.to_thread(_delete, self.db_engine, row_id)
                 if self.metrics is not None:
                     self.metrics.push_delivered.labels(destination=name).inc()
 
     async def _apply_bounds(self, name: str) -> None:
-        expired, overflow, pruned = await asyncio.to_thread(_enforce_bounds, self.engine, name, self.bounds)
+        expired, overflow, pruned = await asyncio.to_thread(_enforce_bounds, self.db_engine, name, self.bounds)
         if expired:
             log.error("push to %s: %d result(s) older than %s dead-lettered", name, expired, self.bounds.max_age)
             self._count_dead(name, "expired", expired)
@@ -210,7 +210,7 @@ class Dispatcher:
                 self.bounds.max_dead_letters,
             )
         if self.metrics is not None:
-            dead = await asyncio.to_thread(_count_dead, self.engine, name)
+            dead = await asyncio.to_thread(_count_dead, self.db_engine, name)
             self.metrics.push_dead_letters.labels(destination=name).set(dead)
 
     def _count_dead(self, name: str, reason: str, n: int) -> None:
@@ -225,40 +225,40 @@ class Dispatcher:
 # ---- blocking database steps (run in a worker thread)
 
 
-def _head(engine: Engine, destination: str, limit: int) -> list[tuple[int, str, str]]:
+def _head(db_engine: Engine, destination: str, limit: int) -> list[tuple[int, str, str]]:
     query = (
-        select(OutboxMessage.id, OutboxMessage.request_id, OutboxMessage.payload)
-        .where(OutboxMessage.destination == destination)
-        .order_by(OutboxMessage.id)
+        select(OutboxRow.id, OutboxRow.request_id, OutboxRow.payload)
+        .where(OutboxRow.destination == destination)
+        .order_by(OutboxRow.id)
         .limit(limit)
     )
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         return [(r[0], r[1], r[2]) for r in session.execute(query)]
 
 
-def _count(engine: Engine, destination: str) -> int:
-    query = select(func.count()).select_from(OutboxMessage).where(OutboxMessage.destination == destination)
-    with Session(engine) as session:
+def _count(db_engine: Engine, destination: str) -> int:
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.destination == destination)
+    with Session(db_engine) as session:
         return int(session.scalar(query) or 0)
 
 
-def _delete(engine: Engine, row_id: int) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row_id))
+def _delete(db_engine: Engine, row_id: int) -> None:
+    with Session(db_engine) as session, session.begin():
+        session.execute(delete(OutboxRow).where(OutboxRow.id == row_id))
 
 
-def _note_failure(engine: Engine, row_id: int, error: str) -> None:
-    with Session(engine) as session, session.begin():
+def _note_failure(db_engine: Engine, row_id: int, error: str) -> None:
+    with Session(db_engine) as session, session.begin():
         session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == row_id)
-            .values(attempts=OutboxMessage.attempts + 1, last_error=error[:1000])
+            update(OutboxRow)
+            .where(OutboxRow.id == row_id)
+            .values(attempts=OutboxRow.attempts + 1, last_error=error[:1000])
         )
 
 
-def _count_dead(engine: Engine, destination: str) -> int:
-    query = select(func.count()).select_from(DeadLetter).where(DeadLetter.destination == destination)
-    with Session(engine) as session:
+def _count_dead(db_engine: Engine, destination: str) -> int:
+    query = select(func.count()).select_from(DeadLetterRow).where(DeadLetterRow.destination == destination)
+    with Session(db_engine) as session:
         return int(session.scalar(query) or 0)
 
 
@@ -266,19 +266,19 @@ def _move_to_dead(session: Session, where: ColumnElement[bool], reason: str, err
     """Copy the outbox rows matching `where` into the dead letters, then delete them (one transaction)."""
     now = datetime.now(UTC)
     columns = ["destination", "request_id", "payload", "created_at", "attempts", "last_error", "dead_at", "reason"]
-    last_error = OutboxMessage.last_error if error is None else literal(error[:1000])
+    last_error = OutboxRow.last_error if error is None else literal(error[:1000])
     source = select(
-        OutboxMessage.destination,
-        OutboxMessage.request_id,
-        OutboxMessage.payload,
-        OutboxMessage.created_at,
-        OutboxMessage.attempts,
+        OutboxRow.destination,
+        OutboxRow.request_id,
+        OutboxRow.payload,
+        OutboxRow.created_at,
+        OutboxRow.attempts,
         last_error,
         literal(now, DateTime(timezone=True)),
         literal(reason),
     ).where(where)
-    session.execute(insert(DeadLetter).from_select(columns, source))
-    return _deleted(session, delete(OutboxMessage).where(where))
+    session.execute(insert(DeadLetterRow).from_select(columns, source))
+    return _deleted(session, delete(OutboxRow).where(where))
 
 
 def _deleted(session: Session, statement: Delete) -> int:
@@ -287,62 +287,66 @@ def _deleted(session: Session, statement: Delete) -> int:
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
-def _kill_rows(engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
-    with Session(engine) as session, session.begin():
-        _move_to_dead(session, OutboxMessage.id.in_(row_ids), reason, error)
+def _kill_rows(db_engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
+    with Session(db_engine) as session, session.begin():
+        _move_to_dead(session, OutboxRow.id.in_(row_ids), reason, error)
 
 
-def _enforce_bounds(engine: Engine, destination: str, bounds: Bounds) -> tuple[int, int, int]:
+def _enforce_bounds(db_engine: Engine, destination: str, bounds: Bounds) -> tuple[int, int, int]:
     """Dead-letter what is past the age bound, then the oldest beyond the count bound; delete the oldest
     dead letters beyond theirs. Returns (expired, overflowed, pruned) counts."""
-    mine = OutboxMessage.destination == destination
-    with Session(engine) as session, session.begin():
+    mine = OutboxRow.destination == destination
+    with Session(db_engine) as session, session.begin():
         cutoff = datetime.now(UTC) - bounds.max_age
-        expired = _move_to_dead(session, mine & (OutboxMessage.created_at < cutoff), "expired")
+        expired = _move_to_dead(session, mine & (OutboxRow.created_at < cutoff), "expired")
         # The id of the newest row that is over the bound: it and every older one go.
         over = session.scalar(
-            select(OutboxMessage.id).where(mine).order_by(OutboxMessage.id.desc()).offset(bounds.max_backlog).limit(1)
+            select(OutboxRow.id).where(mine).order_by(OutboxRow.id.desc()).offset(bounds.max_backlog).limit(1)
         )
-        overflow = 0 if over is None else _move_to_dead(session, mine & (OutboxMessage.id <= over), "overflow")
-        dead = DeadLetter.destination == destination
+        overflow = 0 if over is None else _move_to_dead(session, mine & (OutboxRow.id <= over), "overflow")
+        dead = DeadLetterRow.destination == destination
         last = session.scalar(
-            select(DeadLetter.id).where(dead).order_by(DeadLetter.id.desc()).offset(bounds.max_dead_letters).limit(1)
+            select(DeadLetterRow.id)
+            .where(dead)
+            .order_by(DeadLetterRow.id.desc())
+            .offset(bounds.max_dead_letters)
+            .limit(1)
         )
         pruned = 0
         if last is not None:
-            pruned = _deleted(session, delete(DeadLetter).where(dead & (DeadLetter.id <= last)))
+            pruned = _deleted(session, delete(DeadLetterRow).where(dead & (DeadLetterRow.id <= last)))
     return expired, overflow, pruned
 
 
-def requeue(engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
+def requeue(db_engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
     """Move the dead letters of `destinations` back to the end of their outbox, as new messages (age from
     now, no attempts), in their original order. Returns how many per destination."""
     out: dict[str, int] = {}
     now = datetime.now(UTC)
-    with Session(engine) as session, session.begin():
+    with Session(db_engine) as session, session.begin():
         for destination in destinations:
-            dead = DeadLetter.destination == destination
+            dead = DeadLetterRow.destination == destination
             source = (
                 select(
-                    DeadLetter.destination,
-                    DeadLetter.request_id,
-                    DeadLetter.payload,
+                    DeadLetterRow.destination,
+                    DeadLetterRow.request_id,
+                    DeadLetterRow.payload,
                     literal(now, DateTime(timezone=True)),
                     literal(0),
                 )
                 .where(dead)
-                .order_by(DeadLetter.id)
+                .order_by(DeadLetterRow.id)
             )
             columns = ["destination", "request_id", "payload", "created_at", "attempts"]
-            session.execute(insert(OutboxMessage).from_select(columns, source))
-            out[destination] = _deleted(session, delete(DeadLetter).where(dead))
+            session.execute(insert(OutboxRow).from_select(columns, source))
+            out[destination] = _deleted(session, delete(DeadLetterRow).where(dead))
     return out
 
 
-def _try_leader_lock(engine: Engine, destination: str) -> Connection | None:
+def _try_leader_lock(db_engine: Engine, destination: str) -> Connection | None:
     """A connection holding this destination's advisory lock, or None when another replica holds it."""
     key = zlib.crc32(f"bridgenet-push-{destination}".encode())
-    conn = engine.connect()
+    conn = db_engine.connect()
     if conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
         conn.commit()  # end the implicit transaction; the session-level lock stays until the connection closes
         return conn

@@ -21,7 +21,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Decision(Base):
+class DecisionRow(Base):
     """One answered /v1/predict. `request_id` is the key (a reviews table will refer to it)."""
 
     __tablename__ = "decisions"
@@ -52,7 +52,7 @@ class Decision(Base):
     __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)
 
 
-class OutboxMessage(Base):
+class OutboxRow(Base):
     """A result waiting to be pushed to one destination; deleted once delivered. `id` orders delivery."""
 
     __tablename__ = "outbox"
@@ -69,7 +69,7 @@ class OutboxMessage(Base):
     __table_args__ = (Index("ix_outbox_destination_id", "destination", "id"),)
 
 
-class DeadLetter(Base):
+class DeadLetterRow(Base):
     """A push taken out of the outbox: refused by its destination (a 4xx answer), older than the outbox's
     age bound, or beyond its count bound. Kept with its frozen payload until re-queued
     (POST /v1/admin/push/retry) or pruned past `push_max_dead_letters`."""

@@ -28,7 +28,7 @@ from service.push.destinations import (
 from service.push.dispatcher import Backoff, Bounds, Dispatcher, requeue
 from service.records.database import create_db_engine, database_url, migrate
 from service.records.store import Recorder
-from service.records.tables import DeadLetter, OutboxMessage
+from service.records.tables import DeadLetterRow, OutboxRow
 from tests.records.conftest import decision
 from tests.records.servers import Mosquitto, WebhookReceiver, free_port, self_signed_certificate
 
@@ -73,11 +73,11 @@ def test_broker_down_then_up_delivers_all_in_order_across_a_restart(db_url: str,
         await subscribe_persistently(broker, "bridgenet/+/results")
         broker.stop()  # the line's broker goes down
 
-        engine = create_db_engine(db_url)
-        migrate(engine)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
         metrics = Metrics()
-        first = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
-        recorder = Recorder(engine, destinations=("mqtt",), on_commit=first.wake)
+        first = Dispatcher(db_engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
+        recorder = Recorder(db_engine, destinations=("mqtt",), on_commit=first.wake)
         await first.start()
         for i in range(n):
             await asyncio.to_thread(recorder.record, decision(i, ng=i % 4 == 0))
@@ -86,23 +86,26 @@ def test_broker_down_then_up_delivers_all_in_order_across_a_restart(db_url: str,
         assert recorder.backlog()["mqtt"]["waiting"] == n
         assert "MQTT 127.0.0.1" in (recorder.backlog()["mqtt"]["last_error"] or "")
         await first.stop()  # the service restarts while the broker is still down
-        engine.dispose()
+        db_engine.dispose()
 
-        engine = create_db_engine(db_url)
-        migrate(engine)
-        second = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
+        second = Dispatcher(
+            db_engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST
+        )
         await second.start()
         broker.start()  # the broker comes back
         backlog = metrics.records.push_backlog.labels(destination="mqtt")
         await wait_until(
             lambda: (
-                backlog._value.get() == 0 and Recorder(engine, destinations=("mqtt",)).backlog()["mqtt"]["waiting"] == 0
+                backlog._value.get() == 0
+                and Recorder(db_engine, destinations=("mqtt",)).backlog()["mqtt"]["waiting"] == 0
             ),
             "the outbox to drain",
         )
         received = await collect(broker, n)
         await second.stop()
-        engine.dispose()
+        db_engine.dispose()
 
         expected = [json.dumps(decision(i, ng=i % 4 == 0).payload(), separators=(",", ":")) for i in range(n)]
         assert [payload.decode() for _, payload in received] == expected  # all, in order, byte for byte
@@ -122,11 +125,11 @@ def test_webhook_500_twice_then_200_delivers_once_with_one_idempotency_key(
     secret = "line-1-shared-secret"
 
     async def scenario() -> None:
-        engine = create_db_engine(db_url)
-        migrate(engine)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
         metrics = Metrics()
-        dispatcher = Dispatcher(engine, [WebhookDestination(webhook.url, secret)], metrics.records, FAST)
-        recorder = Recorder(engine, destinations=("webhook",), on_commit=dispatcher.wake)
+        dispatcher = Dispatcher(db_engine, [WebhookDestination(webhook.url, secret)], metrics.records, FAST)
+        recorder = Recorder(db_engine, destinations=("webhook",), on_commit=dispatcher.wake)
         await dispatcher.start()
         await asyncio.to_thread(recorder.record, decision(7, ng=True))
         await asyncio.to_thread(recorder.record, decision(8, ng=False))
@@ -136,7 +139,7 @@ def test_webhook_500_twice_then_200_delivers_once_with_one_idempotency_key(
         delivered = metrics.records.push_delivered.labels(destination="webhook")
         await wait_until(lambda: delivered._value.get() == 2, "both deliveries to be counted")
         await dispatcher.stop()
-        engine.dispose()
+        db_engine.dispose()
         assert metrics.records.push_failures.labels(destination="webhook")._value.get() == 2
 
     asyncio.run(scenario())
@@ -211,8 +214,8 @@ def test_a_destination_that_stays_away_keeps_a_bounded_backlog(db_url: str) -> N
         assert recorder.backlog()["webhook"]["waiting"] == 5
         assert recorder.backlog()["webhook"]["dead_letters"] == 3
         with Session(engine) as session:
-            waiting = session.scalars(select(OutboxMessage.request_id).order_by(OutboxMessage.id)).all()
-            dead = session.scalars(select(DeadLetter.request_id).order_by(DeadLetter.id)).all()
+            waiting = session.scalars(select(OutboxRow.request_id).order_by(OutboxRow.id)).all()
+            dead = session.scalars(select(DeadLetterRow.request_id).order_by(DeadLetterRow.id)).all()
         assert waiting == [f"req-{i:05d}" for i in range(3, 8)]
         assert dead == ["req-00000", "req-00001", "req-00002"]
         await dispatcher.stop()
@@ -226,7 +229,7 @@ def test_a_destination_that_stays_away_keeps_a_bounded_backlog(db_url: str) -> N
         await wait_until(lambda: expired._value.get() == 5, "the old results to expire")
         assert recorder.backlog()["webhook"]["waiting"] == 0
         with Session(engine) as session:
-            dead = session.scalars(select(DeadLetter.request_id).order_by(DeadLetter.id)).all()
+            dead = session.scalars(select(DeadLetterRow.request_id).order_by(DeadLetterRow.id)).all()
         assert dead == [f"req-{i:05d}" for i in range(4, 8)]  # 8 went dead; the 4 newest are kept
         assert recorder.get("req-00000") is not None  # the records themselves stay
         await second.stop()
