@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     # of its headers, or the connection is closed (408 when the body is late).
     max_connections: int = Field(default=100, ge=1, description="open connections at most; more are answered 503")
     header_timeout_s: float = Field(default=10.0, gt=0, description="time to send a request's headers, seconds")
+    # The line first (service.api.capacity): the review station (/ui) and the results API (/v1/results,
+    # /v1/status) hold at most this share of max_connections at once (more are answered 503 side_busy), and
+    # their small bodies (login, logout, review forms) must arrive within form_body_timeout_s.
+    side_share: float = Field(
+        default=0.25, gt=0, le=1, description="share of max_connections the review station and results API may hold"
+    )
+    form_body_timeout_s: float = Field(
+        default=5.0, gt=0, description="time to send a body on paths other than predict, seconds; then 408"
+    )
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
     )
