@@ -61,6 +61,7 @@ PICTURES = ("rgb", "depth", "overlay")
 
 def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.state.ui_signer = auth.signer_for(settings)
+    app.add_middleware(auth.SessionBeforeBody)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 

@@ -191,9 +191,9 @@ def trickled_form(url: str, path: str, answers: list[tuple[bytes, float]], stop:
 def test_slow_review_station_clients_leave_the_line_its_connections(
     start_service: StartService, tmp_path: Path
 ) -> None:
-    """40 clients trickle login and review forms into a service allowing 20 connections: a quarter of them
-    (side_share) is let in and cut at the form deadline, the rest refused at once; the line's predictions
-    answer 200 all along."""
+    """40 clients trickle login forms (the one form read before a session exists) into a service allowing
+    20 connections: a quarter of them (side_share) is let in and cut at the form deadline, the rest refused
+    at once; the line's predictions answer 200 all along."""
     write_fake_model(tmp_path / "models", "fake")
     form_deadline = 2.0
     service = start_service(
@@ -206,9 +206,8 @@ def test_slow_review_station_clients_leave_the_line_its_connections(
     headers = {"X-API-Key": KEY}
     stop = threading.Event()
     answers: list[tuple[bytes, float]] = []
-    paths = ["/ui/login", "/ui/logout", "/ui/parts/x/review"]
     threads = [
-        threading.Thread(target=trickled_form, args=(service.url, paths[i % 3], answers, stop)) for i in range(40)
+        threading.Thread(target=trickled_form, args=(service.url, "/ui/login", answers, stop)) for _ in range(40)
     ]
     for t in threads:
         t.start()
@@ -229,3 +228,17 @@ def test_slow_review_station_clients_leave_the_line_its_connections(
     assert all(b"side_busy" in a for a, _ in answers if b" 503 " in a)
     cut = [seconds for answer, seconds in answers if b" 408 " in answer]
     assert all(form_deadline * 0.8 < s < form_deadline + 2 for s in cut), cut
+
+
+def test_review_and_logout_forms_without_a_session_are_refused_before_their_body(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    write_fake_model(tmp_path / "models", "fake")
+    service = start_service(tmp_path / "models", api_key=KEY, form_body_timeout_s="4")
+    stop = threading.Event()
+    for path in ("/ui/logout", "/ui/parts/req-1/review"):
+        answers: list[tuple[bytes, float]] = []
+        trickled_form(service.url, path, answers, stop)
+        [(answer, seconds)] = answers
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"login_required" in answer, answer[:200]
+        assert seconds < 1.0, seconds  # from the headers: the form deadline (4 s) never came into it
