@@ -121,7 +121,9 @@ class Mosquitto:
         log = self.workdir / "mosquitto.log"
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=out, stderr=out)
-        wait_for_port(self.port, self.proc, "mosquitto", log)
+        for port in (self.port, self.tls_port):
+            if port is not None:
+                wait_for_port(port, self.proc, "mosquitto", log)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -7,14 +7,13 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import aiomqtt
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from service.metrics import Metrics
@@ -27,7 +26,7 @@ from service.push.destinations import (
 )
 from service.push.dispatcher import Backoff, Bounds, Dispatcher, requeue
 from service.records.database import create_db_engine, database_url, migrate
-from service.records.store import Recorder
+from service.records.store import DecisionRecord, Recorder
 from service.records.tables import DeadLetterRow, OutboxRow
 from tests.records.conftest import decision
 from tests.records.servers import Mosquitto, WebhookReceiver, free_port, self_signed_certificate
@@ -238,6 +237,24 @@ def test_a_destination_that_stays_away_keeps_a_bounded_backlog(db_url: str) -> N
     asyncio.run(scenario())
 
 
+async def one_message_through(
+    engine: Engine, destination: MqttDestination, port: int, login: tuple[str, str], record: DecisionRecord
+) -> bytes:
+    """Subscribe as the PLC (`login`), record one result, push it through `destination`; the payload the
+    PLC got."""
+    async with aiomqtt.Client("127.0.0.1", port, username=login[0], password=login[1]) as plc:
+        await plc.subscribe("bridgenet/results", qos=1)
+        dispatcher = Dispatcher(engine, [destination], Metrics().records, FAST)
+        recorder = Recorder(engine, destinations=("mqtt",), on_commit=dispatcher.wake)
+        await dispatcher.start()
+        await asyncio.to_thread(recorder.record, record)
+        async with asyncio.timeout(DEADLINE_S):
+            message = await anext(aiter(plc.messages))
+        await dispatcher.stop()
+    assert isinstance(message.payload, bytes)
+    return message.payload
+
+
 def test_mqtt_with_a_password_file_and_a_signed_payload(tmp_path: Path) -> None:
     """A broker that refuses anonymous clients: the service's user and password (from settings, the URL
     has none) get the result through; the payload's signature member checks out with the shared key."""
@@ -248,27 +265,17 @@ def test_mqtt_with_a_password_file_and_a_signed_payload(tmp_path: Path) -> None:
         broker.start()
         engine = create_db_engine(database_url(tmp_path / "data", None))
         migrate(engine)
-        metrics = Metrics()
         good = MqttDestination(
             broker.url, "bridgenet/results", username="bridgenet", password="line-1 pw", secret=secret
         )
-        async with aiomqtt.Client("127.0.0.1", broker.port, username="plc", password="plc-pw") as plc:
-            await plc.subscribe("bridgenet/results", qos=1)
-            dispatcher = Dispatcher(engine, [good], metrics.records, FAST)
-            recorder = Recorder(engine, destinations=("mqtt",), on_commit=dispatcher.wake)
-            await dispatcher.start()
-            await asyncio.to_thread(recorder.record, decision(3, ng=True))
-            async with asyncio.timeout(DEADLINE_S):
-                message = await anext(aiter(plc.messages))
-            await dispatcher.stop()
-        assert isinstance(message.payload, bytes)
-        body, sig = unsigned_payload(message.payload)
+        payload = await one_message_through(engine, good, broker.port, ("plc", "plc-pw"), decision(3, ng=True))
+        body, sig = unsigned_payload(payload)
         assert body == json.dumps(decision(3, ng=True).payload(), separators=(",", ":")).encode()
         assert sig == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        assert json.loads(message.payload)["signature"] == sig  # still one JSON object
+        assert json.loads(payload)["signature"] == sig  # still one JSON object
 
         # Without credentials the broker refuses the connection: a transient failure, the result waits.
-        anonymous = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/results")], metrics.records, FAST)
+        anonymous = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/results")], Metrics().records, FAST)
         recorder = Recorder(engine, destinations=("mqtt",), on_commit=anonymous.wake)
         await anonymous.start()
         await asyncio.to_thread(recorder.record, decision(4))
@@ -290,38 +297,15 @@ def test_mqtts_with_credentials_in_the_url_and_a_self_signed_certificate(tmp_pat
 
     async def scenario() -> None:
         broker.start()
-        assert broker.tls_port is not None
-        wait_for_tls(broker.tls_port)
         engine = create_db_engine(database_url(tmp_path / "data", None))
         migrate(engine)
-        metrics = Metrics()
-        url = broker.tls_url.replace("mqtts://", "mqtts://line:p%40ss%3Aword@")
+        url = broker.tls_url.replace("mqtts://", "mqtts://line:p%40ss%3Aword@")  # percent-encoded in the URL
         destination = MqttDestination(url, "bridgenet/results", ca_file=str(cert))
-        async with aiomqtt.Client("127.0.0.1", broker.port, username="line", password="p@ss:word") as plc:
-            await plc.subscribe("bridgenet/results", qos=1)
-            dispatcher = Dispatcher(engine, [destination], metrics.records, FAST)
-            recorder = Recorder(engine, destinations=("mqtt",), on_commit=dispatcher.wake)
-            await dispatcher.start()
-            await asyncio.to_thread(recorder.record, decision(5))
-            async with asyncio.timeout(DEADLINE_S):
-                message = await anext(aiter(plc.messages))
-            await dispatcher.stop()
-        assert message.payload == json.dumps(decision(5).payload(), separators=(",", ":")).encode()
-
+        payload = await one_message_through(engine, destination, broker.port, ("line", "p@ss:word"), decision(5))
+        assert payload == json.dumps(decision(5).payload(), separators=(",", ":")).encode()
         engine.dispose()
 
     try:
         asyncio.run(scenario())
     finally:
         broker.stop()
-
-
-def wait_for_tls(port: int) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"the TLS listener on {port} did not open")
