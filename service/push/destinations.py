@@ -3,6 +3,7 @@ acknowledged the message (PUBACK, a 2xx answer) and raises DeliveryError otherwi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -110,7 +111,9 @@ class MqttDestination:
         client, self._client = self._client, None
         if client is not None:
             try:
-                await client.__aexit__(None, None, None)
+                # Bounded: a DISCONNECT the broker never completes must not hold up a shutdown.
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await client.__aexit__(None, None, None)
             except (aiomqtt.MqttError, OSError, TimeoutError) as exc:  # already gone: nothing to close
                 log.debug("MQTT disconnect: %s", exc)
 

@@ -294,27 +294,28 @@ def _kill_rows(db_engine: Engine, row_ids: list[int], reason: str, error: str) -
 
 def _enforce_bounds(db_engine: Engine, destination: str, bounds: Bounds) -> tuple[int, int, int]:
     """Dead-letter what is past the age bound, then the oldest beyond the count bound; delete the oldest
-    dead letters beyond theirs. Returns (expired, overflowed, pruned) counts."""
+    dead letters beyond theirs. Returns (expired, overflowed, pruned) counts. Reads first and writes only
+    when a bound is passed: this runs at every poll, and an empty write would still take SQLite's lock."""
     mine = OutboxRow.destination == destination
+    dead = DeadLetterRow.destination == destination
+    cutoff = datetime.now(UTC) - bounds.max_age
+    # The newest row over each count bound: it and every older one go.
+    newest_over = select(OutboxRow.id).where(mine).order_by(OutboxRow.id.desc()).offset(bounds.max_backlog).limit(1)
+    newest_dead_over = (
+        select(DeadLetterRow.id).where(dead).order_by(DeadLetterRow.id.desc()).offset(bounds.max_dead_letters).limit(1)
+    )
+    too_old = select(OutboxRow.id).where(mine & (OutboxRow.created_at < cutoff)).limit(1)
+    with Session(db_engine) as session:
+        if all(session.scalar(q) is None for q in (too_old, newest_over, newest_dead_over)):
+            return 0, 0, 0
     with Session(db_engine) as session, session.begin():
-        cutoff = datetime.now(UTC) - bounds.max_age
         expired = _move_to_dead(session, mine & (OutboxRow.created_at < cutoff), "expired")
-        # The id of the newest row that is over the bound: it and every older one go.
-        over = session.scalar(
-            select(OutboxRow.id).where(mine).order_by(OutboxRow.id.desc()).offset(bounds.max_backlog).limit(1)
-        )
+        over = session.scalar(newest_over)
         overflow = 0 if over is None else _move_to_dead(session, mine & (OutboxRow.id <= over), "overflow")
-        dead = DeadLetterRow.destination == destination
-        last = session.scalar(
-            select(DeadLetterRow.id)
-            .where(dead)
-            .order_by(DeadLetterRow.id.desc())
-            .offset(bounds.max_dead_letters)
-            .limit(1)
+        last = session.scalar(newest_dead_over)
+        pruned = (
+            0 if last is None else _deleted(session, delete(DeadLetterRow).where(dead & (DeadLetterRow.id <= last)))
         )
-        pruned = 0
-        if last is not None:
-            pruned = _deleted(session, delete(DeadLetterRow).where(dead & (DeadLetterRow.id <= last)))
     return expired, overflow, pruned
 
 
