@@ -5,10 +5,11 @@ Run from the repository root, in two steps (scoring once, comparing offline as o
     python benchmarks/calibration_study.py compare S.npz [S2.npz ...] [--rate 0.01] [--json OUT]
 `dump` scores the validation split's good parts, the run's synthetic validation anomalies made from them
 (same seed and generator as training) and the whole test split with the exported model, through the
-service's engine (`training.served`). `compare` calibrates every method of `training.thresholds` on the validation
-scores only and prints, per data set, the test false-reject rate (with its Clopper-Pearson 95 % upper
-bound) and the detection rate per defect type at each threshold, then the pixel thresholds: the share of
-good test parts showing any region, and of defective parts with a region touching their ground truth.
+service's engine (`training.scoring.engine`). `compare` calibrates every method of
+`training.calibration.thresholds` on the validation scores only and prints, per data set, the test
+false-reject rate (with its Clopper-Pearson 95 % upper bound) and the detection rate per defect type at each
+threshold, then the pixel thresholds: the share of good test parts showing any region, and of defective
+parts with a region touching their ground truth.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.engine import Engine
-from training import thresholds
-from training.served import infer_batches, open_engine
+from training.calibration import thresholds
+from training.scoring.engine import infer_batches, open_engine
 
 
 def dump(args: argparse.Namespace) -> int:
@@ -36,8 +37,8 @@ def dump(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace, engine: Engine) -> int:
     from training.anomalies.textures import load_textures
     from training.config import TrainConfig
-    from training.dataset import AnomalyOptions, synthetic_validation
-    from training.prepared import prepare_split
+    from training.data.dataset import AnomalyOptions, synthetic_validation
+    from training.data.prepared import prepare_split
 
     model = engine.get(None)
     pre = model.manifest.preprocessing

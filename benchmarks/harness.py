@@ -154,7 +154,7 @@ def portable_paths(value: Any) -> Any:
 def setup_logging() -> None:
     """INFO to stderr with timestamps; the HTTP client's per-request lines and backbone notes kept out."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "training.backbones"):
+    for noisy in ("httpx", "training.model.backbones"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -76,7 +76,7 @@ class TrainConfig:
     shot_repeats: int = 200
     # A fresh random subset of this many training parts each epoch (the paper: 400 of Eyecandies' 1000,
     # docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16);
-    # None = every part every epoch. See training.epoch_sampling.
+    # None = every part every epoch. See training.data.epoch_sampling.
     samples_per_epoch: int | None = None
     selection: Selection = "validation"
     eval_every: int = 1

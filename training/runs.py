@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from training.backbones import BACKBONES, build_backbone
 from training.config import TrainConfig
-from training.model import BridgeNet
+from training.model.backbones import BACKBONES, build_backbone
+from training.model.bridgenet import BridgeNet
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.pt"  # the selected weights (adaptor + discriminator), no backbone

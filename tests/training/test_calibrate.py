@@ -1,4 +1,4 @@
-"""Threshold methods (training.thresholds) and `python -m training calibrate` on the bundled demo model."""
+"""Threshold methods (training.calibration.thresholds) and `python -m training calibrate` on the bundled demo model."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from service.manifest import (
     sha256_file,
     write_manifest_json,
 )
-from training import thresholds
+from training.calibration import thresholds
+from training.calibration.recalibrate import find_good_parts
 from training.cli import main as cli
-from training.data import load_sample
-from training.metrics import threshold_for_false_reject_rate
-from training.recalibrate import find_good_parts
-from training.served import infer_batches, open_engine
+from training.data.layout import load_sample
+from training.evaluation.metrics import threshold_for_false_reject_rate
+from training.scoring.engine import infer_batches, open_engine
 from training.synth.generate import generate
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -264,7 +264,7 @@ def test_synth_makes_a_larger_good_test_split_without_changing_the_first_parts(t
 
 
 def test_calibrate_does_not_import_torch() -> None:
-    code = "import sys, training.recalibrate; sys.exit('torch' in sys.modules)"
+    code = "import sys, training.calibration.recalibrate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 

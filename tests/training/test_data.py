@@ -1,4 +1,4 @@
-"""Tests for training.data: discovery by file stem, its errors, and the array loaders."""
+"""Tests for training.data.layout: discovery by file stem, its errors, and the array loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from training.data import (
+from training.data.layout import (
     DatasetError,
     Sample,
     discover,
@@ -193,7 +193,7 @@ def test_orphan_gt_is_an_error_for_full_data_and_skipped_for_partial(tmp_path, c
     write_part(tmp_path, "test", "crack", "000", gt=box_gt())
     cv2.imwrite(str(tmp_path / "widget/test/crack/gt/001.png"), box_gt())
     assert f"gt {tmp_path / 'widget/test/crack/gt/001.png'} has no rgb image" in _error(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.layout"):
         samples = discover(tmp_path, "widget", "test", require_xyz=False)
     assert [s.stem for s in samples] == ["000"]
     assert "1 gt mask(s)" in caplog.text

@@ -1,4 +1,4 @@
-"""training.export: a run folder → model.onnx + manifest.json that the service's loader accepts, or nothing."""
+"""training.export.exporter: a run folder → model.onnx + manifest.json that the service's loader accepts, or nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, load_model_dir
-from training import export as export_module
 from training import runs
-from training.calibration import score_stats
+from training.calibration.validation import score_stats
 from training.config import TrainConfig
-from training.export import ExportError, export
-from training.inference import predict
+from training.export import exporter as export_module
+from training.export.exporter import ExportError, export
+from training.scoring.torch_model import predict
 
 SIZE = 32
 

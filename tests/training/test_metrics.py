@@ -1,4 +1,4 @@
-"""Tests for training.metrics against known values, slow brute-force versions and sklearn."""
+"""Tests for training.evaluation.metrics against known values, slow brute-force versions and sklearn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from training.metrics import (
+from training.evaluation.metrics import (
     DegenerateCurveError,
     MetricInputError,
     aupro,
@@ -280,7 +280,7 @@ def test_summarize_reports_degenerate_reference_as_nan(caplog):
     gt, _ = _random_case(18)
     perfect = (gt > 0).astype(float)
     labels = np.array([True, True, False])
-    with caplog.at_level(logging.WARNING, logger="training.metrics"):
+    with caplog.at_level(logging.WARNING, logger="training.evaluation.metrics"):
         result = summarize(labels, np.array([0.9, 0.8, 0.1]), gt, perfect)
     assert np.isnan(result["aupro_reference_variant"])
     assert result["aupro"] == pytest.approx(1.0, abs=1e-12)

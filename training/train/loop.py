@@ -17,14 +17,14 @@ from tqdm import tqdm
 
 from training import runs
 from training.anomalies.textures import load_textures
-from training.calibration import calibrate
+from training.calibration.validation import calibrate
 from training.config import TrainConfig
-from training.dataset import AnomalyOptions, TextureAnomalySet, ValidationSet, synthetic_validation
-from training.epoch_sampling import epoch_subset
-from training.inference import predict
-from training.metrics import image_auroc, pixel_auroc
-from training.model import BridgeNet
-from training.report import plot_history, write_train_report
+from training.data.dataset import AnomalyOptions, TextureAnomalySet, ValidationSet, synthetic_validation
+from training.data.epoch_sampling import epoch_subset
+from training.evaluation.metrics import image_auroc, pixel_auroc
+from training.evaluation.report import plot_history, write_train_report
+from training.model.bridgenet import BridgeNet
+from training.scoring.torch_model import predict
 from training.train.splits import Splits, load_splits
 from training.train.step import Trainer
 
@@ -183,7 +183,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
     epochs = tqdm(range(state.start, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
     for epoch in epochs:
         t_epoch = time.perf_counter()
-        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.epoch_sampling)
+        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.data.epoch_sampling)
             dataset.indices = epoch_subset(splits.train_indices, config.samples_per_epoch, config.seed, epoch)
         row = run_epoch(trainer, dataset, epoch, progress=progress)
         if config.selection == "validation" and (epoch % config.eval_every == 0 or epoch == config.epochs):

@@ -1,6 +1,6 @@
 """The verdicts of a served model on a test split, and the sample parts of the bundled demo model.
 
-    python -m training.demo_sample --model models/demo --test DATA/puck/test [--copy-to models/demo/sample]
+    python -m training.evaluation.demo_sample --model models/demo --test DATA/puck/test [--copy-to models/demo/sample]
 
 Every part of the split (MVTec layout: `<defect>/rgb`, `<defect>/xyz`, `<defect>/gt`) goes through the
 service's own engine, as `POST /v1/predict` would score it (threshold, pixel threshold, regions, decision
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from service.engine import Engine, EngineOptions, PartUpload
-from training.data import GOOD
+from training.data.layout import GOOD
 
 MIN_GT_COVERED = 0.5  # share of the ground-truth pixels inside the top region's box
 
@@ -107,7 +107,9 @@ def copy_samples(verdicts: list[Verdict], defect: str, dest: Path) -> tuple[Verd
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo_sample", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluation.demo_sample", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", type=Path, required=True, help="the model folder, as the service loads it")
     parser.add_argument("--test", type=Path, required=True, help="the test split: <defect>/rgb, xyz, gt")
     parser.add_argument("--copy-to", type=Path, default=None, help="copy the chosen sample parts here")

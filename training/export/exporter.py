@@ -5,7 +5,7 @@ resolution, so no per-pixel model maths remains in the service. Every export is 
 match PyTorch within 1e-4 on real preprocessed parts saved by the run, or nothing is written.
 
 `--precision int8|fp16` then derives the reduced-precision graph from that checked fp32 one
-(training/precision.py) and checks it against fp32 on the run's validation parts: scores within the
+(training/export/precision.py) and checks it against fp32 on the run's validation parts: scores within the
 precision's tolerance and identical verdicts at the calibrated threshold, or nothing is written.
 """
 
@@ -28,13 +28,13 @@ import onnxruntime as ort
 import torch
 
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
-from training import precision as reduced
 from training import runs
-from training.calibration import score_stats
-from training.metrics import threshold_for_false_reject_rate
-from training.onnx_scrub import portable_settings, strip_build_paths
+from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, calibration_fields
+from training.calibration.validation import score_stats
+from training.evaluation.metrics import threshold_for_false_reject_rate
+from training.export import precision as reduced
+from training.export.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
-from training.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, calibration_fields
 from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def export(
     """Export, embed the manifest, check parity; only a checked model is moved into `out_dir`.
 
     For fp16/int8 the fp32 graph is exported and checked against PyTorch first, then converted and checked
-    against itself (`tolerance`: the precision's default from training/precision.py)."""
+    against itself (`tolerance`: the precision's default from training/export/precision.py)."""
     trained = load_run(run_dir)
     samples_path = run_dir / runs.SAMPLES_FILE
     if not samples_path.is_file():
@@ -177,7 +177,7 @@ def export(
         proto = onnx.load(str(tmp_onnx))
         del proto.metadata_props[:]  # quantisation tools may carry over or add their own
         onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
-        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/onnx_scrub.py)
+        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/export/onnx_scrub.py)
         onnx.save(proto, str(tmp_onnx))
         onnx.checker.check_model(str(tmp_onnx))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def reduced_precision(
 def own_calibration(run: dict[str, Any], scores: np.ndarray, maps: np.ndarray, precision: str) -> dict[str, Any]:
     """A reduced-precision model's own threshold: the run's rule (method, target rate, confidence) on the
     model's own scores and maps of the run's good validation parts, so that its verdicts are made as the fp32
-    model's are. A run calibrated before `training.thresholds` keeps its rule of then (the highest good
+    model's are. A run calibrated before `training.calibration.thresholds` keeps its rule of then (the highest good
     score for the target rate)."""
     method = run.get("method")
     if method not in METHODS or method == "synthetic_margin":  # synthetic_margin needs the anomalies' scores

@@ -2,9 +2,9 @@
 
 Good parts from production are the best calibration data: many more than a run's validation split, and
 from the real process. The parts are scored with the exported ONNX model exactly as the service scores
-them: through the service's engine (`training.served.open_engine`, then `Engine.predict` per part: its
+them: through the service's engine (`training.scoring.engine.open_engine`, then `Engine.predict` per part: its
 score and its map at the model's resolution), the image and pixel thresholds are recomputed with
-`training.thresholds`, and the model folder gets a new version:
+`training.calibration.thresholds`, and the model folder gets a new version:
 
     models/NAME/model.onnx, manifest.json        the new version (manifest embedded again: new sha256)
     models/NAME/history/<old version>/...        the previous model.onnx + manifest.json, unchanged
@@ -39,9 +39,7 @@ from service.manifest import (
     write_manifest_json,
 )
 from service.preprocessing import PreprocessingError
-from training.data import GOOD, DatasetError, Sample, discover_folder, load_sample
-from training.served import open_engine
-from training.thresholds import (
+from training.calibration.thresholds import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     METHODS,
@@ -50,6 +48,8 @@ from training.thresholds import (
     calibrate_scores,
     calibration_fields,
 )
+from training.data.layout import GOOD, DatasetError, Sample, discover_folder, load_sample
+from training.scoring.engine import open_engine
 
 log = logging.getLogger(__name__)
 

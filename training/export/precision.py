@@ -57,7 +57,7 @@ class Tolerance:
     map_mean: float
 
 
-# Scores are sigmoid outputs in [0, 1]. fp32 is the PyTorch parity bound of training/export.py.
+# Scores are sigmoid outputs in [0, 1]. fp32 is the PyTorch parity bound of training/export/exporter.py.
 TOLERANCES: dict[Precision, Tolerance] = {
     "fp32": Tolerance(score=1e-4, map_mean=1e-4),
     "fp16": Tolerance(score=5e-3, map_mean=2e-3),

@@ -17,12 +17,12 @@ import numpy as np
 
 from service.engine import Engine
 from service.preprocessing import PreprocessConfig
-from training.figures import anomaly_sheet, score_histogram
-from training.formatting import fmt
-from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
-from training.prepared import PreparedSplit, prepare_split
-from training.served import infer_batches, open_engine
-from training.thresholds import binomial_upper_bound
+from training.calibration.thresholds import binomial_upper_bound
+from training.data.prepared import PreparedSplit, prepare_split
+from training.evaluation.figures import anomaly_sheet, score_histogram
+from training.evaluation.formatting import fmt
+from training.evaluation.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
+from training.scoring.engine import infer_batches, open_engine
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
     from training.runs import Run
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Metrics of a run's checkpoint on the test split at the model's resolution (maps and masks at S×S)."""
-    from training.inference import predict
+    from training.scoring.torch_model import predict
 
     scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
     calibration = run.calibration

@@ -1,6 +1,6 @@
 """Threshold calibration on good validation parts: the verdict is NG iff score > threshold.
 
-The numerical methods live in `training.thresholds` (numpy/scipy, no torch), shared with
+The numerical methods live in `training.calibration.thresholds` (numpy/scipy, no torch), shared with
 `python -m training calibrate`, which re-calibrates an exported model on good parts from the line.
 """
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
+from training.calibration.thresholds import calibrate_scores, score_stats
 from training.config import TrainConfig
-from training.inference import predict
-from training.prepared import PreparedSplit
-from training.thresholds import calibrate_scores, score_stats
+from training.data.prepared import PreparedSplit
+from training.scoring.torch_model import predict
 
 __all__ = ["calibrate", "score_stats"]
 
@@ -22,7 +22,7 @@ def calibrate(
     model: torch.nn.Module, validation: PreparedSplit, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
     """Image and pixel thresholds for the target false-reject rate on the good validation parts (never the
-    test split); the dict is the run's `calibration.json` (see `training.thresholds.calibrate_scores`)."""
+    test split); the dict is the run's `calibration.json` (see `training.calibration.thresholds.calibrate_scores`)."""
     good = ~validation.labels
     if not good.any():
         raise ValueError("no good parts in the validation data: cannot calibrate a threshold")
