@@ -12,7 +12,7 @@ import torch
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, load_model_dir
 from training import runs
-from training.calibration.validation import score_stats
+from training.calibration.thresholds import score_stats
 from training.config import TrainConfig
 from training.export import exporter as export_module
 from training.export.exporter import ExportError, export

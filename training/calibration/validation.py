@@ -6,23 +6,22 @@ The numerical methods live in `training.calibration.thresholds` (numpy/scipy, no
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from training.calibration.thresholds import calibrate_scores, score_stats
+from training.calibration.record import Calibration
+from training.calibration.thresholds import calibrate_scores
 from training.config import TrainConfig
 from training.data.prepared import PreparedSplit
 from training.scoring.torch_model import predict
 
-__all__ = ["calibrate", "score_stats"]
+__all__ = ["calibrate"]
 
 
 def calibrate(
     model: torch.nn.Module, validation: PreparedSplit, config: TrainConfig, device: torch.device
-) -> dict[str, Any]:
+) -> Calibration:
     """Image and pixel thresholds for the target false-reject rate on the good validation parts (never the
-    test split); the dict is the run's `calibration.json` (see `training.calibration.thresholds.calibrate_scores`)."""
+    test split), for the run's `calibration.json`."""
     good = ~validation.labels
     if not good.any():
         raise ValueError("no good parts in the validation data: cannot calibrate a threshold")

@@ -36,13 +36,13 @@ def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str 
 
     scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
     calibration = run.calibration
-    pixel_threshold = calibration.get("pixel_threshold")
+    pixel_threshold = calibration.pixel_threshold
     result = split_metrics(
         scores,
         maps,
         test,
-        float(calibration["threshold"]),
-        calibration["method"],
+        float(calibration.threshold),
+        calibration.method,
         None if pixel_threshold is None else float(pixel_threshold),
     )
     result = {"category": run.config.category, "run": str(run.path), **result}

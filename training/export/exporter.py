@@ -29,9 +29,8 @@ import torch
 
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
-from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, calibration_fields
-from training.calibration.validation import score_stats
-from training.evaluation.metrics import threshold_for_false_reject_rate
+from training.calibration.record import Calibration
+from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, empirical, score_stats
 from training.export import precision as reduced
 from training.export.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
@@ -116,14 +115,7 @@ def build_manifest(
         "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
         "opset": OPSET,
         "preprocessing": cfg.preprocessing.to_dict(),
-        "threshold": {
-            "value": cal["threshold"],
-            "method": cal["method"],
-            "target_false_reject_rate": cal["target_false_reject_rate"],
-            "n_parts": cal["n_parts"],
-        },
-        "score_stats": cal["score_stats"],
-        **calibration_fields(cal),
+        **cal.manifest_fields(),
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),
@@ -196,7 +188,7 @@ def reduced_precision(
     precision: reduced.Precision,
     int8: reduced.Int8Options | None,
     tolerance: reduced.Tolerance | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], Calibration]:
     """Convert the checked fp32 graph; compare on the run's validation parts; raise ExportError outside tolerance.
 
     Returns what was done and checked (for the manifest) and the reduced model's calibration (threshold and
@@ -234,7 +226,7 @@ def reduced_precision(
         candidate,
         validation.rgb,
         validation.depth,
-        (float(trained.calibration["threshold"]), float(calibration["threshold"])),
+        (trained.calibration.threshold, calibration.threshold),
     )
     compared["parts"] = f"validation ({splits.validation_source})"
     compared["tolerance"] = {"score": bound.score, "map_mean": bound.map_mean, "verdicts": "identical"}
@@ -243,24 +235,20 @@ def reduced_precision(
     return {**facts, "against_fp32": compared}, calibration
 
 
-def own_calibration(run: dict[str, Any], scores: np.ndarray, maps: np.ndarray, precision: str) -> dict[str, Any]:
+def own_calibration(run: Calibration, scores: np.ndarray, maps: np.ndarray, precision: str) -> Calibration:
     """A reduced-precision model's own threshold: the run's rule (method, target rate, confidence) on the
     model's own scores and maps of the run's good validation parts, so that its verdicts are made as the fp32
-    model's are. A run calibrated before `training.calibration.thresholds` keeps its rule of then (the highest good
+    model's are. A run calibrated before the threshold methods existed keeps its rule of then (the highest good
     score for the target rate)."""
-    method = run.get("method")
+    method = run.method
     if method not in METHODS or method == "synthetic_margin":  # synthetic_margin needs the anomalies' scores
-        return {
-            **run,
-            "threshold": threshold_for_false_reject_rate(scores, run["target_false_reject_rate"]),
-            "score_stats": score_stats(scores),
-        }
+        return run.with_threshold(empirical(scores, run.target_false_reject_rate).threshold, score_stats(scores))
     return calibrate_scores(
         scores,
         maps,
-        rate=run["target_false_reject_rate"],
+        rate=run.target_false_reject_rate,
         method=method,
-        confidence=run.get("confidence", DEFAULT_CONFIDENCE),
+        confidence=DEFAULT_CONFIDENCE if run.confidence is None else run.confidence,
         source=f"{len(scores)} good validation parts, scored by the {precision} model",
     )
 

@@ -130,7 +130,7 @@ def finish(trainer: Trainer, splits: Splits, progress: Progress, out: Path, t0: 
     saved = torch.load(out / runs.MODEL_FILE, map_location="cpu", weights_only=True)
     runs.load_trainable_state(model, saved["state"])
     calibration = calibrate(model, splits.validation, config, trainer.device)
-    (out / runs.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+    (out / runs.CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     n_keep = min(4, len(splits.validation))
     np.savez_compressed(
         out / runs.SAMPLES_FILE, rgb=splits.validation.rgb[:n_keep], depth=splits.validation.depth[:n_keep]
@@ -152,7 +152,7 @@ def finish(trainer: Trainer, splits: Splits, progress: Progress, out: Path, t0: 
         "n_train_items_per_epoch": config.samples_per_epoch or len(splits.train_indices),
         "samples_per_epoch": config.samples_per_epoch,
         "n_validation_parts": len(splits.validation),
-        "calibration": calibration,
+        "calibration": calibration.to_dict(),
         "train_seconds": time.perf_counter() - t0,
     }
     write_train_report(out, config, report, history)
