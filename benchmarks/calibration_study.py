@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.engine import Engine
 from training.calibration import thresholds
-from training.scoring.engine import infer_batches, open_engine
+from training.scoring.engine import open_engine, score_with_engine
 
 
 def dump(args: argparse.Namespace) -> int:
@@ -49,11 +49,11 @@ def _dump(args: argparse.Namespace, engine: Engine) -> int:
                       **known)  # fmt: skip
     val = prepare_split(args.data, args.category, "validation", pre)
     val = val.subset([i for i, bad in enumerate(val.labels) if not bad])
-    v_scores, v_maps = infer_batches(engine, model, val.rgb, val.depth)
+    v_scores, v_maps = score_with_engine(engine, model, val.rgb, val.depth)
     syn = synthetic_validation(val, load_textures(None), AnomalyOptions.from_config(cfg))
-    s_scores, _ = infer_batches(engine, model, syn.rgb[syn.labels], syn.depth[syn.labels])
+    s_scores, _ = score_with_engine(engine, model, syn.rgb[syn.labels], syn.depth[syn.labels])
     test = prepare_split(args.data, args.category, "test", pre)
-    t_scores, t_maps = infer_batches(engine, model, test.rgb, test.depth)
+    t_scores, t_maps = score_with_engine(engine, model, test.rgb, test.depth)
     np.savez_compressed(
         args.out,
         name=f"{args.category} ({model.manifest.name})",

@@ -33,6 +33,7 @@ import harness
 from training.data.dataset import ValidationSet
 from training.evaluation import metrics
 from training.export import precision
+from training.scoring.engine import open_session, score_with_session
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_sweep.json"
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = sorted(set(splits.train_indices))[: args.calibration_parts]  # as training/export/exporter.py calibrates
     calib = splits.train.subset(chosen)
     fp32 = args.model_dir / "model.onnx"
-    ref = precision.run_batched(precision.session(fp32), val.rgb, val.depth)
+    ref = score_with_session(open_session(fp32), val.rgb, val.depth)
     rows: dict[str, dict[str, Any]] = {"fp32": accuracy(val, *ref)}
     paths = {"fp32": fp32}
     with tempfile.TemporaryDirectory(prefix="int8-sweep-") as tmp:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 paths[name] = Path(tmp) / f"{len(paths)}.onnx"
                 precision.quantise_int8(fp32, paths[name], calib.rgb, calib.depth, options)
-                got = precision.run_batched(precision.session(paths[name]), val.rgb, val.depth)
+                got = score_with_session(open_session(paths[name]), val.rgb, val.depth)
                 rows[name] = against_fp32(val, n_good, ref, got) | accuracy(val, *got)
         sessions = {name: harness.ort_session(path, threads=1) for name, path in paths.items()}
         feed = {"rgb": val.rgb[:1], "depth": val.depth[:1]}

@@ -27,7 +27,7 @@ from training.calibration.recalibrate import find_good_parts
 from training.calibration.record import Calibration
 from training.cli import main as cli
 from training.data.layout import load_sample
-from training.scoring.engine import infer_batches, open_engine
+from training.scoring.engine import open_engine, score_with_engine
 from training.synth.generate import generate
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -281,7 +281,7 @@ def test_a_model_answering_nan_is_refused(tmp_path: Path, good_parts: Path, capl
         model = engine.get(None)
         zeros = np.zeros((2, 3, model.manifest.image_size, model.manifest.image_size), np.float32)
         with pytest.raises(InvalidModelOutputError, match="non-finite"):
-            infer_batches(engine, model, zeros, zeros, batch_size=1)  # evaluate --model, calibration_study
+            score_with_engine(engine, model, zeros, zeros, batch_size=1)  # evaluate --model, calibration_study
     before = sha256_file(tmp_path / "nan" / MODEL_FILE)
     assert cli(["calibrate", "--model", str(tmp_path / "nan"), "--good", str(good_parts), "--no-progress"]) == 2
     assert "non-finite" in caplog.text and sha256_file(tmp_path / "nan" / MODEL_FILE) == before

@@ -121,7 +121,7 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
     from service.preprocessing import preprocess_part
     from training.data.layout import discover, load_sample
     from training.runs import load_run
-    from training.scoring.torch_model import predict
+    from training.scoring.torch_model import score_with_torch
 
     models = tmp_path / "models"
     assert cli(["export", "--run", str(trained), "--out", str(models / "tiny"), "--version", "7"]) == 0
@@ -139,7 +139,7 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
         part = load_sample(sample)
         answer = engine.predict(part.rgb, part.xyz)
         pre = preprocess_part(part.rgb, part.xyz, config)
-        scores, maps = predict(run.model, pre.rgb[None], pre.depth[None])
+        scores, maps = score_with_torch(run.model, pre.rgb[None], pre.depth[None])
         assert answer.score == pytest.approx(float(scores[0]), abs=1e-4)
         expected_map = map_to_input_size(maps[0], *part.rgb.shape[:2])
         assert answer.anomaly_map.shape == part.rgb.shape[:2]

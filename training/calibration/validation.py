@@ -12,7 +12,7 @@ from training.calibration.record import Calibration
 from training.calibration.thresholds import calibrate_scores
 from training.config import TrainConfig
 from training.data.prepared import PreparedSplit
-from training.scoring.torch_model import predict
+from training.scoring.torch_model import score_with_torch
 
 __all__ = ["calibrate"]
 
@@ -25,7 +25,7 @@ def calibrate(
     good = ~validation.labels
     if not good.any():
         raise ValueError("no good parts in the validation data: cannot calibrate a threshold")
-    scores, maps = predict(
+    scores, maps = score_with_torch(
         model, validation.rgb[good], validation.depth[good], batch_size=config.batch_size * 2, device=device
     )
     return calibrate_scores(

@@ -22,7 +22,7 @@ from training.data.prepared import PreparedSplit, prepare_split
 from training.evaluation.figures import anomaly_sheet, score_histogram
 from training.evaluation.formatting import fmt
 from training.evaluation.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
-from training.scoring.engine import infer_batches, open_engine
+from training.scoring.engine import open_engine, score_with_engine
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
     from training.runs import Run
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Metrics of a run's checkpoint on the test split at the model's resolution (maps and masks at S×S)."""
-    from training.scoring.torch_model import predict
+    from training.scoring.torch_model import score_with_torch
 
-    scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
+    scores, maps = score_with_torch(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
     calibration = run.calibration
     pixel_threshold = calibration.pixel_threshold
     result = split_metrics(
@@ -54,7 +54,7 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
     """Metrics of the engine's default model on the test split: its session (the service's options) runs
     the same preprocessed inputs, at the threshold the service applies."""
     model = engine.get(None)
-    scores, maps = infer_batches(engine, model, test.rgb, test.depth, batch_size=batch_size)
+    scores, maps = score_with_engine(engine, model, test.rgb, test.depth, batch_size=batch_size)
     manifest = model.manifest
     result = split_metrics(
         scores,

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
@@ -34,6 +33,7 @@ from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibra
 from training.export import precision as reduced
 from training.export.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
+from training.scoring.engine import open_session, score_with_session
 from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,12 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int) -> None:
 
 def parity_check(model: torch.nn.Module, path: Path, rgb: np.ndarray, depth: np.ndarray) -> dict[str, float]:
     """Max absolute difference of ONNX Runtime (CPU) vs PyTorch on the same inputs, at batch N and 1."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path)
     diffs = {"scores": 0.0, "maps": 0.0}
     with torch.no_grad():
         for r, d in ((rgb, depth), (rgb[:1], depth[:1])):
             ts, tm = model(torch.from_numpy(r), torch.from_numpy(d))
-            os_, om = session.run(["scores", "maps"], {"rgb": r, "depth": d})
+            os_, om = score_with_session(session, r, d, batch_size=len(r))
             diffs["scores"] = max(diffs["scores"], float(np.abs(ts.numpy() - os_).max()))
             diffs["maps"] = max(diffs["maps"], float(np.abs(tm.numpy() - om).max()))
     return diffs
@@ -216,13 +216,13 @@ def reduced_precision(
         }
     else:
         facts = reduced.convert_fp16(fp32_onnx, out_onnx)
-    candidate = reduced.session(out_onnx)
-    scores, maps = reduced.run_batched(candidate, validation.rgb, validation.depth)
+    candidate = open_session(out_onnx)
+    scores, maps = score_with_session(candidate, validation.rgb, validation.depth)
     good = ~validation.labels
     calibration = own_calibration(trained.calibration, scores[good], maps[good], precision)
     bound = tolerance or reduced.TOLERANCES[precision]
     compared = reduced.compare(
-        reduced.session(fp32_onnx),
+        open_session(fp32_onnx),
         candidate,
         validation.rgb,
         validation.depth,

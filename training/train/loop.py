@@ -24,7 +24,7 @@ from training.data.epoch_sampling import epoch_subset
 from training.evaluation.metrics import image_auroc, pixel_auroc
 from training.evaluation.report import plot_history, write_train_report
 from training.model.bridgenet import BridgeNet
-from training.scoring.torch_model import predict
+from training.scoring.torch_model import score_with_torch
 from training.train.splits import Splits, load_splits
 from training.train.step import Trainer
 
@@ -67,7 +67,7 @@ def resume_progress(trainer: Trainer, out: Path, *, resume: bool) -> Progress:
 
 def validation_metrics(model: BridgeNet, val: ValidationSet, device: torch.device, batch_size: int) -> dict[str, float]:
     rgb, depth, labels, masks = val
-    scores, maps = predict(model, rgb, depth, batch_size=batch_size, device=device)
+    scores, maps = score_with_torch(model, rgb, depth, batch_size=batch_size, device=device)
     return {"val_image_auroc": image_auroc(labels, scores), "val_pixel_auroc": pixel_auroc(masks, maps)}
 
 
