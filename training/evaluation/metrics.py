@@ -1,4 +1,4 @@
-"""Evaluation metrics for anomaly scores and maps: AUROC, AP, AUPRO and verdict thresholds (pure numpy)."""
+"""Evaluation metrics for anomaly scores and maps: AUROC, AP, AUPRO and the F1-optimal threshold (pure numpy)."""
 
 from __future__ import annotations
 
