@@ -58,7 +58,7 @@ demo-model: install
 	# Its verdicts on the test split through the service's engine, and the sample parts: the crack part with
 	# the highest score among those answered NG with their top region over the crack (+ gt.png), a good part OK.
 	echo >> models/demo/EVALUATION.md
-	$(BIN)/python -m training.demo_sample --model models/demo --test $(DEMO_DATA)/puck/test --copy-to models/demo/sample >> models/demo/EVALUATION.md
+	$(BIN)/python -m training.evaluation.demo_sample --model models/demo --test $(DEMO_DATA)/puck/test --copy-to models/demo/sample >> models/demo/EVALUATION.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -237,7 +237,7 @@ def test_promtool_accepts_prometheus_config() -> None:
     assert "SUCCESS" in result.stdout
 
 
-# --- every setting passed through, hardening (issue 12) ----------------------------------------------
+# --- every setting passed through, hardening ----------------------------------------------
 
 
 def resolved_service(variant: str, env_file: Path | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ SIZE = 64
 
 
 def manifest_data(**overrides: Any) -> dict[str, Any]:
-    """A valid manifest as training.export builds it; `overrides` replace top-level fields."""
+    """A valid manifest as training.export.exporter builds it; `overrides` replace top-level fields."""
     data: dict[str, Any] = {
         "name": "bagel",
         "version": "3",

@@ -23,8 +23,8 @@ from service.records.store import Evidence
 from tests.ui.parts import GOOD_RGB, GOOD_XYZ, REGION, anomaly_map, decision, record
 from tests.ui.test_http import build_app
 from training import runs
-from training.check_data import check_data
-from training.import_reviews import ReviewImportError, import_reviews
+from training.data.check import check_data
+from training.data.import_reviews import ReviewImportError, import_reviews
 
 KEY = "import-test-key-0123456789"
 NOW = datetime.now(UTC).replace(microsecond=0)

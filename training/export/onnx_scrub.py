@@ -4,7 +4,7 @@ torch's ONNX exporter writes a Python stack trace (absolute source paths of the 
 its virtual environment) into every node's metadata, and a run's config names its data folder by absolute
 path. Neither changes what the graph computes; both tell whoever receives the model how the build machine
 is laid out. `strip_build_paths` removes the former before the file is written, `portable_settings` the
-latter before the manifest is built. `python -m training.onnx_scrub MODEL_DIR` applies both to a model
+latter before the manifest is built. `python -m training.export.onnx_scrub MODEL_DIR` applies both to a model
 exported before they existed (outputs unchanged: only metadata is touched) and re-signs its manifest.
 """
 

@@ -1,32 +1,31 @@
 """Threshold calibration on good validation parts: the verdict is NG iff score > threshold.
 
-The numerical methods live in `training.thresholds` (numpy/scipy, no torch), shared with
+The numerical methods live in `training.calibration.thresholds` (numpy/scipy, no torch), shared with
 `python -m training calibrate`, which re-calibrates an exported model on good parts from the line.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from training.calibration.record import Calibration
+from training.calibration.thresholds import calibrate_scores
 from training.config import TrainConfig
-from training.inference import predict
-from training.prepared import PreparedSplit
-from training.thresholds import calibrate_scores, score_stats
+from training.data.prepared import PreparedSplit
+from training.scoring.torch_model import score_with_torch
 
-__all__ = ["calibrate", "score_stats"]
+__all__ = ["calibrate"]
 
 
 def calibrate(
     model: torch.nn.Module, validation: PreparedSplit, config: TrainConfig, device: torch.device
-) -> dict[str, Any]:
+) -> Calibration:
     """Image and pixel thresholds for the target false-reject rate on the good validation parts (never the
-    test split); the dict is the run's `calibration.json` (see `training.thresholds.calibrate_scores`)."""
+    test split), for the run's `calibration.json`."""
     good = ~validation.labels
     if not good.any():
         raise ValueError("no good parts in the validation data: cannot calibrate a threshold")
-    scores, maps = predict(
+    scores, maps = score_with_torch(
         model, validation.rgb[good], validation.depth[good], batch_size=config.batch_size * 2, device=device
     )
     return calibrate_scores(

@@ -14,8 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, PreprocessingError, point_cloud_to_depth
-from training.data import SPLITS, DatasetError, Sample, discover, load_sample
-from training.formatting import fmt
+from training.data.layout import SPLITS, DatasetError, Sample, discover, load_sample
+from training.evaluation.formatting import fmt
 
 logger = logging.getLogger(__name__)
 

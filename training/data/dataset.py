@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from training.anomalies.texture_anomaly import TextureAnomaly, texture_anomaly
 from training.config import DepthAnomaly, TrainConfig
-from training.prepared import PreparedSplit
+from training.data.prepared import PreparedSplit
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 Good parts from production are the best calibration data: many more than a run's validation split, and
 from the real process. The parts are scored with the exported ONNX model exactly as the service scores
-them: through the service's engine (`training.served.open_engine`, then `Engine.predict` per part: its
+them: through the service's engine (`training.scoring.engine.open_engine`, then `Engine.predict` per part: its
 score and its map at the model's resolution), the image and pixel thresholds are recomputed with
-`training.thresholds`, and the model folder gets a new version:
+`training.calibration.thresholds`, and the model folder gets a new version:
 
     models/NAME/model.onnx, manifest.json        the new version (manifest embedded again: new sha256)
     models/NAME/history/<old version>/...        the previous model.onnx + manifest.json, unchanged
@@ -39,17 +39,19 @@ from service.manifest import (
     write_manifest_json,
 )
 from service.preprocessing import PreprocessingError
-from training.data import GOOD, DatasetError, Sample, discover_folder, load_sample
-from training.served import open_engine
-from training.thresholds import (
+from training.calibration.rate import DEFAULT as DEFAULT_FALSE_REJECT_RATE
+from training.calibration.rate import add_false_reject_rate_argument, check_false_reject_rate
+from training.calibration.record import Calibration
+from training.calibration.thresholds import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     METHODS,
     CalibrationInputError,
     Method,
     calibrate_scores,
-    calibration_fields,
 )
+from training.data.layout import GOOD, DatasetError, Sample, discover_folder, load_sample
+from training.scoring.engine import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def next_version(manifest: Manifest) -> str:
 
 
 def new_manifest(
-    old: Manifest, old_sha256: str, calibration: dict[str, Any], version: str, min_area: float | None, note: str
+    old: Manifest, old_sha256: str, calibration: Calibration, version: str, min_area: float | None, note: str
 ) -> Manifest:
     data = old.model_dump(mode="json")
     history = [
@@ -121,15 +123,8 @@ def new_manifest(
         schema_version=SCHEMA_VERSION,
         version=version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        threshold={
-            "value": calibration["threshold"],
-            "method": calibration["method"],
-            "target_false_reject_rate": calibration["target_false_reject_rate"],
-            "n_parts": calibration["n_parts"],
-        },
-        score_stats=calibration["score_stats"],
         history=history,
-        **calibration_fields(calibration),
+        **calibration.manifest_fields(),
     )
     if min_area is not None:
         data["min_defect_area_mm2"] = min_area
@@ -165,7 +160,7 @@ def calibrate_model(
     model_dir: Path,
     good: Path,
     *,
-    target_frr: float = 0.01,
+    false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE,
     method: Method | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
     version: str | None = None,
@@ -175,8 +170,10 @@ def calibrate_model(
     """Score the good parts, recompute both thresholds, write the new version; returns a summary."""
     if not (0.5 <= confidence < 1.0):
         raise CalibrateError(f"--confidence must be in [0.5, 1), got {confidence}")
-    if not (0.0 < target_frr < 0.5):
-        raise CalibrateError(f"--target-frr must be in (0, 0.5), got {target_frr}")
+    try:
+        check_false_reject_rate(false_reject_rate)
+    except ValueError as exc:
+        raise CalibrateError(f"--false-reject-rate: {exc}") from None
     if min_defect_area_mm2 is not None and not min_defect_area_mm2 > 0:
         raise CalibrateError(f"--min-defect-area-mm2 must be > 0, got {min_defect_area_mm2}")
     if version is not None and (not version or "/" in version or "\\" in version or version.startswith(".")):
@@ -201,14 +198,14 @@ def calibrate_model(
         calibration = calibrate_scores(
             scores,
             maps,
-            rate=target_frr,
+            rate=false_reject_rate,
             method=chosen,
             confidence=confidence,
             source=f"{len(samples)} good parts in {good}",
         )
     except CalibrationInputError as exc:
         raise CalibrateError(str(exc)) from exc
-    note = f"re-calibrated on {len(samples)} good parts ({chosen}, target false-reject rate {target_frr})"
+    note = f"re-calibrated on {len(samples)} good parts ({chosen}, target false-reject rate {false_reject_rate})"
     manifest = new_manifest(old, old_sha, calibration, version or next_version(old), min_defect_area_mm2, note)
     archive = write_version(folder, old, manifest)
     old_t = old.threshold.value
@@ -217,11 +214,11 @@ def calibrate_model(
         "version": f"{old.version} → {manifest.version}",
         "archived": str(archive),
         "n_parts": len(samples),
-        "threshold": f"{old_t:.5f} → {calibration['threshold']:.5f}",
+        "threshold": f"{old_t:.5f} → {calibration.threshold:.5f}",
         "parts_above_old_threshold": int((scores > old_t).sum()),
-        "expected_false_reject_rate": calibration["expected_false_reject_rate"],
-        "false_reject_rate_interval": calibration["false_reject_rate_interval"],
-        "pixel_threshold": calibration["pixel_threshold"],
+        "expected_false_reject_rate": calibration.expected_false_reject_rate,
+        "false_reject_rate_interval": calibration.false_reject_rate_interval,
+        "pixel_threshold": calibration.pixel_threshold,
         "method": chosen,
     }
 
@@ -230,7 +227,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="exported model folder (models/NAME)")
     p.add_argument("--good", required=True, type=Path,
                    help="good parts: rgb/ + xyz/ folders, or an MVTec-layout split folder with good/")  # fmt: skip
-    p.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default: 0.01)")
+    add_false_reject_rate_argument(p)
     p.add_argument("--method", choices=[m for m in METHODS if m != "synthetic_margin"], default=None,
                    help="threshold method (default: the model's, else the default method)")  # fmt: skip
     p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
@@ -250,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         summary = calibrate_model(
             args.model,
             args.good,
-            target_frr=args.target_frr,
+            false_reject_rate=args.false_reject_rate,
             method=args.method,
             confidence=args.confidence,
             version=args.version,

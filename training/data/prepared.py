@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.preprocessing import PreprocessConfig, preprocess_part
-from training.data import Sample, discover, load_sample
+from training.data.layout import Sample, discover, load_sample
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tifffile
+
+from service.codecs import CodecError, DecodeLimits, decode_rgb, decode_xyz
 
 logger = logging.getLogger(__name__)
+
+# A part's rgb and xyz files are read by the service's decoders under its default limits, so training takes
+# exactly the inputs the service would score: a file the service refuses (an infinite coordinate, a pickled
+# .npy, an unsupported TIFF compression) is refused here too, naming the file, rather than trained on. The
+# service's rule for infinite coordinates is the one kept: no sensor measures one, and a single inf turns
+# the depth normalisation of the whole part into NaN.
+PART_FILE_LIMITS = DecodeLimits()
 
 SPLITS = ("train", "validation", "test")
 GOOD = "good"
@@ -201,41 +209,34 @@ def _read_image(path: Path) -> np.ndarray:
     return image
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc}") from exc
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB: gray is replicated, alpha dropped, 16-bit scaled to 8."""
-    image = _read_image(Path(path))
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)  # 65535 → 255 exactly
-    elif image.dtype != np.uint8:
-        raise DatasetError(f"rgb image {path} has dtype {image.dtype}; expected 8- or 16-bit integers")
-    if image.ndim == 2:
-        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
-    channels = image.shape[2]
-    if channels == 1:
-        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise DatasetError(f"rgb image {path} has {channels} channels; expected 1, 3 or 4")
+    """An image file (PNG, JPEG, TIFF) as (H, W, 3) uint8 RGB, decoded as the service decodes an upload
+    (`service.codecs.decode_rgb`): gray replicated, alpha dropped, 16-bit scaled to 8."""
+    path = Path(path)
+    try:
+        return decode_rgb(_read_bytes(path, "image"), PART_FILE_LIMITS, field=str(path))
+    except CodecError as exc:
+        raise DatasetError(f"cannot decode image {exc}") from exc
 
 
 def load_xyz(path: Path) -> np.ndarray:
-    """Read an organized point cloud (.tif/.tiff or .npy) as (H, W, 3) float32, metres, 0/NaN = no point."""
+    """An organized point cloud (.tif/.tiff or .npy) as (H, W, 3) float32, metres, 0/NaN = no point, decoded
+    as the service decodes an upload (`service.codecs.decode_xyz`: infinite coordinates are refused)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in XYZ_EXTENSIONS:
         raise DatasetError(f"point cloud {path} has extension {suffix!r}; expected .tif, .tiff or .npy")
     try:
-        # allow_pickle=False: an uploaded or downloaded .npy must never run code when read.
-        xyz = np.load(path, allow_pickle=False) if suffix == ".npy" else tifffile.imread(path)
-    except (OSError, ValueError) as exc:  # tifffile's TiffFileError is a ValueError
-        raise DatasetError(f"cannot read point cloud {path}: {exc}") from exc
-    if xyz.ndim != 3 or xyz.shape[2] != 3:
-        raise DatasetError(f"point cloud {path} has shape {xyz.shape}; expected (H, W, 3)")
-    if not np.issubdtype(xyz.dtype, np.floating):
-        raise DatasetError(f"point cloud {path} has dtype {xyz.dtype}; expected float32 (or float64)")
-    return np.ascontiguousarray(xyz, dtype=np.float32)
+        return decode_xyz(_read_bytes(path, "point cloud"), PART_FILE_LIMITS, field=str(path))
+    except CodecError as exc:
+        raise DatasetError(f"cannot read point cloud {exc}") from exc
 
 
 def _read_gt(path: Path) -> np.ndarray:

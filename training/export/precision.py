@@ -41,6 +41,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from training.scoring.engine import score_with_session
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -57,7 +59,7 @@ class Tolerance:
     map_mean: float
 
 
-# Scores are sigmoid outputs in [0, 1]. fp32 is the PyTorch parity bound of training/export.py.
+# Scores are sigmoid outputs in [0, 1]. fp32 is the PyTorch parity bound of training/export/exporter.py.
 TOLERANCES: dict[Precision, Tolerance] = {
     "fp32": Tolerance(score=1e-4, map_mean=1e-4),
     "fp16": Tolerance(score=5e-3, map_mean=2e-3),
@@ -87,26 +89,6 @@ class Int8Options:
 
 class PrecisionError(RuntimeError):
     """A reduced-precision model could not be made, or disagrees with fp32 beyond its tolerance."""
-
-
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_batched(
-    sess: ort.InferenceSession, rgb: np.ndarray, depth: np.ndarray, batch: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N,) and maps (N, S, S) of a session over N parts, `batch` at a time."""
-    scores, maps = [], []
-    for i in range(0, len(rgb), batch):
-        s, m = sess.run(["scores", "maps"], {"rgb": rgb[i : i + batch], "depth": depth[i : i + batch]})
-        scores.append(s)
-        maps.append(m)
-    return np.concatenate(scores), np.concatenate(maps)
 
 
 def stem_nodes(model: onnx.ModelProto, n: int) -> list[str]:
@@ -232,8 +214,8 @@ def compare(
     `thresholds`: (reference's, candidate's). Each model is judged at its own calibrated threshold: with few
     validation parts the threshold is the highest good score, so a part sits exactly on it and any shift
     of its score, however small, would otherwise count as a changed verdict."""
-    ref_scores, ref_maps = run_batched(reference, rgb, depth)
-    scores, maps = run_batched(candidate, rgb, depth)
+    ref_scores, ref_maps = score_with_session(reference, rgb, depth)
+    scores, maps = score_with_session(candidate, rgb, depth)
     flips = np.flatnonzero((ref_scores > thresholds[0]) != (scores > thresholds[1]))
     return {
         "n_parts": len(rgb),

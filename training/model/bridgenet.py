@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.backbones import FeatureBackbone
-from training.smoothing import GaussianSmoothing
+from training.model.backbones import FeatureBackbone
+from training.model.smoothing import GaussianSmoothing
 
 MODALITIES = ("rgb", "depth")
 

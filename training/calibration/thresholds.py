@@ -22,6 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from training.calibration.rate import check_false_reject_rate
+from training.calibration.record import Calibration
+
 log = logging.getLogger(__name__)
 
 Method = Literal["empirical", "normal_prediction", "normal_tolerance", "gumbel_tolerance", "synthetic_margin"]
@@ -83,8 +86,10 @@ def _check(scores: np.ndarray, name: str, minimum: int) -> np.ndarray:
 
 
 def _check_rate(rate: float) -> None:
-    if not (math.isfinite(rate) and 0.0 < rate < 0.5):
-        raise CalibrationInputError(f"target false-reject rate must be in (0, 0.5), got {rate}")
+    try:
+        check_false_reject_rate(rate)
+    except ValueError as exc:
+        raise CalibrationInputError(f"target {exc}") from None
 
 
 def logit(x: np.ndarray | float) -> np.ndarray:
@@ -140,6 +145,7 @@ def empirical(scores: np.ndarray, rate: float = 0.01) -> ThresholdEstimate:
     """The (1 − rate) empirical quantile (numpy "inverted_cdf"): the maximum when rate · n < 1."""
     _check_rate(rate)
     s = _check(scores, "good scores", 1)
+    # The epsilon keeps e.g. 0.29 · 100 = 28.999999999999996 from losing an allowed reject.
     allowed = min(math.floor(rate * s.size + 1e-9), s.size - 1)
     t = float(np.partition(s, s.size - 1 - allowed)[s.size - 1 - allowed])
     k = int((s > t).sum())
@@ -322,15 +328,10 @@ def calibrate_scores(
     confidence: float = DEFAULT_CONFIDENCE,
     source: str,
     anomaly_scores: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Image and pixel thresholds from good parts' scores (N,) and anomaly maps (N, H, W).
-
-    The returned dict is `calibration.json`: `threshold`, `method`, `target_false_reject_rate`, `n_parts`,
-    `score_stats` (as before), plus the estimate's `confidence`, `inputs`, `expected_false_reject_rate`,
-    `false_reject_rate_interval`, `distribution_free_upper_bound`, `source`, the old method's threshold
-    for reference (`empirical_threshold`) and the pixel threshold (`pixel_threshold`, `pixel`): the
-    `PIXEL_METHOD` on the per-part map maxima, so that about `pixel_rate` (default `PIXEL_RATE`) of good
-    parts show a region at all.
+) -> Calibration:
+    """Image and pixel thresholds from good parts' scores (N,) and anomaly maps (N, H, W): the image
+    threshold by `method` for `rate`, the pixel threshold by `PIXEL_METHOD` on the per-part map maxima, so
+    that about `pixel_rate` (default `PIXEL_RATE`) of good parts show a region at all.
     """
     s = _check(scores, "good scores", 1)
     if np.asarray(maps).shape[0] != s.size:
@@ -349,44 +350,27 @@ def calibrate_scores(
     p_rate = PIXEL_RATE if pixel_rate is None else pixel_rate
     pixel_method: Method = PIXEL_METHOD if s.size >= MIN_PARTS_FOR_A_FIT else "empirical"
     pixel = estimate(pixel_method, maxima, p_rate, confidence)
-    record = image.to_dict()
-    record.pop("n_parts")
-    return {
-        "threshold": image.threshold,
-        "method": image.method,
-        "target_false_reject_rate": rate,
-        "n_parts": int(s.size),
-        "score_stats": score_stats(s),
-        **{k: v for k, v in record.items() if k not in ("threshold", "method", "target_false_reject_rate")},
-        "source": source,
-        "fallback": fallback,
-        "empirical_threshold": empirical(s, rate).threshold,
-        "pixel_threshold": pixel.threshold,
-        "pixel": {
+    return Calibration(
+        threshold=image.threshold,
+        method=image.method,
+        target_false_reject_rate=rate,
+        n_parts=int(s.size),
+        score_stats=score_stats(s),
+        confidence=image.confidence,
+        inputs=image.inputs,
+        expected_false_reject_rate=image.expected_false_reject_rate,
+        false_reject_rate_interval=image.false_reject_rate_interval,
+        distribution_free_upper_bound=image.distribution_free_upper_bound,
+        notes=image.notes,
+        source=source,
+        fallback=fallback,
+        empirical_threshold=empirical(s, rate).threshold,
+        pixel_threshold=pixel.threshold,
+        pixel={
             "method": f"{pixel.method} on the per-part maxima of the good parts' maps",
             "target_share_of_good_parts_with_a_region": p_rate,
             "inputs": pixel.inputs,
             "expected_share_of_good_parts_with_a_region": pixel.expected_false_reject_rate,
             "interval": list(pixel.false_reject_rate_interval),
         },
-    }
-
-
-def calibration_fields(cal: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's schema-2 `calibration` and `pixel_threshold` from a `calibration.json`; empty for a
-    run calibrated before they existed (its manifest then looks like a schema-1 one)."""
-    if "expected_false_reject_rate" not in cal:
-        return {}
-    keys = (
-        "method",
-        "source",
-        "n_parts",
-        "target_false_reject_rate",
-        "confidence",
-        "inputs",
-        "expected_false_reject_rate",
-        "false_reject_rate_interval",
-        "distribution_free_upper_bound",
-        "pixel",
     )
-    return {"calibration": {k: cal[k] for k in keys if k in cal}, "pixel_threshold": cal.get("pixel_threshold")}

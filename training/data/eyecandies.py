@@ -13,7 +13,7 @@ in the labelled splits, `mask` plus the per-type `bumps_mask`, `dents_mask`, `co
 in docs/RESULTS.md ("Eyecandies").
 
 Everything here is a pure function of the files it is given; writing our layout is
-`training.convert_eyecandies`.
+`training.data.convert_eyecandies`.
 """
 
 from __future__ import annotations

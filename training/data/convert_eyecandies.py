@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from training.eyecandies import (
+from training.data.eyecandies import (
     FOCAL_LENGTH,
     GLOBAL_LIGHT,
     LIGHTS,

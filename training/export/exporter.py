@@ -5,7 +5,7 @@ resolution, so no per-pixel model maths remains in the service. Every export is 
 match PyTorch within 1e-4 on real preprocessed parts saved by the run, or nothing is written.
 
 `--precision int8|fp16` then derives the reduced-precision graph from that checked fp32 one
-(training/precision.py) and checks it against fp32 on the run's validation parts: scores within the
+(training/export/precision.py) and checks it against fp32 on the run's validation parts: scores within the
 precision's tolerance and identical verdicts at the calibrated threshold, or nothing is written.
 """
 
@@ -24,17 +24,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
-from training import precision as reduced
 from training import runs
-from training.calibration import score_stats
-from training.metrics import threshold_for_false_reject_rate
-from training.onnx_scrub import portable_settings, strip_build_paths
+from training.calibration.record import Calibration
+from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, empirical, score_stats
+from training.export import precision as reduced
+from training.export.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run
-from training.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, calibration_fields
+from training.scoring.engine import open_session, score_with_session
 from training.train.splits import load_splits
 
 log = logging.getLogger(__name__)
@@ -72,12 +71,12 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int) -> None:
 
 def parity_check(model: torch.nn.Module, path: Path, rgb: np.ndarray, depth: np.ndarray) -> dict[str, float]:
     """Max absolute difference of ONNX Runtime (CPU) vs PyTorch on the same inputs, at batch N and 1."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path)
     diffs = {"scores": 0.0, "maps": 0.0}
     with torch.no_grad():
         for r, d in ((rgb, depth), (rgb[:1], depth[:1])):
             ts, tm = model(torch.from_numpy(r), torch.from_numpy(d))
-            os_, om = session.run(["scores", "maps"], {"rgb": r, "depth": d})
+            os_, om = score_with_session(session, r, d, batch_size=len(r))
             diffs["scores"] = max(diffs["scores"], float(np.abs(ts.numpy() - os_).max()))
             diffs["maps"] = max(diffs["maps"], float(np.abs(tm.numpy() - om).max()))
     return diffs
@@ -116,14 +115,7 @@ def build_manifest(
         "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
         "opset": OPSET,
         "preprocessing": cfg.preprocessing.to_dict(),
-        "threshold": {
-            "value": cal["threshold"],
-            "method": cal["method"],
-            "target_false_reject_rate": cal["target_false_reject_rate"],
-            "n_parts": cal["n_parts"],
-        },
-        "score_stats": cal["score_stats"],
-        **calibration_fields(cal),
+        **cal.manifest_fields(),
         "metrics": metrics or {},
         "selection": json.dumps(trained.report.get("selection", {}), default=str),
         "training": portable_settings({k: v for k, v in cfg.to_dict().items() if k not in ("preprocessing",)}),
@@ -147,7 +139,7 @@ def export(
     """Export, embed the manifest, check parity; only a checked model is moved into `out_dir`.
 
     For fp16/int8 the fp32 graph is exported and checked against PyTorch first, then converted and checked
-    against itself (`tolerance`: the precision's default from training/precision.py)."""
+    against itself (`tolerance`: the precision's default from training/export/precision.py)."""
     trained = load_run(run_dir)
     samples_path = run_dir / runs.SAMPLES_FILE
     if not samples_path.is_file():
@@ -177,7 +169,7 @@ def export(
         proto = onnx.load(str(tmp_onnx))
         del proto.metadata_props[:]  # quantisation tools may carry over or add their own
         onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
-        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/onnx_scrub.py)
+        proto = strip_build_paths(proto)  # no paths of this machine in the file (training/export/onnx_scrub.py)
         onnx.save(proto, str(tmp_onnx))
         onnx.checker.check_model(str(tmp_onnx))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +188,7 @@ def reduced_precision(
     precision: reduced.Precision,
     int8: reduced.Int8Options | None,
     tolerance: reduced.Tolerance | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], Calibration]:
     """Convert the checked fp32 graph; compare on the run's validation parts; raise ExportError outside tolerance.
 
     Returns what was done and checked (for the manifest) and the reduced model's calibration (threshold and
@@ -224,17 +216,17 @@ def reduced_precision(
         }
     else:
         facts = reduced.convert_fp16(fp32_onnx, out_onnx)
-    candidate = reduced.session(out_onnx)
-    scores, maps = reduced.run_batched(candidate, validation.rgb, validation.depth)
+    candidate = open_session(out_onnx)
+    scores, maps = score_with_session(candidate, validation.rgb, validation.depth)
     good = ~validation.labels
     calibration = own_calibration(trained.calibration, scores[good], maps[good], precision)
     bound = tolerance or reduced.TOLERANCES[precision]
     compared = reduced.compare(
-        reduced.session(fp32_onnx),
+        open_session(fp32_onnx),
         candidate,
         validation.rgb,
         validation.depth,
-        (float(trained.calibration["threshold"]), float(calibration["threshold"])),
+        (trained.calibration.threshold, calibration.threshold),
     )
     compared["parts"] = f"validation ({splits.validation_source})"
     compared["tolerance"] = {"score": bound.score, "map_mean": bound.map_mean, "verdicts": "identical"}
@@ -243,24 +235,20 @@ def reduced_precision(
     return {**facts, "against_fp32": compared}, calibration
 
 
-def own_calibration(run: dict[str, Any], scores: np.ndarray, maps: np.ndarray, precision: str) -> dict[str, Any]:
+def own_calibration(run: Calibration, scores: np.ndarray, maps: np.ndarray, precision: str) -> Calibration:
     """A reduced-precision model's own threshold: the run's rule (method, target rate, confidence) on the
     model's own scores and maps of the run's good validation parts, so that its verdicts are made as the fp32
-    model's are. A run calibrated before `training.thresholds` keeps its rule of then (the highest good
+    model's are. A run calibrated before the threshold methods existed keeps its rule of then (the highest good
     score for the target rate)."""
-    method = run.get("method")
+    method = run.method
     if method not in METHODS or method == "synthetic_margin":  # synthetic_margin needs the anomalies' scores
-        return {
-            **run,
-            "threshold": threshold_for_false_reject_rate(scores, run["target_false_reject_rate"]),
-            "score_stats": score_stats(scores),
-        }
+        return run.with_threshold(empirical(scores, run.target_false_reject_rate).threshold, score_stats(scores))
     return calibrate_scores(
         scores,
         maps,
-        rate=run["target_false_reject_rate"],
+        rate=run.target_false_reject_rate,
         method=method,
-        confidence=run.get("confidence", DEFAULT_CONFIDENCE),
+        confidence=DEFAULT_CONFIDENCE if run.confidence is None else run.confidence,
         source=f"{len(scores)} good validation parts, scored by the {precision} model",
     )
 

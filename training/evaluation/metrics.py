@@ -1,4 +1,4 @@
-"""Evaluation metrics for anomaly scores and maps: AUROC, AP, AUPRO and verdict thresholds (pure numpy)."""
+"""Evaluation metrics for anomaly scores and maps: AUROC, AP, AUPRO and the F1-optimal threshold (pure numpy)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ __all__ = [
     "pixel_auroc",
     "pro_curve",
     "summarize",
-    "threshold_for_false_reject_rate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -283,23 +282,6 @@ def aupro_reference_variant(
 
 
 # --------------------------------------------------------------------------- thresholds
-
-
-def threshold_for_false_reject_rate(good_scores: np.ndarray, rate: float = 0.01) -> float:
-    """Smallest threshold t such that at most `rate` of the good parts score strictly above t.
-
-    `good_scores`: (N,) float, image scores of good parts (e.g. the validation split). `rate` in [0, 1).
-    With k = floor(rate·N) allowed rejects, t is the (N − k)-th smallest score, i.e. the empirical
-    quantile at 1 − rate with numpy's method="inverted_cdf". With few parts k = 0 and t is the maximum:
-    e.g. rate 0.01 needs N >= 100 before any good part may score above t.
-    """
-    scores = _check_scores("good_scores", good_scores)
-    if not (math.isfinite(rate) and 0.0 <= rate < 1.0):
-        raise MetricInputError(f"rate must be in [0, 1), got {rate}")
-    n = scores.size
-    # The epsilon keeps e.g. 0.29 · 100 = 28.999999999999996 from losing an allowed reject.
-    allowed = min(math.floor(rate * n + 1e-9), n - 1)
-    return float(np.partition(scores, n - 1 - allowed)[n - 1 - allowed])
 
 
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

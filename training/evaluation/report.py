@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
 from training.config import TrainConfig
-from training.formatting import fmt
+from training.evaluation.formatting import fmt
 
 LOSS_KEYS = ("total", "bce_input", "bce_features", "bce_adapted", "focal")
 

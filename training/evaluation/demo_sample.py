@@ -1,6 +1,6 @@
 """The verdicts of a served model on a test split, and the sample parts of the bundled demo model.
 
-    python -m training.demo_sample --model models/demo --test DATA/puck/test [--copy-to models/demo/sample]
+    python -m training.evaluation.demo_sample --model models/demo --test DATA/puck/test [--copy-to models/demo/sample]
 
 Every part of the split (MVTec layout: `<defect>/rgb`, `<defect>/xyz`, `<defect>/gt`) goes through the
 service's own engine, as `POST /v1/predict` would score it (threshold, pixel threshold, regions, decision
@@ -22,8 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.engine import Engine, EngineOptions, PartUpload
-from training.data import GOOD
+from service.engine import PartUpload
+from training.data.layout import GOOD
+from training.scoring.engine import open_engine
 
 MIN_GT_COVERED = 0.5  # share of the ground-truth pixels inside the top region's box
 
@@ -47,10 +48,8 @@ def _covers(gt_path: Path, box: tuple[int, int, int, int]) -> bool:
 
 def score_split(model_dir: Path, test: Path) -> tuple[str, list[Verdict]]:
     """The model as served (one line: version, thresholds) and the verdict of every part of `test`."""
-    engine = Engine(EngineOptions(models_dir=model_dir.parent, default_model=model_dir.name, providers="cpu"))
-    engine.start()
     out = []
-    try:
+    with open_engine(model_dir) as engine:
         model = engine.get(None)
         m = model.manifest
         pixel = "none" if m.pixel_threshold is None else f"{m.pixel_threshold:.4f}"
@@ -71,8 +70,6 @@ def score_split(model_dir: Path, test: Path) -> tuple[str, list[Verdict]]:
                     and _covers(gt, (top.x, top.y, top.width, top.height))
                 )
                 out.append(Verdict(folder.name, rgb.stem, folder, p.score, p.is_anomalous, on_defect, bool(p.regions)))
-    finally:
-        engine.stop()
     return served, out
 
 
@@ -107,7 +104,9 @@ def copy_samples(verdicts: list[Verdict], defect: str, dest: Path) -> tuple[Verd
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo_sample", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluation.demo_sample", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", type=Path, required=True, help="the model folder, as the service loads it")
     parser.add_argument("--test", type=Path, required=True, help="the test split: <defect>/rgb, xyz, gt")
     parser.add_argument("--copy-to", type=Path, default=None, help="copy the chosen sample parts here")

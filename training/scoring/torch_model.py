@@ -1,4 +1,5 @@
-"""Batched PyTorch inference over preprocessed arrays: the reference numbers for evaluation and export."""
+"""Scoring preprocessed arrays with the torch model's forward: the reference numbers for training's
+validation, calibration, `evaluate --run` and export."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 
 @torch.no_grad()
-def predict(
+def score_with_torch(
     model: nn.Module,
     rgb: np.ndarray,
     depth: np.ndarray,

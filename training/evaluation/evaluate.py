@@ -17,12 +17,12 @@ import numpy as np
 
 from service.engine import Engine
 from service.preprocessing import PreprocessConfig
-from training.figures import anomaly_sheet, score_histogram
-from training.formatting import fmt
-from training.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
-from training.prepared import PreparedSplit, prepare_split
-from training.served import infer_batches, open_engine
-from training.thresholds import binomial_upper_bound
+from training.calibration.thresholds import binomial_upper_bound
+from training.data.prepared import PreparedSplit, prepare_split
+from training.evaluation.figures import anomaly_sheet, score_histogram
+from training.evaluation.formatting import fmt
+from training.evaluation.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
+from training.scoring.engine import open_engine, score_with_engine
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
     from training.runs import Run
@@ -32,17 +32,17 @@ log = logging.getLogger(__name__)
 
 def evaluate(run: Run, test: PreparedSplit, *, batch_size: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Metrics of a run's checkpoint on the test split at the model's resolution (maps and masks at S×S)."""
-    from training.inference import predict
+    from training.scoring.torch_model import score_with_torch
 
-    scores, maps = predict(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
+    scores, maps = score_with_torch(run.model, test.rgb, test.depth, batch_size=batch_size, device=device)
     calibration = run.calibration
-    pixel_threshold = calibration.get("pixel_threshold")
+    pixel_threshold = calibration.pixel_threshold
     result = split_metrics(
         scores,
         maps,
         test,
-        float(calibration["threshold"]),
-        calibration["method"],
+        float(calibration.threshold),
+        calibration.method,
         None if pixel_threshold is None else float(pixel_threshold),
     )
     result = {"category": run.config.category, "run": str(run.path), **result}
@@ -54,7 +54,7 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
     """Metrics of the engine's default model on the test split: its session (the service's options) runs
     the same preprocessed inputs, at the threshold the service applies."""
     model = engine.get(None)
-    scores, maps = infer_batches(engine, model, test.rgb, test.depth, batch_size=batch_size)
+    scores, maps = score_with_engine(engine, model, test.rgb, test.depth, batch_size=batch_size)
     manifest = model.manifest
     result = split_metrics(
         scores,
