@@ -1,4 +1,4 @@
-"""Exposure (issue 12): metrics port or key, bundled docs, the contract behind the key, 405 Allow, the
+"""Exposure: metrics port or key, bundled docs, the contract behind the key, 405 Allow, the
 API-key security scheme, part_id and form limits, and the series dashboards read from the first scrape."""
 
 from __future__ import annotations
