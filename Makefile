@@ -32,14 +32,17 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# The code that `lint` checks and `format` rewrites (CI runs `make lint` before `make test`: .ci/run).
+CODE := service training tests benchmarks docker
+
 lint: install
-	$(BIN)/ruff check service training tests benchmarks docker
-	$(BIN)/ruff format --check service training tests benchmarks docker
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format service training tests benchmarks
-	$(BIN)/ruff check --fix service training tests benchmarks
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 # Rebuild the bundled demo model from scratch: synthetic data → train → evaluate → export (+ a sample part).
 # Deterministic for the seed; about 10-15 minutes on a 2-core CPU.

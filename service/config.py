@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         default=None, description="Key of the X-BridgeNet-Signature header (HMAC-SHA256 of the body); unset: none."
     )
 
+    # Ray Serve (service.cluster): how often each replica copies its metrics into Ray's, which every node
+    # exports (Ray's agents export every few seconds too, so a shorter interval mostly costs CPU).
+    cluster_metrics_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Ray Serve only: seconds between two copies of a replica's metrics"
+    )
+
     # Review station (service.ui, /ui): its login exchanges the API key for a signed session cookie.
     ui_secret: SecretStr | None = Field(
         default=None,

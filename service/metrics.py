@@ -127,7 +127,7 @@ class Metrics:
         )
         for stage in STAGES:  # expose every stage from the start, so dashboards see zeros, not gaps
             self.stage_duration.labels(stage=stage)
-        # --- fail-closed monitoring: baselines, capacity and answered-only latency -------------
+        # --- fail-closed monitoring: baselines, capacity and answered-only latency ------------------------
         self.good_score = Gauge(
             "bridgenet_good_score",
             "Raw scores of the good validation parts in each model's manifest (score_stats): the drift baseline.",
@@ -146,7 +146,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # --- workers and models that cannot take the service down -------------------
+        # --- workers and models that cannot take the service down -----------------------------------------
         self.reclaimed_slots = Counter(
             "bridgenet_reclaimed_slots_total",
             "Admission slots taken back from predictions still running long after their request timed out.",

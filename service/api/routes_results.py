@@ -128,19 +128,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # ---- dependencies
 
 
-def _records(state: State) -> Records:
+def records_of(state: State) -> Records:
+    """The records, or 503 not_ready while the lifespan has not opened them yet."""
     if state.records is None:
         raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
     return state.records
 
 
-def _recorder(records: Annotated[Records, Depends(_records)]) -> Recorder:
+def recorder_of(state: State) -> Recorder:
+    """The recorder (for this API and the review station), or 503 before the records are open and 404
+    audit_off when BRIDGENET_AUDIT=off."""
+    records = records_of(state)
     if records.recorder is None:
         raise AuditOffError("BRIDGENET_AUDIT=off: this service records no results")
     return records.recorder
 
 
-RecorderDep = Annotated[Recorder, Depends(_recorder)]
+RecorderDep = Annotated[Recorder, Depends(recorder_of)]
 
 
 # RFC 3339 date-time, as the contract declares (format: date-time): a number (pydantic would read it as a
@@ -323,7 +327,7 @@ def get_result_file(
 
 
 @router.get("/status", response_model=StatusResponse, responses=_ERRORS)
-def service_status(records: Annotated[Records, Depends(_records)]) -> StatusResponse:
+def service_status(records: Annotated[Records, Depends(records_of)]) -> StatusResponse:
     """The audit trail and the push backlog: a push destination that is down shows here (and in
     bridgenet_push_backlog), never in /readyz, so the line keeps running."""
     return StatusResponse.model_validate(records.status())

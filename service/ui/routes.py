@@ -19,8 +19,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from service.api.deps import ServiceState, State, get_state
-from service.api.errors import NotReadyError
-from service.api.routes_results import AuditOffError, NotArchivedError, ResultNotFoundError
+from service.api.routes_results import NotArchivedError, ResultNotFoundError, recorder_of
 from service.config import Settings
 from service.preprocessing import PreprocessConfig
 from service.records.reviews import (
@@ -34,7 +33,6 @@ from service.records.reviews import (
     review_history,
     review_stats,
 )
-from service.records.store import Recorder
 from service.ui import auth, images
 
 HERE = Path(__file__).resolve().parent
@@ -60,16 +58,8 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
-def _recorder(state: ServiceState) -> Recorder:
-    if state.records is None:
-        raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
-    if state.records.recorder is None:
-        raise AuditOffError("BRIDGENET_AUDIT=off: there are no records to review")
-    return state.records.recorder
-
-
 def _db_engine(state: ServiceState) -> Engine:
-    return _recorder(state).db_engine
+    return recorder_of(state).db_engine
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
@@ -215,7 +205,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
     session = auth.current_session(request)
     if session is None:
         return _login_redirect(request)
-    recorder = _recorder(state)
+    recorder = recorder_of(state)
     part = recorder.get(request_id)
     if part is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
@@ -253,7 +243,7 @@ def part_picture(
     _session: Annotated[auth.UiSession, Depends(auth.require_session)],
 ) -> Response:
     state = get_state(request)
-    recorder = _recorder(state)
+    recorder = recorder_of(state)
     part = recorder.get(request_id)
     if part is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")

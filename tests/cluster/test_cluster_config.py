@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -19,7 +20,7 @@ import yaml
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from service.config import Settings, env_name
+from service.config import Settings, SettingsError, env_name, get_settings
 from service.main import create_app
 from tests.cluster.ray_head import clean_env, require_ray
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
@@ -74,14 +75,6 @@ def test_serve_limits_sit_above_the_service_admission(tmp_path: Path) -> None:
 # --- the audit trail needs the shared database with several replicas ---------------------------------
 
 
-def _settings_and_env(models_dir: Path, **values: str) -> tuple[Settings, dict[str, str]]:
-    """Settings with `values` where this Settings class has the field (service.records merged), the
-    environment variable otherwise: the rule reads whichever exists."""
-    fields = {k: v for k, v in values.items() if k in Settings.model_fields}
-    env = {env_name(k): v for k, v in values.items() if k not in Settings.model_fields}
-    return make_settings(models_dir, **fields), env
-
-
 @pytest.mark.parametrize(
     ("values", "replicas", "refused"),
     [
@@ -95,8 +88,7 @@ def _settings_and_env(models_dir: Path, **values: str) -> tuple[Settings, dict[s
 def test_sqlite_audit_trail_is_refused_for_several_replicas(
     tmp_path: Path, values: dict[str, str], replicas: int, refused: bool
 ) -> None:
-    settings, env = _settings_and_env(tmp_path, **values)
-    problem = cluster.shared_database_problem(settings, replicas, env)
+    problem = cluster.shared_database_problem(make_settings(tmp_path, **values), replicas)
     if refused:
         assert problem is not None and "BRIDGENET_DATABASE_URL" in problem and "PostgreSQL" in problem
         assert f"{replicas} replicas" in problem
@@ -105,9 +97,9 @@ def test_sqlite_audit_trail_is_refused_for_several_replicas(
 
 
 def test_a_separate_metrics_port_is_refused_for_several_replicas(tmp_path: Path) -> None:
-    settings, env = _settings_and_env(tmp_path, metrics_port="9100")
-    assert cluster.shared_port_problem(settings, 1, env) is None
-    problem = cluster.shared_port_problem(settings, 2, env)
+    settings = make_settings(tmp_path, metrics_port=9100)
+    assert cluster.shared_port_problem(settings, 1) is None
+    problem = cluster.shared_port_problem(settings, 2)
     assert problem is not None and "BRIDGENET_METRICS_PORT" in problem and "unset it" in problem
 
 
@@ -213,6 +205,22 @@ def _serve_config() -> dict[str, Any]:
 def _rayservice() -> dict[str, Any]:
     manifest: dict[str, Any] = yaml.safe_load(RAYSERVICE_YAML.read_text(encoding="utf-8"))
     return manifest
+
+
+def test_the_metrics_copy_interval_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in [k for k in os.environ if k.upper().startswith("BRIDGENET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BRIDGENET_CLUSTER_METRICS_INTERVAL_S", "1.5")
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        settings = get_settings()
+    assert settings.cluster_metrics_interval_s == 1.5
+    assert "ignoring unknown" not in caplog.text  # the replica's knob is the settings' own, not a stray variable
+    assert Settings().cluster_metrics_interval_s == 1.5
+    monkeypatch.setenv("BRIDGENET_CLUSTER_METRICS_INTERVAL_S", "0")
+    with pytest.raises(SettingsError, match="BRIDGENET_CLUSTER_METRICS_INTERVAL_S"):
+        get_settings()
 
 
 def test_the_serve_config_builds_the_application(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def fake_manifest(
     name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1", **fields: Any
 ) -> Manifest:
     """A manifest as training.export.exporter would write it, for the fake graph. `fields`: further manifest fields
-    (schema 2: pixel_threshold, min_defect_area_mm2, ...)."""
+    (pixel_threshold, min_defect_area_mm2, ...)."""
     data: dict[str, Any] = {
         "name": name,
         "version": version,

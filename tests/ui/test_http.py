@@ -273,3 +273,15 @@ def test_stats_give_false_reject_and_confirmed_rates_per_model(client: TestClien
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
     # parts, NG, reviewed NG, confirmed, false rejects, FRR, confirmed-NG rate, missed (req-old is 30 h old: in)
     assert cells[1:] == ["7", "4", "3", "1", "2", "66.7 %", "33.3 %", "1"]
+
+
+def test_with_audit_off_the_station_and_the_results_api_say_so_alike(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_key=KEY, audit="off")  # type: ignore[arg-type]
+    with TestClient(build_app(settings), follow_redirects=False) as c:
+        token = csrf_of(c.get("/ui/login").text)
+        assert c.post("/ui/login", data={"operator": "Ana", "api_key": KEY, "csrf": token}).status_code == 303
+        station = c.get("/ui/api/parts")
+        results = c.get("/v1/results", headers={"X-API-Key": KEY})
+    assert station.status_code == results.status_code == 404
+    assert station.json()["error"]["code"] == results.json()["error"]["code"] == "audit_off"
+    assert station.json()["error"]["message"] == results.json()["error"]["message"]
