@@ -19,11 +19,12 @@ from service.api.security import check_api_key
 
 ADMIN_KEY_HEADER = "X-Admin-Key"
 
-_admin_key_header = APIKeyHeader(
+admin_key_header = APIKeyHeader(
     name=ADMIN_KEY_HEADER,
     scheme_name="AdminKey",
     auto_error=False,
-    description="Required on /v1/admin/*: the value of BRIDGENET_ADMIN_KEY.",
+    description="Required on /v1/admin/*, and on /v1/status to see the push destinations' errors: the value of "
+    "BRIDGENET_ADMIN_KEY.",
 )
 
 
@@ -43,7 +44,7 @@ router = APIRouter(prefix="/v1/admin", tags=["operations"])
         503: {"model": ErrorResponse, "description": "Not ready"},
     },
 )
-async def reload(state: State, key: Annotated[str | None, Security(_admin_key_header)]) -> ReloadResponse:
+async def reload(state: State, key: Annotated[str | None, Security(admin_key_header)]) -> ReloadResponse:
     """Reload the model folders: new ones are loaded, changed ones replaced, removed ones dropped; requests in
     flight finish on the version they started with. A folder that fails is reported and the others are
     served (a changed one keeps its previous version); the default model is never dropped."""
