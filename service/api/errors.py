@@ -48,11 +48,13 @@ CLIENT_CLOSED_CODE = "client_disconnected"
 INVALID_MODEL_OUTPUT = "invalid_model_output"
 AUDIT_UNAVAILABLE = "audit_unavailable"
 DUPLICATE_REQUEST_ID = "duplicate_request_id"
-# The body of a 503 audit_unavailable: the database's own text (SQL, host, user) goes to the log only.
+# 503 bodies whose cause is the service's own state: the cause (database text with its SQL, host and user;
+# a worker's exception) goes to the log under the request id, the client learns only to retry.
 AUDIT_UNAVAILABLE_MESSAGE = (
     "the record of this prediction could not be written, so it is not answered; retry (the cause is in "
     "the service log under this request id)"
 )
+WORKER_DEAD_MESSAGE = "the model's inference worker is down and the service is restarting; retry (another replica)"
 
 
 class ApiError(Exception):
@@ -153,7 +155,7 @@ def describe(exc: Exception) -> ErrorInfo | None:
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))
     if isinstance(exc, WorkerDeadError):  # the process exits to be restarted: another replica / later
-        return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+        return ErrorInfo(503, "not_ready", WORKER_DEAD_MESSAGE, {"Retry-After": "5"})
     if isinstance(exc, ModelUnavailableError):  # its folder failed to load; a reload may bring it back
         return ErrorInfo(503, "model_unavailable", str(exc), {"Retry-After": "30"})
     if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
@@ -233,6 +235,8 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
         log.error("invalid model output: %s", info.message, extra={"code": info.code, "status": info.status})
     elif isinstance(exc, RecordError) and info.status >= 500:  # the detail the body leaves out
         log.error("record not written: %s", exc, extra={"code": info.code, "status": info.status})
+    elif isinstance(exc, WorkerDeadError):
+        log.error("worker down: %s", exc, extra={"code": info.code, "status": info.status})
     elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
