@@ -79,12 +79,12 @@ def test_a_repeated_id_is_refused_and_its_evidence_removed(archived: tuple[Recor
     assert archive_files(root) == kept
     view = recorder.get("req-00001")
     assert view is not None and view["is_anomalous"] is True
-    recorder.engine.dispose()
+    recorder.db_engine.dispose()
 
 
 def test_a_record_that_fails_after_its_evidence_leaves_no_file(archived: tuple[Recorder, Path]) -> None:
     recorder, root = archived
-    refuse_part_in_database(recorder.engine, FAIL_PART)
+    refuse_part_in_database(recorder.db_engine, FAIL_PART)
     recorder.record(decision(1, ng=True), evidence(1))
     kept = archive_files(root)
     bad = decision(2, ng=True)
@@ -96,7 +96,7 @@ def test_a_record_that_fails_after_its_evidence_leaves_no_file(archived: tuple[R
     assert recorder.archive is not None and recorder.archive.size_bytes == sum(
         p.stat().st_size for p in root.rglob("*") if p.is_file()
     )
-    recorder.engine.dispose()
+    recorder.db_engine.dispose()
 
 
 def test_the_sweep_removes_files_no_record_names_and_counts_them(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_two_predictions_with_one_request_id_leave_one_record_and_no_orphan(tmp_
         named = client.get("/v1/results/plc-0001").json()["evidence"]
         assert files == {named["rgb_sha256"], named["xyz_sha256"], named["map_sha256"]}
 
-        engine = client.app.state.service.records.recorder.engine  # type: ignore[attr-defined]
+        engine = client.app.state.service.records.recorder.db_engine  # type: ignore[attr-defined]
         refuse_part_in_database(engine, FAIL_PART)
         failed = predict(client, rgb2, xyz2, "plc-0002", FAIL_PART)
         assert failed["status"] == 503 and failed["error"]["code"] == "audit_unavailable"
