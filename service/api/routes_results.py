@@ -19,9 +19,9 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
-from service.api.routes_admin import ADMIN_KEY_HEADER, AdminDisabledError, admin_key_header
+from service.api.routes_admin import ADMIN_KEY_HEADER, admin_key_header, check_admin_key
 from service.api.schemas import ErrorResponse
-from service.api.security import check_api_key, require_api_key
+from service.api.security import require_api_key
 from service.records.reviews import latest_reviews
 from service.records.runtime import Records
 from service.records.store import MAX_PAGE, CursorError, EvidenceKind, Recorder, ResultFilter
@@ -350,9 +350,7 @@ def service_status(
     hosts: they are shown with the admin key only."""
     status = records.status()
     if admin_key is not None:
-        if state.settings.admin_key is None:
-            raise AdminDisabledError(f"no admin key is configured (BRIDGENET_ADMIN_KEY); send no {ADMIN_KEY_HEADER}")
-        check_api_key(state.settings.admin_key, admin_key, ADMIN_KEY_HEADER)
+        check_admin_key(state.settings.admin_key, admin_key, f"send no {ADMIN_KEY_HEADER}")
     else:
         for backlog in status["push"].values():
             if backlog.get("last_error") is not None:

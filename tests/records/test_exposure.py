@@ -84,3 +84,12 @@ def test_status_names_internal_hosts_only_to_the_admin_key(tmp_path: Path) -> No
             assert internal not in plain.text, internal
         wrong = _status(client, **{"X-Admin-Key": "not-the-admin-key-at-all"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+
+
+def test_an_admin_key_sent_to_a_service_without_one_is_refused(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_fake_model(models, "fake")
+    with TestClient(create_app(make_settings(models, data_dir=tmp_path / "data"))) as client:
+        assert _status(client).status_code == 200
+        refused = _status(client, **{"X-Admin-Key": ADMIN_KEY})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_disabled"
