@@ -237,7 +237,7 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
         log.error("record not written: %s", exc, extra={"code": info.code, "status": info.status})
     elif isinstance(exc, WorkerDeadError):
         log.error("worker down: %s", exc, extra={"code": info.code, "status": info.status})
-    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
+    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError | DuplicateRequestError):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
 
