@@ -129,11 +129,6 @@ class Archive:
             except FileNotFoundError:
                 continue
 
-    def delete(self, sha256: str) -> int:
-        """Remove one file; return the bytes freed (0 when it was not there)."""
-        with self._lock:
-            return self._unlink(sha256) or 0
-
     def _unlink(self, sha256: str) -> int | None:
         """Remove one file (lock held); its size, or None when it was not there."""
         target = self.path(sha256)
