@@ -52,6 +52,11 @@ class RecordsMetrics:
             registry=r,
         )
         self.archive_bytes = Gauge("bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r)
+        self.archive_orphans_removed = Counter(
+            "bridgenet_archive_orphans_removed_total",
+            "Evidence files that no record named, deleted by the archive sweep (a crash between file and record).",
+            registry=r,
+        )
         self.push_backlog = Gauge(
             "bridgenet_push_backlog", "Results waiting in the outbox, by destination.", ["destination"], registry=r
         )

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from service.api.deps import State, not_ready_error
 from service.api.errors import ApiError
@@ -19,11 +20,12 @@ from service.api.security import check_api_key
 
 ADMIN_KEY_HEADER = "X-Admin-Key"
 
-_admin_key_header = APIKeyHeader(
+admin_key_header = APIKeyHeader(
     name=ADMIN_KEY_HEADER,
     scheme_name="AdminKey",
     auto_error=False,
-    description="Required on /v1/admin/*: the value of BRIDGENET_ADMIN_KEY.",
+    description="Required on /v1/admin/*, and on /v1/status to see the push destinations' errors: the value of "
+    "BRIDGENET_ADMIN_KEY.",
 )
 
 
@@ -32,6 +34,14 @@ class AdminDisabledError(ApiError):
 
 
 router = APIRouter(prefix="/v1/admin", tags=["operations"])
+
+
+def check_admin_key(admin_key: SecretStr | None, key: str | None, instead: str) -> None:
+    """Pass when `key` is the configured admin key; 403 when none is configured (`instead` says what to
+    do then), 401 when it is missing or wrong."""
+    if admin_key is None:
+        raise AdminDisabledError(f"no admin key is configured (BRIDGENET_ADMIN_KEY); {instead}")
+    check_api_key(admin_key, key, ADMIN_KEY_HEADER)
 
 
 @router.post(
@@ -43,13 +53,11 @@ router = APIRouter(prefix="/v1/admin", tags=["operations"])
         503: {"model": ErrorResponse, "description": "Not ready"},
     },
 )
-async def reload(state: State, key: Annotated[str | None, Security(_admin_key_header)]) -> ReloadResponse:
+async def reload(state: State, key: Annotated[str | None, Security(admin_key_header)]) -> ReloadResponse:
     """Reload the model folders: new ones are loaded, changed ones replaced, removed ones dropped; requests in
     flight finish on the version they started with. A folder that fails is reported and the others are
     served (a changed one keeps its previous version); the default model is never dropped."""
-    if state.settings.admin_key is None:
-        raise AdminDisabledError("no admin key is configured (BRIDGENET_ADMIN_KEY); send SIGHUP to reload instead")
-    check_api_key(state.settings.admin_key, key, ADMIN_KEY_HEADER)
+    check_admin_key(state.settings.admin_key, key, "send SIGHUP to reload instead")
     if not state.ready:
         raise not_ready_error()
     report = await reload_models(state)

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response, Security
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
+from service.api.routes_admin import ADMIN_KEY_HEADER, admin_key_header, check_admin_key
 from service.api.schemas import ErrorResponse
 from service.api.security import require_api_key
 from service.records.reviews import latest_reviews
@@ -97,11 +98,19 @@ class ResultsPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
+# What /v1/status shows instead of a delivery error without the admin key: the errors name the
+# destination's host, port and path, which the line's clients have no need to learn.
+HIDDEN_ERROR = f"delivery failed; send {ADMIN_KEY_HEADER} to see the error"
+
+
 class PushBacklog(BaseModel):
     waiting: int = Field(description="Results not yet delivered to this destination.")
     oldest_age_s: float | None
     attempts: int = Field(description="Failed attempts on the oldest waiting result.")
-    last_error: str | None
+    last_error: str | None = Field(
+        description=f"The oldest waiting result's last delivery error; with {ADMIN_KEY_HEADER} only (it names "
+        f"internal hosts), else {HIDDEN_ERROR!r}."
+    )
 
 
 class ArchiveStatus(BaseModel):
@@ -326,8 +335,28 @@ def get_result_file(
     )
 
 
-@router.get("/status", response_model=StatusResponse, responses=_ERRORS)
-def service_status(records: Annotated[Records, Depends(records_of)]) -> StatusResponse:
+@router.get(
+    "/status",
+    response_model=StatusResponse,
+    responses={
+        **_ERRORS,
+        401: {"model": ErrorResponse, "description": "Missing or wrong API key, or a wrong admin key"},
+        403: {"model": ErrorResponse, "description": "An admin key was sent but none is configured"},
+    },
+)
+def service_status(
+    records: Annotated[Records, Depends(records_of)],
+    state: State,
+    admin_key: Annotated[str | None, Security(admin_key_header)],
+) -> StatusResponse:
     """The audit trail and the push backlog: a push destination that is down shows here (and in
-    bridgenet_push_backlog), never in /readyz, so the line keeps running."""
-    return StatusResponse.model_validate(records.status())
+    bridgenet_push_backlog), never in /readyz, so the line keeps running. Delivery errors name internal
+    hosts: they are shown with the admin key only."""
+    status = records.status()
+    if admin_key is not None:
+        check_admin_key(state.settings.admin_key, admin_key, f"send no {ADMIN_KEY_HEADER}")
+    else:
+        for backlog in status["push"].values():
+            if backlog.get("last_error") is not None:
+                backlog["last_error"] = HIDDEN_ERROR
+    return StatusResponse.model_validate(status)
