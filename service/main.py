@@ -11,6 +11,7 @@ from importlib import metadata
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
@@ -183,4 +184,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Outermost, so that every answer names its server, refusals before the body included.
     app.state.served_by = process_id()
     app.add_middleware(ServedByMiddleware)
+    if settings.forwarded_allow_ips:
+        # Outermost of all: behind a trusted TLS proxy, every layer (records, cookies' Secure flag, logs)
+        # sees the client's address and scheme; anyone else's X-Forwarded-* headers are ignored.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.forwarded_allow_ips))
     return app

@@ -22,7 +22,7 @@ from service.api.admission import AdmissionPass
 from service.api.deps import ServiceState, not_ready_error
 from service.api.errors import ApiError, PayloadTooLargeError, error_response
 from service.api.middleware import ENDPOINT_SCOPE_KEY, PREDICT_PATHS
-from service.api.security import API_KEY_HEADER, check_api_key
+from service.api.security import API_KEY_HEADER, Role, check_role
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class AdmissionGate:
 
     def _admit(self, headers: Headers) -> AdmissionPass:
         """The checks, in order: key, readiness, declared size, capacity. Raises the refusal's ApiError."""
-        check_api_key(self.state.settings.api_key, headers.get(API_KEY_HEADER))
+        check_role(self.state.settings, headers.get(API_KEY_HEADER), (Role.LINE,))
         admission = self.state.admission
         if admission is None or not self.state.ready:
             raise not_ready_error()
