@@ -347,6 +347,3 @@ def test_tls_profile_puts_caddy_in_front_at_the_address_the_service_trusts(varia
     # The proxy's body cap is at least what the service itself accepts for a prediction.
     cap = re.search(r"max_size (\d+)MB", caddyfile)
     assert cap and int(cap.group(1)) * 1_000_000 >= max_body_bytes(Settings())
-    # Without the profile, no proxy.
-    plain = compose(*FILES[variant], "config", "--services", extra_env=GRAFANA_PASSWORD)
-    assert "tls-proxy" not in plain.stdout.split()
