@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
+# Multipart framing and the small text fields on top of the two files of a prediction.
+FORM_OVERHEAD_BYTES = 1024 * 1024
 # Values never echoed in error messages (keys, passwords inside URLs).
 _SECRET_FIELDS = ("api_key", "results_key", "admin_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
@@ -394,3 +396,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_pixels=settings.max_image_pixels,
         max_decoded_bytes=settings.max_decoded_bytes,
     )
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Largest prediction body accepted: two uploads at the per-file limit plus form overhead."""
+    return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES

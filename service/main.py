@@ -25,7 +25,7 @@ from service.api.routes_admin import router as admin_router
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
 from service.api.routes_results import router as results_router
-from service.config import Settings, decode_limits, get_settings
+from service.config import Settings, decode_limits, get_settings, max_body_bytes
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
@@ -34,8 +34,6 @@ from service.ui.routes import mount_ui
 
 log = logging.getLogger(__name__)
 
-# Multipart framing and the small text fields on top of the two files.
-FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 def _version() -> str:
@@ -65,11 +63,6 @@ def engine_options(settings: Settings) -> EngineOptions:
         tensorrt=settings.tensorrt,
         result_timeout_s=2 * settings.request_timeout_s,  # as long as admission waits before reclaiming a slot
     )
-
-
-def max_body_bytes(settings: Settings) -> int:
-    """Largest request body accepted: two uploads at the per-file limit plus form overhead."""
-    return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
 
 
 WATCHDOG_INTERVAL_S = 0.5
