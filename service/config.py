@@ -25,7 +25,16 @@ MIN_PRODUCTION_KEY_LENGTH = 16
 # Multipart framing and the small text fields on top of the two files of a prediction.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 # Values never echoed in error messages (keys, passwords inside URLs).
-_SECRET_FIELDS = ("api_key", "results_key", "admin_key", "database_url", "webhook_secret", "mqtt_url", "webhook_url", "ui_secret")
+_SECRET_FIELDS = (
+    "api_key",
+    "results_key",
+    "admin_key",
+    "database_url",
+    "webhook_secret",
+    "mqtt_url",
+    "webhook_url",
+    "ui_secret",
+)
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
 
@@ -184,8 +193,7 @@ class Settings(BaseSettings):
     )
     users_file: Path | None = Field(
         default=None,
-        description="The review station's users (python -m service users add|remove|list); unset: "
-        "data_dir/users.json.",
+        description="The review station's users (python -m service users add|remove|list); unset: data_dir/users.json.",
     )
     login_attempts_per_user: int = Field(
         default=5, ge=1, description="Failed /ui logins per user name within login_window_s; more get 429."
@@ -315,7 +323,6 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
 
     def _production_key_problems(self) -> list[str]:
         """Each configured key long enough, and no value shared by two roles (one key, one role)."""

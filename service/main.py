@@ -35,7 +35,6 @@ from service.ui.routes import mount_ui
 log = logging.getLogger(__name__)
 
 
-
 def _version() -> str:
     try:
         return metadata.version("bridgenet-inspection")

@@ -303,9 +303,7 @@ def review_part(
     auth.require_reviewer(session)
     page = f"/ui/parts/{quote(request_id, safe='')}"
     try:
-        add_review(
-            _engine(state), request_id, outcome, operator=session.user, defect_type=defect_type, comment=comment
-        )
+        add_review(_engine(state), request_id, outcome, operator=session.user, defect_type=defect_type, comment=comment)
     except UnknownDecisionError as exc:
         raise ResultNotFoundError(str(exc)) from None
     except ReviewError as exc:
