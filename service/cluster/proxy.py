@@ -24,7 +24,13 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import ApiError, PayloadTooLargeError
-from service.api.middleware import PREDICT_PATHS, REQUEST_ID_HEADER, SERVED_BY_HEADER, accepted_request_id
+from service.api.middleware import (
+    PREDICT_PATHS,
+    REQUEST_ID_HEADER,
+    SERVED_BY_HEADER,
+    SMALL_BODY_BYTES,
+    accepted_request_id,
+)
 from service.api.security import API_KEY_HEADER, Role, check_role
 from service.config import Settings, get_settings, max_body_bytes
 
@@ -112,26 +118,30 @@ def _drop_repeated(headers: MutableHeaders, name: str) -> None:
 
 
 class ProxyGateMiddleware:
-    """Prediction POSTs in the proxy: a missing or wrong line key (401/403) and a declared body above
-    `max_body_bytes` (413) are answered from the headers, before a byte of the body is read; a body sent
-    without Content-Length is cut at the limit (the replica then sees the client gone, the client 413)."""
+    """Bodies in the proxy: prediction POSTs without the line key are refused (401/403) and any body
+    declared above its path's limit (`max_body_bytes` for predictions, SMALL_BODY_BYTES elsewhere, as in
+    service.api.middleware) gets 413, from the headers, before a byte of it is read; a body sent without
+    Content-Length is cut at the limit (the replica then sees the client gone, the client a 413)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.limit = max_body_bytes(settings)
+        self.predict_limit = max_body_bytes(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in PREDICT_PATHS or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        predict = scope["path"] in PREDICT_PATHS
+        limit = self.predict_limit if predict else SMALL_BODY_BYTES
         try:
-            check_role(self.settings, headers.get(API_KEY_HEADER), (Role.LINE,))
+            if predict and scope["method"] == "POST":
+                check_role(self.settings, headers.get(API_KEY_HEADER), (Role.LINE,))
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLargeError(
-                    f"the request body is {int(declared):,} bytes (Content-Length); the limit is {self.limit:,}"
+                    f"the request body is {int(declared):,} bytes (Content-Length); the limit is {limit:,}"
                 )
         except ApiError as refusal:
             await _send_error(scope, send, refusal)
@@ -147,7 +157,7 @@ class ProxyGateMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     cut = True
                     return {"type": "http.disconnect"}
             return message
@@ -165,7 +175,7 @@ class ProxyGateMiddleware:
             if not cut:  # after a cut, an error about the missing body is expected, and answered below
                 raise
         if cut and not started:
-            await _send_error(scope, send, PayloadTooLargeError(f"the request body exceeds {self.limit:,} bytes"))
+            await _send_error(scope, send, PayloadTooLargeError(f"the request body exceeds {limit:,} bytes"))
 
 
 async def _send_error(scope: Scope, send: Send, refusal: ApiError) -> None:

@@ -399,8 +399,10 @@ def test_the_ray_proxy_refuses_predictions_before_their_body(tmp_path: Path) -> 
         )
         assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "too_large"
         assert reached == [10]
-        # Other routes pass untouched (each replica's own checks answer them).
+        # Other routes: no key check here (each replica's own answers them), small bodies only.
         assert client.post("/v1/results", content=b"abc").status_code == 200
+        big = client.post("/v1/results", content=b"x" * (1024 * 1024 + 1))
+        assert big.status_code == 413 and reached == [10, 3]
 
 
 def test_the_kuberay_manifest_locks_ray_down_and_shares_the_station_secrets() -> None:
