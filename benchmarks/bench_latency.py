@@ -33,7 +33,7 @@ import harness
 import service_load
 from bench_preprocessing import synthetic_part
 
-from service.postprocessing import defect_area_fraction, map_to_input_size
+from service.postprocessing.maps import defect_area_fraction, map_to_input_size
 from service.preprocessing import PreprocessConfig, preprocess_part
 
 RESULTS = harness.RESULTS_DIR / "latency.json"

@@ -26,7 +26,7 @@ import service_load
 from bench_latency import TARGET_RATIO, paired
 from bench_preprocessing import synthetic_part
 
-from service.postprocessing import defect_area_fraction, map_to_input_size
+from service.postprocessing.maps import defect_area_fraction, map_to_input_size
 from service.preprocessing import PreprocessConfig, preprocess_part
 
 RESULTS = harness.RESULTS_DIR / "upload.json"

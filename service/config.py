@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'
     )
-    # Model name → area rule (mm²) instead of the manifest's min_defect_area_mm2 (service.regions.decide).
+    # Model name → area rule (mm²) instead of the manifest's min_defect_area_mm2 (postprocessing.verdict.decide).
     min_defect_area_mm2: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description='JSON model → smallest defect region in mm² that makes a part NG (area rule), e.g. {"bagel": 2.5}',

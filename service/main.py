@@ -18,7 +18,7 @@ from service.api.admission import Admission
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.gate import AdmissionGate
-from service.api.inference import default_hooks
+from service.api.hooks import default_hooks
 from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
 from service.api.reload import install_sighup, publish_models
 from service.api.routes_admin import router as admin_router

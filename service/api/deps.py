@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from service.api.admission import Admission
 from service.api.errors import NotReadyError
-from service.api.inference import AfterPrediction
+from service.api.hooks import AfterPrediction
 from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
@@ -25,7 +25,7 @@ NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes f
 class ServiceState:
     """What the app holds between requests. `admission` and `records` exist once the lifespan has started.
 
-    `after_prediction`: the hooks run after every prediction, before its answer (service.api.inference);
+    `after_prediction`: the hooks run after every prediction, before its answer (service.api.hooks);
     the app factory installs the metrics and the "scored part" log line, later capabilities add theirs.
     """
 

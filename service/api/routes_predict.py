@@ -20,7 +20,7 @@ from service.api.deps import ReadyState
 from service.api.errors import PayloadTooLargeError
 from service.api.forms import PREDICT_FORM, FormFile, FormValue, read_form
 from service.api.gate import admission_pass
-from service.api.inference import serve_prediction
+from service.api.hooks import serve_prediction
 from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
 from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap

@@ -188,7 +188,7 @@ def list_results(
         views, next_cursor = recorder.query(filters, limit=limit, cursor=cursor)
     except CursorError as exc:
         raise InvalidCursorError(str(exc)) from None
-    reviews = latest_reviews(recorder.engine, [v["request_id"] for v in views])
+    reviews = latest_reviews(recorder.db_engine, [v["request_id"] for v in views])
     results = [ResultRecord.model_validate({**v, "review": reviews.get(v["request_id"])}) for v in views]
     return ResultsPage(results=results, next_cursor=next_cursor)
 
@@ -275,7 +275,7 @@ def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length
     if view is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
     return ResultRecord.model_validate(
-        {**view, "review": latest_reviews(recorder.engine, [request_id]).get(request_id)}
+        {**view, "review": latest_reviews(recorder.db_engine, [request_id]).get(request_id)}
     )
 
 

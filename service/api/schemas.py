@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.engine import PredictResult, ThresholdSource
-from service.postprocessing import MapEncoding
-from service.regions import MAX_REGIONS, Decision, Region, Rule
+from service.postprocessing.maps import MapEncoding
+from service.postprocessing.regions import MAX_REGIONS, Region
+from service.postprocessing.verdict import Decision, Rule
 
 
 class ModelRef(BaseModel):
@@ -37,7 +38,7 @@ class Timings(BaseModel):
 
 
 class DefectRegion(BaseModel):
-    """One connected region of the anomaly map above the model's pixel threshold (service.regions)."""
+    """One connected region of the anomaly map above the model's pixel threshold (service.postprocessing.regions)."""
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -69,7 +69,7 @@ class LoadedModel:
     threshold: float
     threshold_source: ThresholdSource
     onnx_sha256: str  # of the model file as read and verified at load (what the audit trail records)
-    # The area rule in effect (service.regions.decide): the override, else the manifest's; None = score rule.
+    # The area rule in effect (postprocessing.verdict.decide): the override, else the manifest's; None = score rule.
     min_defect_area_mm2: float | None = None
     # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
     runner: BoundRunner | None = None

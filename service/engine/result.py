@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.postprocessing import MapEncoding
-from service.regions import Decision, Region
+from service.postprocessing.maps import MapEncoding
+from service.postprocessing.regions import Region
+from service.postprocessing.verdict import Decision
 
-# How the answer carries the anomaly map: not at all, a 16-bit PNG, or a float32 .npy (service.postprocessing).
+# How the answer carries the anomaly map: not at all, a 16-bit PNG, or a float32 .npy (service.postprocessing.maps).
 ReturnMap = Literal["none", "png", "npy"]
 # Where the threshold in effect comes from: the model's calibration, or BRIDGENET_THRESHOLD_OVERRIDES.
 ThresholdSource = Literal["manifest", "override"]
@@ -32,14 +33,14 @@ class Prediction:
     """One part's answer, built from the model's output in one place (`service.engine.stages.postprocess`).
 
     `anomaly_map`: (H, W) float32 scores at the upload's resolution; `model_map`: the (S, S) map at the
-    model's resolution it was resized from (bilinear, `service.postprocessing.map_to_input_size`), what the
+    model's resolution it was resized from (bilinear, `service.postprocessing.maps.map_to_input_size`), what the
     evidence archive keeps: the same information at a fixed, small size. `timings_ms`: preprocess, batch_wait (0
     when batching is off), inference (the whole batch's session time), postprocess. `batch_size`: parts in
     the session run; `first_in_batch`: whether this part reports its run (one part per run does).
     `info`: the preprocessing facts of the part (JSON-able: plane method, foreground fraction, ...).
     `regions`: at most 16 connected regions above `pixel_threshold` in the upload's frame, largest score
     first (`n_regions`: all of them); empty without a pixel threshold (a schema-1 manifest). `decision`: the
-    rule that gave `is_anomalous` (service.regions.decide).
+    rule that gave `is_anomalous` (service.postprocessing.verdict.decide).
     """
 
     model: str

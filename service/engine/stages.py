@@ -12,8 +12,9 @@ from service.engine.batching import BatchOutcome
 from service.engine.errors import InvalidModelOutputError
 from service.engine.loading import LoadedModel
 from service.engine.result import EncodedMap, PartUpload, Prediction, ReturnMap
-from service.postprocessing import defect_area_fraction, encode_map, map_to_input_size
-from service.regions import NonFiniteError, check_finite, decide, find_regions
+from service.postprocessing.maps import defect_area_fraction, encode_map, map_to_input_size
+from service.postprocessing.regions import find_regions
+from service.postprocessing.verdict import NonFiniteError, check_finite, decide
 
 
 def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +31,9 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
     """The one place where the model's output becomes an answer: `core` holds the raw score and the (S, S)
     map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud (the decoded array itself, not a
     copy). The map goes back to the upload's H × W; the defect regions come from the manifest's pixel
-    threshold and their mm² from `xyz`; the verdict from `service.regions.decide` with the threshold and the
-    area rule in effect. A model without a pixel threshold (schema 1) answers no regions and the area
-    fraction above the image threshold, as before. `timings_ms` is left empty for the engine to fill in.
+    threshold and their mm² from `xyz`; the verdict from `service.postprocessing.verdict.decide` with the
+    threshold and the area rule in effect. A model without a pixel threshold (schema 1) answers no regions
+    and the area fraction above the image threshold, as before. `timings_ms` is left empty for the engine to fill in.
 
     Raises InvalidModelOutputError on a non-finite score or map: never an answer, never an OK.
     """

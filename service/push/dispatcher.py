@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
 from service.push.destinations import DeliveryError, Destination
-from service.records.tables import OutboxMessage
+from service.records.tables import OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,18 @@ class Backoff:
 
 
 class Dispatcher:
-    """Delivers the outbox of `engine` to `destinations`. `start()`/`stop()` from the app's event loop;
+    """Delivers the outbox of `db_engine` to `destinations`. `start()`/`stop()` from the app's event loop;
     `wake()` from any thread after a commit, so a new result goes out without waiting for the poll."""
 
     def __init__(
         self,
-        engine: Engine,
+        db_engine: Engine,
         destinations: Sequence[Destination],
         metrics: RecordsMetrics | None = None,
         backoff: Backoff | None = None,
         poll_s: float = 1.0,
     ) -> None:
-        self.engine = engine
+        self.db_engine = db_engine
         self.destinations = list(destinations)
         self.metrics = metrics
         self.backoff = backoff or Backoff()
@@ -90,8 +90,8 @@ class Dispatcher:
         lock: Connection | None = None
         try:
             while True:
-                if self.engine.dialect.name == "postgresql" and lock is None:
-                    lock = await asyncio.to_thread(_try_leader_lock, self.engine, destination.name)
+                if self.db_engine.dialect.name == "postgresql" and lock is None:
+                    lock = await asyncio.to_thread(_try_leader_lock, self.db_engine, destination.name)
                     if lock is None:  # another replica delivers this destination
                         await self._idle(destination.name)
                         continue
@@ -121,8 +121,8 @@ class Dispatcher:
         """Send the waiting rows in order until none is left; back off and retry on a failing head."""
         failures = 0
         while True:
-            rows = await asyncio.to_thread(_head, self.engine, destination.name, BATCH)
-            self._set_backlog(destination.name, await asyncio.to_thread(_count, self.engine, destination.name))
+            rows = await asyncio.to_thread(_head, self.db_engine, destination.name, BATCH)
+            self._set_backlog(destination.name, await asyncio.to_thread(_count, self.db_engine, destination.name))
             if not rows:
                 return
             for row_id, request_id, payload in rows:
@@ -141,11 +141,11 @@ class Dispatcher:
                         )
                         if self.metrics is not None:
                             self.metrics.push_failures.labels(destination=destination.name).inc()
-                        await asyncio.to_thread(_note_failure, self.engine, row_id, str(exc))
+                        await asyncio.to_thread(_note_failure, self.db_engine, row_id, str(exc))
                         await asyncio.sleep(delay)
                         continue
                     failures = 0
-                    await asyncio.to_thread(_delete, self.engine, row_id)
+                    await asyncio.to_thread(_delete, self.db_engine, row_id)
                     if self.metrics is not None:
                         self.metrics.push_delivered.labels(destination=destination.name).inc()
                     break
@@ -158,41 +158,41 @@ class Dispatcher:
 # ---- blocking database steps (run in a worker thread)
 
 
-def _head(engine: Engine, destination: str, limit: int) -> list[tuple[int, str, str]]:
+def _head(db_engine: Engine, destination: str, limit: int) -> list[tuple[int, str, str]]:
     query = (
-        select(OutboxMessage.id, OutboxMessage.request_id, OutboxMessage.payload)
-        .where(OutboxMessage.destination == destination)
-        .order_by(OutboxMessage.id)
+        select(OutboxRow.id, OutboxRow.request_id, OutboxRow.payload)
+        .where(OutboxRow.destination == destination)
+        .order_by(OutboxRow.id)
         .limit(limit)
     )
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         return [(r[0], r[1], r[2]) for r in session.execute(query)]
 
 
-def _count(engine: Engine, destination: str) -> int:
-    query = select(func.count()).select_from(OutboxMessage).where(OutboxMessage.destination == destination)
-    with Session(engine) as session:
+def _count(db_engine: Engine, destination: str) -> int:
+    query = select(func.count()).select_from(OutboxRow).where(OutboxRow.destination == destination)
+    with Session(db_engine) as session:
         return int(session.scalar(query) or 0)
 
 
-def _delete(engine: Engine, row_id: int) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row_id))
+def _delete(db_engine: Engine, row_id: int) -> None:
+    with Session(db_engine) as session, session.begin():
+        session.execute(delete(OutboxRow).where(OutboxRow.id == row_id))
 
 
-def _note_failure(engine: Engine, row_id: int, error: str) -> None:
-    with Session(engine) as session, session.begin():
+def _note_failure(db_engine: Engine, row_id: int, error: str) -> None:
+    with Session(db_engine) as session, session.begin():
         session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == row_id)
-            .values(attempts=OutboxMessage.attempts + 1, last_error=error[:1000])
+            update(OutboxRow)
+            .where(OutboxRow.id == row_id)
+            .values(attempts=OutboxRow.attempts + 1, last_error=error[:1000])
         )
 
 
-def _try_leader_lock(engine: Engine, destination: str) -> Connection | None:
+def _try_leader_lock(db_engine: Engine, destination: str) -> Connection | None:
     """A connection holding this destination's advisory lock, or None when another replica holds it."""
     key = zlib.crc32(f"bridgenet-push-{destination}".encode())
-    conn = engine.connect()
+    conn = db_engine.connect()
     if conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
         conn.commit()  # end the implicit transaction; the session-level lock stays until the connection closes
         return conn

@@ -45,11 +45,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_db_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL mode and a busy timeout so concurrent writers wait, not fail."""
+    """A SQLAlchemy engine for `url`; SQLite gets WAL mode and a busy timeout so concurrent writers wait, not fail."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
+        db_engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(db_engine, "connect", _sqlite_pragmas)
+        return db_engine
     # pool_pre_ping: a PostgreSQL restart must not fail the next prediction's record on a dead connection.
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
 
@@ -64,18 +64,18 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+def current_revision(db_engine: Engine) -> str | None:
+    with db_engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def migrate(engine: Engine) -> str:
+def migrate(db_engine: Engine) -> str:
     """Upgrade the schema to this service's head; return the revision. Raise SchemaTooNewError when the
     database carries a revision this service does not know (a newer service migrated it)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+    with db_engine.begin() as conn:
+        if db_engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         current = MigrationContext.configure(conn).get_current_revision()
         script = _script()
@@ -84,7 +84,7 @@ def migrate(engine: Engine) -> str:
                 script.get_revision(current)
             except CommandError:
                 raise SchemaTooNewError(
-                    f"the records database ({engine.url.render_as_string(hide_password=True)}) has schema "
+                    f"the records database ({db_engine.url.render_as_string(hide_password=True)}) has schema "
                     f"revision {current!r}, which this service does not know (its newest is "
                     f"{script.get_current_head()!r}): a newer BridgeNet version migrated it. Run that version, "
                     "or point BRIDGENET_DATA_DIR / BRIDGENET_DATABASE_URL at another database."

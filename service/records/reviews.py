@@ -19,7 +19,7 @@ from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.records.store import ResultFilter, _filtered, utc
-from service.records.tables import _ID, Base, Decision
+from service.records.tables import _ID, Base, DecisionRow
 
 Outcome = Literal["confirmed", "false_reject", "missed_defect"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -33,7 +33,7 @@ LIST_LIMIT = 500
 _Q = TypeVar("_Q", bound=Select)
 
 
-class Review(Base):
+class ReviewRow(Base):
     """One review of one decision. `id` orders reviews of the same part (the latest counts)."""
 
     __tablename__ = "reviews"
@@ -57,7 +57,7 @@ class UnknownDecisionError(LookupError):
     """No decision with that request id."""
 
 
-def review_view(row: Review) -> dict[str, Any]:
+def review_view(row: ReviewRow) -> dict[str, Any]:
     return {
         "outcome": row.outcome,
         "defect_type": row.defect_type,
@@ -75,7 +75,7 @@ def _clean(value: str | None, limit: int, what: str) -> str | None:
 
 
 def add_review(
-    engine: Engine,
+    db_engine: Engine,
     request_id: str,
     outcome: str,
     *,
@@ -96,8 +96,8 @@ def add_review(
             "a defect type goes with a confirmed or missed defect and is one word of letters, digits, - or _ "
             f"(it names a folder of the training data), got {kind!r} for {outcome}"
         )
-    with Session(engine) as session, session.begin():
-        decision = session.get(Decision, request_id)
+    with Session(db_engine) as session, session.begin():
+        decision = session.get(DecisionRow, request_id)
         if decision is None:
             raise UnknownDecisionError(f"no record of request {request_id!r}")
         if decision.is_anomalous != OUTCOME_VERDICT[outcome]:
@@ -106,7 +106,7 @@ def add_review(
                 f"{outcome} does not apply to an {verdict} part: confirmed and false_reject review NG parts, "
                 "missed_defect reviews OK parts"
             )
-        row = Review(
+        row = ReviewRow(
             request_id=request_id,
             outcome=outcome,
             defect_type=kind,
@@ -120,24 +120,24 @@ def add_review(
 
 
 def _latest_ids() -> Select[Any]:
-    return select(func.max(Review.id).label("id")).group_by(Review.request_id)
+    return select(func.max(ReviewRow.id).label("id")).group_by(ReviewRow.request_id)
 
 
-def latest_reviews(engine: Engine, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def latest_reviews(db_engine: Engine, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The latest review of each of `request_ids` that has one."""
     ids = list(request_ids)
     if not ids:
         return {}
-    latest = _latest_ids().where(Review.request_id.in_(ids)).subquery()
-    with Session(engine) as session:
-        rows = session.scalars(select(Review).join(latest, Review.id == latest.c.id)).all()
+    latest = _latest_ids().where(ReviewRow.request_id.in_(ids)).subquery()
+    with Session(db_engine) as session:
+        rows = session.scalars(select(ReviewRow).join(latest, ReviewRow.id == latest.c.id)).all()
         return {row.request_id: review_view(row) for row in rows}
 
 
-def review_history(engine: Engine, request_id: str) -> list[dict[str, Any]]:
+def review_history(db_engine: Engine, request_id: str) -> list[dict[str, Any]]:
     """Every review of one part, oldest first."""
-    with Session(engine) as session:
-        rows = session.scalars(select(Review).where(Review.request_id == request_id).order_by(Review.id)).all()
+    with Session(db_engine) as session:
+        rows = session.scalars(select(ReviewRow).where(ReviewRow.request_id == request_id).order_by(ReviewRow.id)).all()
         return [review_view(r) for r in rows]
 
 
@@ -154,17 +154,19 @@ def _where(query: _Q, f: PartFilter) -> _Q:
     if selected is not None:
         query = query.where(selected)
     if f.reviewed is not None:
-        reviewed = select(Review.request_id).where(Review.request_id == Decision.request_id).exists()
+        reviewed = select(ReviewRow.request_id).where(ReviewRow.request_id == DecisionRow.request_id).exists()
         query = query.where(reviewed if f.reviewed else ~reviewed)
     return query
 
 
-def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: bool = True) -> list[dict[str, Any]]:
+def list_parts(db_engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: bool = True) -> list[dict[str, Any]]:
     """Rows of the review station's list: NG parts first (when asked), then newest first, at most `limit`;
     each with its latest review (or None)."""
-    order = [Decision.is_anomalous.desc()] if ng_first else []
-    query = _where(select(Decision), f).order_by(*order, Decision.received_at.desc(), Decision.request_id.desc())
-    with Session(engine) as session:
+    order = [DecisionRow.is_anomalous.desc()] if ng_first else []
+    query = _where(select(DecisionRow), f).order_by(
+        *order, DecisionRow.received_at.desc(), DecisionRow.request_id.desc()
+    )
+    with Session(db_engine) as session:
         rows = session.scalars(query.limit(max(1, min(limit, LIST_LIMIT)))).all()
         parts: list[dict[str, Any]] = [
             {
@@ -180,18 +182,18 @@ def list_parts(engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: boo
             }
             for r in rows
         ]
-    reviews = latest_reviews(engine, [str(p["request_id"]) for p in parts])
+    reviews = latest_reviews(db_engine, [str(p["request_id"]) for p in parts])
     for part in parts:
         part["review"] = reviews.get(str(part["request_id"]))
     return parts
 
 
-def counts_per_hour(engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
+def counts_per_hour(db_engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
     """OK and NG counts per UTC hour over the parts `f` selects, oldest hour first (empty hours left out).
     Counted in Python over two small columns: one code path for SQLite and PostgreSQL."""
-    query = _where(select(Decision.received_at, Decision.is_anomalous), f)
+    query = _where(select(DecisionRow.received_at, DecisionRow.is_anomalous), f)
     buckets: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         for received_at, is_anomalous in session.execute(query):
             hour = utc(received_at).replace(minute=0, second=0, microsecond=0)
             buckets[hour][1 if is_anomalous else 0] += 1
@@ -199,7 +201,7 @@ def counts_per_hour(engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
 
 
 def review_stats(
-    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+    db_engine: Engine, *, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Per model: parts, NG parts, reviewed NG parts and their latest outcomes, and the two numbers a
     quality engineer reports: false-reject rate (false rejects / reviewed NG) and confirmed-NG rate
@@ -207,18 +209,21 @@ def review_stats(
     NG part of the model is reviewed."""
     f = PartFilter(since=since, until=until)
     parts = _where(
-        select(Decision.model, Decision.is_anomalous, func.count()).group_by(Decision.model, Decision.is_anomalous), f
+        select(DecisionRow.model, DecisionRow.is_anomalous, func.count()).group_by(
+            DecisionRow.model, DecisionRow.is_anomalous
+        ),
+        f,
     )
     latest = _latest_ids().subquery()
     outcomes = _where(
-        select(Decision.model, Review.outcome, func.count())
-        .join(Review, Review.request_id == Decision.request_id)
-        .join(latest, Review.id == latest.c.id)
-        .group_by(Decision.model, Review.outcome),
+        select(DecisionRow.model, ReviewRow.outcome, func.count())
+        .join(ReviewRow, ReviewRow.request_id == DecisionRow.request_id)
+        .join(latest, ReviewRow.id == latest.c.id)
+        .group_by(DecisionRow.model, ReviewRow.outcome),
         f,
     )
     models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("parts", "ng", *OUTCOMES), 0))
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         for model, is_anomalous, count in session.execute(parts):
             models[model]["parts"] += count
             if is_anomalous:

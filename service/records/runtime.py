@@ -96,15 +96,15 @@ class Records:
             log.warning("BRIDGENET_AUDIT=off: predictions are not recorded, archived or pushed")
             return cls()
         url = settings.database_url.get_secret_value() if settings.database_url else None
-        engine = create_db_engine(database_url(settings.data_dir, url))
-        revision = await asyncio.to_thread(migrate, engine)
+        db_engine = create_db_engine(database_url(settings.data_dir, url))
+        revision = await asyncio.to_thread(migrate, db_engine)
         archive = None
         if settings.archive != "none":
             archive = Archive(settings.data_dir / "archive", int(settings.archive_max_gb * GB))
         destinations = destinations_from(settings)
-        dispatcher = Dispatcher(engine, destinations, metrics.records) if destinations else None
+        dispatcher = Dispatcher(db_engine, destinations, metrics.records) if destinations else None
         recorder = Recorder(
-            engine,
+            db_engine,
             archive=archive,
             archive_policy=settings.archive,
             retention=timedelta(days=settings.retention_days),
@@ -120,7 +120,7 @@ class Records:
         records._pruner = asyncio.create_task(records._prune_periodically(), name="evidence-retention")
         log.info(
             "recording to %s (schema %s), archive=%s, push to %s",
-            engine.url.render_as_string(hide_password=True),
+            db_engine.url.render_as_string(hide_password=True),
             revision,
             settings.archive,
             [d.name for d in destinations] or "nowhere",
@@ -135,7 +135,7 @@ class Records:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self.recorder is not None:
-            self.recorder.engine.dispose()
+            self.recorder.db_engine.dispose()
 
     async def _prune_periodically(self) -> None:
         assert self.recorder is not None
@@ -171,11 +171,11 @@ class Records:
         if self.recorder is None:
             return {"audit": "off", "database": None, "archive": None, "push": {}}
         recorder = self.recorder
-        engine: Engine = recorder.engine
+        db_engine: Engine = recorder.db_engine
         archive = recorder.archive
         return {
             "audit": "on",
-            "database": engine.dialect.name,
+            "database": db_engine.dialect.name,
             "archive": None
             if archive is None
             else {"policy": recorder.archive_policy, "bytes": archive.size_bytes, "max_bytes": archive.max_bytes},

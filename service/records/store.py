@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
-from service.postprocessing import encode_map
+from service.postprocessing.maps import encode_map
 from service.records.archive import Archive, ArchiveError
-from service.records.tables import Decision, OutboxMessage
+from service.records.tables import DecisionRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,10 @@ class ResultFilter:
 
 @dataclass
 class Recorder:
-    """Writes and reads records on `engine`. `destinations`: push destination names that get an outbox row
+    """Writes and reads records on `db_engine`. `destinations`: push destination names that get an outbox row
     per pushed result; `on_commit` is called (from the writer's thread) after a commit that queued some."""
 
-    engine: Engine
+    db_engine: Engine
     archive: Archive | None = None
     archive_policy: ArchivePolicy = "ng"
     retention: timedelta = timedelta(days=90)
@@ -183,10 +183,10 @@ class Recorder:
         try:
             # Plain INSERTs (SQLAlchemy Core), not ORM objects: nothing reads the rows back here, and the
             # ORM's unit of work cost 0.3 ms more per answer (0.42 against 0.12 ms on SQLite).
-            with self.engine.begin() as connection:
-                connection.execute(insert(Decision), [row])  # the decision first: the outbox rows refer to it
+            with self.db_engine.begin() as connection:
+                connection.execute(insert(DecisionRow), [row])  # the decision first: the outbox rows refer to it
                 if messages:
-                    connection.execute(insert(OutboxMessage), messages)
+                    connection.execute(insert(OutboxRow), messages)
         except IntegrityError as exc:
             # A client that retries with the same X-Request-ID: the first record stands, nothing is queued twice.
             if self.get(decision.request_id) is not None:
@@ -237,14 +237,16 @@ class Recorder:
         cutoff = utc(now or datetime.now(UTC)) - self.retention
         pruned = 0
         with self._prune_lock:
-            archived = select(Decision).where(Decision.evidence == "archived")
+            archived = select(DecisionRow).where(DecisionRow.evidence == "archived")
             while True:
-                batch = self._victims(archived.where(Decision.received_at < cutoff).order_by(Decision.received_at))
+                batch = self._victims(
+                    archived.where(DecisionRow.received_at < cutoff).order_by(DecisionRow.received_at)
+                )
                 if not batch:
                     break
                 pruned += self._drop(batch)
             while archive.size_bytes + room_for > archive.max_bytes:
-                batch = self._victims(archived.order_by(Decision.is_anomalous, Decision.received_at))
+                batch = self._victims(archived.order_by(DecisionRow.is_anomalous, DecisionRow.received_at))
                 if not batch:
                     break
                 for victim in batch:  # one at a time: stop as soon as there is room
@@ -258,31 +260,33 @@ class Recorder:
         return pruned
 
     def _victims(self, query: Select[Any]) -> list[tuple[str, list[str]]]:
-        with Session(self.engine) as session:
+        with Session(self.db_engine) as session:
             rows = session.scalars(query.limit(_PRUNE_BATCH)).all()
             return [(r.request_id, [s for s in (r.rgb_sha256, r.xyz_sha256, r.map_sha256) if s]) for r in rows]
 
     def _drop(self, victims: list[tuple[str, list[str]]]) -> int:
         assert self.archive is not None
         ids = [request_id for request_id, _ in victims]
-        with Session(self.engine) as session, session.begin():
-            session.execute(update(Decision).where(Decision.request_id.in_(ids)).values(evidence="pruned"))
+        with Session(self.db_engine) as session, session.begin():
+            session.execute(update(DecisionRow).where(DecisionRow.request_id.in_(ids)).values(evidence="pruned"))
         for sha in {s for _, shas in victims for s in shas}:
             if not self._still_referenced(sha):  # content addressing: another record may hold the same bytes
                 self.archive.delete(sha)
         return len(ids)
 
     def _still_referenced(self, sha: str) -> bool:
-        refs = or_(Decision.rgb_sha256 == sha, Decision.xyz_sha256 == sha, Decision.map_sha256 == sha)
-        with Session(self.engine) as session:
-            hit = session.scalar(select(Decision.request_id).where(Decision.evidence == "archived", refs).limit(1))
+        refs = or_(DecisionRow.rgb_sha256 == sha, DecisionRow.xyz_sha256 == sha, DecisionRow.map_sha256 == sha)
+        with Session(self.db_engine) as session:
+            hit = session.scalar(
+                select(DecisionRow.request_id).where(DecisionRow.evidence == "archived", refs).limit(1)
+            )
         return hit is not None
 
     # ---- reading
 
     def get(self, request_id: str) -> dict[str, Any] | None:
-        with Session(self.engine) as session:
-            row = session.get(Decision, request_id)
+        with Session(self.db_engine) as session:
+            row = session.get(DecisionRow, request_id)
             return None if row is None else result_view(row)
 
     def query(
@@ -290,16 +294,16 @@ class Recorder:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Records matching `filters`, newest first, at most `limit`; plus the cursor of the next page."""
         limit = max(1, min(limit, MAX_PAGE))
-        query = _filtered(filters).order_by(Decision.received_at.desc(), Decision.request_id.desc())
+        query = _filtered(filters).order_by(DecisionRow.received_at.desc(), DecisionRow.request_id.desc())
         if cursor is not None:
             when, request_id = decode_cursor(cursor)
             query = query.where(
                 or_(
-                    Decision.received_at < when,
-                    and_(Decision.received_at == when, Decision.request_id < request_id),
+                    DecisionRow.received_at < when,
+                    and_(DecisionRow.received_at == when, DecisionRow.request_id < request_id),
                 )
             )
-        with Session(self.engine) as session:
+        with Session(self.db_engine) as session:
             rows = session.scalars(query.limit(limit + 1)).all()
             views = [result_view(r) for r in rows[:limit]]
             last = rows[limit - 1] if len(rows) > limit else None
@@ -310,8 +314,8 @@ class Recorder:
         """The archived file's sha256 and bytes, or None when it was not archived (or is gone)."""
         if self.archive is None:
             return None
-        with Session(self.engine) as session:
-            row = session.get(Decision, request_id)
+        with Session(self.db_engine) as session:
+            row = session.get(DecisionRow, request_id)
             if row is None or row.evidence != "archived":
                 return None
             sha = {"rgb": row.rgb_sha256, "xyz": row.xyz_sha256, "map": row.map_sha256}[kind]
@@ -326,13 +330,13 @@ class Recorder:
         """Per destination: messages waiting, the oldest one's age (s), its attempts and last error."""
         out: dict[str, dict[str, Any]] = {}
         now = datetime.now(UTC)
-        with Session(self.engine) as session:
+        with Session(self.db_engine) as session:
             for destination in self.destinations:
                 count = session.scalar(
-                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.destination == destination)
+                    select(func.count()).select_from(OutboxRow).where(OutboxRow.destination == destination)
                 )
                 head = session.scalars(
-                    select(OutboxMessage).where(OutboxMessage.destination == destination).order_by(OutboxMessage.id)
+                    select(OutboxRow).where(OutboxRow.destination == destination).order_by(OutboxRow.id)
                 ).first()
                 out[destination] = {
                     "waiting": int(count or 0),
@@ -344,21 +348,21 @@ class Recorder:
 
 
 def _filtered(f: ResultFilter) -> Select[Any]:
-    query = select(Decision)
+    query = select(DecisionRow)
     if f.part_id is not None:
-        query = query.where(Decision.part_id == f.part_id)
+        query = query.where(DecisionRow.part_id == f.part_id)
     if f.model is not None:
-        query = query.where(Decision.model == f.model)
+        query = query.where(DecisionRow.model == f.model)
     if f.verdict is not None:
-        query = query.where(Decision.is_anomalous.is_(f.verdict == "ng"))
+        query = query.where(DecisionRow.is_anomalous.is_(f.verdict == "ng"))
     if f.since is not None:
-        query = query.where(Decision.received_at >= utc(f.since))
+        query = query.where(DecisionRow.received_at >= utc(f.since))
     if f.until is not None:
-        query = query.where(Decision.received_at < utc(f.until))
+        query = query.where(DecisionRow.received_at < utc(f.until))
     return query
 
 
-def result_view(row: Decision) -> dict[str, Any]:
+def result_view(row: DecisionRow) -> dict[str, Any]:
     """A record as the results API shows it: the predict answer's fields plus what only the record knows."""
     return {
         "request_id": row.request_id,

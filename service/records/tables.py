@@ -20,7 +20,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Decision(Base):
+class DecisionRow(Base):
     """One answered /v1/predict. `request_id` is the key (a reviews table will refer to it)."""
 
     __tablename__ = "decisions"
@@ -51,7 +51,7 @@ class Decision(Base):
     __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)
 
 
-class OutboxMessage(Base):
+class OutboxRow(Base):
     """A result waiting to be pushed to one destination; deleted once delivered. `id` orders delivery."""
 
     __tablename__ = "outbox"

@@ -77,8 +77,8 @@ def _recorder(state: ServiceState) -> Recorder:
     return state.records.recorder
 
 
-def _engine(state: ServiceState) -> Engine:
-    return _recorder(state).engine
+def _db_engine(state: ServiceState) -> Engine:
+    return _recorder(state).db_engine
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
@@ -188,13 +188,13 @@ def parts_page(
     if session is None:
         return _login_redirect(request)
     f = _part_filter(model, verdict, reviewed, hours)
-    engine = _engine(state)
+    db_engine = _db_engine(state)
     return _page(
         request,
         "list.html",
         session,
-        parts=list_parts(engine, f, limit=LIST_ROWS),
-        counts=counts_per_hour(engine, f),
+        parts=list_parts(db_engine, f, limit=LIST_ROWS),
+        counts=counts_per_hour(db_engine, f),
         models=sorted(state.engine.models),
         filters={"model": model, "verdict": verdict, "reviewed": reviewed, "hours": hours},
         hours_choices=HOURS_CHOICES,
@@ -213,16 +213,16 @@ def parts_data(
 ) -> JSONResponse:
     """What the list page polls: the rows and the counts per hour for its filters."""
     f = _part_filter(model, verdict, reviewed, hours)
-    engine = _engine(state)
-    body = {"parts": list_parts(engine, f, limit=LIST_ROWS), "counts": counts_per_hour(engine, f)}
+    db_engine = _db_engine(state)
+    body = {"parts": list_parts(db_engine, f, limit=LIST_ROWS), "counts": counts_per_hour(db_engine, f)}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 # ---- one part
 
 
-def _next_unreviewed(engine: Engine, request_id: str) -> str | None:
-    rows = list_parts(engine, PartFilter(verdict="ng", reviewed=False), limit=2)
+def _next_unreviewed(db_engine: Engine, request_id: str) -> str | None:
+    rows = list_parts(db_engine, PartFilter(verdict="ng", reviewed=False), limit=2)
     return next((r["request_id"] for r in rows if r["request_id"] != request_id), None)
 
 
@@ -235,7 +235,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
     part = recorder.get(request_id)
     if part is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
-    history = review_history(recorder.engine, request_id)
+    history = review_history(recorder.db_engine, request_id)
     threshold = part["threshold"]
     # The bar spans 0 … 2 × threshold (the threshold in the middle); a score beyond that fills it.
     bar_max = 2 * threshold if threshold > 0 else max(part["score"], 1.0)
@@ -249,7 +249,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
         archived=part["evidence"]["status"] == "archived",
         bar={"score": min(part["score"] / bar_max, 1.0), "threshold": threshold / bar_max},
         actions=[a for a in ACTIONS if a[3] == part["is_anomalous"]] if session.can_review else [],
-        next_part=_next_unreviewed(recorder.engine, request_id),
+        next_part=_next_unreviewed(recorder.db_engine, request_id),
         saved=bool(saved),
         error=error,
     )
@@ -303,7 +303,9 @@ def review_part(
     auth.require_reviewer(session)
     page = f"/ui/parts/{quote(request_id, safe='')}"
     try:
-        add_review(_engine(state), request_id, outcome, operator=session.user, defect_type=defect_type, comment=comment)
+        add_review(
+            _db_engine(state), request_id, outcome, operator=session.user, defect_type=defect_type, comment=comment
+        )
     except UnknownDecisionError as exc:
         raise ResultNotFoundError(str(exc)) from None
     except ReviewError as exc:
@@ -324,7 +326,7 @@ def stats_page(request: Request, state: State, hours: Hours = STATS_HOURS) -> Re
         request,
         "stats.html",
         session,
-        stats=review_stats(_engine(state), since=since),
+        stats=review_stats(_db_engine(state), since=since),
         hours=hours,
         hours_choices=HOURS_CHOICES,
         outcomes=OUTCOMES,

@@ -199,7 +199,7 @@ def test_start_refuses_a_newer_schema(tmp_path: Path) -> None:
     async def start_twice() -> None:
         records = await Records.start(settings, Metrics())
         assert records.recorder is not None
-        with records.recorder.engine.begin() as conn:
+        with records.recorder.db_engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff'")
         await records.stop()
         with pytest.raises(SchemaTooNewError, match="newer BridgeNet version"):

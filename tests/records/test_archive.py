@@ -25,10 +25,10 @@ def evidence(seed: int, size: int = 2000) -> Evidence:
 
 
 def recorder(tmp_path: Path, *, policy: str = "ng", max_bytes: int = 10**9, root: Path | None = None) -> Recorder:
-    engine = create_db_engine(database_url(tmp_path / "data", None))
-    migrate(engine)
+    db_engine = create_db_engine(database_url(tmp_path / "data", None))
+    migrate(db_engine)
     archive = Archive(root or tmp_path / "data" / "archive", max_bytes)
-    return Recorder(engine, archive=archive, archive_policy=policy, metrics=Metrics().records)  # type: ignore[arg-type]
+    return Recorder(db_engine, archive=archive, archive_policy=policy, metrics=Metrics().records)  # type: ignore[arg-type]
 
 
 def test_ng_policy_keeps_ng_evidence_as_received_and_the_map_as_16_bit_png(tmp_path: Path) -> None:

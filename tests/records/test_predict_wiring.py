@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.manifest import MODEL_FILE, sha256_file
-from service.postprocessing import map_to_input_size
+from service.postprocessing.maps import map_to_input_size
 from service.ui.images import decode_map
 from tests.records.servers import WebhookReceiver, free_port
 from tests.service.fake_model import SIZE as FAKE_SIZE

@@ -62,11 +62,11 @@ def test_broker_down_then_up_delivers_all_in_order_across_a_restart(db_url: str,
         await subscribe_persistently(broker, "bridgenet/+/results")
         broker.stop()  # the line's broker goes down
 
-        engine = create_db_engine(db_url)
-        migrate(engine)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
         metrics = Metrics()
-        first = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
-        recorder = Recorder(engine, destinations=("mqtt",), on_commit=first.wake)
+        first = Dispatcher(db_engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
+        recorder = Recorder(db_engine, destinations=("mqtt",), on_commit=first.wake)
         await first.start()
         for i in range(n):
             await asyncio.to_thread(recorder.record, decision(i, ng=i % 4 == 0))
@@ -75,23 +75,26 @@ def test_broker_down_then_up_delivers_all_in_order_across_a_restart(db_url: str,
         assert recorder.backlog()["mqtt"]["waiting"] == n
         assert "MQTT 127.0.0.1" in (recorder.backlog()["mqtt"]["last_error"] or "")
         await first.stop()  # the service restarts while the broker is still down
-        engine.dispose()
+        db_engine.dispose()
 
-        engine = create_db_engine(db_url)
-        migrate(engine)
-        second = Dispatcher(engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
+        second = Dispatcher(
+            db_engine, [MqttDestination(broker.url, "bridgenet/{model}/results")], metrics.records, FAST
+        )
         await second.start()
         broker.start()  # the broker comes back
         backlog = metrics.records.push_backlog.labels(destination="mqtt")
         await wait_until(
             lambda: (
-                backlog._value.get() == 0 and Recorder(engine, destinations=("mqtt",)).backlog()["mqtt"]["waiting"] == 0
+                backlog._value.get() == 0
+                and Recorder(db_engine, destinations=("mqtt",)).backlog()["mqtt"]["waiting"] == 0
             ),
             "the outbox to drain",
         )
         received = await collect(broker, n)
         await second.stop()
-        engine.dispose()
+        db_engine.dispose()
 
         expected = [json.dumps(decision(i, ng=i % 4 == 0).payload(), separators=(",", ":")) for i in range(n)]
         assert [payload.decode() for _, payload in received] == expected  # all, in order, byte for byte
@@ -111,18 +114,18 @@ def test_webhook_500_twice_then_200_delivers_once_with_one_idempotency_key(
     secret = "line-1-shared-secret"
 
     async def scenario() -> None:
-        engine = create_db_engine(db_url)
-        migrate(engine)
+        db_engine = create_db_engine(db_url)
+        migrate(db_engine)
         metrics = Metrics()
-        dispatcher = Dispatcher(engine, [WebhookDestination(webhook.url, secret)], metrics.records, FAST)
-        recorder = Recorder(engine, destinations=("webhook",), on_commit=dispatcher.wake)
+        dispatcher = Dispatcher(db_engine, [WebhookDestination(webhook.url, secret)], metrics.records, FAST)
+        recorder = Recorder(db_engine, destinations=("webhook",), on_commit=dispatcher.wake)
         await dispatcher.start()
         await asyncio.to_thread(recorder.record, decision(7, ng=True))
         await asyncio.to_thread(recorder.record, decision(8, ng=False))
         await wait_until(lambda: len(webhook.received) == 4, "three attempts for the first result, one for the next")
         await wait_until(lambda: recorder.backlog()["webhook"]["waiting"] == 0, "the outbox to drain")
         await dispatcher.stop()
-        engine.dispose()
+        db_engine.dispose()
         assert metrics.records.push_failures.labels(destination="webhook")._value.get() == 2
         assert metrics.records.push_delivered.labels(destination="webhook")._value.get() == 2
 

@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 from service.metrics import Metrics
 from service.records.database import SchemaTooNewError, create_db_engine, current_revision, head_revision, migrate
 from service.records.store import CursorError, Recorder, ResultFilter
-from service.records.tables import Base, Decision, OutboxMessage
+from service.records.tables import Base, DecisionRow, OutboxRow
 from tests.records.conftest import T0, decision
 
 
 def open_db(url: str) -> Engine:
-    engine = create_db_engine(url)
-    migrate(engine)
-    return engine
+    db_engine = create_db_engine(url)
+    migrate(db_engine)
+    return db_engine
 
 
 def test_record_survives_a_restart(db_url: str) -> None:
@@ -39,53 +39,53 @@ def test_record_survives_a_restart(db_url: str) -> None:
     assert view["created"] == (T0 + timedelta(seconds=1)).isoformat()
     assert view["timings_ms"] == {"decode": 1.5, "inference": 4.25, "total": 7.0}
     with Session(second) as s:
-        rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        rows = s.scalars(select(OutboxRow).order_by(OutboxRow.id)).all()
         assert [r.destination for r in rows] == ["mqtt", "webhook"]
         assert all(json.loads(r.payload) == decision(1, ng=True).payload() for r in rows)
     second.dispose()
 
 
 def test_sixteen_concurrent_writers_lose_no_record(db_url: str) -> None:
-    engine = open_db(db_url)
+    db_engine = open_db(db_url)
     metrics = Metrics()
-    recorder = Recorder(engine, destinations=("webhook",), metrics=metrics.records)
+    recorder = Recorder(db_engine, destinations=("webhook",), metrics=metrics.records)
     n = 16 * 20
     with ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(lambda i: recorder.record(decision(i, ng=i % 3 == 0)), range(n)))
     assert [o.evidence for o in outcomes] == ["not_kept"] * n
-    with Session(engine) as s:
-        ids = set(s.scalars(select(Decision.request_id)).all())
-        queued = s.scalar(select(func.count()).select_from(OutboxMessage))
+    with Session(db_engine) as s:
+        ids = set(s.scalars(select(DecisionRow.request_id)).all())
+        queued = s.scalar(select(func.count()).select_from(OutboxRow))
     assert ids == {f"req-{i:05d}" for i in range(n)}
     assert queued == n
     assert metrics.registry.get_sample_value("bridgenet_audit_write_seconds_count") == n
-    engine.dispose()
+    db_engine.dispose()
 
 
 def test_push_policy_ng_queues_only_ng(db_url: str) -> None:
-    engine = open_db(db_url)
-    recorder = Recorder(engine, destinations=("mqtt",), push_on="ng")
+    db_engine = open_db(db_url)
+    recorder = Recorder(db_engine, destinations=("mqtt",), push_on="ng")
     assert recorder.record(decision(1, ng=False)).queued == ()
     assert recorder.record(decision(2, ng=True)).queued == ("mqtt",)
     assert recorder.backlog()["mqtt"]["waiting"] == 1
-    engine.dispose()
+    db_engine.dispose()
 
 
 def test_a_repeated_request_id_keeps_the_first_record(db_url: str) -> None:
-    engine = open_db(db_url)
-    recorder = Recorder(engine, destinations=("mqtt",))
+    db_engine = open_db(db_url)
+    recorder = Recorder(db_engine, destinations=("mqtt",))
     recorder.record(decision(1, ng=True))
     again = recorder.record(decision(1, ng=False))
     assert again.evidence == "duplicate" and again.queued == ()
     view = recorder.get("req-00001")
     assert view is not None and view["is_anomalous"] is True
     assert recorder.backlog()["mqtt"]["waiting"] == 1
-    engine.dispose()
+    db_engine.dispose()
 
 
 def test_query_filters_and_cursor_pagination(db_url: str) -> None:
-    engine = open_db(db_url)
-    recorder = Recorder(engine)
+    db_engine = open_db(db_url)
+    recorder = Recorder(db_engine)
     for i in range(25):
         recorder.record(decision(i, ng=i % 5 == 0, model="cable" if i >= 20 else "demo"))
     seen: list[str] = []
@@ -107,25 +107,25 @@ def test_query_filters_and_cursor_pagination(db_url: str) -> None:
     assert [v["request_id"] for v in part] == ["req-00007"]
     with pytest.raises(CursorError):
         recorder.query(ResultFilter(), cursor="not-a-cursor")
-    engine.dispose()
+    db_engine.dispose()
 
 
 def test_migrations_create_exactly_the_tables(db_url: str) -> None:
-    engine = open_db(db_url)
-    assert current_revision(engine) == head_revision()
-    with engine.connect() as conn:
+    db_engine = open_db(db_url)
+    assert current_revision(db_engine) == head_revision()
+    with db_engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    migrate(engine)  # a second start is a no-op
-    assert current_revision(engine) == head_revision()
-    engine.dispose()
+    migrate(db_engine)  # a second start is a no-op
+    assert current_revision(db_engine) == head_revision()
+    db_engine.dispose()
 
 
 def test_a_newer_schema_is_refused(db_url: str) -> None:
-    engine = open_db(db_url)
-    with engine.begin() as conn:
+    db_engine = open_db(db_url)
+    with db_engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
     with pytest.raises(SchemaTooNewError, match=r"9999_from_the_future.*newer BridgeNet version"):
-        migrate(engine)
-    assert current_revision(engine) == "9999_from_the_future"  # left untouched
-    engine.dispose()
+        migrate(db_engine)
+    assert current_revision(db_engine) == "9999_from_the_future"  # left untouched
+    db_engine.dispose()

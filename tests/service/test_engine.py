@@ -23,7 +23,7 @@ from service.engine import (
     PredictResult,
     UnknownModelError,
 )
-from service.postprocessing import PNG_SCALE
+from service.postprocessing.maps import PNG_SCALE
 from service.preprocessing import NoForegroundError
 from tests.service.fake_model import (
     SIZE,

@@ -1,4 +1,4 @@
-"""Defect regions, their physical area from the point cloud, and the verdict rule (service.regions)."""
+"""Defect regions and their physical area from the point cloud (service.postprocessing.regions)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.regions import (
-    MAX_REGIONS,
-    NonFiniteError,
-    Region,
-    RegionReport,
-    decide,
-    find_regions,
-    pixel_areas,
-    typical_cell,
-)
+from service.postprocessing.regions import MAX_REGIONS, find_regions, pixel_areas, typical_cell
+from service.postprocessing.verdict import NonFiniteError
 
 F = 500.0  # focal length in pixels
 
@@ -153,48 +145,6 @@ def test_non_finite_map_or_threshold_is_refused() -> None:
         find_regions(amap, 0.5, None)
     with pytest.raises(ValueError, match="point cloud"):
         find_regions(np.zeros((16, 16), np.float32), 0.5, np.zeros((8, 8, 3), np.float32))
-
-
-def _report(*areas: float | None) -> RegionReport:
-    regions = tuple(Region(0, 0, 1, 1, 1, a, 0.0 if a is None else 1.0, 0.9, 0.8) for a in areas)
-    known = [a for a in areas if a is not None]
-    return RegionReport(regions, len(regions), 0.01, max(known) if known else None, areas.count(None), 0.5)
-
-
-def test_decide_score_rule() -> None:
-    assert decide(0.7, 0.6).is_anomalous and decide(0.7, 0.6).rule == "score"
-    ok = decide(0.6, 0.6)  # NG iff strictly above
-    assert not ok.is_anomalous and ok.details == {"score": 0.6, "threshold": 0.6}
-
-
-@pytest.mark.parametrize("score", [float("nan"), float("inf"), -float("inf")])
-def test_decide_never_answers_on_a_non_finite_score(score: float) -> None:
-    with pytest.raises(NonFiniteError):
-        decide(score, 0.6)
-    with pytest.raises(NonFiniteError):
-        decide(score, 0.6, _report(5.0), min_defect_area_mm2=1.0)
-
-
-def test_decide_refuses_non_finite_threshold_and_region_scores() -> None:
-    with pytest.raises(NonFiniteError):
-        decide(0.7, float("nan"))
-    bad = RegionReport((Region(0, 0, 1, 1, 1, 1.0, 1.0, float("nan"), 0.5),), 1, 0.1, 1.0, 0, 0.5)
-    with pytest.raises(NonFiniteError, match="regions"):
-        decide(0.7, 0.6, bad)
-
-
-def test_decide_area_rule() -> None:
-    small = decide(0.9, 0.6, _report(0.5, 1.5), min_defect_area_mm2=2.0)
-    assert not small.is_anomalous and small.rule == "area" and small.details["largest_area_mm2"] == 1.5
-    large = decide(0.9, 0.6, _report(0.5, 2.5), min_defect_area_mm2=2.0)
-    assert large.is_anomalous and large.rule == "area"
-    # A region over a hole in the cloud has an unknown area: it must not let the part pass.
-    unknown = decide(0.9, 0.6, _report(None, 0.5), min_defect_area_mm2=2.0)
-    assert unknown.is_anomalous and unknown.details["unmeasured_regions"] == 1
-    below = decide(0.5, 0.6, _report(10.0), min_defect_area_mm2=2.0)
-    assert not below.is_anomalous and below.rule == "score"
-    with pytest.raises(ValueError, match="min_defect_area_mm2"):
-        decide(0.9, 0.6, _report(1.0), min_defect_area_mm2=float("nan"))
 
 
 def test_region_areas_from_the_regions_pixels_equal_the_whole_clouds() -> None:

@@ -116,7 +116,7 @@ def test_samples_saved_for_export_are_real_validation_parts(trained: Path) -> No
 def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) -> None:
     """The service's answer for a part equals what the training pipeline computes for the same files."""
     from service.engine import Engine, EngineOptions
-    from service.postprocessing import map_to_input_size
+    from service.postprocessing.maps import map_to_input_size
     from service.preprocessing import preprocess_part
     from training.data import discover, load_sample
     from training.inference import predict

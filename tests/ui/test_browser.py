@@ -146,8 +146,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Any, str], Path
 
 def recorder_for(data_dir: Path) -> Recorder:
     """A second writer on the live service's records (SQLite WAL allows it): earlier parts, seeded."""
-    engine = create_db_engine(database_url(data_dir, None))
-    return Recorder(engine, archive=Archive(data_dir / "archive", 1 << 30), archive_policy="ng")
+    db_engine = create_db_engine(database_url(data_dir, None))
+    return Recorder(db_engine, archive=Archive(data_dir / "archive", 1 << 30), archive_policy="ng")
 
 
 def post_part(live: Live, rgb: bytes, xyz: bytes, part_id: str) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
             record(recorder, f"earlier-{i}", ng=i % 4 == 0, received_at=now - timedelta(minutes=40 * i + 5))
         record(recorder, "with-region", ng=True, received_at=now - timedelta(hours=5), part_id="line1-region")
     finally:
-        recorder.engine.dispose()
+        recorder.db_engine.dispose()
 
     # Log in (an unauthenticated page sends the browser to the login form).
     driver.get(f"{live.base_url}/ui/")

@@ -39,18 +39,18 @@ def service(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path / "data", api_key=LINE_KEY, results_key=KEY, archive="all")  # type: ignore[arg-type]
     with TestClient(build_app(settings), headers={"X-API-Key": KEY}) as c:
         recorder = c.app.state.service.records.recorder  # type: ignore[attr-defined]
-        engine = recorder.engine
+        db_engine = recorder.db_engine
         at = iter(NOW - timedelta(minutes=m) for m in range(100, 0, -1))
         for i in range(GOOD_PARTS):
             # A false reject is a good part judged NG: the demo's good sample recorded with an NG verdict.
             good_judged_ng = replace(decision(f"fr-{i}", ng=True, received_at=next(at)), regions=())
             recorder.record(good_judged_ng, Evidence(GOOD_RGB, GOOD_XYZ, anomaly_map(False)))
-            add_review(engine, f"fr-{i}", "false_reject", operator="Ana")
+            add_review(db_engine, f"fr-{i}", "false_reject", operator="Ana")
         for i, kind in enumerate(("dent", "dent", "")):
             record(recorder, f"defect-{i}", ng=True, received_at=next(at))
-            add_review(engine, f"defect-{i}", "confirmed", operator="Ben", defect_type=kind)
+            add_review(db_engine, f"defect-{i}", "confirmed", operator="Ben", defect_type=kind)
         record(recorder, "missed-0", ng=False, received_at=next(at))
-        add_review(engine, "missed-0", "missed_defect", operator="Ben", defect_type="crack", comment="hairline")
+        add_review(db_engine, "missed-0", "missed_defect", operator="Ben", defect_type="crack", comment="hairline")
         record(recorder, "unreviewed", ng=True, received_at=next(at))
         yield c
 

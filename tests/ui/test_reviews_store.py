@@ -24,36 +24,36 @@ from tests.ui.parts import decision
 
 
 def test_reviews_list_counts_and_stats(db_url: str) -> None:  # noqa: F811
-    engine = create_db_engine(db_url)
+    db_engine = create_db_engine(db_url)
     try:
-        assert migrate(engine) == "0002"
-        recorder = Recorder(engine)
+        assert migrate(db_engine) == "0002"
+        recorder = Recorder(db_engine)
         for i in range(6):  # two hours: 0-2 in the first, 3-5 in the second; NG: 0, 2, 4 (and "b-0")
             recorder.record(decision(f"a-{i}", ng=i % 2 == 0, received_at=T0 + timedelta(minutes=20 * i)))
         recorder.record(decision("b-0", ng=True, received_at=T0, model="other"))
-        add_review(engine, "a-0", "confirmed", operator="Ana", defect_type="dent")
-        add_review(engine, "a-2", "confirmed", operator="Ana", now=T0)
-        add_review(engine, "a-2", "false_reject", operator="Ben", comment="dust", now=T0 + timedelta(hours=1))
-        add_review(engine, "a-1", "missed_defect", operator="Ben")
+        add_review(db_engine, "a-0", "confirmed", operator="Ana", defect_type="dent")
+        add_review(db_engine, "a-2", "confirmed", operator="Ana", now=T0)
+        add_review(db_engine, "a-2", "false_reject", operator="Ben", comment="dust", now=T0 + timedelta(hours=1))
+        add_review(db_engine, "a-1", "missed_defect", operator="Ben")
         with pytest.raises(ReviewError):
-            add_review(engine, "a-3", "confirmed", operator="Ana")
+            add_review(db_engine, "a-3", "confirmed", operator="Ana")
 
-        assert [r["operator"] for r in review_history(engine, "a-2")] == ["Ana", "Ben"]
-        assert latest_reviews(engine, ["a-2", "a-4"]) == {"a-2": review_history(engine, "a-2")[1]}
+        assert [r["operator"] for r in review_history(db_engine, "a-2")] == ["Ana", "Ben"]
+        assert latest_reviews(db_engine, ["a-2", "a-4"]) == {"a-2": review_history(db_engine, "a-2")[1]}
         everything = PartFilter(since=T0 - timedelta(hours=1))
-        assert [p["request_id"] for p in list_parts(engine, everything)][:4] == [
+        assert [p["request_id"] for p in list_parts(db_engine, everything)][:4] == [
             "a-4",
             "a-2",
             "b-0",
             "a-0",
         ]  # same time: request id decides
-        unreviewed_ng = list_parts(engine, PartFilter(verdict="ng", reviewed=False, model="demo"))
+        unreviewed_ng = list_parts(db_engine, PartFilter(verdict="ng", reviewed=False, model="demo"))
         assert [p["request_id"] for p in unreviewed_ng] == ["a-4"]
-        assert counts_per_hour(engine, PartFilter(model="demo")) == [
+        assert counts_per_hour(db_engine, PartFilter(model="demo")) == [
             {"hour": T0.isoformat(), "ok": 1, "ng": 2},
             {"hour": (T0 + timedelta(hours=1)).isoformat(), "ok": 2, "ng": 1},
         ]
-        stats = {s["model"]: s for s in review_stats(engine)}
+        stats = {s["model"]: s for s in review_stats(db_engine)}
         demo = stats["demo"]
         assert (demo["parts"], demo["ng"], demo["reviewed_ng"], demo["confirmed"], demo["false_reject"]) == (
             6,
@@ -65,4 +65,4 @@ def test_reviews_list_counts_and_stats(db_url: str) -> None:  # noqa: F811
         assert demo["false_reject_rate"] == 0.5 and demo["confirmed_ng_rate"] == 0.5 and demo["missed_defect"] == 1
         assert stats["other"]["reviewed_ng"] == 0 and stats["other"]["false_reject_rate"] is None
     finally:
-        engine.dispose()
+        db_engine.dispose()

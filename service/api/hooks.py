@@ -1,5 +1,6 @@
-"""One prediction for the HTTP layer: the engine's complete predict in a worker thread under admission, then
-the after-prediction hooks, all before the answer (see docs/DESIGN.md, "The predict path")."""
+"""The after-prediction hooks (metrics, the "scored part" log line, the records) and the call that runs them:
+the engine's complete predict in a worker thread under admission, then the hooks, all before the answer (see
+docs/DESIGN.md, "The predict path")."""
 
 from __future__ import annotations
 

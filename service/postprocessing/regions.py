@@ -1,4 +1,4 @@
-"""Defect regions in the upload's pixel frame, their physical size from the point cloud, and the verdict rule.
+"""Defect regions in the upload's pixel frame and their physical size from the point cloud.
 
 Pure numpy + OpenCV (no torch, no model): the engine hands in the anomaly map already resized to the
 upload's H×W, the model's pixel threshold and the uploaded organized point cloud.
@@ -11,18 +11,20 @@ upload's H×W, the model's pixel threshold and the uploaded organized point clou
 - `find_regions`: 8-connected components of `map > pixel_threshold`, largest `max_score` first, at most
   `MAX_REGIONS`, each with bounding box, pixel count, mm² and scores; plus the share of pixels above the
   threshold (`defect_area_fraction`).
-- `decide`: the verdict. Never OK on a non-finite score, threshold or region score (`NonFiniteError`).
+
+The verdict that uses them is `service.postprocessing.verdict.decide`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from service.postprocessing.verdict import NonFiniteError
 
 MAX_REGIONS = 16
 M2_TO_MM2 = 1e6  # point clouds are in metres (the service's contract); areas are reported in mm²
@@ -33,12 +35,6 @@ DISCONTINUITY_RATIO = 25.0
 # only sets the discontinuity cut above, 25× the typical cell) at under a millisecond per part; 65k cost
 # 12 ms on a 256×256 cloud, on every answer.
 TYPICAL_CELLS = 4096
-
-Rule = Literal["score", "area"]
-
-
-class NonFiniteError(ValueError):
-    """A model output (score or map) or a threshold is NaN or infinite: no verdict may be given."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class Region:
 @dataclass(frozen=True)
 class RegionReport:
     """`regions`: at most `MAX_REGIONS`, largest max_score first. `n_regions`: all of them. The area
-    summary covers every region (not only the ones listed): what the area rule of `decide` needs."""
+    summary covers every region (not only the ones listed): what the area rule of the verdict needs."""
 
     regions: tuple[Region, ...]
     n_regions: int
@@ -83,15 +79,6 @@ class RegionReport:
     largest_area_mm2: float | None  # over the regions whose area is known
     unmeasured_regions: int  # regions with no point of the cloud under them (area unknown)
     pixel_threshold: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The verdict and the rule that decided it; `details` is JSON-able."""
-
-    is_anomalous: bool
-    rule: Rule
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _valid(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -262,43 +249,3 @@ def find_regions(
         unmeasured_regions=sum(r.area_mm2 is None for r in regions),
         pixel_threshold=float(pixel_threshold),
     )
-
-
-def check_finite(score: float, threshold: float, regions: Sequence[Region] = ()) -> None:
-    """Raise NonFiniteError unless the score, the threshold and every region's scores are finite."""
-    bad = [name for name, v in (("score", score), ("threshold", threshold)) if not math.isfinite(v)]
-    bad += [
-        f"regions[{i}]"
-        for i, r in enumerate(regions)
-        if not (math.isfinite(r.max_score) and math.isfinite(r.mean_score))
-    ]
-    if bad:
-        raise NonFiniteError(f"non-finite {', '.join(bad)} (score {score}, threshold {threshold}): no verdict")
-
-
-def decide(
-    score: float, threshold: float, report: RegionReport | None = None, min_defect_area_mm2: float | None = None
-) -> Decision:
-    """NG iff score > threshold ("score" rule). With `min_defect_area_mm2` set (the "area" rule), a part
-    above the score threshold is NG only if some region is at least that large; a region whose area is
-    unknown (no points under it, e.g. a hole) counts as large enough, so missing data never passes a part.
-
-    `rule` names the rule that decided: "score" when the score alone did (always without an area rule),
-    "area" when the area rule was consulted. Raises NonFiniteError on any non-finite input.
-    """
-    check_finite(float(score), float(threshold), report.regions if report is not None else ())
-    details: dict[str, Any] = {"score": float(score), "threshold": float(threshold)}
-    over = float(score) > float(threshold)
-    if min_defect_area_mm2 is None:
-        return Decision(over, "score", details)
-    if not (math.isfinite(min_defect_area_mm2) and min_defect_area_mm2 >= 0):
-        raise ValueError(f"min_defect_area_mm2 must be a finite number ≥ 0, got {min_defect_area_mm2}")
-    details["min_defect_area_mm2"] = float(min_defect_area_mm2)
-    if not over:
-        return Decision(False, "score", details)
-    if report is None:
-        raise ValueError("the area rule needs the regions: pass the RegionReport of this part")
-    largest, unknown = report.largest_area_mm2, report.unmeasured_regions
-    details.update({"largest_area_mm2": largest, "unmeasured_regions": unknown, "n_regions": report.n_regions})
-    large = unknown > 0 or (largest is not None and largest >= min_defect_area_mm2)
-    return Decision(large, "area", details)
