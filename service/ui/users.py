@@ -10,6 +10,7 @@ Roles: `reviewer` sees the station and records reviews; `viewer` sees it and can
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +22,8 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+log = logging.getLogger(__name__)
 
 ROLES = ("reviewer", "viewer")
 MIN_PASSWORD = 10
@@ -147,8 +150,14 @@ class UserDirectory:
             stamp = None
         with self._lock:
             if stamp != self._stamp:
-                self._users = read_users(self.path) if stamp is not None else {}
                 self._stamp = stamp
+                try:
+                    self._users = read_users(self.path) if stamp is not None else {}
+                except (UsersError, OSError) as exc:
+                    # A hand-edited file gone wrong: keep the users last read (logged once per change).
+                    log.error(
+                        "the users file cannot be read, keeping the %d users read before: %s", len(self._users), exc
+                    )
             return self._users
 
     def get(self, name: str) -> User | None:

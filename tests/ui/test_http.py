@@ -4,6 +4,7 @@ trail in a temporary directory; the models are not loaded (none is needed to rev
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -351,3 +352,16 @@ def test_station_answers_carry_browser_protections(client: TestClient) -> None:
     for path in ("/ui/", "/ui/parts/req-0", "/ui/stats", "/ui/login"):
         assert "style=" not in client.get(path).text, path
     assert "content-security-policy" not in client.get("/v1/status", headers={"X-API-Key": KEY}).headers
+
+
+def test_a_broken_users_file_keeps_the_users_read_before(
+    client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "tmp", "reviewer", "tmp-password-0123")
+    client.app.state.ui_users.path = path  # type: ignore[attr-defined]
+    assert login_form(client, "tmp", "tmp-password-0123").status_code == 303
+    path.write_text("{not json", encoding="utf-8")  # a hand edit gone wrong
+    with caplog.at_level(logging.ERROR, logger="service.ui.users"):
+        assert client.get("/ui/").status_code == 200
+    assert "the users file cannot be read" in caplog.text
