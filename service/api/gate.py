@@ -1,7 +1,7 @@
 """Admission before the body (pure ASGI): the predict paths are refused from their headers alone.
 
 FastAPI parses a multipart form before a route's dependencies run, so checks made there come after the
-whole body was received and held in memory. This layer runs first, on the headers only: API key (401),
+whole body was received and held in memory. This layer runs first, on the headers only: line key (401, 403),
 readiness (503), declared body size (413, also checked by `RequestMiddleware` for every path) and capacity
 (429, `Admission.admit`), each with the service's one error body and, where it applies, `Retry-After`. A
 refusal closes the connection, so a client cannot go on sending the body it was refused for.
