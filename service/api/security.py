@@ -10,7 +10,6 @@ is unset cannot be used.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Annotated
 
@@ -24,11 +23,19 @@ from service.config import Settings, env_name
 
 API_KEY_HEADER = "X-API-Key"
 
-_api_key_header = APIKeyHeader(
+# One header, two security schemes in the contract: each route says which key it takes (a route that
+# takes either lists both, as alternatives). auto_error=False: a missing key gets our error body.
+_line_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
-    auto_error=False,  # a missing key must get our error body, not FastAPI's
-    description="The line key (BRIDGENET_API_KEY) for predictions, the results key (BRIDGENET_RESULTS_KEY) "
-    "for /v1/results*; required once either is configured.",
+    scheme_name="LineKey",
+    auto_error=False,
+    description="The line key (BRIDGENET_API_KEY): predictions. Required once a key is configured.",
+)
+_results_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="ResultsKey",
+    auto_error=False,
+    description="The read-only results key (BRIDGENET_RESULTS_KEY): /v1/results*. Required once a key is configured.",
 )
 
 
@@ -90,17 +97,21 @@ def check_role(settings: Settings, key: str | None, allowed: tuple[Role, ...]) -
         raise WrongRoleError(f"the {role.value} key may not use this route; it takes {wanted}")
 
 
-def require_roles(*allowed: Role) -> Callable[..., Awaitable[None]]:
-    """A route dependency that passes `check_role` for `allowed`."""
-
-    async def dependency(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:
-        check_role(get_state(request).settings, key, allowed)
-
-    return dependency
+# The route dependencies. The line also reads what it needs to call predict (models, contract, its
+# counters when /metrics shares the API port); the results reader reads the records and nothing else.
 
 
-# What each group of routes takes. The line also reads what it needs to call predict (models, contract,
-# its counters when /metrics shares the API port); the results reader reads the records and nothing else.
-require_line_key = require_roles(Role.LINE)
-require_results_key = require_roles(Role.RESULTS)
-require_any_key = require_roles(Role.LINE, Role.RESULTS)
+async def require_line_key(request: Request, key: Annotated[str | None, Security(_line_key_header)]) -> None:
+    check_role(get_state(request).settings, key, (Role.LINE,))
+
+
+async def require_results_key(request: Request, key: Annotated[str | None, Security(_results_key_header)]) -> None:
+    check_role(get_state(request).settings, key, (Role.RESULTS,))
+
+
+async def require_any_key(
+    request: Request,
+    key: Annotated[str | None, Security(_line_key_header)],
+    _same_header: Annotated[str | None, Security(_results_key_header)],  # lists the second scheme
+) -> None:
+    check_role(get_state(request).settings, key, (Role.LINE, Role.RESULTS))
