@@ -45,6 +45,12 @@ COMPOSE_ONLY = """\
 # PROMETHEUS_PORT=9090
 # MQTT broker of the `mqtt` profile (docker compose --profile mqtt up).
 # MOSQUITTO_PORT=1883
+# TLS proxy of the `tls` profile (docker compose --profile tls up): the name clients use, its port, and
+# "/certs/cert.pem /certs/key.pem" with the plant's certificate in TLS_CERTS_DIR (default: Caddy's own CA).
+# TLS_SITE_ADDRESS=localhost
+# TLS_PORT=443
+# TLS_CERTIFICATE=internal
+# TLS_CERTS_DIR=./docker/caddy/certs
 # PROMETHEUS_RETENTION=30d
 # GPU index of the service and of the training container.
 # BRIDGENET_GPU_DEVICE=0

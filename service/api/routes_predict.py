@@ -23,7 +23,7 @@ from service.api.gate import admission_pass
 from service.api.hooks import serve_prediction
 from service.api.middleware import REQUEST_ID_HEADER, accepted_request_id
 from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
-from service.api.security import require_api_key
+from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap
 from service.logs import annotate_request
 
@@ -84,6 +84,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     for status, text in {
         400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype), or a malformed form",
         401: "Missing or wrong API key",
+        403: "A key of another role (only the line key predicts)",
         404: "Unknown model",
         408: "The body did not arrive within BRIDGENET_BODY_TIMEOUT_S",
         413: "Upload or declared image size too large",
@@ -102,7 +103,7 @@ _ROUTE: dict[str, Any] = {
     },
 }
 
-router = APIRouter(tags=["inspection"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["inspection"], dependencies=[Depends(require_line_key)])
 
 
 def _file(form: Mapping[str, FormValue], name: str) -> FormFile:

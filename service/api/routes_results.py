@@ -21,12 +21,13 @@ from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
 from service.api.routes_admin import ADMIN_KEY_HEADER, admin_key_header, check_admin_key
 from service.api.schemas import ErrorResponse
-from service.api.security import require_api_key
+from service.api.security import require_any_key, require_results_key
 from service.records.reviews import latest_reviews
 from service.records.runtime import Records
 from service.records.store import MAX_PAGE, CursorError, EvidenceKind, Recorder, ResultFilter
 
-router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["results"])
+ReadsResults = [Depends(require_results_key)]
 
 
 class ResultNotFoundError(ApiError):
@@ -129,6 +130,7 @@ class StatusResponse(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid filter or cursor"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    403: {"model": ErrorResponse, "description": "A key of another role (the line key cannot read results)"},
     404: {"model": ErrorResponse, "description": "Unknown result, evidence not archived, or audit off"},
     503: {"model": ErrorResponse, "description": "Not started yet"},
 }
@@ -188,7 +190,7 @@ Filters = Annotated[ResultFilter, Depends(_filters)]
 # ---- routes
 
 
-@router.get("/results", response_model=ResultsPage, responses=_ERRORS)
+@router.get("/results", response_model=ResultsPage, responses=_ERRORS, dependencies=ReadsResults)
 def list_results(
     recorder: RecorderDep,
     filters: Filters,
@@ -257,6 +259,7 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
     "/results.csv",
     response_class=StreamingResponse,
     responses={**_ERRORS, 200: {"content": {"text/csv": {}}, "description": "All matching records, newest first."}},
+    dependencies=ReadsResults,
 )
 def results_csv(recorder: RecorderDep, filters: Filters) -> StreamingResponse:
     def rows() -> Iterator[str]:
@@ -279,7 +282,7 @@ def results_csv(recorder: RecorderDep, filters: Filters) -> StreamingResponse:
     )
 
 
-@router.get("/results/{request_id}", response_model=ResultRecord, responses=_ERRORS)
+@router.get("/results/{request_id}", response_model=ResultRecord, responses=_ERRORS, dependencies=ReadsResults)
 def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)]) -> ResultRecord:
     view = recorder.get(request_id)
     if view is None:
@@ -314,6 +317,7 @@ def media_type(data: bytes) -> tuple[str, str]:
             "content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "application/octet-stream": {}},
         },
     },
+    dependencies=ReadsResults,
 )
 def get_result_file(
     recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)], kind: EvidenceKind
@@ -335,6 +339,7 @@ def get_result_file(
     )
 
 
+# The service's own state, no part data: the line's and the results reader's keys both read it.
 @router.get(
     "/status",
     response_model=StatusResponse,
@@ -343,6 +348,7 @@ def get_result_file(
         401: {"model": ErrorResponse, "description": "Missing or wrong API key, or a wrong admin key"},
         403: {"model": ErrorResponse, "description": "An admin key was sent but none is configured"},
     },
+    dependencies=[Depends(require_any_key)],
 )
 def service_status(
     records: Annotated[Records, Depends(records_of)],

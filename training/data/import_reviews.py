@@ -63,9 +63,9 @@ class Placement:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", required=True, help="base URL of the service, e.g. http://line1-inspect:8000")
     parser.add_argument(
-        "--api-key",
-        default=os.environ.get("BRIDGENET_API_KEY"),
-        help="the service's API key (default: $BRIDGENET_API_KEY)",
+        "--results-key",
+        default=os.environ.get("BRIDGENET_RESULTS_KEY"),
+        help="the service's read-only results key (default: $BRIDGENET_RESULTS_KEY); the line key cannot read results",
     )
     parser.add_argument("--out", type=Path, required=True, help="data root to write <category>/... into (created)")
     parser.add_argument("--category", required=True, help="category folder name under --out")
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    headers = {"X-API-Key": args.results_key} if args.results_key else {}
     with httpx.Client(base_url=args.service, headers=headers, timeout=args.timeout) as client:
         try:
             summary = import_reviews(
