@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response, Security
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
-from service.api.routes_admin import ADMIN_KEY_HEADER, admin_key_header, check_admin_key
+from service.api.routes_admin import ADMIN_KEY_HEADER, check_admin_key
 from service.api.schemas import ErrorResponse
 from service.api.security import require_any_key, require_results_key
 from service.records.reviews import latest_reviews
@@ -353,7 +353,11 @@ def get_result_file(
 def service_status(
     records: Annotated[Records, Depends(records_of)],
     state: State,
-    admin_key: Annotated[str | None, Security(admin_key_header)],
+    # A plain optional header, not a security scheme: the admin key adds detail here, it is not an alternative
+    # to the line's or the results reader's key.
+    admin_key: Annotated[
+        str | None, Header(alias=ADMIN_KEY_HEADER, description="BRIDGENET_ADMIN_KEY: shows delivery errors")
+    ] = None,
 ) -> StatusResponse:
     """The audit trail and the push backlog: a push destination that is down shows here (and in
     bridgenet_push_backlog), never in /readyz, so the line keeps running. Delivery errors name internal
