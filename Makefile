@@ -32,14 +32,17 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# The code that `lint` checks and `format` rewrites (CI runs `make lint` before `make test`: .ci/run).
+CODE := service training tests benchmarks docker
+
 lint: install
-	$(BIN)/ruff check service training tests benchmarks docker
-	$(BIN)/ruff format --check service training tests benchmarks docker
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format service training tests benchmarks
-	$(BIN)/ruff check --fix service training tests benchmarks
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 # Rebuild the bundled demo model from scratch: synthetic data → train → evaluate → export (+ a sample part).
 # Deterministic for the seed; about 10-15 minutes on a 2-core CPU.
@@ -58,7 +61,7 @@ demo-model: install
 	# Its verdicts on the test split through the service's engine, and the sample parts: the crack part with
 	# the highest score among those answered NG with their top region over the crack (+ gt.png), a good part OK.
 	echo >> models/demo/EVALUATION.md
-	$(BIN)/python -m training.demo_sample --model models/demo --test $(DEMO_DATA)/puck/test --copy-to models/demo/sample >> models/demo/EVALUATION.md
+	$(BIN)/python -m training.evaluation.demo_sample --model models/demo --test $(DEMO_DATA)/puck/test --copy-to models/demo/sample >> models/demo/EVALUATION.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """fp32 vs reduced-precision sessions of one model, side by side: session time (paired), per-operator
 profile, and end-to-end parts/s through the service.
 
-The int8 variants are made here from the fp32 model folder with training/precision.py (the exporter's own
+The int8 variants are made here from the fp32 model folder with training/export/precision.py (the exporter's own
 code; no torch): the time of a graph does not depend on its calibration, so the run's saved validation
 parts (`--run-dir`) or synthetic parts calibrate them. The accuracy of an int8 export is measured by
 `python -m training evaluate --model` on the exported folder, not here (docs/BENCHMARKS.md, "int8").
@@ -30,7 +30,7 @@ import service_load
 from bench_preprocessing import synthetic_part
 
 from service.preprocessing import PreprocessConfig, preprocess_part
-from training import precision
+from training.export import precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 

@@ -3,7 +3,7 @@
 Every configuration runs as its own `python -m service` on loopback; closed-loop clients (the line's
 stations) post parts back to back, the configurations taking turns round after round so that a change of
 load on the machine hits all of them alike. The first configuration is the reference of the paired
-ratios. Built for issue 14's question "how many parts per second does a 2-core station serve with the
+ratios. It answers "how many parts per second does a 2-core station serve with the
 int8 model, and with which settings": the model's own threads, ONNX Runtime's spinning and micro-batching
 all trade per-part latency against throughput once two requests share two cores.
 

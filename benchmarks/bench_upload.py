@@ -30,7 +30,7 @@ from service.postprocessing.maps import defect_area_fraction, map_to_input_size
 from service.preprocessing import PreprocessConfig, preprocess_part
 
 RESULTS = harness.RESULTS_DIR / "upload.json"
-TARGETS = {"native": 1.10, 800: TARGET_RATIO}  # http / model work, paired (issue 14)
+TARGETS = {"native": 1.10, 800: TARGET_RATIO}  # http / model work, paired
 MODES = {"seq": 0, "overlap": 2}  # BRIDGENET_DECODE_THREADS of each service
 
 

@@ -5,10 +5,11 @@ Run from the repository root, in two steps (scoring once, comparing offline as o
     python benchmarks/calibration_study.py compare S.npz [S2.npz ...] [--rate 0.01] [--json OUT]
 `dump` scores the validation split's good parts, the run's synthetic validation anomalies made from them
 (same seed and generator as training) and the whole test split with the exported model, through the
-service's engine (`training.served`). `compare` calibrates every method of `training.thresholds` on the validation
-scores only and prints, per data set, the test false-reject rate (with its Clopper-Pearson 95 % upper
-bound) and the detection rate per defect type at each threshold, then the pixel thresholds: the share of
-good test parts showing any region, and of defective parts with a region touching their ground truth.
+service's engine (`training.scoring.engine`). `compare` calibrates every method of
+`training.calibration.thresholds` on the validation scores only and prints, per data set, the test
+false-reject rate (with its Clopper-Pearson 95 % upper bound) and the detection rate per defect type at each
+threshold, then the pixel thresholds: the share of good test parts showing any region, and of defective
+parts with a region touching their ground truth.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.engine import Engine
-from training import thresholds
-from training.served import infer_batches, open_engine
+from training.calibration import thresholds
+from training.scoring.engine import open_engine, score_with_engine
 
 
 def dump(args: argparse.Namespace) -> int:
@@ -36,8 +37,8 @@ def dump(args: argparse.Namespace) -> int:
 def _dump(args: argparse.Namespace, engine: Engine) -> int:
     from training.anomalies.textures import load_textures
     from training.config import TrainConfig
-    from training.dataset import AnomalyOptions, synthetic_validation
-    from training.prepared import prepare_split
+    from training.data.dataset import AnomalyOptions, synthetic_validation
+    from training.data.prepared import prepare_split
 
     model = engine.get(None)
     pre = model.manifest.preprocessing
@@ -48,11 +49,11 @@ def _dump(args: argparse.Namespace, engine: Engine) -> int:
                       **known)  # fmt: skip
     val = prepare_split(args.data, args.category, "validation", pre)
     val = val.subset([i for i, bad in enumerate(val.labels) if not bad])
-    v_scores, v_maps = infer_batches(engine, model, val.rgb, val.depth)
+    v_scores, v_maps = score_with_engine(engine, model, val.rgb, val.depth)
     syn = synthetic_validation(val, load_textures(None), AnomalyOptions.from_config(cfg))
-    s_scores, _ = infer_batches(engine, model, syn.rgb[syn.labels], syn.depth[syn.labels])
+    s_scores, _ = score_with_engine(engine, model, syn.rgb[syn.labels], syn.depth[syn.labels])
     test = prepare_split(args.data, args.category, "test", pre)
-    t_scores, t_maps = infer_batches(engine, model, test.rgb, test.depth)
+    t_scores, t_maps = score_with_engine(engine, model, test.rgb, test.depth)
     np.savez_compressed(
         args.out,
         name=f"{args.category} ({model.manifest.name})",

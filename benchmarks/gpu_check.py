@@ -127,7 +127,7 @@ def time_precisions(
     from service.engine.binding import BoundRunner
 
     try:  # the fp16 converter needs the `onnx` package (the training extra), not installed for serving only
-        from training.precision import TOLERANCES, convert_fp16
+        from training.export.precision import TOLERANCES, convert_fp16
     except ImportError as exc:
         out["precisions_io_binding"] = f"skipped: {exc}"
         return []

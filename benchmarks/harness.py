@@ -154,7 +154,7 @@ def portable_paths(value: Any) -> Any:
 def setup_logging() -> None:
     """INFO to stderr with timestamps; the HTTP client's per-request lines and backbone notes kept out."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "training.backbones"):
+    for noisy in ("httpx", "training.model.backbones"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -199,23 +199,26 @@ def ort_session(
     providers: list[Any] | None = None,
     profile_prefix: str | None = None,
 ) -> Any:
-    """An ONNX Runtime session; defaults match service.engine (all graph optimisations, CPU provider).
+    """An ONNX Runtime session from the engine's factory (`service.engine.create_session`: all graph
+    optimisations, CPU provider), with what a benchmark varies on top.
 
     `threads`: intra-op threads (None: ONNX Runtime's default, one per physical core); `spinning`: whether
-    idle pool threads busy-wait for the next op (ONNX Runtime's default) or sleep.
+    idle pool threads busy-wait for the next op (ONNX Runtime's default) or sleep; `level`: the graph
+    optimisation level; `profile_prefix`: write ONNX Runtime's profile there.
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    from service.engine import create_session
+
+    def configure(options: Any) -> None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+
+    return create_session(
+        str(path), providers=providers, intra_op_threads=threads, spin_wait=spinning, configure=configure
+    )
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:

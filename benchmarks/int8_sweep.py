@@ -3,7 +3,7 @@
     python benchmarks/int8_sweep.py --run RUN --model-dir models/NAME-fp32 --float-stem-convs 2 6 12 \
         --calibration percentile minmax --out benchmarks/results/int8_sweep_NAME.json
 
-Each variant is made by the exporter's own code (`training.precision.quantise_int8`, calibrated on the run's
+Each variant is made by the exporter's own code (`training.export.precision.quantise_int8`, calibrated on the run's
 good training parts as `export --precision int8` does) and run beside fp32 on the validation split's good
 parts plus synthetic texture anomalies made from them (training's validation set, with `--anomaly-copies`
 anomalies per part from further seeds so that the AUPRO is steadier). Printed per variant: the map's mean
@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness
 
-from training import metrics, precision
-from training.dataset import ValidationSet
+from training.data.dataset import ValidationSet
+from training.evaluation import metrics
+from training.export import precision
+from training.scoring.engine import open_session, score_with_session
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8_sweep.json"
 
@@ -41,7 +43,7 @@ def validation_set(run_dir: Path, anomaly_copies: int) -> tuple[ValidationSet, i
     the number of good parts, and the run's splits (for the calibration parts)."""
     from training.anomalies.textures import load_textures
     from training.config import TrainConfig
-    from training.dataset import AnomalyOptions, synthetic_validation
+    from training.data.dataset import AnomalyOptions, synthetic_validation
     from training.train.splits import load_splits
 
     config = TrainConfig.load(run_dir / "config.json")
@@ -107,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_at_start": harness.wait_for_quiet(1e9, 0),
     }
     val, n_good, splits = validation_set(args.run, args.anomaly_copies)
-    chosen = sorted(set(splits.train_indices))[: args.calibration_parts]  # as training/export.py calibrates
+    chosen = sorted(set(splits.train_indices))[: args.calibration_parts]  # as training/export/exporter.py calibrates
     calib = splits.train.subset(chosen)
     fp32 = args.model_dir / "model.onnx"
-    ref = precision.run_batched(precision.session(fp32), val.rgb, val.depth)
+    ref = score_with_session(open_session(fp32), val.rgb, val.depth)
     rows: dict[str, dict[str, Any]] = {"fp32": accuracy(val, *ref)}
     paths = {"fp32": fp32}
     with tempfile.TemporaryDirectory(prefix="int8-sweep-") as tmp:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 paths[name] = Path(tmp) / f"{len(paths)}.onnx"
                 precision.quantise_int8(fp32, paths[name], calib.rgb, calib.depth, options)
-                got = precision.run_batched(precision.session(paths[name]), val.rgb, val.depth)
+                got = score_with_session(open_session(paths[name]), val.rgb, val.depth)
                 rows[name] = against_fp32(val, n_good, ref, got) | accuracy(val, *got)
         sessions = {name: harness.ort_session(path, threads=1) for name, path in paths.items()}
         feed = {"rgb": val.rgb[:1], "depth": val.depth[:1]}

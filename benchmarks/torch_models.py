@@ -18,9 +18,9 @@ import torch
 
 from service.manifest import Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from service.preprocessing import PREPROCESSING_VERSION, PreprocessConfig
-from training.backbones import BACKBONES, build_backbone
-from training.export import OPSET, export_onnx
-from training.model import BridgeNet
+from training.export.exporter import OPSET, export_onnx
+from training.model.backbones import BACKBONES, build_backbone
+from training.model.bridgenet import BridgeNet
 from training.runs import load_run
 
 log = logging.getLogger("benchmarks")

@@ -70,7 +70,7 @@ promtool --version >/dev/null 2>&1
 /usr/sbin/mosquitto -h >/dev/null 2>&1 || [ $? -eq 3 ]  # `-h` prints the usage and exits 3
 have_postgres
 
-# Review station (tests/ui, issue 17): a real headless browser and its WebDriver. Chromium starts no
+# Review station (tests/ui): a real headless browser and its WebDriver. Chromium starts no
 # daemon; installed in its own step so that the list above stays as its owner keeps it.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     run "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -48,6 +48,12 @@ COMPOSE_ONLY = """\
 # BRIDGENET_MQTT_USERNAME and BRIDGENET_MQTT_PASSWORD: the service's user, written into its password file.
 # MOSQUITTO_PORT=1883
 # MOSQUITTO_BIND=127.0.0.1
+# TLS proxy of the `tls` profile (docker compose --profile tls up): the name clients use, its port, and
+# "/certs/cert.pem /certs/key.pem" with the plant's certificate in TLS_CERTS_DIR (default: Caddy's own CA).
+# TLS_SITE_ADDRESS=localhost
+# TLS_PORT=443
+# TLS_CERTIFICATE=internal
+# TLS_CERTS_DIR=./docker/caddy/certs
 # PROMETHEUS_RETENTION=30d
 # GPU index of the service and of the training container.
 # BRIDGENET_GPU_DEVICE=0

@@ -1,4 +1,7 @@
-"""Serve the configured models with uvicorn: POST /v1/predict, /v1/models, /healthz, /readyz, /metrics."""
+"""Serve the configured models with uvicorn: POST /v1/predict, /v1/models, /healthz, /readyz, /metrics.
+
+`python -m service users add|remove|list` manages the review station's users instead (service.ui.users_cli).
+"""
 
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ def build_server(app: FastAPI, settings: Settings, host: str, port: int) -> uvic
         port=port,
         http=with_deadline(settings.header_timeout_s),
         limit_concurrency=settings.max_connections,
+        # Forwarded headers are handled by the app (service.main, BRIDGENET_FORWARDED_ALLOW_IPS): uvicorn's own
+        # default would trust 127.0.0.1 whatever the settings say.
+        proxy_headers=False,
         log_config=None,  # keep our JSON handler on the root logger
         access_log=False,  # the request middleware logs every request with its id
         lifespan="on",
@@ -58,6 +64,11 @@ def build_server(app: FastAPI, settings: Settings, host: str, port: int) -> uvic
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM. Returns non-zero when the settings or a model fail to load."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        from service.ui.users_cli import main as users_main
+
+        return users_main(argv[1:])
     args = parse_args(argv)
     configure_logging("INFO")
     # Imported here so that a broken environment still gets a JSON log line rather than a bare traceback.

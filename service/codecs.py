@@ -40,6 +40,14 @@ _RGB_SAMPLE_TYPES = frozenset({np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(
 # Huffman. Progressive frames also keep every DCT coefficient (2 bytes per sample) until the last scan.
 _JPEG_DECODABLE = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
 _JPEG_COEFFICIENT_BYTES = 2
+# Caps on how many pieces a container may be cut into: each piece costs a Python-level step (a PNG chunk,
+# a JPEG segment before the frame header, a TIFF strip or tile) or a pass of the decoder (a JPEG scan), so
+# their number, not only the bytes, bounds the work. Cameras write a few hundred PNG chunks, about ten JPEG
+# segments before the frame and ten progressive scans, and at most one strip per row per plane.
+MAX_PNG_CHUNKS = 65_536
+MAX_JPEG_SEGMENTS = 1_024
+MAX_JPEG_SCANS = 256
+MAX_TIFF_SEGMENTS = 65_536
 
 
 @dataclass(frozen=True)
@@ -167,8 +175,11 @@ def _png_dims(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int]:
     channels, sample_bytes = _PNG_CHANNELS[colour], 2 if depth == 16 else 1
     what = f"{height}×{width} pixels, {channels} channel(s) of {depth} bit"
     _check_decoded_bytes(field, "PNG", what, height * width * channels * sample_bytes, limits)
-    i, n = 8, len(data)
+    i, n, chunks = 8, len(data), 0
     while i + 12 <= n:
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise CorruptInputError(field, f"PNG holds more than {MAX_PNG_CHUNKS:,} chunks before IEND")
         length, kind = struct.unpack(">I4s", data[i : i + 8])
         if i + 12 + length > n:
             raise CorruptInputError(
@@ -195,8 +206,13 @@ class _JpegFrame:
 
 def _jpeg_frame(field: str, data: bytes) -> _JpegFrame:
     """The first start-of-frame segment's fields; nothing is decoded."""
-    i, n = 2, len(data)
+    i, n, segments = 2, len(data), 0
     while i < n:
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise CorruptInputError(
+                field, f"JPEG holds more than {MAX_JPEG_SEGMENTS:,} segments before its frame header"
+            )
         if data[i] != 0xFF:
             raise CorruptInputError(field, f"JPEG: expected a marker at byte {i}, got 0x{data[i]:02x}")
         while i < n and data[i] == 0xFF:  # markers may be padded with any number of 0xFF fill bytes
@@ -273,21 +289,50 @@ def _check_tiff(field: str, tiff: _TiffHeader, limits: DecodeLimits) -> np.dtype
     return tiff.dtype
 
 
+def _tiff_segments(field: str, data: bytes, tiff: _TiffHeader) -> list[tuple[int, int]]:
+    """The strips' or tiles' (offset, byte count) pairs, each inside the file, none overlapping another,
+    at most MAX_TIFF_SEGMENTS of them (empty ones, a sparse file's missing tiles, are left out). Without
+    this check, 16,384 tiles pointing at one 30 MB range make the decoders read 16,384 × 30 MB."""
+    try:
+        offsets, counts = tiff.page.dataoffsets, tiff.page.databytecounts
+        if len(offsets) != len(counts):
+            raise ValueError(f"{len(offsets)} offsets for {len(counts)} byte counts")
+    except (TypeError, ValueError) as exc:
+        raise CorruptInputError(field, f"TIFF strip table is malformed ({exc})") from exc
+    if len(offsets) > MAX_TIFF_SEGMENTS:
+        raise InputTooLargeError(
+            field, f"TIFF holds {len(offsets):,} strips or tiles; the limit is {MAX_TIFF_SEGMENTS:,}"
+        )
+    try:
+        segments = sorted((int(o), int(c)) for o, c in zip(offsets, counts, strict=True) if int(c) != 0)
+    except (TypeError, ValueError) as exc:
+        raise CorruptInputError(field, f"TIFF strip table is malformed ({exc})") from exc
+    end = 0
+    for offset, count in segments:
+        if offset < 0 or count < 0 or offset + count > len(data):
+            raise CorruptInputError(
+                field,
+                f"TIFF strip or tile at byte {offset:,} of {count:,} bytes lies outside the {len(data):,}-byte file",
+            )
+        if offset < end:
+            raise CorruptInputError(field, f"TIFF strips or tiles overlap at byte {offset:,}")
+        end = offset + count
+    # Inside the file and disjoint, so they sum to at most its size.
+    return segments
+
+
 def _guard_deflate(field: str, data: bytes, tiff: _TiffHeader, dtype: np.dtype) -> None:
-    """Refuse Deflate strips that inflate past the declared image size (a zip bomb), before tifffile
-    inflates them without a bound. The trial costs one bounded extra inflate per strip."""
+    """Check the strip table (`_tiff_segments`), then refuse Deflate strips that inflate past the declared
+    image size (a zip bomb) before tifffile inflates them without a bound. The trial costs one bounded
+    extra inflate per strip, over views of the upload (no copy of its bytes)."""
+    segments = _tiff_segments(field, data, tiff)
     if tiff.compression == 1:
         return
     budget = tiff.imagelength * tiff.imagewidth * tiff.samplesperpixel * dtype.itemsize
-    try:
-        segments = [(int(o), int(c)) for o, c in zip(tiff.page.dataoffsets, tiff.page.databytecounts, strict=True)]
-    except (TypeError, ValueError) as exc:
-        raise CorruptInputError(field, f"TIFF strip table is malformed ({exc})") from exc
+    view = memoryview(data)
     for offset, count in segments:
-        if count <= 0 or offset < 0:
-            continue
         try:
-            inflated = zlib.decompressobj().decompress(data[offset : offset + count], budget + 1)
+            inflated = zlib.decompressobj().decompress(view[offset : offset + count], budget + 1)
         except zlib.error as exc:
             raise CorruptInputError(field, f"TIFF Deflate data is corrupt ({exc})") from exc
         budget -= len(inflated)
@@ -369,6 +414,11 @@ def _check_jpeg(field: str, data: bytes, limits: DecodeLimits) -> tuple[int, int
         raise BadDtypeError(field, f"JPEG has {frame.precision}-bit samples; expected 8-bit")
     if frame.components not in (1, 3):
         raise BadShapeError(field, f"JPEG has {frame.components} components; expected 1 (gray) or 3 (colour)")
+    # Entropy-coded data stuffs every 0xFF byte with 0x00, so FF DA only ever starts a scan header: the count
+    # is exact, and costs one pass in C. libjpeg decodes every scan of a progressive file in full.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise CorruptInputError(field, f"JPEG holds {scans:,} scans; the limit is {MAX_JPEG_SCANS:,}")
     per_sample = 1 + (_JPEG_COEFFICIENT_BYTES if kind == "progressive" else 0)
     what = f"{frame.height}×{frame.width} pixels, {frame.components} component(s), {kind}"
     _check_decoded_bytes(field, "JPEG", what, frame.height * frame.width * frame.components * per_sample, limits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -20,9 +22,12 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "BRIDGENET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PRODUCTION_KEY_LENGTH = 16
+# Multipart framing and the small text fields on top of the two files of a prediction.
+FORM_OVERHEAD_BYTES = 1024 * 1024
 # Values never echoed in error messages (keys, passwords inside URLs).
 _SECRET_FIELDS = (
     "api_key",
+    "results_key",
     "admin_key",
     "database_url",
     "webhook_secret",
@@ -135,7 +140,19 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="the X-Admin-Key of POST /v1/admin/reload; unset: reload by SIGHUP only"
     )
+    # Roles: the line key predicts; the results key reads /v1/results*; the admin key runs /v1/admin/*;
+    # reviewers log into /ui with their own user (service.ui.users). One value never serves two roles in
+    # production (Settings refuses to start).
+    results_key: SecretStr | None = Field(
+        default=None, description="the X-API-Key of read-only /v1/results* clients (MES, import-reviews)"
+    )
     allow_anonymous: bool = Field(default=False, description="production without an API key, on purpose")
+    # Behind a TLS proxy: the proxy's addresses (or CIDR ranges) whose X-Forwarded-For / X-Forwarded-Proto
+    # are believed; unset, those headers are ignored and the peer's own address and scheme are used.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated proxy addresses/CIDRs whose X-Forwarded-For/-Proto are trusted; unset: none",
+    )
     log_level: str = Field(default="INFO", description=f"one of {', '.join(LOG_LEVELS)}")
 
     # Exposure. /metrics: on its own port when `metrics_port` is set (compose scrapes it on the internal
@@ -200,6 +217,12 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Dead letters kept per destination; the oldest beyond are deleted."
     )
 
+    # Ray Serve (service.cluster): how often each replica copies its metrics into Ray's, which every node
+    # exports (Ray's agents export every few seconds too, so a shorter interval mostly costs CPU).
+    cluster_metrics_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Ray Serve only: seconds between two copies of a replica's metrics"
+    )
+
     # Review station (service.ui, /ui): its login exchanges the API key for a signed session cookie.
     ui_secret: SecretStr | None = Field(
         default=None,
@@ -209,6 +232,22 @@ class Settings(BaseSettings):
     ui_session_hours: float = Field(
         default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long."
     )
+    users_file: Path | None = Field(
+        default=None,
+        description="The review station's users (python -m service users add|remove|list); unset: data_dir/users.json.",
+    )
+    login_attempts_per_user: int = Field(
+        default=5, ge=1, description="Failed /ui logins per user name within login_window_s; more get 429."
+    )
+    login_attempts_per_address: int = Field(
+        default=20, ge=1, description="Failed /ui logins per client address within login_window_s; more get 429."
+    )
+    login_window_s: float = Field(default=300.0, gt=0, description="The window of the login limits, seconds.")
+
+    @property
+    def users_path(self) -> Path:
+        """Where the review station's users are kept."""
+        return self.users_file if self.users_file is not None else self.data_dir / "users.json"
 
     @field_validator("models", mode="before")
     @classmethod
@@ -228,6 +267,26 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected one or more non-empty model names, got {value}")
             if len(set(value)) != len(value):
                 raise ValueError(f"model names must be distinct, got {value}")
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        bad = []
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                bad.append(item)
+        if bad:  # "*" too: trusting every peer would let any client choose its recorded address
+            raise ValueError(f"expected IP addresses or CIDR ranges such as 10.0.0.5 or 172.28.0.0/24, got {bad}")
         return value
 
     @field_validator("threshold_overrides", "min_defect_area_mm2", mode="before")
@@ -308,14 +367,33 @@ class Settings(BaseSettings):
                     f"{env_name('environment')}=production needs {env_name('api_key')}; set "
                     f"{env_name('allow_anonymous')}=1 to serve without authentication on purpose"
                 )
-            elif key and len(key) < MIN_PRODUCTION_KEY_LENGTH:
-                problems.append(
-                    f"{env_name('api_key')} has {len(key)} characters; production needs at least "
-                    f"{MIN_PRODUCTION_KEY_LENGTH} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
-                )
+            problems.extend(self._production_key_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _production_key_problems(self) -> list[str]:
+        """Each configured key long enough, and no value shared by two roles (one key, one role)."""
+        keys = {
+            name: secret.get_secret_value()
+            for name in ("api_key", "results_key", "admin_key")
+            if (secret := getattr(self, name)) is not None
+        }
+        problems = [
+            f"{env_name(name)} has {len(key)} characters; production needs at least {MIN_PRODUCTION_KEY_LENGTH} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            for name, key in keys.items()
+            if len(key) < MIN_PRODUCTION_KEY_LENGTH
+        ]
+        names = list(keys)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                if hmac.compare_digest(keys[first].encode(), keys[second].encode()):
+                    problems.append(
+                        f"{env_name(first)} and {env_name(second)} are the same value; production needs a "
+                        "different key per role"
+                    )
+        return problems
 
 
 def settings_help() -> str:
@@ -373,3 +451,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_pixels=settings.max_image_pixels,
         max_decoded_bytes=settings.max_decoded_bytes,
     )
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Largest prediction body accepted: two uploads at the per-file limit plus form overhead."""
+    return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES

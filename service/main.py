@@ -11,6 +11,7 @@ from importlib import metadata
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
@@ -25,7 +26,7 @@ from service.api.routes_admin import router as admin_router
 from service.api.routes_docs import docs_router
 from service.api.routes_metrics import router as metrics_router
 from service.api.routes_results import router as results_router
-from service.config import Settings, decode_limits, get_settings
+from service.config import Settings, decode_limits, get_settings, max_body_bytes
 from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
@@ -33,9 +34,6 @@ from service.records.runtime import Records
 from service.ui.routes import mount_ui
 
 log = logging.getLogger(__name__)
-
-# Multipart framing and the small text fields on top of the two files.
-FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 def _version() -> str:
@@ -65,11 +63,6 @@ def engine_options(settings: Settings) -> EngineOptions:
         tensorrt=settings.tensorrt,
         result_timeout_s=2 * settings.request_timeout_s,  # as long as admission waits before reclaiming a slot
     )
-
-
-def max_body_bytes(settings: Settings) -> int:
-    """Largest request body accepted: two uploads at the per-file limit plus form overhead."""
-    return 2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
 
 
 WATCHDOG_INTERVAL_S = 0.5
@@ -187,4 +180,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Outermost, so that every answer names its server, refusals before the body included.
     app.state.served_by = process_id()
     app.add_middleware(ServedByMiddleware)
+    if settings.forwarded_allow_ips:
+        # Outermost of all: behind a trusted TLS proxy, every layer (records, cookies' Secure flag, logs)
+        # sees the client's address and scheme; anyone else's X-Forwarded-* headers are ignored.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.forwarded_allow_ips))
     return app

@@ -3,8 +3,9 @@
 Unknown fields are refused (`extra="forbid"`) at every level except the free dicts `metrics` and
 `training`: a misspelt key ("treshold") must fail loudly rather than be dropped, and a manifest from a
 newer exporter must be refused by an older service instead of being half understood. Adding a field
-therefore bumps `SCHEMA_VERSION`, and the service says which versions it reads. Schema 2 added `precision`
-and `precision_check` (reduced-precision exports); a schema-1 manifest reads as an fp32 model.
+therefore bumps `SCHEMA_VERSION`, and the service says which versions it reads (`READABLE_SCHEMA_VERSIONS`,
+with what each one holds). A manifest is written back as the schema it was read as; new ones are written
+as `SCHEMA_VERSION`.
 
 `preprocessing` is the model's `PreprocessConfig`, stored as its `to_dict()` (with `version`); reading it
 back runs `PreprocessConfig.from_dict`, the one place that checks the preprocessing version. The model
@@ -41,10 +42,16 @@ from service.preprocessing import ConfigError, PreprocessConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-# Schema 2 added the optional `calibration`, `pixel_threshold`, `min_defect_area_mm2` and `history`; a
-# schema-1 manifest (none of them) still loads.
-READABLE_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# The schemas this service reads:
+# 1: none of `LATER_FIELDS` (reads as an fp32 model without calibration, pixel threshold or area rule).
+# 2: written by two exporters, each adding its own optional fields to schema 1: `calibration`,
+#    `pixel_threshold`, `min_defect_area_mm2` and `history` (calibration), `precision` and `precision_check`
+#    (reduced-precision exports). A schema-2 manifest may hold either set, or both.
+# 3: the same fields as schema 2, one number for all of them: what `training export` and `calibrate` write.
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+# The fields schema 1 has not got.
+LATER_FIELDS = ("precision", "precision_check", "calibration", "pixel_threshold", "min_defect_area_mm2", "history")
 METADATA_KEY = "bridgenet_manifest"
 MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
 MANIFEST_FILE = "manifest.json"
@@ -112,7 +119,7 @@ class ScoreStats(_Strict):
 
 
 class Calibration(_Strict):
-    """How the thresholds were calibrated and what they are expected to do (schema 2; optional)."""
+    """How the thresholds were calibrated and what they are expected to do (optional; not in schema 1)."""
 
     method: str = Field(min_length=1, examples=["normal_prediction"])
     source: str = Field(min_length=1, description="where the good parts came from")
@@ -162,12 +169,12 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict, description="evaluation numbers, e.g. i_auroc")
     selection: str = Field(min_length=1, description="how the checkpoint was chosen")
     training: dict[str, Any] = Field(default_factory=dict, description="training settings: epochs, seed, ...")
-    # Schema 2: the numeric precision of the graph and, for fp16/int8, how it was made and checked against fp32.
+    # Not in schema 1 (`LATER_FIELDS`), all optional so that schema-1 models load unchanged.
+    # The numeric precision of the graph and, for fp16/int8, how it was made and checked against fp32.
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     precision_check: dict[str, Any] = Field(
         default_factory=dict, description="calibration data and the comparison with the fp32 graph (fp16, int8)"
     )
-    # Schema 2, all optional so that schema-1 models load unchanged.
     calibration: Calibration | None = None
     pixel_threshold: float | None = Field(
         default=None, description="anomaly-map value above which a pixel belongs to a defect region"
@@ -192,7 +199,13 @@ class Manifest(_Strict):
                 f"schema {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; upgrade the service or re-export the model"
             )
         if isinstance(data, Mapping) and data.get("schema_version") == 1:
-            newer = sorted({"precision", "precision_check"} & set(data))
+            # Absent, or at its default: a schema-1 manifest read and written by an earlier service of
+            # schema 2 may carry `"calibration": null` and the like.
+            newer = [
+                k
+                for k in LATER_FIELDS
+                if k in data and data[k] != cls.model_fields[k].get_default(call_default_factory=True)
+            ]
             if newer:
                 raise ValueError(f"schema_version 1 has no field {', '.join(newer)} (added in schema 2)")
         if not isinstance(data, Mapping):
@@ -227,7 +240,7 @@ class Manifest(_Strict):
         # The JSON format keeps image_size where it always was, right after backbone.
         out: dict[str, Any] = {}
         for key, value in handler(self).items():
-            if self.schema_version == 1 and key in ("precision", "precision_check"):
+            if self.schema_version == 1 and key in LATER_FIELDS:
                 continue  # a schema-1 manifest writes back as it was read
             out[key] = value
             if key == "backbone":

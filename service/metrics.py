@@ -53,6 +53,11 @@ class RecordsMetrics:
             registry=r,
         )
         self.archive_bytes = Gauge("bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r)
+        self.archive_orphans_removed = Counter(
+            "bridgenet_archive_orphans_removed_total",
+            "Evidence files that no record named, deleted by the archive sweep (a crash between file and record).",
+            registry=r,
+        )
         self.push_backlog = Gauge(
             "bridgenet_push_backlog", "Results waiting in the outbox, by destination.", ["destination"], registry=r
         )
@@ -143,7 +148,7 @@ class Metrics:
         )
         for stage in STAGES:  # expose every stage from the start, so dashboards see zeros, not gaps
             self.stage_duration.labels(stage=stage)
-        # --- fail-closed monitoring (issue 12): baselines, capacity and answered-only latency -------------
+        # --- fail-closed monitoring: baselines, capacity and answered-only latency ------------------------
         self.good_score = Gauge(
             "bridgenet_good_score",
             "Raw scores of the good validation parts in each model's manifest (score_stats): the drift baseline.",
@@ -162,7 +167,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # --- workers and models that cannot take the service down (issue 12, round two) -------------------
+        # --- workers and models that cannot take the service down -----------------------------------------
         self.reclaimed_slots = Counter(
             "bridgenet_reclaimed_slots_total",
             "Admission slots taken back from predictions still running long after their request timed out.",

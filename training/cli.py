@@ -11,13 +11,13 @@ import sys
 # `check-data` do not pay for importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth.generate", "write a synthetic data set in the MVTec 3D-AD layout"),
-    "check-data": ("training.check_data", "report what a data set holds before training"),
-    "convert-eyecandies": ("training.convert_eyecandies", "convert an Eyecandies category to our layout"),
+    "check-data": ("training.data.check", "report what a data set holds before training"),
+    "convert-eyecandies": ("training.data.convert_eyecandies", "convert an Eyecandies category to our layout"),
     "train": ("training.train.cli", "train a BridgeNet model"),
-    "evaluate": ("training.evaluate", "evaluate a trained run on the test split"),
-    "export": ("training.export", "export a trained run to ONNX + manifest"),
-    "import-reviews": ("training.import_reviews", "turn reviewed parts from a service into training data"),
-    "calibrate": ("training.recalibrate", "re-calibrate an exported model on good parts"),
+    "evaluate": ("training.evaluation.evaluate", "evaluate a trained run on the test split"),
+    "export": ("training.export.exporter", "export a trained run to ONNX + manifest"),
+    "import-reviews": ("training.data.import_reviews", "turn reviewed parts from a service into training data"),
+    "calibrate": ("training.calibration.recalibrate", "re-calibrate an exported model on good parts"),
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from service.preprocessing import PreprocessConfig
+from training.calibration.rate import check_false_reject_rate
 
 Modality = Literal["rgb", "depth", "both"]
 Selection = Literal["validation", "last"]
@@ -76,7 +77,7 @@ class TrainConfig:
     shot_repeats: int = 200
     # A fresh random subset of this many training parts each epoch (the paper: 400 of Eyecandies' 1000,
     # docs/RESULTS.md#eyecandies-paper-41-tables-4-15-16);
-    # None = every part every epoch. See training.epoch_sampling.
+    # None = every part every epoch. See training.data.epoch_sampling.
     samples_per_epoch: int | None = None
     selection: Selection = "validation"
     eval_every: int = 1
@@ -92,6 +93,10 @@ class TrainConfig:
             object.__setattr__(self, "mgag_input", MGAG_INPUT_DEFAULTS.get(self.backbone, True))
         if self.preprocessing is None:
             object.__setattr__(self, "preprocessing", PreprocessConfig(image_size=self.image_size))
+        try:
+            check_false_reject_rate(self.target_false_reject_rate)
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig: {exc}") from None
         if not isinstance(self.preprocessing, PreprocessConfig):
             raise TypeError(f"TrainConfig.preprocessing must be a PreprocessConfig, got {type(self.preprocessing)}")
         if self.preprocessing.image_size != self.image_size:
@@ -119,7 +124,6 @@ class TrainConfig:
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1, "samples_per_epoch must be ≥ 1"),
             (self.shots is None or self.samples_per_epoch is None, "shots and samples_per_epoch do not combine"),
             (self.selection in ("validation", "last"), "selection must be 'validation' or 'last'"),
-            (0.0 <= self.target_false_reject_rate < 1.0, "target_false_reject_rate must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be ≥ 1"),
             (
                 min(self.sigma_input, self.sigma_features, self.sigma_adapted) >= 0,

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from training.backbones import BACKBONES, build_backbone
+from training.calibration.record import Calibration
 from training.config import TrainConfig
-from training.model import BridgeNet
+from training.model.backbones import BACKBONES, build_backbone
+from training.model.bridgenet import BridgeNet
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.pt"  # the selected weights (adaptor + discriminator), no backbone
@@ -31,7 +32,7 @@ class Run:
     path: Path
     config: TrainConfig
     model: BridgeNet
-    calibration: dict[str, Any]
+    calibration: Calibration
     report: dict[str, Any]
 
 
@@ -78,7 +79,7 @@ def load_run(path: Path, *, device: str = "cpu") -> Run:
     saved = torch.load(model_file, map_location="cpu", weights_only=True)
     load_trainable_state(model, saved["state"])
     model.to(device).eval()
-    calibration = _read_json(path / CALIBRATION_FILE)
+    calibration = Calibration.from_dict(_read_json(path / CALIBRATION_FILE))
     report = _read_json(path / REPORT_FILE)
     return Run(path, config, model, calibration, report)
 

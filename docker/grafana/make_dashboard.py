@@ -103,7 +103,7 @@ def top_row() -> list[Panel]:
     ]
 
 
-# --- service health (issue 12): up, queue depth, batch size, answered latency apart from refusals ------
+# --- service health: up, queue depth, batch size, answered latency apart from refusals ---------------
 
 
 def answered_quantile(q: float, window: str) -> str:

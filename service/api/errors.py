@@ -37,7 +37,7 @@ from service.preprocessing import (
     PreprocessingError,
     SizeMismatchError,
 )
-from service.records.store import RecordError
+from service.records.store import DuplicateRequestError, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ _E = TypeVar("_E", bound=Exception)
 CLIENT_CLOSED_CODE = "client_disconnected"
 # The model answered NaN or infinity (service.engine.InvalidModelOutputError): 500, its own alert.
 INVALID_MODEL_OUTPUT = "invalid_model_output"
+AUDIT_UNAVAILABLE = "audit_unavailable"
+DUPLICATE_REQUEST_ID = "duplicate_request_id"
+# 503 bodies whose cause is the service's own state: the cause (database text with its SQL, host and user;
+# a worker's exception) goes to the log under the request id, the client learns only to retry.
+AUDIT_UNAVAILABLE_MESSAGE = (
+    "the record of this prediction could not be written, so it is not answered; retry (the cause is in "
+    "the service log under this request id)"
+)
+WORKER_DEAD_MESSAGE = "the model's inference worker is down and the service is restarting; retry (another replica)"
 
 
 class ApiError(Exception):
@@ -146,13 +155,15 @@ def describe(exc: Exception) -> ErrorInfo | None:
         code = next((c for cls, c in _PREPROCESSING_CODES.items() if isinstance(exc, cls)), "preprocessing_failed")
         return ErrorInfo(422, code, str(exc))
     if isinstance(exc, WorkerDeadError):  # the process exits to be restarted: another replica / later
-        return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+        return ErrorInfo(503, "not_ready", WORKER_DEAD_MESSAGE, {"Retry-After": "5"})
     if isinstance(exc, ModelUnavailableError):  # its folder failed to load; a reload may bring it back
         return ErrorInfo(503, "model_unavailable", str(exc), {"Retry-After": "30"})
     if isinstance(exc, BatcherClosedError):  # only after shutdown has begun: try another replica / later
         return ErrorInfo(503, "not_ready", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, DuplicateRequestError):  # the first record stands; the client reads it back
+        return ErrorInfo(409, DUPLICATE_REQUEST_ID, f"{exc}; read it at GET /v1/results/{{request_id}}")
     if isinstance(exc, RecordError):  # no answer without its record: the client retries (another replica)
-        return ErrorInfo(503, "audit_unavailable", str(exc), {"Retry-After": "5"})
+        return ErrorInfo(503, AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
     if isinstance(exc, InvalidModelOutputError):  # never an OK on NaN: the model is at fault, not the part
@@ -198,7 +209,7 @@ def refusal_codes() -> list[str]:
     codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
     codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
     codes |= {"not_ready", "unknown_model", "model_unavailable", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
-    codes.add(INVALID_MODEL_OUTPUT)
+    codes |= {INVALID_MODEL_OUTPUT, AUDIT_UNAVAILABLE, DUPLICATE_REQUEST_ID}
     return sorted(codes)
 
 
@@ -222,7 +233,11 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
         return internal_error_response(exc)
     if isinstance(exc, InvalidModelOutputError):  # a fault of the model: an operator must look at it
         log.error("invalid model output: %s", info.message, extra={"code": info.code, "status": info.status})
-    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError):
+    elif isinstance(exc, RecordError) and info.status >= 500:  # the detail the body leaves out
+        log.error("record not written: %s", exc, extra={"code": info.code, "status": info.status})
+    elif isinstance(exc, WorkerDeadError):
+        log.error("worker down: %s", exc, extra={"code": info.code, "status": info.status})
+    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError | DuplicateRequestError):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
 

@@ -1,7 +1,7 @@
 """Admission before the body (pure ASGI): the predict paths are refused from their headers alone.
 
 FastAPI parses a multipart form before a route's dependencies run, so checks made there come after the
-whole body was received and held in memory. This layer runs first, on the headers only: API key (401),
+whole body was received and held in memory. This layer runs first, on the headers only: line key (401, 403),
 readiness (503), declared body size (413, also checked by `RequestMiddleware` for every path) and capacity
 (429, `Admission.admit`), each with the service's one error body and, where it applies, `Retry-After`. A
 refusal closes the connection, so a client cannot go on sending the body it was refused for.
@@ -22,7 +22,7 @@ from service.api.admission import AdmissionPass
 from service.api.deps import ServiceState, not_ready_error
 from service.api.errors import ApiError, PayloadTooLargeError, error_response
 from service.api.middleware import ENDPOINT_SCOPE_KEY, PREDICT_PATHS
-from service.api.security import API_KEY_HEADER, check_api_key
+from service.api.security import API_KEY_HEADER, Role, check_role
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class AdmissionGate:
 
     def _admit(self, headers: Headers) -> AdmissionPass:
         """The checks, in order: key, readiness, declared size, capacity. Raises the refusal's ApiError."""
-        check_api_key(self.state.settings.api_key, headers.get(API_KEY_HEADER))
+        check_role(self.state.settings, headers.get(API_KEY_HEADER), (Role.LINE,))
         admission = self.state.admission
         if admission is None or not self.state.ready:
             raise not_ready_error()

@@ -12,22 +12,22 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Security
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from service.api.deps import State, not_ready_error
 from service.api.errors import ApiError
 from service.api.reload import reload_models
 from service.api.schemas import ErrorResponse, ReloadResponse
 from service.api.security import check_api_key
-from service.config import Settings
 
 ADMIN_KEY_HEADER = "X-Admin-Key"
 
-_admin_key_header = APIKeyHeader(
+admin_key_header = APIKeyHeader(
     name=ADMIN_KEY_HEADER,
     scheme_name="AdminKey",
     auto_error=False,
-    description="Required on /v1/admin/*: the value of BRIDGENET_ADMIN_KEY.",
+    description="Required on /v1/admin/*, and on /v1/status to see the push destinations' errors: the value of "
+    "BRIDGENET_ADMIN_KEY.",
 )
 
 
@@ -37,12 +37,6 @@ class AdminDisabledError(ApiError):
 
 class PushRetryResponse(BaseModel):
     requeued: dict[str, int] = Field(description="Destination → dead letters put back at the end of its outbox.")
-
-
-def _check_admin(settings: Settings, key: str | None, instead: str) -> None:
-    if settings.admin_key is None:
-        raise AdminDisabledError(f"no admin key is configured (BRIDGENET_ADMIN_KEY); {instead}")
-    check_api_key(settings.admin_key, key, ADMIN_KEY_HEADER)
 
 
 _ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
@@ -55,16 +49,24 @@ _ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(prefix="/v1/admin", tags=["operations"])
 
 
+def check_admin_key(admin_key: SecretStr | None, key: str | None, instead: str) -> None:
+    """Pass when `key` is the configured admin key; 403 when none is configured (`instead` says what to
+    do then), 401 when it is missing or wrong."""
+    if admin_key is None:
+        raise AdminDisabledError(f"no admin key is configured (BRIDGENET_ADMIN_KEY); {instead}")
+    check_api_key(admin_key, key, ADMIN_KEY_HEADER)
+
+
 @router.post(
     "/reload",
     response_model=ReloadResponse,
     responses=_ADMIN_ERRORS,
 )
-async def reload(state: State, key: Annotated[str | None, Security(_admin_key_header)]) -> ReloadResponse:
+async def reload(state: State, key: Annotated[str | None, Security(admin_key_header)]) -> ReloadResponse:
     """Reload the model folders: new ones are loaded, changed ones replaced, removed ones dropped; requests in
     flight finish on the version they started with. A folder that fails is reported and the others are
     served (a changed one keeps its previous version); the default model is never dropped."""
-    _check_admin(state.settings, key, "send SIGHUP to reload instead")
+    check_admin_key(state.settings.admin_key, key, "send SIGHUP to reload instead")
     if not state.ready:
         raise not_ready_error()
     report = await reload_models(state)
@@ -74,7 +76,7 @@ async def reload(state: State, key: Annotated[str | None, Security(_admin_key_he
 @router.post("/push/retry", response_model=PushRetryResponse, responses=_ADMIN_ERRORS)
 async def retry_push(
     state: State,
-    key: Annotated[str | None, Security(_admin_key_header)],
+    key: Annotated[str | None, Security(admin_key_header)],
     destination: Annotated[
         Literal["mqtt", "webhook"] | None, Query(description="Only this destination's; unset: every one's.")
     ] = None,
@@ -82,7 +84,7 @@ async def retry_push(
     """Re-queue the push dead letters (results refused for good, or taken out of the outbox by its age or
     size bound) at the end of their destination's outbox, oldest first, as new messages: they count against
     the bounds again from now. A destination that is not configured re-queues nothing."""
-    _check_admin(state.settings, key, "dead letters cannot be re-queued")
+    check_admin_key(state.settings.admin_key, key, "dead letters cannot be re-queued")
     records = state.records
     if records is None:
         raise not_ready_error()

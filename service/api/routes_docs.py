@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from service.api.errors import ApiError
-from service.api.security import require_api_key
+from service.api.security import require_any_key
 
 SWAGGER_UI_DIR = Path(__file__).resolve().parent / "static" / "swagger-ui"
 # The only files /docs/assets serves: name → media type. Nothing else in the folder is reachable.
@@ -67,7 +67,7 @@ def docs_router(docs_enabled: bool) -> APIRouter:
     """/openapi.json always (API key when one is configured); /docs and its assets only when enabled."""
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/openapi.json", dependencies=[Depends(require_api_key)])
+    @router.get("/openapi.json", dependencies=[Depends(require_any_key)])
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(request.app.openapi())
 

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Response
 
 from service.api.deps import State
 from service.api.schemas import ErrorResponse
-from service.api.security import require_api_key
+from service.api.security import require_line_key
 
-router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["operations"], dependencies=[Depends(require_line_key)])
 
 
 @router.get(

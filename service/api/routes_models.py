@@ -6,15 +6,15 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import ReadyState
 from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, UnavailableModel
-from service.api.security import require_api_key
+from service.api.security import require_line_key
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_line_key)])
 
 
 @router.get(
     "/models",
     response_model=ModelsResponse,
-    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 async def list_models(state: ReadyState) -> ModelsResponse:
     default = state.engine.options.default_model

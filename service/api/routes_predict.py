@@ -21,8 +21,9 @@ from service.api.errors import PayloadTooLargeError
 from service.api.forms import PREDICT_FORM, FormFile, FormValue, read_form
 from service.api.gate import admission_pass
 from service.api.hooks import serve_prediction
+from service.api.middleware import REQUEST_ID_HEADER, accepted_request_id
 from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
-from service.api.security import require_api_key
+from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap
 from service.logs import annotate_request
 
@@ -83,9 +84,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     for status, text in {
         400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype), or a malformed form",
         401: "Missing or wrong API key",
+        403: "A key of another role (only the line key predicts)",
         404: "Unknown model",
         408: "The body did not arrive within BRIDGENET_BODY_TIMEOUT_S",
         413: "Upload or declared image size too large",
+        409: "The X-Request-ID has a record already (duplicate_request_id): read it at GET /v1/results/{request_id}",
         422: "Missing/invalid/repeated/undeclared form field, or unusable input (no foreground, size mismatch, ...)",
         429: "Queue full (Retry-After)",
         503: "Not ready, model unavailable, the request timed out, or its record could not be written (Retry-After)",
@@ -100,7 +103,7 @@ _ROUTE: dict[str, Any] = {
     },
 }
 
-router = APIRouter(tags=["inspection"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["inspection"], dependencies=[Depends(require_line_key)])
 
 
 def _file(form: Mapping[str, FormValue], name: str) -> FormFile:
@@ -142,6 +145,10 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
     fields = _fields(form)
     model_name = state.engine.get(fields.model).name  # an unknown model is refused before any decoding work
     request = annotate_request(fields.part_id, model_name)
+    # One record per request id: a client's id that has one is refused before any work (the service's
+    # own ids are fresh UUIDs, not worth a lookup).
+    if state.records is not None and accepted_request_id(http.headers.get(REQUEST_ID_HEADER)) is not None:
+        await state.records.refuse_recorded(request.request_id)
     upload = PartUpload(
         rgb=_upload_bytes(rgb, "rgb", state.limits.max_bytes),
         xyz=_upload_bytes(xyz, "xyz", state.limits.max_bytes),

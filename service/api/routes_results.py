@@ -13,19 +13,21 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from service.api.deps import State
 from service.api.errors import ApiError, NotReadyError
+from service.api.routes_admin import ADMIN_KEY_HEADER, check_admin_key
 from service.api.schemas import ErrorResponse
-from service.api.security import require_api_key
+from service.api.security import require_any_key, require_results_key
 from service.records.reviews import latest_reviews
 from service.records.runtime import Records
 from service.records.store import MAX_PAGE, CursorError, EvidenceKind, Recorder, ResultFilter
 
-router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["results"])
+ReadsResults = [Depends(require_results_key)]
 
 
 class ResultNotFoundError(ApiError):
@@ -97,11 +99,19 @@ class ResultsPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
+# What /v1/status shows instead of a delivery error without the admin key: the errors name the
+# destination's host, port and path, which the line's clients have no need to learn.
+HIDDEN_ERROR = f"delivery failed; send {ADMIN_KEY_HEADER} to see the error"
+
+
 class PushBacklog(BaseModel):
     waiting: int = Field(description="Results not yet delivered to this destination.")
     oldest_age_s: float | None
     attempts: int = Field(description="Failed attempts on the oldest waiting result.")
-    last_error: str | None
+    last_error: str | None = Field(
+        description=f"The oldest waiting result's last delivery error; with {ADMIN_KEY_HEADER} only (it names "
+        f"internal hosts), else {HIDDEN_ERROR!r}."
+    )
     dead_letters: int = Field(
         description="Results taken out of the outbox undelivered (refused with a 4xx, too old, over the "
         "backlog bound); POST /v1/admin/push/retry re-queues them."
@@ -124,6 +134,7 @@ class StatusResponse(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid filter or cursor"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    403: {"model": ErrorResponse, "description": "A key of another role (the line key cannot read results)"},
     404: {"model": ErrorResponse, "description": "Unknown result, evidence not archived, or audit off"},
     503: {"model": ErrorResponse, "description": "Not started yet"},
 }
@@ -132,19 +143,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # ---- dependencies
 
 
-def _records(state: State) -> Records:
+def records_of(state: State) -> Records:
+    """The records, or 503 not_ready while the lifespan has not opened them yet."""
     if state.records is None:
         raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
     return state.records
 
 
-def _recorder(records: Annotated[Records, Depends(_records)]) -> Recorder:
+def recorder_of(state: State) -> Recorder:
+    """The recorder (for this API and the review station), or 503 before the records are open and 404
+    audit_off when BRIDGENET_AUDIT=off."""
+    records = records_of(state)
     if records.recorder is None:
         raise AuditOffError("BRIDGENET_AUDIT=off: this service records no results")
     return records.recorder
 
 
-RecorderDep = Annotated[Recorder, Depends(_recorder)]
+RecorderDep = Annotated[Recorder, Depends(recorder_of)]
 
 
 # RFC 3339 date-time, as the contract declares (format: date-time): a number (pydantic would read it as a
@@ -179,7 +194,7 @@ Filters = Annotated[ResultFilter, Depends(_filters)]
 # ---- routes
 
 
-@router.get("/results", response_model=ResultsPage, responses=_ERRORS)
+@router.get("/results", response_model=ResultsPage, responses=_ERRORS, dependencies=ReadsResults)
 def list_results(
     recorder: RecorderDep,
     filters: Filters,
@@ -248,6 +263,7 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
     "/results.csv",
     response_class=StreamingResponse,
     responses={**_ERRORS, 200: {"content": {"text/csv": {}}, "description": "All matching records, newest first."}},
+    dependencies=ReadsResults,
 )
 def results_csv(recorder: RecorderDep, filters: Filters) -> StreamingResponse:
     def rows() -> Iterator[str]:
@@ -270,7 +286,7 @@ def results_csv(recorder: RecorderDep, filters: Filters) -> StreamingResponse:
     )
 
 
-@router.get("/results/{request_id}", response_model=ResultRecord, responses=_ERRORS)
+@router.get("/results/{request_id}", response_model=ResultRecord, responses=_ERRORS, dependencies=ReadsResults)
 def get_result(recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)]) -> ResultRecord:
     view = recorder.get(request_id)
     if view is None:
@@ -305,6 +321,7 @@ def media_type(data: bytes) -> tuple[str, str]:
             "content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "application/octet-stream": {}},
         },
     },
+    dependencies=ReadsResults,
 )
 def get_result_file(
     recorder: RecorderDep, request_id: Annotated[str, Path(max_length=128)], kind: EvidenceKind
@@ -326,8 +343,34 @@ def get_result_file(
     )
 
 
-@router.get("/status", response_model=StatusResponse, responses=_ERRORS)
-def service_status(records: Annotated[Records, Depends(_records)]) -> StatusResponse:
+# The service's own state, no part data: the line's and the results reader's keys both read it.
+@router.get(
+    "/status",
+    response_model=StatusResponse,
+    responses={
+        **_ERRORS,
+        401: {"model": ErrorResponse, "description": "Missing or wrong API key, or a wrong admin key"},
+        403: {"model": ErrorResponse, "description": "An admin key was sent but none is configured"},
+    },
+    dependencies=[Depends(require_any_key)],
+)
+def service_status(
+    records: Annotated[Records, Depends(records_of)],
+    state: State,
+    # A plain optional header, not a security scheme: the admin key adds detail here, it is not an alternative
+    # to the line's or the results reader's key.
+    admin_key: Annotated[
+        str | None, Header(alias=ADMIN_KEY_HEADER, description="BRIDGENET_ADMIN_KEY: shows delivery errors")
+    ] = None,
+) -> StatusResponse:
     """The audit trail and the push backlog: a push destination that is down shows here (and in
-    bridgenet_push_backlog), never in /readyz, so the line keeps running."""
-    return StatusResponse.model_validate(records.status())
+    bridgenet_push_backlog), never in /readyz, so the line keeps running. Delivery errors name internal
+    hosts: they are shown with the admin key only."""
+    status = records.status()
+    if admin_key is not None:
+        check_admin_key(state.settings.admin_key, admin_key, f"send no {ADMIN_KEY_HEADER}")
+    else:
+        for backlog in status["push"].values():
+            if backlog.get("last_error") is not None:
+                backlog["last_error"] = HIDDEN_ERROR
+    return StatusResponse.model_validate(status)

@@ -224,7 +224,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# --- request field types (issue 12) -------------------------------------------------------------------
+# --- request field types ------------------------------------------------------------------------------
 
 PART_ID_MAX_LENGTH = 256
 

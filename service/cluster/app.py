@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,8 +41,6 @@ HEALTH_CHECK_PERIOD_S = 5.0
 HEALTH_CHECK_TIMEOUT_S = 10.0
 # Margin beyond request_timeout_s that a stopping replica waits for its in-flight requests (as `python -m service`).
 SHUTDOWN_MARGIN_S = 5.0
-# Seconds between two copies of a replica's metrics into Ray's (Ray's agents export every few seconds too).
-METRICS_COPY_INTERVAL_S = float(os.environ.get("BRIDGENET_CLUSTER_METRICS_INTERVAL_S", "5"))
 # The families copied: the service's own and its process' (memory, CPU); Python GC counters stay local.
 COPIED_PREFIXES = ("bridgenet_", "process_")
 
@@ -77,29 +73,16 @@ class Scale:
         return self.autoscale[1] if self.autoscale is not None else self.replicas
 
 
-def _setting(settings: Settings, field: str, environ: Mapping[str, str]) -> Any:
-    """A setting by name, or its environment variable where this Settings class does not know it yet."""
-    if field in type(settings).model_fields:
-        value = getattr(settings, field)
-        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
-    return environ.get(env_name(field)) or None
-
-
-def shared_database_problem(
-    settings: Settings, max_replicas: int, environ: Mapping[str, str] = os.environ
-) -> str | None:
+def shared_database_problem(settings: Settings, max_replicas: int) -> str | None:
     """Why the audit trail cannot run with `max_replicas` replicas, or None. SQLite is one file on one host:
     replicas on other hosts would each write their own, and several writers on one host contend for its lock.
     """
     if max_replicas <= 1:
         return None
-    audit = _setting(settings, "audit", environ)
-    url = _setting(settings, "database_url", environ)
-    if audit is None and url is None:  # no audit trail in this build or this environment
+    if settings.audit == "off":
         return None
-    if str(audit).lower() == "off":
-        return None
-    if url is None or str(url).startswith("sqlite"):
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    if url is None or url.startswith("sqlite"):
         where = "SQLite in the data directory" if url is None else "an SQLite URL"
         return (
             f"{max_replicas} replicas cannot share the audit trail in {where}: set {env_name('database_url')} "
@@ -108,10 +91,10 @@ def shared_database_problem(
     return None
 
 
-def shared_port_problem(settings: Settings, max_replicas: int, environ: Mapping[str, str] = os.environ) -> str | None:
-    """Why a separate metrics port (BRIDGENET_METRICS_PORT, where the service has one) cannot work with
-    `max_replicas` replicas, or None: replicas on one machine would all bind it."""
-    if max_replicas > 1 and _setting(settings, "metrics_port", environ) is not None:
+def shared_port_problem(settings: Settings, max_replicas: int) -> str | None:
+    """Why a separate metrics port (BRIDGENET_METRICS_PORT) cannot work with `max_replicas` replicas, or
+    None: replicas on one machine would all bind it."""
+    if max_replicas > 1 and settings.metrics_port is not None:
         return (
             f"{env_name('metrics_port')} is set, but {max_replicas} replicas on one machine cannot all bind it; "
             "on Ray each node exports every replica's metrics on its Ray metrics port (docker/ray/prometheus.yml): "
@@ -157,7 +140,7 @@ class MetricsCopier:
     keep their meaning under rate() and histogram_quantile(), which read values, not metric types.
     """
 
-    def __init__(self, registry: CollectorRegistry, interval_s: float = METRICS_COPY_INTERVAL_S) -> None:
+    def __init__(self, registry: CollectorRegistry, interval_s: float) -> None:
         self._registry = registry
         self._interval_s = interval_s
         self._gauges: dict[str, serve_metrics.Gauge] = {}
@@ -211,7 +194,7 @@ class _Replica:
         await asyncio.to_thread(engine.start)
         self._app: FastAPI = create_app(settings, engine=engine)
         self._app.state.served_by = serve.get_replica_context().replica_tag
-        self._copier = MetricsCopier(self._app.state.service.metrics.registry)
+        self._copier = MetricsCopier(self._app.state.service.metrics.registry, settings.cluster_metrics_interval_s)
         self._copier.start()
         log.info("replica %s ready", self._app.state.served_by)
 

@@ -18,7 +18,15 @@ from service.engine.errors import (
     UnknownModelError,
     WorkerDeadError,
 )
-from service.engine.loading import CPU, CUDA, EngineOptions, LoadedModel, cuda_driver_present, session_providers
+from service.engine.loading import (
+    CPU,
+    CUDA,
+    EngineOptions,
+    LoadedModel,
+    create_session,
+    cuda_driver_present,
+    session_providers,
+)
 from service.engine.result import EncodedMap, PartUpload, Prediction, PredictResult, ReturnMap, ThresholdSource
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "ThresholdSource",
     "UnknownModelError",
     "WorkerDeadError",
+    "create_session",
     "cuda_driver_present",
     "session_providers",
 ]

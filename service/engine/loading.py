@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,6 +140,28 @@ def session_providers(
     return [CPU]
 
 
+def create_session(
+    model: bytes | str,
+    *,
+    providers: list[str] | None = None,
+    intra_op_threads: int | None = None,
+    spin_wait: bool = True,
+    configure: Callable[[ort.SessionOptions], None] | None = None,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session made as the engine makes its models' (all graph optimisations, the thread
+    count and spinning given; `providers` default CPU). `model`: the ONNX bytes or a file path. The one
+    place sessions are made: the engine's loads, and training's and the benchmarks' scoring of bare graphs
+    (`configure` lets a benchmark change further options)."""
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        session_options.intra_op_num_threads = intra_op_threads
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    if configure is not None:
+        configure(session_options)
+    return ort.InferenceSession(model, session_options, providers=providers or [CPU])
+
+
 def model_names(options: EngineOptions) -> list[str]:
     """The models to load: `options.models`, or every folder of `models_dir` holding a model file."""
     root = options.models_dir
@@ -179,16 +201,12 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
             f"model {name!r}: {onnx_path} keeps {len(external)} tensor(s) in external data ({shown}); "
             "only self-contained model files are served (export without external data)"
         )
-    session_options = ort.SessionOptions()
-    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if options.intra_op_threads:
-        session_options.intra_op_num_threads = options.intra_op_threads
-    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.ort_spin_wait else "0")
     try:
-        session = ort.InferenceSession(
+        session = create_session(
             model_bytes,
-            session_options,
             providers=session_providers(options.require_cuda, options.providers, tensorrt=options.tensorrt),
+            intra_op_threads=options.intra_op_threads,
+            spin_wait=options.ort_spin_wait,
         )
     except ModelLoadError:
         raise

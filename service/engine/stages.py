@@ -12,9 +12,9 @@ from service.engine.batching import BatchOutcome
 from service.engine.errors import InvalidModelOutputError
 from service.engine.loading import LoadedModel
 from service.engine.result import EncodedMap, PartUpload, Prediction, ReturnMap
-from service.postprocessing.maps import defect_area_fraction, encode_map, map_to_input_size
-from service.postprocessing.regions import find_regions
-from service.postprocessing.verdict import NonFiniteError, check_finite, decide
+from service.postprocessing.maps import encode_map
+from service.postprocessing.pipeline import postprocess_outputs
+from service.postprocessing.verdict import NonFiniteError
 
 
 def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray, np.ndarray]:
@@ -29,49 +29,43 @@ def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray,
 
 def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: dict[str, Any]) -> Prediction:
     """The one place where the model's output becomes an answer: `core` holds the raw score and the (S, S)
-    map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud (the decoded array itself, not a
-    copy). The map goes back to the upload's H × W; the defect regions come from the manifest's pixel
-    threshold and their mm² from `xyz`; the verdict from `service.postprocessing.verdict.decide` with the
-    threshold and the area rule in effect. A model without a pixel threshold (schema 1) answers no regions
-    and the area fraction above the image threshold, as before. `timings_ms` is left empty for the engine to fill in.
+    map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud. The post-processing itself
+    (`service.postprocessing.pipeline.postprocess_outputs`) runs with the model's thresholds and area rule
+    in effect. `timings_ms` is left empty for the engine to fill in.
 
     Raises InvalidModelOutputError on a non-finite score or map: never an answer, never an OK.
     """
     try:
-        check_finite(core.score, model.threshold)
-        if not np.isfinite(core.anomaly_map).all():  # checked at the model's resolution: resizing spreads NaN
-            bad = int(np.count_nonzero(~np.isfinite(core.anomaly_map)))
-            raise NonFiniteError(f"the anomaly map holds {bad} non-finite value(s)")
+        out = postprocess_outputs(
+            core.score,
+            core.anomaly_map,
+            xyz,
+            model.threshold,
+            model.manifest.pixel_threshold,
+            model.min_defect_area_mm2,
+        )
     except NonFiniteError as exc:
         raise InvalidModelOutputError(f"model {model.name!r} version {model.manifest.version}: {exc}") from exc
-    height, width = xyz.shape[:2]
-    anomaly_map = map_to_input_size(core.anomaly_map, height, width)
-    pixel_threshold = model.manifest.pixel_threshold
-    if pixel_threshold is None:
-        report, fraction = None, defect_area_fraction(anomaly_map, model.threshold)
-    else:
-        report = find_regions(anomaly_map, pixel_threshold, xyz)
-        fraction = report.defect_area_fraction
-    decision = decide(core.score, model.threshold, report, model.min_defect_area_mm2)
+    report = out.report
     return Prediction(
         model=model.name,
         version=model.manifest.version,
         score=core.score,
         threshold=model.threshold,
         threshold_source=model.threshold_source,
-        is_anomalous=decision.is_anomalous,
-        anomaly_map=anomaly_map,
+        is_anomalous=out.decision.is_anomalous,
+        anomaly_map=out.anomaly_map,
         model_map=core.anomaly_map,
-        defect_area_fraction=fraction,
+        defect_area_fraction=out.defect_area_fraction,
         timings_ms={},
         provider=model.provider,
         batch_size=core.batch_size,
         first_in_batch=core.first_in_batch,
         info=dict(info),
-        pixel_threshold=pixel_threshold,
+        pixel_threshold=model.manifest.pixel_threshold,
         regions=report.regions if report is not None else (),
         n_regions=report.n_regions if report is not None else 0,
-        decision=decision,
+        decision=out.decision,
         model_sha256=model.onnx_sha256,
     )
 

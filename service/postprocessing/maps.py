@@ -1,4 +1,5 @@
-"""Model outputs → what the line controller gets: map at the input's size, verdict, encoded map."""
+"""The anomaly map: back to the upload's size, the share above the threshold, encoded for the answer (and the
+archived 16-bit PNG read back)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import numpy as np
 
 MapEncoding = Literal["png", "npy"]
 PNG_SCALE = 65535  # 16-bit PNG: value = pixel / 65535, so scores in [0, 1] keep 1.5e-5 resolution
+
+
+class MapDecodeError(ValueError):
+    """Bytes that are not a 16-bit grayscale PNG map (what `encode_map(..., "png")` writes)."""
 
 
 def map_to_input_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -43,3 +48,11 @@ def encode_map(amap: np.ndarray, encoding: MapEncoding) -> bytes:
         np.save(out, amap.astype(np.float32), allow_pickle=False)
         return out.getvalue()
     raise ValueError(f"unknown map encoding {encoding!r}; expected 'png' or 'npy'")
+
+
+def decode_png_map(data: bytes) -> np.ndarray:
+    """(H, W) float32 scores in [0, 1] from a 16-bit PNG map written by `encode_map`. Raises MapDecodeError."""
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
+        raise MapDecodeError("the anomaly map is not a 16-bit grayscale PNG")
+    return pixels.astype(np.float32) / np.float32(PNG_SCALE)

@@ -34,7 +34,7 @@ from service.preprocessing.errors import (
     PreprocessingError,
     SizeMismatchError,
 )
-from service.preprocessing.image import prepare_depth, prepare_rgb, resize_mask
+from service.preprocessing.image import prepare_depth, prepare_rgb, resize_depth, resize_mask
 from service.preprocessing.pipeline import (
     PreprocessedPart,
     preprocess_cloud,
@@ -78,6 +78,7 @@ __all__ = [
     "preprocess_cloud",
     "preprocess_image",
     "preprocess_part",
+    "resize_depth",
     "resize_mask",
     "valid_points",
     "validate_part",

@@ -96,10 +96,15 @@ def prepare_depth(
     reference's F.interpolate, align_corners=False; OpenCV's INTER_LINEAR samples the same points). Unlike
     the reference the values are not quantised to 8 bits on the way.
     """
+    return _normalise_chw(resize_depth(depth, size), 1.0, mean, std)
+
+
+def resize_depth(depth: np.ndarray, size: int) -> np.ndarray:
+    """(S, S) float32: `depth` ((H, W) float in [0, 1]) resized as the model sees it, before normalisation:
+    bilinear without antialiasing (see `prepare_depth`)."""
     _validate_plane(depth, "depth")
     _check_size(size)
-    resized = cv2.resize(depth.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_LINEAR)
-    return _normalise_chw(resized, 1.0, mean, std)
+    return cv2.resize(depth.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

@@ -36,10 +36,10 @@ def database_url(data_dir: Path, url: str | None) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL: readers (the results API) never block the writer; NORMAL sync is durable across a process
-    # crash in WAL mode (a power loss may lose the last commits, never corrupt the file).
+    # WAL: readers (the results API) never block the writer. FULL: every commit is fsync'd before it
+    # returns, so a record whose answer went out survives a power cut (NORMAL may lose the last commits).
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -23,7 +23,14 @@ from service.push.destinations import Destination, MqttDestination, WebhookDesti
 from service.push.dispatcher import Bounds, Dispatcher, requeue
 from service.records.archive import Archive
 from service.records.database import create_db_engine, database_url, migrate
-from service.records.store import DEFAULT_DECISION_RULE, DecisionRecord, Evidence, Recorder, RecordOutcome
+from service.records.store import (
+    DEFAULT_DECISION_RULE,
+    DecisionRecord,
+    DuplicateRequestError,
+    Evidence,
+    Recorder,
+    RecordOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,7 @@ class Records:
         )
         records = cls(recorder, dispatcher)
         await asyncio.to_thread(recorder.prune)
+        await asyncio.to_thread(recorder.sweep_orphans)
         if dispatcher is not None:
             await dispatcher.start()
         records._pruner = asyncio.create_task(records._prune_periodically(), name="evidence-retention")
@@ -157,8 +165,15 @@ class Records:
             await asyncio.sleep(PRUNE_EVERY_S)
             try:
                 await asyncio.to_thread(self.recorder.prune)
+                await asyncio.to_thread(self.recorder.sweep_orphans)
             except Exception:  # retention must not end for good over one failed pass
                 log.exception("evidence retention pass failed")
+
+    async def refuse_recorded(self, request_id: str) -> None:
+        """Raise store.DuplicateRequestError when `request_id` has a record already (store.RecordError when
+        the database cannot say): checked before any prediction work, so a repeated id costs no scoring."""
+        if self.recorder is not None and await asyncio.to_thread(self.recorder.exists, request_id):
+            raise DuplicateRequestError(f"request id {request_id!r} has a record already")
 
     async def record_prediction(
         self,

@@ -37,10 +37,16 @@ EVIDENCE_KINDS: tuple[EvidenceKind, ...] = ("rgb", "xyz", "map")
 DEFAULT_DECISION_RULE = "score > threshold"
 MAX_PAGE = 500
 _PRUNE_BATCH = 200
+# An archive file younger than this is never an orphan: its record may be committing right now.
+ORPHAN_MIN_AGE_S = 600.0
 
 
 class RecordError(RuntimeError):
-    """The record could not be written (database down, duplicate request id): the answer must not go out."""
+    """The record could not be written (database down): the answer must not go out."""
+
+
+class DuplicateRequestError(RecordError):
+    """The request id has a record already: the first record stands and this prediction gets none."""
 
 
 class CursorError(ValueError):
@@ -106,7 +112,7 @@ class Evidence:
 @dataclass(frozen=True)
 class RecordOutcome:
     request_id: str
-    evidence: str  # "archived", "not_kept", "failed", or "duplicate" (the request id had a record already)
+    evidence: str  # "archived", "not_kept" or "failed"
     queued: tuple[str, ...]  # destinations an outbox message was written for
     write_seconds: float
 
@@ -139,15 +145,32 @@ class Recorder:
 
     def record(self, decision: DecisionRecord, evidence: Evidence | None = None) -> RecordOutcome:
         """Archive the evidence (per policy), then write the record and its outbox rows in one transaction
-        and commit. Evidence that cannot be stored degrades to a record without it (warning + metric);
-        a record that cannot be written raises RecordError."""
+        and commit. Evidence that cannot be stored degrades to a record without it (warning + metric); a
+        record that cannot be written raises RecordError (DuplicateRequestError when its request id has a
+        record already), and the evidence files this call stored that no record names are deleted."""
         start = time.perf_counter()
-        status, shas = self._store_evidence(decision, evidence)
-        received = utc(decision.received_at)
+        status, shas, held = self._store_evidence(decision, evidence)
+        committed = False
+        try:
+            pushed = self._insert(decision, status, shas)
+            committed = True
+        finally:
+            self._settle(held, committed)
+        seconds = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.audit_write_seconds.observe(seconds)
+        if pushed and self.on_commit is not None:
+            self.on_commit()
+        return RecordOutcome(decision.request_id, status, pushed, seconds)
+
+    def _insert(
+        self, decision: DecisionRecord, status: str, shas: tuple[str | None, str | None, str | None]
+    ) -> tuple[str, ...]:
+        """Write the record and its outbox rows in one transaction; return the destinations queued."""
         row = {
             "request_id": decision.request_id,
             "part_id": decision.part_id,
-            "received_at": received,
+            "received_at": utc(decision.received_at),
             "model": decision.model,
             "model_version": decision.model_version,
             "model_sha256": decision.model_sha256,
@@ -188,42 +211,87 @@ class Recorder:
                 if messages:
                     connection.execute(insert(OutboxRow), messages)
         except IntegrityError as exc:
-            # A client that retries with the same X-Request-ID: the first record stands, nothing is queued twice.
-            if self.get(decision.request_id) is not None:
-                log.warning("request id %s was recorded already; keeping the first record", decision.request_id)
-                return RecordOutcome(decision.request_id, "duplicate", (), time.perf_counter() - start)
+            # Two requests with one id raced past the route's check: the first record stands.
+            if self.exists(decision.request_id):
+                raise DuplicateRequestError(f"request id {decision.request_id!r} has a record already") from exc
             raise RecordError(f"cannot write the record of request {decision.request_id}: {exc}") from exc
         except SQLAlchemyError as exc:
             raise RecordError(f"cannot write the record of request {decision.request_id}: {exc}") from exc
-        seconds = time.perf_counter() - start
-        if self.metrics is not None:
-            self.metrics.audit_write_seconds.observe(seconds)
-        if messages and self.on_commit is not None:
-            self.on_commit()
-        return RecordOutcome(decision.request_id, status, tuple(pushed), seconds)
+        return tuple(pushed)
 
     def _store_evidence(
         self, decision: DecisionRecord, evidence: Evidence | None
-    ) -> tuple[str, tuple[str | None, str | None, str | None]]:
+    ) -> tuple[str, tuple[str | None, str | None, str | None], list[str]]:
+        """The evidence status, the three files' digests, and the digests stored by this call (pending in
+        the archive until `_settle`)."""
         keep = self.archive_policy == "all" or (self.archive_policy == "ng" and decision.is_anomalous)
         if evidence is None or self.archive is None or not keep:
-            return "not_kept", (None, None, None)
+            return "not_kept", (None, None, None), []
+        held: list[str] = []
         try:
             blobs = (evidence.rgb, evidence.xyz, encode_map(evidence.anomaly_map, "png"))
             needed = sum(len(b) for b in blobs)
             if not self.archive.has_room(needed):
                 self.prune(room_for=needed)
-            rgb, xyz, amap = (self.archive.put(b) for b in blobs)
+            for blob in blobs:
+                held.append(self.archive.put(blob))
         except (ArchiveError, OSError) as exc:
             # The line must keep running: the verdict and its record matter more than the pictures.
             log.warning("request %s recorded without evidence: %s", decision.request_id, exc)
             if self.metrics is not None:
                 self.metrics.archive_failures.inc()
-            return "failed", (None, None, None)
+            self._settle(held, committed=False)  # a part of the evidence is no evidence
+            return "failed", (None, None, None), []
         finally:
             if self.metrics is not None:
                 self.metrics.archive_bytes.set(self.archive.size_bytes)
-        return "archived", (rgb, xyz, amap)
+        rgb, xyz, amap = held
+        return "archived", (rgb, xyz, amap), held
+
+    def _settle(self, held: list[str], committed: bool) -> None:
+        """End the pending state of this call's files; without a committed record, delete those no
+        record names (the same bytes may belong to an earlier record, or to a concurrent one)."""
+        if self.archive is None or not held:
+            return
+        self.archive.settle(held)
+        if not committed:
+            for sha in set(held):
+                self.archive.discard(sha, self._still_referenced)
+            if self.metrics is not None:
+                self.metrics.archive_bytes.set(self.archive.size_bytes)
+
+    def exists(self, request_id: str) -> bool:
+        """Whether `request_id` has a record; raises RecordError when the database cannot say."""
+        try:
+            with self.db_engine.connect() as connection:
+                hit = connection.scalar(select(DecisionRow.request_id).where(DecisionRow.request_id == request_id))
+        except SQLAlchemyError as exc:
+            raise RecordError(f"cannot look up request {request_id}: {exc}") from exc
+        return hit is not None
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
+        """Delete archive files that no archived record names (left by a crash between the file and its
+        record), never one younger than `min_age_s` or pending. Returns the number deleted (and counts it)."""
+        if self.archive is None:
+            return 0
+        candidates = set(self.archive.files(older_than_s=min_age_s))
+        if not candidates:
+            return 0
+        shas = (DecisionRow.rgb_sha256, DecisionRow.xyz_sha256, DecisionRow.map_sha256)
+        with self.db_engine.connect() as connection:
+            rows = connection.execute(select(*shas).where(DecisionRow.evidence == "archived")).yield_per(1000)
+            for row in rows:
+                candidates.difference_update(row)
+        removed = 0
+        for sha in candidates:  # re-checked one by one under the archive's lock: a record may have come since
+            if self.archive.discard(sha, self._still_referenced):
+                removed += 1
+        if removed:
+            log.warning("removed %d evidence files that no record names", removed)
+            if self.metrics is not None:
+                self.metrics.archive_orphans_removed.inc(removed)
+                self.metrics.archive_bytes.set(self.archive.size_bytes)
+        return removed
 
     # ---- retention
 
@@ -270,8 +338,7 @@ class Recorder:
         with Session(self.db_engine) as session, session.begin():
             session.execute(update(DecisionRow).where(DecisionRow.request_id.in_(ids)).values(evidence="pruned"))
         for sha in {s for _, shas in victims for s in shas}:
-            if not self._still_referenced(sha):  # content addressing: another record may hold the same bytes
-                self.archive.delete(sha)
+            self.archive.discard(sha, self._still_referenced)  # content addressing: others may hold the bytes
         return len(ids)
 
     def _still_referenced(self, sha: str) -> bool:

@@ -44,9 +44,10 @@ class DecisionRow(Base):
     client: Mapped[str | None] = mapped_column(String(64))
     # Evidence: "archived", "not_kept" (the archive policy skipped this part) or "failed" (write error).
     evidence: Mapped[str] = mapped_column(String(16))
-    rgb_sha256: Mapped[str | None] = mapped_column(String(64))
-    xyz_sha256: Mapped[str | None] = mapped_column(String(64))
-    map_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Indexed: deleting an evidence file first asks whether any record names it, under the archive's lock.
+    rgb_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    xyz_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    map_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
 
     # Newest-first listing and keyset pagination walk this index.
     __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)

@@ -1,12 +1,16 @@
-"""Review station login: the API key is exchanged once for a signed session cookie that carries the
-operator's name (recorded with each review) and the session's CSRF token.
+"""Review station login: a user of the users file (service.ui.users) gives their name and password once
+for a signed session cookie that carries the name (recorded with each review), the role and the session's
+CSRF token.
 
 - Cookies are HttpOnly (no script reads them), SameSite=Strict (no other site's page sends them) and
   Secure when the page came over HTTPS; scoped to /ui. A session is `base64(json).hmac_sha256` under the
   server secret (BRIDGENET_UI_SECRET, else random per process), so the server keeps no session table.
 - Every form that changes something (login, review, logout) carries a CSRF token that must match the one
   signed into a cookie: the session's, or before login a short-lived login cookie's (no login CSRF).
-- Without BRIDGENET_API_KEY (development) the /v1 API is open, and so is the login: a name is enough.
+- A session counts only while its user is still in the users file with the same role: removing a user
+  ends their sessions at their next request.
+- Failed logins are limited per name and per client address (service.ui.login_limit).
+- The API keys do not log in: the line's and the results reader's keys are for /v1 only.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import ApiError, UnauthorizedError, error_response
 from service.config import Settings
+from service.ui.users import UserDirectory
 
 SESSION_COOKIE = "bridgenet_ui"
 LOGIN_COOKIE = "bridgenet_ui_login"
 COOKIE_PATH = "/ui"
 LOGIN_PATH = "/ui/login"
 LOGIN_FORM_TTL_S = 600  # a login form older than this is refused (reload the page)
-MAX_OPERATOR = 64
 
 
 class CsrfError(ApiError):
@@ -43,11 +47,20 @@ class LoginRequiredError(UnauthorizedError):
     code = "login_required"
 
 
+class RoleError(ApiError):
+    status, code = 403, "role_not_allowed"
+
+
 @dataclass(frozen=True)
 class UiSession:
-    operator: str
+    user: str
+    role: str
     csrf: str
     expires: float
+
+    @property
+    def can_review(self) -> bool:
+        return self.role == "reviewer"
 
 
 class Signer:
@@ -89,6 +102,11 @@ def _signer(request: Request) -> Signer:
     return signer
 
 
+def users(request: Request) -> UserDirectory:
+    directory: UserDirectory = request.app.state.ui_users
+    return directory
+
+
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
         name,
@@ -103,9 +121,12 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, max
 
 def current_session(request: Request) -> UiSession | None:
     payload = _signer(request).unsign(request.cookies.get(SESSION_COOKIE))
-    if payload is None:
+    if payload is None or "user" not in payload:
         return None
-    return UiSession(operator=str(payload["op"]), csrf=str(payload["csrf"]), expires=float(payload["exp"]))
+    user = users(request).get(str(payload["user"]))
+    if user is None or user.role != payload.get("role"):  # removed, or given another role, since
+        return None
+    return UiSession(user=user.name, role=user.role, csrf=str(payload["csrf"]), expires=float(payload["exp"]))
 
 
 def require_session(request: Request) -> UiSession:
@@ -114,6 +135,11 @@ def require_session(request: Request) -> UiSession:
     if session is None:
         raise LoginRequiredError("log in at /ui/login first (the review station uses a session cookie)")
     return session
+
+
+def require_reviewer(session: UiSession) -> None:
+    if not session.can_review:
+        raise RoleError(f"user {session.user!r} has the role {session.role!r}; only reviewers record reviews")
 
 
 def check_csrf(expected: str, sent: str | None) -> None:
@@ -136,21 +162,10 @@ def check_login_token(request: Request, sent: str | None) -> None:
     check_csrf(str(payload["login"]) if payload else secrets.token_urlsafe(24), sent)
 
 
-def check_api_key(settings: Settings, sent: str) -> bool:
-    if settings.api_key is None:
-        return True
-    return hmac.compare_digest(sent.encode(), settings.api_key.get_secret_value().encode())
-
-
-def clean_operator(name: str) -> str | None:
-    """The operator's name as it will be recorded, or None when it is empty or too long."""
-    text = " ".join(name.split())
-    return text if 0 < len(text) <= MAX_OPERATOR else None
-
-
-def start_session(request: Request, response: Response, operator: str, hours: float) -> UiSession:
-    session = UiSession(operator=operator, csrf=secrets.token_urlsafe(24), expires=time.time() + hours * 3600)
-    token = _signer(request).sign({"op": session.operator, "csrf": session.csrf, "exp": session.expires})
+def start_session(request: Request, response: Response, user: str, role: str, hours: float) -> UiSession:
+    session = UiSession(user=user, role=role, csrf=secrets.token_urlsafe(24), expires=time.time() + hours * 3600)
+    payload = {"user": session.user, "role": session.role, "csrf": session.csrf, "exp": session.expires}
+    token = _signer(request).sign(payload)
     _set_cookie(request, response, SESSION_COOKIE, token, int(hours * 3600))
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
     return session

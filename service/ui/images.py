@@ -4,8 +4,9 @@
 - `depth_png`: the depth image the model saw, recomputed from the archived point cloud with the model's
   own preprocessing config (service.preprocessing): normalised, hole-filled and resized to S×S exactly as
   `prepare_depth` does before ImageNet normalisation; 0 (background) is black, the highest point white.
-- `overlay_png`: the anomaly map (16-bit PNG, score = pixel / 65535) resized to the upload's H×W, coloured
-  (blue low, red high) and blended over the RGB image. Regions are drawn by the page (SVG), not burnt in.
+- `overlay_png`: the archived anomaly map (the 16-bit PNG of service.postprocessing.maps) resized to the
+  upload's H×W, coloured (blue low, red high) and blended over the RGB image. Regions are drawn by the page
+  (SVG), not burnt in.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ import cv2
 import numpy as np
 
 from service.codecs import DecodeLimits, decode_rgb, decode_xyz
-from service.preprocessing import PreprocessConfig, point_cloud_to_depth
+from service.postprocessing.maps import decode_png_map
+from service.preprocessing import PreprocessConfig, point_cloud_to_depth, resize_depth
 
 OVERLAY_ALPHA = 0.5  # half map, half part: the defect stays recognisable under its colour
-MAP_SCALE = 65535.0
-
-
-class MapDecodeError(ValueError):
-    """The archived anomaly map is not the 16-bit PNG the recorder writes."""
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -37,9 +34,7 @@ def rgb_png(rgb: bytes, limits: DecodeLimits) -> bytes:
 
 def depth_image(xyz: bytes, limits: DecodeLimits, config: PreprocessConfig) -> np.ndarray:
     """(S, S) float32 in [0, 1]: the depth channel of the model's input before ImageNet normalisation."""
-    depth = point_cloud_to_depth(decode_xyz(xyz, limits), config).depth
-    size = config.image_size
-    return cv2.resize(depth.astype(np.float32, copy=False), (size, size), interpolation=cv2.INTER_LINEAR)
+    return resize_depth(point_cloud_to_depth(decode_xyz(xyz, limits), config).depth, config.image_size)
 
 
 def depth_png(xyz: bytes, limits: DecodeLimits, config: PreprocessConfig) -> bytes:
@@ -47,17 +42,9 @@ def depth_png(xyz: bytes, limits: DecodeLimits, config: PreprocessConfig) -> byt
     return _png(np.round(np.clip(depth, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
-def decode_map(data: bytes) -> np.ndarray:
-    """(h, w) float32 scores in [0, 1] from the archived 16-bit PNG."""
-    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
-        raise MapDecodeError("the archived anomaly map is not a 16-bit grayscale PNG")
-    return pixels.astype(np.float32) / MAP_SCALE
-
-
 def overlay_png(rgb: bytes, anomaly_map: bytes, limits: DecodeLimits) -> bytes:
     part = cv2.cvtColor(decode_rgb(rgb, limits), cv2.COLOR_RGB2BGR)
     height, width = part.shape[:2]
-    scores = cv2.resize(decode_map(anomaly_map), (width, height), interpolation=cv2.INTER_LINEAR)
+    scores = cv2.resize(decode_png_map(anomaly_map), (width, height), interpolation=cv2.INTER_LINEAR)
     heat = cv2.applyColorMap(np.round(np.clip(scores, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
     return _png(cv2.addWeighted(part, 1.0 - OVERLAY_ALPHA, heat, OVERLAY_ALPHA, 0.0))

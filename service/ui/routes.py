@@ -7,6 +7,7 @@ thread pool, where the database reads and the picture rendering belong.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,8 +20,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from service.api.deps import ServiceState, State, get_state
-from service.api.errors import NotReadyError
-from service.api.routes_results import AuditOffError, NotArchivedError, ResultNotFoundError
+from service.api.routes_results import NotArchivedError, ResultNotFoundError, recorder_of
 from service.config import Settings
 from service.preprocessing import PreprocessConfig
 from service.records.reviews import (
@@ -35,8 +35,10 @@ from service.records.reviews import (
     review_history,
     review_stats,
 )
-from service.records.store import Recorder
 from service.ui import auth, images
+from service.ui.headers import UiHeadersMiddleware
+from service.ui.login_limit import LoginLimiter
+from service.ui.users import UserDirectory
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -61,21 +63,18 @@ PICTURES = ("rgb", "depth", "overlay")
 
 def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.state.ui_signer = auth.signer_for(settings)
-    app.add_middleware(auth.SessionBeforeBody)
+    app.state.ui_users = UserDirectory(settings.users_path)
+    app.state.ui_login_limiter = LoginLimiter(
+        settings.login_attempts_per_user, settings.login_attempts_per_address, settings.login_window_s
+    )
+    app.add_middleware(auth.SessionBeforeBody)  # inside the headers layer: its refusals get them too
+    app.add_middleware(UiHeadersMiddleware)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
-def _recorder(state: ServiceState) -> Recorder:
-    if state.records is None:
-        raise NotReadyError("the records are not open yet: the service is starting", retry_after_s=5)
-    if state.records.recorder is None:
-        raise AuditOffError("BRIDGENET_AUDIT=off: there are no records to review")
-    return state.records.recorder
-
-
 def _db_engine(state: ServiceState) -> Engine:
-    return _recorder(state).db_engine
+    return recorder_of(state).db_engine
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
@@ -100,9 +99,11 @@ def _page(request: Request, name: str, session: auth.UiSession | None, status: i
 # ---- login
 
 
-def _login_page(request: Request, target: str | None, error: str | None = None, status: int = 200) -> Response:
+def _login_page(
+    request: Request, target: str | None, error: str | None = None, status: int = 200, user: str = ""
+) -> Response:
     token, cookie = auth.new_login_token(request)
-    response = _page(request, "login.html", None, status, next=_safe_next(target), error=error, csrf=token)
+    response = _page(request, "login.html", None, status, next=_safe_next(target), error=error, csrf=token, user=user)
     auth.set_login_cookie(request, response, cookie)
     return response
 
@@ -116,22 +117,27 @@ def login_form(request: Request, next: str | None = None) -> Response:
 def login(
     request: Request,
     state: State,
-    operator: Annotated[str, Form(max_length=200)] = "",
-    api_key: Annotated[str, Form(max_length=1000)] = "",
+    username: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
     csrf: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/ui/",
 ) -> Response:
     auth.check_login_token(request, csrf)
-    name = auth.clean_operator(operator)
-    problem = None
-    if name is None:
-        problem = f"Enter your name (1 to {auth.MAX_OPERATOR} characters): it is recorded with each review."
-    elif not auth.check_api_key(state.settings, api_key):
-        problem = "That API key is not this service's key."
-    if problem is not None or name is None:
-        return _login_page(request, next, problem, status=401)
+    name = username.strip()
+    address = request.client.host if request.client else "unknown"
+    limiter: LoginLimiter = request.app.state.ui_login_limiter
+    wait = limiter.retry_after(name, address)
+    if wait is not None:  # refused before the (slow) password check
+        response = _login_page(request, next, "Too many failed logins: wait a few minutes.", status=429, user=name)
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+    user = auth.users(request).authenticate(name, password)
+    if user is None:
+        limiter.failed(name, address)
+        return _login_page(request, next, "Unknown user name or wrong password.", status=401, user=name)
+    limiter.succeeded(name)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    auth.start_session(request, response, name, state.settings.ui_session_hours)
+    auth.start_session(request, response, user.name, user.role, state.settings.ui_session_hours)
     return response
 
 
@@ -225,7 +231,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
     session = auth.current_session(request)
     if session is None:
         return _login_redirect(request)
-    recorder = _recorder(state)
+    recorder = recorder_of(state)
     part = recorder.get(request_id)
     if part is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
@@ -242,7 +248,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
         history=history,
         archived=part["evidence"]["status"] == "archived",
         bar={"score": min(part["score"] / bar_max, 1.0), "threshold": threshold / bar_max},
-        actions=[a for a in ACTIONS if a[3] == part["is_anomalous"]],
+        actions=[a for a in ACTIONS if a[3] == part["is_anomalous"]] if session.can_review else [],
         next_part=_next_unreviewed(recorder.db_engine, request_id),
         saved=bool(saved),
         error=error,
@@ -263,7 +269,7 @@ def part_picture(
     _session: Annotated[auth.UiSession, Depends(auth.require_session)],
 ) -> Response:
     state = get_state(request)
-    recorder = _recorder(state)
+    recorder = recorder_of(state)
     part = recorder.get(request_id)
     if part is None:
         raise ResultNotFoundError(f"no record of request {request_id!r}")
@@ -294,10 +300,11 @@ def review_part(
 ) -> Response:
     session = auth.require_session(request)
     auth.check_csrf(session.csrf, csrf)
+    auth.require_reviewer(session)
     page = f"/ui/parts/{quote(request_id, safe='')}"
     try:
         add_review(
-            _db_engine(state), request_id, outcome, operator=session.operator, defect_type=defect_type, comment=comment
+            _db_engine(state), request_id, outcome, operator=session.user, defect_type=defect_type, comment=comment
         )
     except UnknownDecisionError as exc:
         raise ResultNotFoundError(str(exc)) from None

@@ -127,8 +127,7 @@ def start_ray_head(log_path: Path) -> Iterator[RayHead]:
     gcs_port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = clean_env(
         RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="service.cluster.proxy:middlewares",
-        # Replicas copy their metrics every second and Ray exports them every second: tests wait less.
-        BRIDGENET_CLUSTER_METRICS_INTERVAL_S="1",
+        # Ray exports metrics every second (the replicas copy theirs as often: test_ray_serve.settings_env).
         RAY_metrics_report_interval_ms="1000",
     )
     command = [

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -19,7 +20,7 @@ import yaml
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from service.config import Settings, env_name
+from service.config import Settings, SettingsError, env_name, get_settings
 from service.main import create_app
 from tests.cluster.ray_head import clean_env, require_ray
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
@@ -74,14 +75,6 @@ def test_serve_limits_sit_above_the_service_admission(tmp_path: Path) -> None:
 # --- the audit trail needs the shared database with several replicas ---------------------------------
 
 
-def _settings_and_env(models_dir: Path, **values: str) -> tuple[Settings, dict[str, str]]:
-    """Settings with `values` where this Settings class has the field (service.records merged), the
-    environment variable otherwise: the rule reads whichever exists."""
-    fields = {k: v for k, v in values.items() if k in Settings.model_fields}
-    env = {env_name(k): v for k, v in values.items() if k not in Settings.model_fields}
-    return make_settings(models_dir, **fields), env
-
-
 @pytest.mark.parametrize(
     ("values", "replicas", "refused"),
     [
@@ -95,8 +88,7 @@ def _settings_and_env(models_dir: Path, **values: str) -> tuple[Settings, dict[s
 def test_sqlite_audit_trail_is_refused_for_several_replicas(
     tmp_path: Path, values: dict[str, str], replicas: int, refused: bool
 ) -> None:
-    settings, env = _settings_and_env(tmp_path, **values)
-    problem = cluster.shared_database_problem(settings, replicas, env)
+    problem = cluster.shared_database_problem(make_settings(tmp_path, **values), replicas)
     if refused:
         assert problem is not None and "BRIDGENET_DATABASE_URL" in problem and "PostgreSQL" in problem
         assert f"{replicas} replicas" in problem
@@ -105,9 +97,9 @@ def test_sqlite_audit_trail_is_refused_for_several_replicas(
 
 
 def test_a_separate_metrics_port_is_refused_for_several_replicas(tmp_path: Path) -> None:
-    settings, env = _settings_and_env(tmp_path, metrics_port="9100")
-    assert cluster.shared_port_problem(settings, 1, env) is None
-    problem = cluster.shared_port_problem(settings, 2, env)
+    settings = make_settings(tmp_path, metrics_port=9100)
+    assert cluster.shared_port_problem(settings, 1) is None
+    problem = cluster.shared_port_problem(settings, 2)
     assert problem is not None and "BRIDGENET_METRICS_PORT" in problem and "unset it" in problem
 
 
@@ -210,9 +202,32 @@ def _serve_config() -> dict[str, Any]:
     return config
 
 
+def _manifests() -> dict[str, dict[str, Any]]:
+    """The documents of the KubeRay manifest by kind."""
+    documents = list(yaml.safe_load_all(RAYSERVICE_YAML.read_text(encoding="utf-8")))
+    by_kind = {d["kind"]: d for d in documents}
+    assert len(by_kind) == len(documents)
+    return by_kind
+
+
 def _rayservice() -> dict[str, Any]:
-    manifest: dict[str, Any] = yaml.safe_load(RAYSERVICE_YAML.read_text(encoding="utf-8"))
-    return manifest
+    return _manifests()["RayService"]
+
+
+def test_the_metrics_copy_interval_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in [k for k in os.environ if k.upper().startswith("BRIDGENET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BRIDGENET_CLUSTER_METRICS_INTERVAL_S", "1.5")
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        settings = get_settings()
+    assert settings.cluster_metrics_interval_s == 1.5
+    assert "ignoring unknown" not in caplog.text  # the replica's knob is the settings' own, not a stray variable
+    assert Settings().cluster_metrics_interval_s == 1.5
+    monkeypatch.setenv("BRIDGENET_CLUSTER_METRICS_INTERVAL_S", "0")
+    with pytest.raises(SettingsError, match="BRIDGENET_CLUSTER_METRICS_INTERVAL_S"):
+        get_settings()
 
 
 def test_the_serve_config_builds_the_application(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -342,3 +357,106 @@ def test_the_replica_health_check_follows_readyz(tmp_path: Path) -> None:
     assert replica._app.state.service.ready is False  # stopped: Ray would replace this replica
     with pytest.raises(RuntimeError, match="not ready"):
         replica.check_health()
+
+
+# --- the proxy refuses predictions from their headers -----------------------------------------------
+
+
+def _gated_app(settings: Settings, reached: list[int]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from service.cluster.proxy import ProxyGateMiddleware
+
+    async def predict(request: Request) -> JSONResponse:
+        reached.append(len(await request.body()))
+        return JSONResponse({"ok": True}, headers={"X-Served-By": "replica"})
+
+    return Starlette(
+        routes=[Route("/v1/predict", predict, methods=["POST"]), Route("/v1/results", predict, methods=["POST"])],
+        middleware=[Middleware(ProxyGateMiddleware, settings=settings)],
+    )
+
+
+def test_the_ray_proxy_refuses_predictions_before_their_body(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_key="line-key-0123456789", results_key="results-key-0123456789")
+    limit = settings.max_upload_bytes * 2 + 1024 * 1024
+    reached: list[int] = []
+    with TestClient(_gated_app(settings, reached)) as client:
+        for headers, status, code in (
+            ({}, 401, "unauthorized"),
+            ({"X-API-Key": "results-key-0123456789"}, 403, "key_not_allowed"),
+            ({"X-API-Key": "line-key-0123456789", "Content-Length": str(limit + 1)}, 413, "too_large"),
+        ):
+            answer = client.post("/v1/predict", content=b"x" * 10, headers={**headers, "X-Request-ID": "p-1"})
+            assert answer.status_code == status and answer.json()["error"]["code"] == code, answer.text
+            assert answer.json()["error"]["request_id"] == "p-1"
+            assert answer.headers["connection"] == "close"
+        assert reached == []  # nothing got past the proxy's gate
+        ok = client.post("/v1/predict", content=b"x" * 10, headers={"X-API-Key": "line-key-0123456789"})
+        assert ok.status_code == 200 and reached == [10]
+        # Without Content-Length the body is counted and cut at the limit.
+        chunk = b"x" * (1024 * 1024)
+        streamed = client.post(
+            "/v1/predict",
+            content=iter([chunk] * (limit // len(chunk) + 2)),
+            headers={"X-API-Key": "line-key-0123456789"},
+        )
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "too_large"
+        assert reached == [10]
+        # Other routes: no key check here (each replica's own answers them), small bodies only.
+        assert client.post("/v1/results", content=b"abc").status_code == 200
+        big = client.post("/v1/results", content=b"x" * (1024 * 1024 + 1))
+        assert big.status_code == 413 and reached == [10, 3]
+
+
+def test_the_kuberay_manifest_locks_ray_down_and_shares_the_station_secrets() -> None:
+    manifests = _manifests()
+    cluster_spec = manifests["RayService"]["spec"]["rayClusterConfig"]
+    # Ray's dashboard and jobs API need Ray's token (the operator makes and uses it).
+    assert cluster_spec["authOptions"] == {"mode": "token"}
+    head = cluster_spec["headGroupSpec"]
+    (workers,) = cluster_spec["workerGroupSpecs"]
+    for group in (head, workers):
+        assert group["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "bridgenet"
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            # Every key and the shared session key from the Secret; the admin key may be left out of it.
+            for name, key in (
+                ("BRIDGENET_API_KEY", "api-key"),
+                ("BRIDGENET_RESULTS_KEY", "results-key"),
+                ("BRIDGENET_UI_SECRET", "ui-secret"),
+                ("BRIDGENET_ADMIN_KEY", "admin-key"),
+            ):
+                ref = env[name]["valueFrom"]["secretKeyRef"]
+                assert (ref["name"], ref["key"]) == ("bridgenet", key), name
+                assert ref.get("optional", False) is (name == "BRIDGENET_ADMIN_KEY"), name
+            assert all("value" not in env[n] for n in ("BRIDGENET_API_KEY", "BRIDGENET_UI_SECRET"))
+    # The replicas (on the workers) read the reviewers from the Secret bridgenet-users.
+    (worker,) = workers["template"]["spec"]["containers"]
+    users_file = Path({e["name"]: e for e in worker["env"]}["BRIDGENET_USERS_FILE"]["value"])
+    mounts = {m["name"]: m for m in worker["volumeMounts"]}
+    assert mounts["users"]["mountPath"] == str(users_file.parent) and mounts["users"]["readOnly"]
+    volumes = {v["name"]: v for v in workers["template"]["spec"]["volumes"]}
+    assert volumes["users"]["secret"]["secretName"] == "bridgenet-users"
+    # The dashboard (8265) is reached only by the operator and the cluster's pods; Serve and metrics by all.
+    policy = manifests["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "bridgenet"}
+    assert policy["policyTypes"] == ["Ingress"]
+    open_ports = set()
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        sources = rule.get("from")
+        if sources is None:
+            open_ports |= ports
+        elif 8265 in ports:
+            (source,) = sources
+            assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+        else:
+            assert not ports and sources == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "bridgenet"}}}]
+    assert open_ports == {8000, 8080}
+    head_ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert head_ports["dashboard"] == 8265 and 8265 not in open_ports

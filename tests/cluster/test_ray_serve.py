@@ -53,6 +53,8 @@ def settings_env(models_dir: Path, default_model: str) -> dict[str, str]:
         "BRIDGENET_INTRA_OP_THREADS": "1",
         "BRIDGENET_MAX_INFLIGHT": "2",
         "BRIDGENET_MAX_QUEUE": "8",
+        # Replicas copy their metrics every second and Ray exports them every second: tests wait less.
+        "BRIDGENET_CLUSTER_METRICS_INTERVAL_S": "1",
         # Where the audit trail exists (service.records), two replicas would refuse its default SQLite.
         "BRIDGENET_AUDIT": "off",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import pwd
 import re
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 
 from service.__main__ import SHUTDOWN_MARGIN_S
 from service.config import Settings, env_name
+from service.main import max_body_bytes
 from tests.deploy.tools import DOCKER_DIR, REPO_ROOT, require_tool
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -77,10 +79,11 @@ def gpu_devices(definition: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_compose_files_parse_and_name_the_stack() -> None:
     services = load(COMPOSE)["services"]
-    assert set(services) == {"service", "prometheus", "grafana", "dcgm-exporter", "train", "mosquitto"}
+    assert set(services) == {"service", "prometheus", "grafana", "dcgm-exporter", "train", "mosquitto", "tls-proxy"}
     assert load(COMPOSE_CPU)["services"]["service-cpu"]["extends"]["service"] == "bridgenet-service"
     assert services["train"]["profiles"] == ["train"]
     assert services["mosquitto"]["profiles"] == ["mqtt"]  # the line's broker, only when asked for
+    assert services["tls-proxy"]["profiles"] == ["tls"]  # TLS in front, only when asked for
 
 
 @pytest.mark.parametrize(
@@ -238,7 +241,11 @@ def test_promtool_accepts_prometheus_config() -> None:
     assert "SUCCESS" in result.stdout
 
 
-# --- every setting passed through, hardening (issue 12) ----------------------------------------------
+# --- every setting passed through, hardening ----------------------------------------------
+
+
+# Settings of the Ray Serve deployment alone (service.cluster): compose runs one process without Ray.
+RAY_ONLY = {"BRIDGENET_CLUSTER_METRICS_INTERVAL_S"}
 
 
 def resolved_service(variant: str, env_file: Path | None = None) -> dict[str, Any]:
@@ -260,6 +267,9 @@ def test_every_setting_reaches_the_service_from_an_env_file(variant: str, tmp_pa
     env = resolved_service(variant, env_file)["environment"]
     for name in Settings.model_fields:
         key = env_name(name)
+        if key in RAY_ONLY:
+            assert key not in env, f"{variant}: {key} means nothing without Ray Serve"
+            continue
         expected = fixed.get(key, values[key])
         if key == "BRIDGENET_REQUIRE_CUDA" and variant == "cpu":
             expected = "false"  # the CPU twin never requires CUDA
@@ -369,3 +379,28 @@ def test_the_compose_broker_config_refuses_anonymous_clients_live(tmp_path: Path
         asyncio.run(connect(username="bridgenet", password="line-pw"))
     finally:
         stop(proc)
+
+
+# --- the TLS proxy profile --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(FILES))
+def test_tls_profile_puts_caddy_in_front_at_the_address_the_service_trusts(variant: str) -> None:
+    result = compose(*FILES[variant], "--profile", "tls", "config", extra_env=GRAFANA_PASSWORD)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    proxy = resolved["services"]["tls-proxy"]
+    assert proxy["profiles"] == ["tls"] and proxy["image"].startswith("caddy:2.")
+    assert [p["target"] for p in proxy["ports"]] == [443]
+    address = proxy["networks"]["default"]["ipv4_address"]
+    service = resolved["services"]["service" if variant == "gpu" else "service-cpu"]
+    assert service["environment"]["BRIDGENET_FORWARDED_ALLOW_IPS"] == address
+    # No other container can be given the proxy's address: dynamic ones come from a range without it.
+    (pool,) = resolved["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    assert ipaddress.ip_address(address) in subnet and ipaddress.ip_address(address) not in dynamic
+    caddyfile = (DOCKER_DIR / "caddy" / "Caddyfile").read_text(encoding="utf-8")
+    assert "reverse_proxy service:8000" in caddyfile and "admin off" in caddyfile
+    # The proxy's body cap is at least what the service itself accepts for a prediction.
+    cap = re.search(r"max_size (\d+)MB", caddyfile)
+    assert cap and int(cap.group(1)) * 1_000_000 >= max_body_bytes(Settings())

@@ -28,7 +28,7 @@ EXPECTED_METRICS = {
     "bridgenet_inflight_requests",
     "bridgenet_rejected_requests_total",
     "bridgenet_requests_total",
-    # Service health row (issue 12): answered-only latency, admission limits, batch sizes, and
+    # Service health row: answered-only latency, admission limits, batch sizes, and
     # Prometheus's own `up` for the service target.
     "bridgenet_prediction_duration_seconds",
     "bridgenet_admission_limit",

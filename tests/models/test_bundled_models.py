@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, load_model_dir
-from training.onnx_scrub import absolute_paths_in, find_absolute_paths
+from training.export.onnx_scrub import absolute_paths_in, find_absolute_paths
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MODEL_DIRS = sorted(p.parent for p in MODELS.glob(f"*/{MODEL_FILE}"))

@@ -166,6 +166,24 @@ class Postgres:
             args += ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"]
             self.proc = self._run(args, log)
         wait_for_port(self.port, self.proc, "postgres", log_path)
+        self._wait_accepting(log_path)
+
+    def _wait_accepting(self, log_path: Path) -> None:
+        """The port opens before the cluster takes sessions ("the database system is starting up")."""
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with psycopg.connect(
+                    f"host=127.0.0.1 port={self.port} user=bridgenet dbname=postgres", connect_timeout=2
+                ):
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"postgres took no session within {START_TIMEOUT_S} s: {tail}") from exc
+                time.sleep(0.05)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://bridgenet@127.0.0.1:{self.port}/{database}"

@@ -33,7 +33,8 @@ from service.records.runtime import Records
 from service.records.store import RecordOutcome
 from tests.records.servers import WebhookReceiver, free_port
 
-KEY = "results-test-key-0123456789"
+KEY = "results-test-key-0123456789"  # the results reader's key
+LINE_KEY = "line-test-key-0123456789"
 
 
 def answer(i: int, *, ng: bool, part_id: str | None = None) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", api_key=KEY, archive="ng", **extra)  # type: ignore[arg-type]
+    return Settings(data_dir=tmp_path / "data", api_key=LINE_KEY, results_key=KEY, archive="ng", **extra)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -162,6 +163,16 @@ def test_api_key_is_required(client: TestClient) -> None:
     for path in ("/v1/results", "/v1/results.csv", "/v1/results/req-001", "/v1/status"):
         response = client.get(path, headers={"X-API-Key": "wrong"})
         assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+
+def test_the_line_key_cannot_read_results(client: TestClient) -> None:
+    for path in ("/v1/results", "/v1/results.csv", "/v1/results/req-000", "/v1/results/req-000/files/rgb"):
+        response = client.get(path, headers={"X-API-Key": LINE_KEY})
+        assert response.status_code == 403, path
+        error = response.json()["error"]
+        assert error["code"] == "key_not_allowed" and "BRIDGENET_RESULTS_KEY" in error["message"]
+    # The service's own state (no part data) is read with either key.
+    assert client.get("/v1/status", headers={"X-API-Key": LINE_KEY}).status_code == 200
 
 
 def test_status_shows_a_down_destination_backlog(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.manifest import MODEL_FILE, sha256_file
-from service.postprocessing.maps import map_to_input_size
-from service.ui.images import decode_map
+from service.postprocessing.maps import decode_png_map, map_to_input_size
 from tests.records.servers import WebhookReceiver, free_port
 from tests.service.fake_model import SIZE as FAKE_SIZE
 from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
@@ -46,7 +45,7 @@ def test_predict_is_recorded_archived_and_pushed(tmp_path: Path, webhook: Webhoo
         assert client.get(f"/v1/results/{answer['request_id']}/files/rgb").content == rgb_bytes
         assert client.get(f"/v1/results/{answer['request_id']}/files/xyz").content == xyz_bytes
         # The archived map is the model's (S × S); resized bilinearly to the part it is the answer's map.
-        archived = decode_map(client.get(f"/v1/results/{answer['request_id']}/files/map").content)
+        archived = decode_png_map(client.get(f"/v1/results/{answer['request_id']}/files/map").content)
         assert archived.shape == (FAKE_SIZE, FAKE_SIZE) != rgb.shape[:2]
         answered = np.load(io.BytesIO(base64.b64decode(answer["anomaly_map"]["data"])))
         assert answered.shape == rgb.shape[:2]

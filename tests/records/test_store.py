@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.metrics import Metrics
 from service.records.database import SchemaTooNewError, create_db_engine, current_revision, head_revision, migrate
-from service.records.store import CursorError, Recorder, ResultFilter
+from service.records.store import CursorError, DuplicateRequestError, Recorder, ResultFilter
 from service.records.tables import Base, DecisionRow, OutboxRow
 from tests.records.conftest import T0, decision
 
@@ -75,8 +75,8 @@ def test_a_repeated_request_id_keeps_the_first_record(db_url: str) -> None:
     db_engine = open_db(db_url)
     recorder = Recorder(db_engine, destinations=("mqtt",))
     recorder.record(decision(1, ng=True))
-    again = recorder.record(decision(1, ng=False))
-    assert again.evidence == "duplicate" and again.queued == ()
+    with pytest.raises(DuplicateRequestError):
+        recorder.record(decision(1, ng=False))
     view = recorder.get("req-00001")
     assert view is not None and view["is_anomalous"] is True
     assert recorder.backlog()["mqtt"]["waiting"] == 1

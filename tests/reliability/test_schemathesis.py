@@ -1,10 +1,12 @@
-"""Schemathesis (`schemathesis run`, every check) against a live `python -m service` on loopback, with the
-API key: generated and mutated requests from the service's own OpenAPI contract, responses checked against
+"""Schemathesis (`schemathesis run`, every check) against a live `python -m service` on loopback, with each
+operation's own key (line, results, admin: the contract's security schemes, given in schemathesis.toml):
+generated and mutated requests from the service's own OpenAPI contract, responses checked against
 it (status codes, content types, schemas, auth that must not be ignored, 405 with Allow, no 5xx)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,10 @@ from tests.deploy.tools import in_ci
 from tests.reliability.conftest import HOST, ModelsUnderTest, ServiceProcess, free_port, launch, service_env, wait_ready
 
 KEY = "schemathesis-key-0123456789"
+RESULTS_KEY = "schemathesis-results-key-0123456789"
 ADMIN_KEY = "schemathesis-admin-key-0123456789"
+# schemathesis.toml reads the keys from these, one per security scheme of the contract.
+KEY_ENV = {"SCHEMATHESIS_LINE_KEY": KEY, "SCHEMATHESIS_RESULTS_KEY": RESULTS_KEY, "SCHEMATHESIS_ADMIN_KEY": ADMIN_KEY}
 SEED = 20261130
 MAX_EXAMPLES = 60  # per operation; the whole run takes seconds against the fake model
 RUN_TIMEOUT_S = 300
@@ -46,7 +51,13 @@ def report(models_under_test: ModelsUnderTest, tmp_path_factory: pytest.TempPath
     binary = schemathesis_binary()
     folder = tmp_path_factory.mktemp("schemathesis")
     port = free_port()
-    env = service_env(models_under_test.models_dir, models_under_test.default_model, api_key=KEY, admin_key=ADMIN_KEY)
+    env = service_env(
+        models_under_test.models_dir,
+        models_under_test.default_model,
+        api_key=KEY,
+        results_key=RESULTS_KEY,
+        admin_key=ADMIN_KEY,
+    )
     service = ServiceProcess(launch(env, folder / "service.log", port), f"http://{HOST}:{port}", folder / "service.log")
     try:
         wait_ready(service)
@@ -56,10 +67,13 @@ def report(models_under_test: ModelsUnderTest, tmp_path_factory: pytest.TempPath
 
 
 def run_schemathesis(binary: str, service: ServiceProcess, folder: Path) -> dict[str, Any]:
+    # The contract is behind a key too, and the run's keys are per operation: fetch it here, once.
+    contract = httpx.get(f"{service.url}/openapi.json", headers={"X-API-Key": KEY}, timeout=10)
+    contract.raise_for_status()
+    schema = folder.parent / f"{folder.name}-openapi.json"  # beside the report folder, not in it
+    schema.write_bytes(contract.content)
     command = [
-        binary, "--config-file", str(CONFIG), "run", f"{service.url}/openapi.json",
-        "--header", f"X-API-Key: {KEY}",
-        "--header", f"X-Admin-Key: {ADMIN_KEY}",
+        binary, "--config-file", str(CONFIG), "run", str(schema), "--url", service.url,
         "--checks", "all",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", str(SEED),
@@ -70,7 +84,10 @@ def run_schemathesis(binary: str, service: ServiceProcess, folder: Path) -> dict
         "--report", "json",
         "--report-dir", str(folder),
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    env = {**os.environ, **KEY_ENV}
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
     reports = sorted(folder.glob("*.json"))
     assert reports, f"no report (exit {result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
     data: dict[str, Any] = json.loads(reports[-1].read_text(encoding="utf-8"))
@@ -100,4 +117,4 @@ def test_every_route_was_tested(report: dict[str, Any]) -> None:
     for operation in ("POST /predict", "POST /v1/predict", "GET /v1/results", "GET /v1/results.csv"):
         assert operation in tested, sorted(tested)
     assert "POST /v1/admin/reload" in tested
-    assert report["warnings"]["missing_auth"] == [], report["warnings"]  # both keys were accepted
+    assert report["warnings"]["missing_auth"] == [], report["warnings"]  # every key was accepted

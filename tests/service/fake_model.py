@@ -147,8 +147,8 @@ def with_hot_spot(rows: slice, cols: slice, hot: float = 0.95, cold: float = 0.1
 def fake_manifest(
     name: str, size: int = SIZE, threshold: float = THRESHOLD, version: str = "1", **fields: Any
 ) -> Manifest:
-    """A manifest as training.export would write it, for the fake graph. `fields`: further manifest fields
-    (schema 2: pixel_threshold, min_defect_area_mm2, ...)."""
+    """A manifest as training.export.exporter would write it, for the fake graph. `fields`: further manifest fields
+    (pixel_threshold, min_defect_area_mm2, ...)."""
     data: dict[str, Any] = {
         "name": name,
         "version": version,

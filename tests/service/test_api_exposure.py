@@ -1,4 +1,4 @@
-"""Exposure (issue 12): metrics port or key, bundled docs, the contract behind the key, 405 Allow, the
+"""Exposure: metrics port or key, bundled docs, the contract behind the key, 405 Allow, the
 API-key security scheme, part_id and form limits, and the series dashboards read from the first scrape."""
 
 from __future__ import annotations
@@ -126,17 +126,26 @@ def test_openapi_needs_the_key_and_docs_are_off_by_default(client: TestClient) -
         assert client.get(path).status_code == 404, path
 
 
-def test_openapi_declares_the_key_as_a_security_scheme(client: TestClient) -> None:
+def test_openapi_declares_each_role_as_a_security_scheme(client: TestClient) -> None:
     spec = client.get("/openapi.json", headers=AUTH).json()
-    schemes = spec["components"]["securitySchemes"]
-    (name,) = [n for n, s in schemes.items() if s.get("name") == "X-API-Key"]
-    scheme = schemes.pop(name)
-    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-API-Key")
-    # The only other scheme: the admin key of /v1/admin/reload.
-    assert [(s["type"], s["in"], s["name"]) for s in schemes.values()] == [("apiKey", "header", "X-Admin-Key")]
-    for path in ("/v1/predict", "/v1/models"):
+    schemes = {n: (s["type"], s["in"], s["name"]) for n, s in spec["components"]["securitySchemes"].items()}
+    # The line's and the results reader's keys share the X-API-Key header; the admin key has its own.
+    assert schemes == {
+        "LineKey": ("apiKey", "header", "X-API-Key"),
+        "ResultsKey": ("apiKey", "header", "X-API-Key"),
+        "AdminKey": ("apiKey", "header", "X-Admin-Key"),
+    }
+    expected = {
+        "/v1/predict": [{"LineKey": []}],
+        "/v1/models": [{"LineKey": []}],
+        "/v1/results": [{"ResultsKey": []}],
+        "/v1/results/{request_id}": [{"ResultsKey": []}],
+        "/v1/status": [{"LineKey": []}, {"ResultsKey": []}],  # either key
+        "/v1/admin/reload": [{"AdminKey": []}],
+    }
+    for path, security in expected.items():
         operation = next(iter(spec["paths"][path].values()))
-        assert operation["security"] == [{name: []}], path
+        assert operation["security"] == security, path
         assert all(p["name"].lower() != "x-api-key" for p in operation.get("parameters", [])), path
     assert "security" not in spec["paths"]["/healthz"]["get"]
 

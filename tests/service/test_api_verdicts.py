@@ -1,4 +1,4 @@
-"""Issue 11 through the real app: never an OK on a non-finite model output, defect regions in the answer (mm²
+"""Verdicts through the real app: never an OK on a non-finite model output, defect regions in the answer (mm²
 from the uploaded cloud, holes under a region), the area rule, and the record keeping regions and rule."""
 
 from __future__ import annotations

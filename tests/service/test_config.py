@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.codecs import DecodeLimits
-from service.config import Settings, SettingsError, decode_limits, get_settings
+from service.config import Settings, SettingsError, decode_limits, env_name, get_settings
 
 GOOD_KEY = "k" * 32
 
@@ -146,6 +146,33 @@ def test_short_production_key_refused_without_echoing_it(monkeypatch: pytest.Mon
     # Development accepts any key (tests, local runs).
     monkeypatch.setenv("BRIDGENET_ENVIRONMENT", "development")
     assert get_settings().api_key is not None
+
+
+def test_short_or_shared_admin_key_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = refusal(monkeypatch, environment="production", api_key=GOOD_KEY, admin_key="short-admin")
+    assert "BRIDGENET_ADMIN_KEY has 11 characters; production needs at least 16" in message
+    assert "short-admin" not in message
+    for other in ("api_key", "results_key"):
+        values = {"api_key": GOOD_KEY, "results_key": "results-key-0123456789", "admin_key": "admin-key-0123456789"}
+        values["admin_key"] = values[other]
+        message = refusal(monkeypatch, environment="production", **values)
+        assert f"{env_name(other)} and BRIDGENET_ADMIN_KEY are the same value" in message
+        assert values[other] not in message
+    message = refusal(monkeypatch, environment="production", api_key=GOOD_KEY, results_key=GOOD_KEY)
+    assert "BRIDGENET_API_KEY and BRIDGENET_RESULTS_KEY are the same value" in message
+    # Distinct, long keys start; development accepts anything (tests, local runs).
+    monkeypatch.delenv("BRIDGENET_ADMIN_KEY", raising=False)
+    good = settings_from(
+        monkeypatch, environment="production", api_key=GOOD_KEY, results_key="r" * 16, admin_key="a" * 16
+    )
+    assert good.admin_key is not None
+    assert settings_from(monkeypatch, environment="development", admin_key=GOOD_KEY).admin_key is not None
+
+
+def test_forwarded_allow_ips_takes_addresses_and_ranges_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_from(monkeypatch, forwarded_allow_ips="10.0.0.5, 172.28.0.0/24")
+    assert s.forwarded_allow_ips == ["10.0.0.5", "172.28.0.0/24"]
+    assert "BRIDGENET_FORWARDED_ALLOW_IPS" in refusal(monkeypatch, forwarded_allow_ips="*")
 
 
 def test_unknown_variable_warned_not_fatal(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

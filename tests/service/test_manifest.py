@@ -11,9 +11,11 @@ import pytest
 
 from service import manifest as manifest_module
 from service.manifest import (
+    LATER_FIELDS,
     MANIFEST_FILE,
     METADATA_KEY,
     MODEL_FILE,
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     Manifest,
     ManifestError,
@@ -29,7 +31,7 @@ SIZE = 64
 
 
 def manifest_data(**overrides: Any) -> dict[str, Any]:
-    """A valid manifest as training.export builds it; `overrides` replace top-level fields."""
+    """A valid manifest as training.export.exporter builds it; `overrides` replace top-level fields."""
     data: dict[str, Any] = {
         "name": "bagel",
         "version": "3",
@@ -112,7 +114,7 @@ def test_unknown_fields_refused_at_every_level() -> None:
 
 def test_newer_schema_version_refused_with_its_own_message() -> None:
     message = invalid(manifest_data(schema_version=99, new_field=1))
-    assert "schema_version 99 is not supported" in message and "schema 1, 2" in message
+    assert "schema_version 99 is not supported" in message and "schema 1, 2, 3" in message
     assert "new_field" not in message
 
 
@@ -146,13 +148,66 @@ def test_schema_2_calibration_fields() -> None:
     )
 
 
-def test_schema_1_reads_as_fp32_and_cannot_carry_schema_2_fields() -> None:
+def test_schema_1_reads_as_fp32_and_cannot_carry_the_later_fields() -> None:
     old = Manifest.model_validate(manifest_data(schema_version=1))
     assert old.schema_version == 1 and old.precision == "fp32" and old.precision_check == {}
     assert "schema_version 1 has no field precision" in invalid(manifest_data(schema_version=1, precision="int8"))
+    message = invalid(manifest_data(schema_version=1, pixel_threshold=0.4, history=[HISTORY]))
+    assert "schema_version 1 has no field pixel_threshold, history (added in schema 2)" in message
+    # Written back as it was read: without the later fields, even where they were present at their defaults.
+    nulls = Manifest.model_validate(manifest_data(schema_version=1, calibration=None, history=[]))
+    written = json.loads(nulls.model_dump_json())
+    assert written["schema_version"] == 1 and not set(LATER_FIELDS) & set(written)
+    assert Manifest.model_validate(written) == nulls == old
     new = Manifest.model_validate(manifest_data(precision="int8", precision_check={"calibration_parts": 4}))
     assert new.precision == "int8" and new.precision_check == {"calibration_parts": 4}
     assert "precision" in invalid(manifest_data(precision="int4"))
+
+
+HISTORY = {
+    "version": "1",
+    "created": "2026-01-01T00:00:00Z",
+    "onnx_sha256": "a" * 64,
+    "threshold": 0.6,
+    "calibration_method": "validation_good_false_reject_rate",
+}
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        {"pixel_threshold": 0.45, "min_defect_area_mm2": 2.5, "history": [HISTORY]},  # the calibrating exporter's
+        {"precision": "int8", "precision_check": {"calibration_parts": 4}},  # the reduced-precision exporter's
+        {"pixel_threshold": 0.45, "precision": "fp16"},  # both
+    ],
+    ids=["calibration", "precision", "both"],
+)
+def test_schema_2_manifests_of_either_exporter_load_and_write_back_as_schema_2(later: dict[str, Any]) -> None:
+    m = Manifest.model_validate(manifest_data(schema_version=2, **later))
+    assert m.schema_version == 2
+    assert m.pixel_threshold == later.get("pixel_threshold") and m.precision == later.get("precision", "fp32")
+    assert len(m.history) == len(later.get("history", []))
+    written = json.loads(m.model_dump_json())
+    assert written["schema_version"] == 2
+    assert Manifest.model_validate(written) == m
+
+
+def test_new_manifests_are_written_as_the_current_schema(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 3 and set(READABLE_SCHEMA_VERSIONS) == {1, 2, 3}
+    m = Manifest.model_validate(manifest_data(pixel_threshold=0.45, precision="int8"))  # no schema_version given
+    assert m.schema_version == 3
+    embedded = json.loads(manifest_to_metadata(m)[METADATA_KEY])
+    assert embedded["schema_version"] == 3 and set(LATER_FIELDS) <= set(embedded)  # every field, written out
+    write_model_dir(tmp_path / "bagel", json.loads(m.model_dump_json()))
+    assert load_model_dir(tmp_path / "bagel", manifest_to_metadata(m)) == m
+
+
+def test_the_bundled_schema_2_demo_model_still_loads() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    session = ort.InferenceSession(str(demo / MODEL_FILE), providers=["CPUExecutionProvider"])
+    m = load_model_dir(demo, session.get_modelmeta().custom_metadata_map)
+    assert m.schema_version == 2 and m.pixel_threshold is not None and m.calibration is not None
 
 
 def test_missing_and_mistyped_fields_named() -> None:

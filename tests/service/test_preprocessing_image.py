@@ -11,6 +11,7 @@ from service.preprocessing import (
     InvalidImageError,
     prepare_depth,
     prepare_rgb,
+    resize_depth,
     resize_mask,
 )
 from service.preprocessing.image import resize_antialiased
@@ -65,6 +66,15 @@ def test_prepare_depth_replicates_and_keeps_more_than_eight_bits() -> None:
     assert out.shape == (3, 10, 10) and out.dtype == np.float32
     np.testing.assert_allclose(out * STD + MEAN, 0.5 / 255, atol=1e-6)
     assert not np.allclose(out[0], out[1])  # per-channel normalisation of the same values
+
+
+def test_resize_depth_is_the_model_inputs_depth_before_normalisation() -> None:
+    depth = np.random.default_rng(3).random((37, 23)).astype(np.float64)  # any float dtype, any aspect
+    resized = resize_depth(depth, 16)
+    assert resized.shape == (16, 16) and resized.dtype == np.float32
+    np.testing.assert_allclose(prepare_depth(depth, 16) * STD + MEAN, np.repeat(resized[None], 3, axis=0), atol=1e-6)
+    with pytest.raises(InvalidImageError, match=r"depth .* shape \(2, 3, 3\)"):
+        resize_depth(np.zeros((2, 3, 3), np.float32), 8)
 
 
 def test_prepare_depth_and_mask_match_torch_bilinear() -> None:

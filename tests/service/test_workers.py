@@ -132,6 +132,7 @@ def test_a_dead_worker_turns_readiness_off(tmp_path: Path, monkeypatch: pytest.M
         assert client.get("/readyz").status_code == 200
         answer = client.post("/v1/predict", files=FILES)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "not_ready"
+        assert "simulated death" not in answer.text  # the worker's exception goes to the log, not the client
         ready = client.get("/readyz")
         assert ready.status_code == 503 and int(ready.headers["Retry-After"]) >= 1
         assert client.post("/v1/predict", files=FILES).status_code == 503

@@ -1,4 +1,4 @@
-"""Tests for training.backbones: truncation, freezing, strict ImageNet weights and their errors."""
+"""Tests for training.model.backbones: truncation, freezing, strict ImageNet weights and their errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from training.backbones import (
+from training.model.backbones import (
     BACKBONES,
     BackboneError,
     BackboneWeightsError,
@@ -64,7 +64,7 @@ def test_lite0_is_truncated_after_stride_16(lite0: FeatureBackbone) -> None:
 
 
 def test_wrn_random_shapes_truncated_and_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.backbones"):
+    with caplog.at_level(logging.WARNING, logger="training.model.backbones"):
         wrn = build_backbone("wide_resnet50_2", pretrained=False)
     assert any("RANDOM" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     f8, f16 = wrn(torch.randn(1, 3, 64, 64))

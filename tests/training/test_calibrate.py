@@ -1,4 +1,4 @@
-"""Threshold methods (training.thresholds) and `python -m training calibrate` on the bundled demo model."""
+"""Threshold methods (training.calibration.thresholds) and `python -m training calibrate` on the bundled demo model."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from service.manifest import (
     sha256_file,
     write_manifest_json,
 )
-from training import thresholds
+from training.calibration import thresholds
+from training.calibration.recalibrate import find_good_parts
+from training.calibration.record import Calibration
 from training.cli import main as cli
-from training.data import load_sample
-from training.metrics import threshold_for_false_reject_rate
-from training.recalibrate import find_good_parts
-from training.served import infer_batches, open_engine
+from training.data.layout import load_sample
+from training.scoring.engine import open_engine, score_with_engine
 from training.synth.generate import generate
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -45,10 +45,33 @@ def served_manifest(folder: Path) -> Manifest:
 def test_empirical_is_the_old_rule_and_says_what_it_can_promise() -> None:
     scores = np.random.default_rng(1).uniform(0.3, 0.6, 12)
     est = thresholds.empirical(scores, 0.01)
-    assert est.threshold == threshold_for_false_reject_rate(scores, 0.01) == scores.max()
+    assert est.threshold == np.quantile(scores, 0.99, method="inverted_cdf") == scores.max()
     # An unseen part beats the maximum of 12 exchangeable scores with probability 1/13.
     assert est.expected_false_reject_rate == pytest.approx(1 / 13)
     assert est.distribution_free_upper_bound == pytest.approx(1 - 0.05 ** (1 / 12))
+
+
+@pytest.mark.parametrize(
+    ("scores", "rate", "expected"),
+    [
+        ([3.0, 1.0, 2.0], 0.01, 3.0),
+        (np.arange(1, 101), 0.01, 99.0),
+        (np.arange(1, 101), 0.29, 71.0),  # 0.29 · 100 is 28.999999999999996 in floating point
+        ([1.0, 1.0, 1.0, 5.0], 0.25, 1.0),
+        ([1.0, 1.0, 1.0, 5.0], 0.2, 5.0),
+    ],
+)
+def test_empirical_threshold_exact_values(scores, rate, expected) -> None:
+    assert thresholds.empirical(np.asarray(scores, dtype=float), rate).threshold == expected
+
+
+@pytest.mark.parametrize("rate", [0.001, 0.01, 0.05, 0.1, 0.3, 0.49])
+def test_empirical_threshold_is_the_smallest_within_the_rate(rate: float) -> None:
+    scores = np.round(np.random.default_rng(15).normal(size=137), 2)  # with ties
+    t = thresholds.empirical(scores, rate).threshold
+    assert np.mean(scores > t) <= rate
+    assert np.mean(scores > np.nextafter(t, -np.inf)) > rate  # any lower threshold rejects too many
+    assert t == np.quantile(scores, 1 - rate, method="inverted_cdf")
 
 
 def test_normal_tolerance_covers_the_quantile_with_its_confidence() -> None:
@@ -109,19 +132,32 @@ def test_calibrate_scores_records_method_inputs_and_pixel_threshold() -> None:
     maps[:, 4, 4] = rng.uniform(0.35, 0.45, 10)  # each good part's hottest pixel
     scores = rng.uniform(0.4, 0.5, 10)
     cal = thresholds.calibrate_scores(scores, maps, rate=0.01, source="10 parts")
-    assert cal["method"] == thresholds.DEFAULT_METHOD and cal["n_parts"] == 10 and cal["source"] == "10 parts"
-    assert cal["threshold"] > cal["empirical_threshold"] == pytest.approx(scores.max())
-    assert cal["inputs"]["n"] == 10 and {"logit_mean", "logit_std"} <= set(cal["inputs"])
+    assert cal.method == thresholds.DEFAULT_METHOD and cal.n_parts == 10 and cal.source == "10 parts"
+    assert cal.threshold > cal.empirical_threshold == pytest.approx(scores.max())
+    assert cal.inputs["n"] == 10 and {"logit_mean", "logit_std"} <= set(cal.inputs)
     # About PIXEL_RATE of good parts may show a region: above most good parts' hottest pixel, below 0.6.
     maxima = maps.reshape(10, -1).max(1)
-    assert np.median(maxima) < cal["pixel_threshold"] < 0.6
-    assert cal["pixel"]["target_share_of_good_parts_with_a_region"] == thresholds.PIXEL_RATE
-    lo, hi = cal["false_reject_rate_interval"]
-    assert lo <= cal["expected_false_reject_rate"] <= hi
-    json.dumps(cal)  # calibration.json must be plain JSON
-    fields = thresholds.calibration_fields(cal)
-    assert fields["pixel_threshold"] == cal["pixel_threshold"] and fields["calibration"]["method"] == cal["method"]
-    assert thresholds.calibration_fields({"threshold": 0.5, "method": "old"}) == {}
+    assert cal.pixel_threshold is not None and np.median(maxima) < cal.pixel_threshold < 0.6
+    assert cal.pixel is not None and cal.pixel["target_share_of_good_parts_with_a_region"] == thresholds.PIXEL_RATE
+    assert cal.false_reject_rate_interval is not None and cal.expected_false_reject_rate is not None
+    lo, hi = cal.false_reject_rate_interval
+    assert lo <= cal.expected_false_reject_rate <= hi
+    # calibration.json is plain JSON and reads back to the same record.
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    fields = cal.manifest_fields()
+    assert fields["threshold"] == {"value": cal.threshold, "method": cal.method, "target_false_reject_rate": 0.01,
+                                   "n_parts": 10}  # fmt: skip
+    assert fields["pixel_threshold"] == cal.pixel_threshold and fields["calibration"]["method"] == cal.method
+
+
+def test_a_run_calibrated_before_the_methods_keeps_its_five_keys() -> None:
+    old = {"threshold": 0.5, "method": "validation_good_false_reject_rate", "target_false_reject_rate": 0.01,
+           "n_parts": 4, "score_stats": {"max": 0.5}}  # fmt: skip
+    cal = Calibration.from_dict(old)
+    assert cal.legacy and cal.to_dict() == old
+    assert set(cal.manifest_fields()) == {"threshold", "score_stats"}  # a schema-1 manifest's
+    with pytest.raises(ValueError, match="without n_parts"):
+        Calibration.from_dict({k: v for k, v in old.items() if k != "n_parts"})
 
 
 def test_binomial_upper_bound() -> None:
@@ -153,7 +189,7 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     old, earlier = old_manifest["version"], [h["version"] for h in old_manifest.get("history", [])]
     assert cli(["calibrate", "--model", str(demo_copy), "--good", str(good_parts), "--no-progress"]) == 0
     new = served_manifest(demo_copy)  # verifies sha256 and the embedded manifest
-    assert new.version == str(int(old) + 1) and new.schema_version == 2
+    assert new.version == str(int(old) + 1) and new.schema_version == 3  # written as the current schema
     assert new.calibration is not None and new.calibration.n_parts == 6 and new.threshold.n_parts == 6
     assert new.threshold.method == new.calibration.method == thresholds.DEFAULT_METHOD
     assert new.pixel_threshold is not None and new.min_defect_area_mm2 is None
@@ -167,7 +203,7 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     assert not list(demo_copy.glob(".calibrate-*"))
 
     # Again, with the parts' own folder layout and an area rule: the next version, one more history entry.
-    args = ["--model", str(demo_copy), "--good", str(good_parts / "good"), "--target-frr", "0.05"]
+    args = ["--model", str(demo_copy), "--good", str(good_parts / "good"), "--false-reject-rate", "0.05"]
     assert cli(["calibrate", *args, "--min-defect-area-mm2", "4", "--method", "empirical", "--no-progress"]) == 0
     newer = served_manifest(demo_copy)
     assert newer.version == str(int(old) + 2) and [h.version for h in newer.history] == [*earlier, old, new.version]
@@ -180,7 +216,6 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     [
         (["--good", "{missing}"], "is not a folder"),
         (["--good", "{empty}"], "expected rgb/ + xyz/"),
-        (["--good", "{parts}", "--target-frr", "0.7"], "--target-frr"),
         (["--good", "{parts}", "--version", "../x"], "plain name"),
     ],
 )
@@ -246,7 +281,7 @@ def test_a_model_answering_nan_is_refused(tmp_path: Path, good_parts: Path, capl
         model = engine.get(None)
         zeros = np.zeros((2, 3, model.manifest.image_size, model.manifest.image_size), np.float32)
         with pytest.raises(InvalidModelOutputError, match="non-finite"):
-            infer_batches(engine, model, zeros, zeros, batch_size=1)  # evaluate --model, calibration_study
+            score_with_engine(engine, model, zeros, zeros, batch_size=1)  # evaluate --model, calibration_study
     before = sha256_file(tmp_path / "nan" / MODEL_FILE)
     assert cli(["calibrate", "--model", str(tmp_path / "nan"), "--good", str(good_parts), "--no-progress"]) == 2
     assert "non-finite" in caplog.text and sha256_file(tmp_path / "nan" / MODEL_FILE) == before
@@ -264,7 +299,7 @@ def test_synth_makes_a_larger_good_test_split_without_changing_the_first_parts(t
 
 
 def test_calibrate_does_not_import_torch() -> None:
-    code = "import sys, training.recalibrate; sys.exit('torch' in sys.modules)"
+    code = "import sys, training.calibration.recalibrate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
@@ -273,7 +308,7 @@ def test_too_few_good_parts_fall_back_to_the_largest_score_and_say_so() -> None:
     scores = np.array([0.31, 0.42])
     maps = np.stack([np.full((8, 8), 0.2), np.full((8, 8), 0.3)])
     out = thresholds.calibrate_scores(scores, maps, method="normal_tolerance", source="validation")
-    assert out["method"] == "empirical" and out["threshold"] == pytest.approx(0.42)
-    assert "too few" in out["fallback"] and out["n_parts"] == 2
+    assert out.method == "empirical" and out.threshold == pytest.approx(0.42)
+    assert out.fallback is not None and "too few" in out.fallback and out.n_parts == 2
     enough = thresholds.calibrate_scores(np.array([0.31, 0.42, 0.37, 0.35]), np.stack([maps[0]] * 4), source="v")
-    assert enough["fallback"] is None and enough["method"] == thresholds.DEFAULT_METHOD
+    assert enough.fallback is None and enough.method == thresholds.DEFAULT_METHOD

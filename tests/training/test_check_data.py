@@ -11,9 +11,9 @@ import pytest
 import tifffile
 
 from tests.training.test_data import TIRE, H, W, box_gt, needs_tire, table_xyz, write_part
-from training.check_data import check_data
 from training.cli import main
-from training.data import discover, load_gt
+from training.data.check import check_data
+from training.data.layout import discover, load_gt
 
 # Box (rows, cols) per test part and its true share of the image: the foreground the preprocessing
 # should find. The missing strip (36×2 px of table) is the same in every part.

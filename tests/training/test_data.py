@@ -1,4 +1,4 @@
-"""Tests for training.data: discovery by file stem, its errors, and the array loaders."""
+"""Tests for training.data.layout: discovery by file stem, its errors, and the array loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from training.data import (
+from service.codecs import CodecError, DecodeLimits, decode_xyz
+from training.data.layout import (
     DatasetError,
     Sample,
     discover,
@@ -193,7 +194,7 @@ def test_orphan_gt_is_an_error_for_full_data_and_skipped_for_partial(tmp_path, c
     write_part(tmp_path, "test", "crack", "000", gt=box_gt())
     cv2.imwrite(str(tmp_path / "widget/test/crack/gt/001.png"), box_gt())
     assert f"gt {tmp_path / 'widget/test/crack/gt/001.png'} has no rgb image" in _error(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.data.layout"):
         samples = discover(tmp_path, "widget", "test", require_xyz=False)
     assert [s.stem for s in samples] == ["000"]
     assert "1 gt mask(s)" in caplog.text
@@ -256,19 +257,41 @@ def test_load_xyz_float64_npy_and_tiff(tmp_path: Path) -> None:
 
 def test_load_xyz_rejects_bad_shape_dtype_pickle_and_extension(tmp_path: Path) -> None:
     np.save(tmp_path / "flat.npy", np.zeros((H, W), np.float32))
-    with pytest.raises(DatasetError, match=r"flat.npy has shape \(48, 64\); expected \(H, W, 3\)"):
+    with pytest.raises(DatasetError, match=r"flat\.npy: NPY array has shape \(48, 64\); expected \(H, W, 3\)"):
         load_xyz(tmp_path / "flat.npy")
     tifffile.imwrite(tmp_path / "four.tiff", np.zeros((H, W, 4), np.float32))
-    with pytest.raises(DatasetError, match=r"four.tiff has shape \(48, 64, 4\)"):
+    with pytest.raises(DatasetError, match=r"four\.tiff: TIFF has 4 samples per pixel"):
         load_xyz(tmp_path / "four.tiff")
     np.save(tmp_path / "int.npy", np.zeros((H, W, 3), np.int32))
-    with pytest.raises(DatasetError, match=r"int\.npy has dtype int32"):
+    with pytest.raises(DatasetError, match=r"int\.npy: NPY array is int32"):
         load_xyz(tmp_path / "int.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(DatasetError, match=r"cannot read point cloud .*obj\.npy"):
+    with pytest.raises(DatasetError, match=r"cannot read point cloud .*obj\.npy: .*pickle \(refused\)"):
         load_xyz(tmp_path / "obj.npy")
     with pytest.raises(DatasetError, match=r"extension '\.ply'"):
         load_xyz(tmp_path / "cloud.ply")
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".npy"])
+def test_a_non_finite_cloud_is_treated_as_the_service_treats_it(tmp_path: Path, suffix: str) -> None:
+    """One reader, one rule: NaN (no point) is kept by both; an infinite coordinate is refused by both."""
+    xyz = table_xyz().astype(np.float32)
+    xyz[0, 0] = np.nan
+    infinite = xyz.copy()
+    infinite[:, 3, 2] = np.inf  # one column of depths: H coordinates
+    nan_file, inf_file = tmp_path / f"nan{suffix}", tmp_path / f"inf{suffix}"
+    for path, cloud in ((nan_file, xyz), (inf_file, infinite)):
+        if suffix == ".npy":
+            np.save(path, cloud)
+        else:
+            tifffile.imwrite(path, cloud)
+    served = decode_xyz(nan_file.read_bytes(), DecodeLimits())
+    np.testing.assert_array_equal(load_xyz(nan_file), served)  # NaN where NaN, same values elsewhere
+    assert np.isnan(served[0, 0]).all()
+    with pytest.raises(CodecError, match=r"48 coordinates are infinite"):
+        decode_xyz(inf_file.read_bytes(), DecodeLimits())
+    with pytest.raises(DatasetError, match=r"inf\.(tiff|npy): 48 coordinates are infinite"):
+        load_xyz(inf_file)
 
 
 def test_load_gt_class_codes_are_true_and_none_is_all_false(tmp_path: Path) -> None:

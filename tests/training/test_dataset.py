@@ -1,4 +1,4 @@
-"""training.dataset: splits preprocessed once, the UTAG training items and the synthetic validation set."""
+"""training.data.dataset: splits preprocessed once, the UTAG training items and the synthetic validation set."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from service.preprocessing import PreprocessConfig
 from training.anomalies.textures import load_textures
 from training.config import TrainConfig
-from training.dataset import AnomalyOptions, TextureAnomalySet, synthetic_validation
-from training.prepared import PreparedSplit, prepare_split, resize_gt
+from training.data.dataset import AnomalyOptions, TextureAnomalySet, synthetic_validation
+from training.data.prepared import PreparedSplit, prepare_split, resize_gt
 from training.synth.generate import generate
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""training.demo_sample: the verdict summary and the choice of the demo's sample parts."""
+"""training.evaluation.demo_sample: the verdict summary and the choice of the demo's sample parts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.demo_sample import Verdict, copy_samples, report
+from training.evaluation.demo_sample import Verdict, copy_samples, report
 
 
 def part(folder: Path, defect: str, stem: str, score: float, ng: bool, on_defect: bool, regions: bool) -> Verdict:

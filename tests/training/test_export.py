@@ -1,4 +1,4 @@
-"""training.export: a run folder → model.onnx + manifest.json that the service's loader accepts, or nothing."""
+"""training.export.exporter: a run folder → model.onnx + manifest.json that the service's loader accepts, or nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, load_model_dir
-from training import export as export_module
 from training import runs
-from training.calibration import score_stats
+from training.calibration.thresholds import score_stats
 from training.config import TrainConfig
-from training.export import ExportError, export
-from training.inference import predict
+from training.export import exporter as export_module
+from training.export.exporter import ExportError, export
+from training.scoring.torch_model import score_with_torch
 
 SIZE = 32
 
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rgb = rng.normal(size=(3, 3, SIZE, SIZE)).astype(np.float32)
     depth = rng.normal(size=(3, 3, SIZE, SIZE)).astype(np.float32)
     np.savez_compressed(folder / runs.SAMPLES_FILE, rgb=rgb, depth=depth)
-    scores, _ = predict(model, rgb, depth)
+    scores, _ = score_with_torch(model, rgb, depth)
     calibration = {
         "threshold": float(scores.max()),
         "method": "empirical",  # a calibration from before the small-sample methods (export must still take it)
@@ -80,7 +80,7 @@ def test_exported_graph_computes_what_pytorch_does_at_any_batch(run_dir: Path, e
         rgb = rng.normal(size=(batch, 3, SIZE, SIZE)).astype(np.float32)
         depth = rng.normal(size=(batch, 3, SIZE, SIZE)).astype(np.float32)
         scores, maps = session.run(["scores", "maps"], {"rgb": rgb, "depth": depth})
-        expected_scores, expected_maps = predict(trained.model, rgb, depth)
+        expected_scores, expected_maps = score_with_torch(trained.model, rgb, depth)
         assert scores.shape == (batch,) and maps.shape == (batch, SIZE, SIZE)
         np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
         np.testing.assert_allclose(maps, expected_maps, atol=1e-4)

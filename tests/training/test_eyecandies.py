@@ -14,12 +14,12 @@ import tifffile
 
 from service.preprocessing import point_cloud_to_depth
 from tests.fixtures.eyecandies_fixture import CATEGORIES, FOCAL, build, make_scene
-from training.check_data import check_data
 from training.cli import main as cli
 from training.config import TrainConfig
-from training.convert_eyecandies import SUMMARY_FILE, convert
-from training.epoch_sampling import epoch_subset
-from training.eyecandies import EyecandiesError
+from training.data.check import check_data
+from training.data.convert_eyecandies import SUMMARY_FILE, convert
+from training.data.epoch_sampling import epoch_subset
+from training.data.eyecandies import EyecandiesError
 
 SIZE = 64
 SEED = 0

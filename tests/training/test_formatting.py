@@ -1,4 +1,4 @@
-"""training.formatting.fmt: the one way text reports write numbers."""
+"""training.evaluation.formatting.fmt: the one way text reports write numbers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from training.formatting import fmt
+from training.evaluation.formatting import fmt
 
 
 def test_floats_follow_the_spec_missing_and_undefined_are_na_others_are_text() -> None:

@@ -1,4 +1,4 @@
-"""Tests for training.losses: the BCE pair and the reference focal loss."""
+"""Tests for training.model.losses: the BCE pair and the reference focal loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import bce_pair, focal_loss
+from training.model.losses import bce_pair, focal_loss
 
 
 def _focal_reference(scores: np.ndarray, target: np.ndarray, gamma: float, eps: float) -> float:

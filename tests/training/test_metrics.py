@@ -1,4 +1,4 @@
-"""Tests for training.metrics against known values, slow brute-force versions and sklearn."""
+"""Tests for training.evaluation.metrics against known values, slow brute-force versions and sklearn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from training.metrics import (
+from training.evaluation.metrics import (
     DegenerateCurveError,
     MetricInputError,
     aupro,
@@ -24,7 +24,6 @@ from training.metrics import (
     pixel_auroc,
     pro_curve,
     summarize,
-    threshold_for_false_reject_rate,
 )
 
 # ----------------------------------------------------------------------------- slow reference versions
@@ -205,32 +204,7 @@ def test_per_defect_image_auroc_against_sklearn():
         assert result[kind] == pytest.approx(roc_auc_score(lab, sub), abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- thresholds
-
-
-@pytest.mark.parametrize(
-    ("scores", "rate", "expected"),
-    [
-        ([3.0, 1.0, 2.0], 0.01, 3.0),
-        (np.arange(1, 101), 0.01, 99.0),
-        (np.arange(1, 101), 0.29, 71.0),
-        (np.arange(1, 101), 0.0, 100.0),
-        ([1.0, 1.0, 1.0, 5.0], 0.25, 1.0),
-        ([1.0, 1.0, 1.0, 5.0], 0.2, 5.0),
-    ],
-)
-def test_threshold_for_false_reject_rate_exact_values(scores, rate, expected):
-    assert threshold_for_false_reject_rate(np.asarray(scores), rate) == expected
-
-
-@pytest.mark.parametrize("rate", [0.0, 0.01, 0.05, 0.1, 0.5, 0.9])
-def test_threshold_for_false_reject_rate_is_smallest_within_rate(rate):
-    rng = np.random.default_rng(15)
-    scores = np.round(rng.normal(size=137), 2)  # with ties
-    t = threshold_for_false_reject_rate(scores, rate)
-    assert np.mean(scores > t) <= rate
-    assert np.mean(scores > np.nextafter(t, -np.inf)) > rate  # any lower threshold rejects too many
-    assert t == np.quantile(scores, 1 - rate, method="inverted_cdf")
+# ----------------------------------------------------------------------------- F1 threshold
 
 
 def test_f1_threshold_separable_case():
@@ -280,7 +254,7 @@ def test_summarize_reports_degenerate_reference_as_nan(caplog):
     gt, _ = _random_case(18)
     perfect = (gt > 0).astype(float)
     labels = np.array([True, True, False])
-    with caplog.at_level(logging.WARNING, logger="training.metrics"):
+    with caplog.at_level(logging.WARNING, logger="training.evaluation.metrics"):
         result = summarize(labels, np.array([0.9, 0.8, 0.1]), gt, perfect)
     assert np.isnan(result["aupro_reference_variant"])
     assert result["aupro"] == pytest.approx(1.0, abs=1e-12)
@@ -331,11 +305,6 @@ def test_score_metrics_reject_bad_inputs():
         image_ap(np.array([0, 1]), np.arange(3.0))
     with pytest.raises(MetricInputError, match="non-finite"):
         f1_optimal_threshold(np.array([0, 1]), np.array([0.2, np.nan]))
-    with pytest.raises(MetricInputError, match="empty"):
-        threshold_for_false_reject_rate(np.array([]))
-    for rate in (-0.1, 1.0, float("nan")):
-        with pytest.raises(MetricInputError, match="rate"):
-            threshold_for_false_reject_rate(np.arange(5.0), rate)
     with pytest.raises(MetricInputError, match="'good'"):
         per_defect_image_auroc(["crack", "hole"], np.array([0.1, 0.2]))
     with pytest.raises(MetricInputError, match="no defect type"):

@@ -1,4 +1,4 @@
-"""Tests for training.model and training.smoothing: patch pooling, fusion, heads, smoothing, ONNX export."""
+"""Tests for training.model: patch pooling, fusion, heads, smoothing, ONNX export."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from training.backbones import FeatureBackbone, build_backbone
-from training.model import BridgeNet, adaptive_pool_matrix
-from training.smoothing import GaussianSmoothing
+from training.model.backbones import FeatureBackbone, build_backbone
+from training.model.bridgenet import BridgeNet, adaptive_pool_matrix
+from training.model.smoothing import GaussianSmoothing
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""training.onnx_scrub: exported models without the build machine's paths, outputs unchanged."""
+"""training.export.onnx_scrub: exported models without the build machine's paths, outputs unchanged."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from training.onnx_scrub import (
+from training.export.onnx_scrub import (
     ScrubError,
     absolute_paths_in,
     find_absolute_paths,
@@ -20,7 +20,7 @@ from training.onnx_scrub import (
     strip_build_paths,
 )
 
-TRACE = 'File "/home/builder/checkout/training/model.py", line 185, in forward\n    fused = self.fuse(x)'
+TRACE = 'File "/home/builder/checkout/training/model/bridgenet.py", line 185, in forward\n    fused = self.fuse(x)'
 
 
 def tiny_model(manifest: str = '{"training": {"data": "demo-data"}}') -> onnx.ModelProto:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.training.tiny_run import TRAIN_ARGS, tiny_run
-from training import runs, thresholds
+from training import runs
+from training.calibration import thresholds
 from training.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -118,9 +119,9 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
     from service.engine import Engine, EngineOptions
     from service.postprocessing.maps import map_to_input_size
     from service.preprocessing import preprocess_part
-    from training.data import discover, load_sample
-    from training.inference import predict
+    from training.data.layout import discover, load_sample
     from training.runs import load_run
+    from training.scoring.torch_model import score_with_torch
 
     models = tmp_path / "models"
     assert cli(["export", "--run", str(trained), "--out", str(models / "tiny"), "--version", "7"]) == 0
@@ -138,7 +139,7 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
         part = load_sample(sample)
         answer = engine.predict(part.rgb, part.xyz)
         pre = preprocess_part(part.rgb, part.xyz, config)
-        scores, maps = predict(run.model, pre.rgb[None], pre.depth[None])
+        scores, maps = score_with_torch(run.model, pre.rgb[None], pre.depth[None])
         assert answer.score == pytest.approx(float(scores[0]), abs=1e-4)
         expected_map = map_to_input_size(maps[0], *part.rgb.shape[:2])
         assert answer.anomaly_map.shape == part.rgb.shape[:2]

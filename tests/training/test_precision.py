@@ -15,9 +15,9 @@ import pytest
 from service.engine import Engine, EngineOptions
 from service.manifest import MANIFEST_FILE, MODEL_FILE
 from tests.training.tiny_run import tiny_run
-from training import precision
 from training.cli import main as cli
-from training.export import ExportError, export
+from training.export import precision
+from training.export.exporter import ExportError, export
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def manifest(models: Path, name: str) -> dict:
 
 def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(models: Path, data: Path) -> None:
     m = manifest(models, "int8")
-    assert m["precision"] == "int8" and m["schema_version"] == 2
+    assert m["precision"] == "int8" and m["schema_version"] == 3
     check = m["precision_check"]
     train_stems = sorted(p.stem for p in (data / "puck" / "train" / "good" / "rgb").iterdir())
     assert check["calibration_data"]["split"] == "train (good parts)"
@@ -90,7 +90,7 @@ def test_int8_keeps_the_backbones_first_convolutions_float(models: Path) -> None
 
 
 def test_reduced_models_serve_close_to_fp32_through_the_engine(models: Path, data: Path) -> None:
-    from training.data import discover, load_sample
+    from training.data.layout import discover, load_sample
 
     engine = Engine(EngineOptions(models_dir=models, default_model="fp32", providers="cpu"))
     engine.start()

@@ -35,8 +35,10 @@ from tests.ui.parts import REGION, RGB, SAMPLE, XYZ, record
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 log = logging.getLogger(__name__)
 
-KEY = "browser-test-key-0123456789"
-OPERATOR = "Ana Quality"
+KEY = "browser-test-key-0123456789"  # the line's key: predicts
+RESULTS_KEY = "browser-results-key-0123456789"  # reads the records
+OPERATOR = "ana.quality"
+PASSWORD = "correct horse battery"
 READY_TIMEOUT_S = 90.0
 WAIT_S = 20.0  # any one thing the page should show
 POLL_S = 0.2
@@ -67,6 +69,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("ui-service")
     data_dir = folder / "data"
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
+    # The reviewer is made as a plant would: the users CLI, the password on stdin.
+    users_file = folder / "users.json"
+    added = subprocess.run(
+        [sys.executable, "-m", "service", "users", "--file", str(users_file), "add", OPERATOR, "--role", "reviewer"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
     env.update(
         BRIDGENET_MODELS_DIR=str(SAMPLE.parents[1]),
         BRIDGENET_MODELS="demo",
@@ -74,6 +83,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_INTRA_OP_THREADS="2",
         BRIDGENET_API_KEY=KEY,
+        BRIDGENET_RESULTS_KEY=RESULTS_KEY,
+        BRIDGENET_USERS_FILE=str(users_file),
         BRIDGENET_DATA_DIR=str(data_dir),
         BRIDGENET_ARCHIVE="ng",
     )
@@ -155,7 +166,7 @@ def post_part(live: Live, rgb: bytes, xyz: bytes, part_id: str) -> dict[str, Any
 def assert_recorded(live: Live, answer: dict[str, Any]) -> None:
     """The predict route committed its record before answering: the results API has it at once."""
     request_id = str(answer["request_id"])
-    found = httpx.get(f"{live.base_url}/v1/results/{request_id}", headers={"X-API-Key": KEY}, timeout=10.0)
+    found = httpx.get(f"{live.base_url}/v1/results/{request_id}", headers={"X-API-Key": RESULTS_KEY}, timeout=10.0)
     assert found.status_code == 200, found.text
 
 
@@ -198,8 +209,8 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     # Log in (an unauthenticated page sends the browser to the login form).
     driver.get(f"{live.base_url}/ui/")
     wait_for(driver, lambda d: d.find_elements(By.ID, "login-button"), "on the login form", live)
-    driver.find_element(By.ID, "operator-input").send_keys(OPERATOR)
-    driver.find_element(By.ID, "api-key-input").send_keys(KEY)
+    driver.find_element(By.ID, "username-input").send_keys(OPERATOR)
+    driver.find_element(By.ID, "password-input").send_keys(PASSWORD)
     driver.find_element(By.ID, "login-button").click()
     wait_for(driver, lambda d: d.find_elements(By.ID, "parts-body"), "on the list after login", live)
     assert driver.find_element(By.ID, "operator").text == OPERATOR
@@ -248,7 +259,7 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     wait_for(driver, lambda d: d.find_elements(By.ID, "saved"), "showing the saved review", live)
     current = driver.find_element(By.ID, "current-review").text
     assert "confirmed" in current and "dent" in current and OPERATOR in current
-    result = httpx.get(f"{live.base_url}/v1/results/{answer['request_id']}", headers={"X-API-Key": KEY}).json()
+    result = httpx.get(f"{live.base_url}/v1/results/{answer['request_id']}", headers={"X-API-Key": RESULTS_KEY}).json()
     assert result["review"]["outcome"] == "confirmed" and result["review"]["operator"] == OPERATOR
 
     # The region of a part that has one is drawn over the map with its area.

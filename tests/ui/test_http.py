@@ -4,6 +4,7 @@ trail in a temporary directory; the models are not loaded (none is needed to rev
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,10 +24,13 @@ from service.preprocessing import PreprocessConfig
 from service.ui import images
 from service.ui.auth import LOGIN_COOKIE, SESSION_COOKIE
 from service.ui.routes import mount_ui
+from service.ui.users import add_user, remove_user
 from tests.records.test_api import build_app as records_app
 from tests.ui.parts import HW, XYZ, record
 
-KEY = "ui-test-key-0123456789"
+KEY = "ui-test-key-0123456789"  # the results reader's key
+LINE_KEY = "ui-line-key-0123456789"
+PASSWORDS = {"ana": "ana-password-0123", "vic": "vic-password-0123"}
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -38,9 +42,26 @@ def build_app(settings: Settings) -> FastAPI:
     return app
 
 
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reviewer (ana) and a viewer (vic); made once: each password hash takes a deliberate while."""
+    path = tmp_path_factory.mktemp("ui-users") / "users.json"
+    add_user(path, "ana", "reviewer", PASSWORDS["ana"])
+    add_user(path, "vic", "viewer", PASSWORDS["vic"])
+    return path
+
+
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "data", api_key=KEY, archive="ng")  # type: ignore[arg-type]
+def client(tmp_path: Path, users_file: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        api_key=LINE_KEY,  # type: ignore[arg-type]
+        results_key=KEY,  # type: ignore[arg-type]
+        archive="ng",
+        users_file=users_file,
+        login_attempts_per_user=3,
+        login_attempts_per_address=5,
+    )
     with TestClient(build_app(settings), follow_redirects=False) as c:
         recorder = c.app.state.service.records.recorder  # type: ignore[attr-defined]
         for i in range(6):  # ng: 0, 2, 4; newest is 5
@@ -64,10 +85,14 @@ def set_cookie(answer: httpx.Response, name: str) -> Morsel[str]:
     raise AssertionError(f"no {name} cookie set: {answer.headers}")
 
 
-def login(c: TestClient, operator: str = "Ana Quality", key: str = KEY) -> str:
-    """Log in through the form; return the session's CSRF token (from the next page)."""
+def login_form(c: TestClient, user: str, password: str, **extra: str) -> httpx.Response:
     token = csrf_of(c.get("/ui/login").text)
-    answer = c.post("/ui/login", data={"operator": operator, "api_key": key, "csrf": token, "next": "/ui/"})
+    return c.post("/ui/login", data={"username": user, "password": password, "csrf": token, **extra})
+
+
+def login(c: TestClient, user: str = "ana") -> str:
+    """Log in through the form; return the session's CSRF token (from the next page)."""
+    answer = login_form(c, user, PASSWORDS[user], next="/ui/")
     assert answer.status_code == 303, answer.text
     assert answer.headers["location"] == "/ui/"
     return csrf_of(c.get("/ui/").text)
@@ -94,8 +119,7 @@ def test_pages_and_data_need_a_login(client: TestClient) -> None:
 def test_login_cookies_are_httponly_strict_and_scoped(client: TestClient) -> None:
     login_cookie = set_cookie(client.get("/ui/login"), LOGIN_COOKIE)
     assert login_cookie["httponly"] and login_cookie["samesite"].lower() == "strict" and login_cookie["path"] == "/ui"
-    token = csrf_of(client.get("/ui/login").text)
-    answer = client.post("/ui/login", data={"operator": "Ana", "api_key": KEY, "csrf": token})
+    answer = login_form(client, "ana", PASSWORDS["ana"])
     assert answer.status_code == 303
     session = set_cookie(answer, SESSION_COOKIE)
     assert session["httponly"] and session["samesite"].lower() == "strict" and session["path"] == "/ui"
@@ -103,10 +127,10 @@ def test_login_cookies_are_httponly_strict_and_scoped(client: TestClient) -> Non
     assert client.get("/ui/").status_code == 200
 
 
-def test_wrong_key_or_no_name_is_refused_without_a_session(client: TestClient) -> None:
-    for operator, key in (("Ana", "wrong-key"), ("   ", KEY)):
-        token = csrf_of(client.get("/ui/login").text)
-        answer = client.post("/ui/login", data={"operator": operator, "api_key": key, "csrf": token})
+def test_wrong_password_unknown_user_or_an_api_key_is_refused_without_a_session(client: TestClient) -> None:
+    attempts = (("ana", "wrong-password"), ("nobody", PASSWORDS["ana"]), ("   ", ""), ("ana", LINE_KEY), ("ana", KEY))
+    for user, password in attempts:
+        answer = login_form(client, user, password)
         assert answer.status_code == 401
         assert SESSION_COOKIE not in answer.cookies
         assert 'id="login-error"' in answer.text
@@ -116,7 +140,7 @@ def test_wrong_key_or_no_name_is_refused_without_a_session(client: TestClient) -
 def test_forged_login_form_is_refused(client: TestClient) -> None:
     client.get("/ui/login")  # the browser holds a login cookie, the forged form does not know its token
     for token in ("", "guessed-token"):
-        answer = client.post("/ui/login", data={"operator": "Eve", "api_key": KEY, "csrf": token})
+        answer = client.post("/ui/login", data={"username": "ana", "password": PASSWORDS["ana"], "csrf": token})
         assert answer.status_code == 403
         assert answer.json()["error"]["code"] == "csrf_failed"
     assert client.get("/ui/").status_code == 303
@@ -136,10 +160,7 @@ def test_tampered_session_cookie_is_no_session(client: TestClient) -> None:
 
 
 def test_open_redirect_after_login_is_refused(client: TestClient) -> None:
-    token = csrf_of(client.get("/ui/login").text)
-    answer = client.post(
-        "/ui/login", data={"operator": "Ana", "api_key": KEY, "csrf": token, "next": "//evil.example/"}
-    )
+    answer = login_form(client, "ana", PASSWORDS["ana"], next="//evil.example/")
     assert answer.headers["location"] == "/ui/"
 
 
@@ -165,20 +186,20 @@ def test_forged_review_is_refused_and_stores_nothing(client: TestClient) -> None
 
 
 def test_review_is_stored_with_operator_and_shown_by_results_api(client: TestClient) -> None:
-    csrf = login(client, operator="Ana Quality")
+    csrf = login(client, "ana")
     answer = client.post(
         "/ui/parts/req-0/review", data={"outcome": "confirmed", "defect_type": "crack", "comment": "edge", "csrf": csrf}
     )
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/parts/req-0?saved=1"
     one = client.get("/v1/results/req-0", headers={"X-API-Key": KEY}).json()["review"]
     assert one["outcome"] == "confirmed" and one["defect_type"] == "crack" and one["comment"] == "edge"
-    assert one["operator"] == "Ana Quality"
+    assert one["operator"] == "ana"  # the authenticated user, not a typed name
     assert abs(datetime.fromisoformat(one["created"]) - datetime.now(UTC)) < timedelta(minutes=1)
     listed = client.get("/v1/results", headers={"X-API-Key": KEY}).json()["results"]
     by_id = {r["request_id"]: r["review"] for r in listed}
     assert by_id["req-0"] == one and by_id["req-2"] is None
     page = client.get("/ui/parts/req-0").text
-    assert 'id="current-review"' in page and "Ana Quality" in page and "crack" in page
+    assert 'id="current-review"' in page and "by ana" in page and "crack" in page
 
 
 def test_a_second_review_overrides_the_first_and_both_are_kept(client: TestClient) -> None:
@@ -277,3 +298,91 @@ def test_stats_give_false_reject_and_confirmed_rates_per_model(client: TestClien
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
     # parts, NG, reviewed NG, confirmed, false rejects, FRR, confirmed-NG rate, missed (req-old is 30 h old: in)
     assert cells[1:] == ["7", "4", "3", "1", "2", "66.7 %", "33.3 %", "1"]
+
+
+def test_with_audit_off_the_station_and_the_results_api_say_so_alike(tmp_path: Path, users_file: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        api_key=LINE_KEY,  # type: ignore[arg-type]
+        results_key=KEY,  # type: ignore[arg-type]
+        users_file=users_file,
+        audit="off",
+    )
+    with TestClient(build_app(settings), follow_redirects=False) as c:
+        assert login_form(c, "ana", PASSWORDS["ana"]).status_code == 303
+        station = c.get("/ui/api/parts")
+        results = c.get("/v1/results", headers={"X-API-Key": KEY})
+    assert station.status_code == results.status_code == 404
+    assert station.json()["error"]["code"] == results.json()["error"]["code"] == "audit_off"
+    assert station.json()["error"]["message"] == results.json()["error"]["message"]
+
+
+# ---- users, roles, login limits, browser protections
+
+
+def test_the_api_keys_do_not_open_the_station(client: TestClient) -> None:
+    for key in (LINE_KEY, KEY):
+        assert client.get("/ui/api/parts", headers={"X-API-Key": key}).status_code == 401
+        assert login_form(client, "line", key).status_code == 401
+
+
+def test_a_viewer_sees_parts_but_cannot_review(client: TestClient) -> None:
+    csrf = login(client, "vic")
+    page = client.get("/ui/parts/req-0").text
+    assert 'id="view-only"' in page and 'id="review-form"' not in page
+    answer = client.post("/ui/parts/req-0/review", data={"outcome": "confirmed", "csrf": csrf})
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "role_not_allowed"
+    assert client.get("/v1/results/req-0", headers={"X-API-Key": KEY}).json()["review"] is None
+
+
+def test_removing_a_user_ends_their_session(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "tmp", "reviewer", "tmp-password-0123")
+    client.app.state.ui_users.path = path  # type: ignore[attr-defined]
+    token = csrf_of(client.get("/ui/login").text)
+    client.post("/ui/login", data={"username": "tmp", "password": "tmp-password-0123", "csrf": token})
+    assert client.get("/ui/").status_code == 200
+    remove_user(path, "tmp")
+    assert client.get("/ui/").status_code == 303
+    assert client.get("/ui/api/parts").status_code == 401
+
+
+def test_repeated_bad_logins_get_429_per_user_and_per_address(client: TestClient) -> None:
+    for _ in range(3):  # login_attempts_per_user=3
+        assert login_form(client, "ana", "wrong-password").status_code == 401
+    blocked = login_form(client, "ana", PASSWORDS["ana"])  # even the right password, until the window ends
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+    assert SESSION_COOKIE not in blocked.cookies and "Too many failed logins" in blocked.text
+    # Other names from the same address: two more failures reach login_attempts_per_address=5.
+    assert login_form(client, "nobody", "x").status_code == 401
+    assert login_form(client, "someone", "x").status_code == 401
+    assert login_form(client, "vic", PASSWORDS["vic"]).status_code == 429
+
+
+def test_station_answers_carry_browser_protections(client: TestClient) -> None:
+    csrf = login(client)
+    assert csrf
+    for path in ("/ui/login", "/ui/", "/ui/parts/req-0", "/ui/static/ui.css", "/ui/api/parts", "/ui/nope"):
+        headers = client.get(path).headers
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "'unsafe-inline'" not in csp, path
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "same-origin", path
+        assert headers["x-frame-options"] == "DENY", path
+    # CSP without 'unsafe-inline' refuses style attributes: the pages must carry none.
+    for path in ("/ui/", "/ui/parts/req-0", "/ui/stats", "/ui/login"):
+        assert "style=" not in client.get(path).text, path
+    assert "content-security-policy" not in client.get("/v1/status", headers={"X-API-Key": KEY}).headers
+
+
+def test_a_broken_users_file_keeps_the_users_read_before(
+    client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "users.json"
+    add_user(path, "tmp", "reviewer", "tmp-password-0123")
+    client.app.state.ui_users.path = path  # type: ignore[attr-defined]
+    assert login_form(client, "tmp", "tmp-password-0123").status_code == 303
+    path.write_text("{not json", encoding="utf-8")  # a hand edit gone wrong
+    with caplog.at_level(logging.ERROR, logger="service.ui.users"):
+        assert client.get("/ui/").status_code == 200
+    assert "the users file cannot be read" in caplog.text

@@ -23,10 +23,11 @@ from service.records.store import Evidence
 from tests.ui.parts import GOOD_RGB, GOOD_XYZ, REGION, anomaly_map, decision, record
 from tests.ui.test_http import build_app
 from training import runs
-from training.check_data import check_data
-from training.import_reviews import ReviewImportError, import_reviews
+from training.data.check import check_data
+from training.data.import_reviews import ReviewImportError, import_reviews
 
-KEY = "import-test-key-0123456789"
+KEY = "import-test-key-0123456789"  # the results reader's key
+LINE_KEY = "import-line-key-0123456789"
 NOW = datetime.now(UTC).replace(microsecond=0)
 GOOD_PARTS = 6  # false rejects: 5 to train/good, the 5th to validation/good
 
@@ -35,7 +36,7 @@ GOOD_PARTS = 6  # false rejects: 5 to train/good, the 5th to validation/good
 def service(tmp_path: Path) -> Iterator[TestClient]:
     """The results API over a real SQLite audit trail: NG parts reviewed as false rejects and confirmed
     defects, an OK part with a missed defect (archive=all keeps its evidence), and an unreviewed one."""
-    settings = Settings(data_dir=tmp_path / "data", api_key=KEY, archive="all")  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path / "data", api_key=LINE_KEY, results_key=KEY, archive="all")  # type: ignore[arg-type]
     with TestClient(build_app(settings), headers={"X-API-Key": KEY}) as c:
         recorder = c.app.state.service.records.recorder  # type: ignore[attr-defined]
         db_engine = recorder.db_engine
@@ -105,6 +106,12 @@ def test_since_limits_the_import_and_a_second_import_adds_to_it(service: TestCli
 def test_the_cli_refuses_a_wrong_key_with_the_services_error(service: TestClient, tmp_path: Path) -> None:
     service.headers["X-API-Key"] = "wrong"
     with pytest.raises(ReviewImportError, match="401"):
+        import_reviews(service, tmp_path / "x", "puck")
+
+
+def test_the_line_key_cannot_import_reviews(service: TestClient, tmp_path: Path) -> None:
+    service.headers["X-API-Key"] = LINE_KEY
+    with pytest.raises(ReviewImportError, match="403"):
         import_reviews(service, tmp_path / "x", "puck")
 
 

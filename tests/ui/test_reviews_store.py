@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.records.database import create_db_engine, migrate
+from service.records.database import create_db_engine, head_revision, migrate
 from service.records.reviews import (
     HourCounts,
     PartFilter,
@@ -27,7 +27,7 @@ from tests.ui.parts import decision
 def test_reviews_list_counts_and_stats(db_url: str) -> None:  # noqa: F811
     db_engine = create_db_engine(db_url)
     try:
-        assert migrate(db_engine) == "0003_push"
+        assert migrate(db_engine) == head_revision()
         recorder = Recorder(db_engine)
         for i in range(6):  # two hours: 0-2 in the first, 3-5 in the second; NG: 0, 2, 4 (and "b-0")
             recorder.record(decision(f"a-{i}", ng=i % 2 == 0, received_at=T0 + timedelta(minutes=20 * i)))

@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from training.data import GOOD, SPLITS
+from training.data.layout import GOOD, SPLITS
 from training.synth.defects import DEFECTS, DefectEdit, apply_defect, make_defect
 from training.synth.scene import Camera, PartSpec, build_scene, compose, sample_part_spec
 from training.synth.shapes import CATEGORIES, DEFAULT_CATEGORY

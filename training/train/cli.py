@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from service.preprocessing import PreprocessConfig
+from training.calibration.rate import add_false_reject_rate_argument
 from training.config import DEPTH_ANOMALIES, TrainConfig
 from training.train.loop import train
 
@@ -74,12 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which epoch's weights to keep: best on the synthetic validation set, or the last",
     )
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N epochs (and the last)")
-    p.add_argument(
-        "--false-reject-rate",
-        type=float,
-        default=d.target_false_reject_rate,
-        help="share of good validation parts the calibrated threshold may reject",
-    )
+    add_false_reject_rate_argument(p, d.target_false_reject_rate)
     p.add_argument("--device", default=d.device, help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -17,14 +17,14 @@ from tqdm import tqdm
 
 from training import runs
 from training.anomalies.textures import load_textures
-from training.calibration import calibrate
+from training.calibration.validation import calibrate
 from training.config import TrainConfig
-from training.dataset import AnomalyOptions, TextureAnomalySet, ValidationSet, synthetic_validation
-from training.epoch_sampling import epoch_subset
-from training.inference import predict
-from training.metrics import image_auroc, pixel_auroc
-from training.model import BridgeNet
-from training.report import plot_history, write_train_report
+from training.data.dataset import AnomalyOptions, TextureAnomalySet, ValidationSet, synthetic_validation
+from training.data.epoch_sampling import epoch_subset
+from training.evaluation.metrics import image_auroc, pixel_auroc
+from training.evaluation.report import plot_history, write_train_report
+from training.model.bridgenet import BridgeNet
+from training.scoring.torch_model import score_with_torch
 from training.train.splits import Splits, load_splits
 from training.train.step import Trainer
 
@@ -67,7 +67,7 @@ def resume_progress(trainer: Trainer, out: Path, *, resume: bool) -> Progress:
 
 def validation_metrics(model: BridgeNet, val: ValidationSet, device: torch.device, batch_size: int) -> dict[str, float]:
     rgb, depth, labels, masks = val
-    scores, maps = predict(model, rgb, depth, batch_size=batch_size, device=device)
+    scores, maps = score_with_torch(model, rgb, depth, batch_size=batch_size, device=device)
     return {"val_image_auroc": image_auroc(labels, scores), "val_pixel_auroc": pixel_auroc(masks, maps)}
 
 
@@ -130,7 +130,7 @@ def finish(trainer: Trainer, splits: Splits, progress: Progress, out: Path, t0: 
     saved = torch.load(out / runs.MODEL_FILE, map_location="cpu", weights_only=True)
     runs.load_trainable_state(model, saved["state"])
     calibration = calibrate(model, splits.validation, config, trainer.device)
-    (out / runs.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+    (out / runs.CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     n_keep = min(4, len(splits.validation))
     np.savez_compressed(
         out / runs.SAMPLES_FILE, rgb=splits.validation.rgb[:n_keep], depth=splits.validation.depth[:n_keep]
@@ -152,7 +152,7 @@ def finish(trainer: Trainer, splits: Splits, progress: Progress, out: Path, t0: 
         "n_train_items_per_epoch": config.samples_per_epoch or len(splits.train_indices),
         "samples_per_epoch": config.samples_per_epoch,
         "n_validation_parts": len(splits.validation),
-        "calibration": calibration,
+        "calibration": calibration.to_dict(),
         "train_seconds": time.perf_counter() - t0,
     }
     write_train_report(out, config, report, history)
@@ -183,7 +183,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, progress: boo
     epochs = tqdm(range(state.start, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
     for epoch in epochs:
         t_epoch = time.perf_counter()
-        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.epoch_sampling)
+        if config.samples_per_epoch is not None:  # a fresh subset each epoch (training.data.epoch_sampling)
             dataset.indices = epoch_subset(splits.train_indices, config.samples_per_epoch, config.seed, epoch)
         row = run_epoch(trainer, dataset, epoch, progress=progress)
         if config.selection == "validation" and (epoch % config.eval_every == 0 or epoch == config.epochs):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from training.config import TrainConfig
-from training.prepared import PreparedSplit, prepare_split
+from training.data.prepared import PreparedSplit, prepare_split
 
 log = logging.getLogger(__name__)
 

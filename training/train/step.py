@@ -11,8 +11,8 @@ from torch import Tensor
 from training import runs
 from training.anomalies.mgag import GaussianAnomalies, MgagConfig
 from training.config import TrainConfig
-from training.losses import bce_pair, focal_loss
-from training.model import BridgeNet
+from training.model.bridgenet import BridgeNet
+from training.model.losses import bce_pair, focal_loss
 
 
 @dataclass(frozen=True)

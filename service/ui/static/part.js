@@ -3,6 +3,11 @@
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
+  // The score bar's geometry comes as data attributes: the page's CSP refuses inline style attributes.
+  const fill = document.getElementById("bar-fill");
+  const mark = document.getElementById("bar-mark");
+  if (fill) fill.style.width = fill.dataset.percent + "%";
+  if (mark) mark.style.left = mark.dataset.percent + "%";
   const overlay = document.getElementById("overlay");
   if (overlay) {
     const img = document.getElementById("img-overlay");

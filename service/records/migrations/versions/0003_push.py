@@ -1,7 +1,7 @@
 """Dead letters of the push outbox.
 
 Revision ID: 0003_push
-Revises: 0002
+Revises: 0003_records
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_push"
-down_revision = "0002"
+down_revision = "0003_records"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,2 @@
+"""The network: frozen backbones (`backbones`), BridgeNet itself (`bridgenet`), its losses and the smoothing
+of its anomaly maps."""
