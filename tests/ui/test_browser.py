@@ -296,8 +296,8 @@ def test_the_list_polls_again_only_after_its_previous_answer(live: Live, browser
     driver = browser
     driver.get(f"{live.base_url}/ui/")
     if driver.find_elements(By.ID, "login-button"):
-        driver.find_element(By.ID, "operator-input").send_keys(OPERATOR)
-        driver.find_element(By.ID, "api-key-input").send_keys(KEY)
+        driver.find_element(By.ID, "username-input").send_keys(OPERATOR)
+        driver.find_element(By.ID, "password-input").send_keys(PASSWORD)
         driver.find_element(By.ID, "login-button").click()
     wait_for(driver, lambda d: d.find_elements(By.ID, "parts-body"), "on the list", live)
     # Each poll's answer now takes 5 s (2.5 poll intervals); count the polls and the most out at once.
