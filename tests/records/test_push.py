@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiomqtt
+import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
