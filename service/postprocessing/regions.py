@@ -16,7 +16,8 @@ upload's H×W, the model's pixel threshold and the uploaded organized point clou
   root of the region's mean footprint) so that a length counts whole pixels as the area does (one pixel
   is one side long, not zero). The farthest pair is searched among the corners of the convex hull of those
   pixels in the image: exact on a plane (a pinhole maps a plane's convex sets to convex sets, and the
-  farthest pair of a set lies on its hull), a chord on a curved part, and cheap on every answer.
+  farthest pair of a set lies on its hull); on a curved part the farthest pair among those corners, which
+  can fall slightly short of the farthest pair of all its points; cheap on every answer either way.
 
 The verdict that uses them is `service.postprocessing.verdict.decide`.
 """
