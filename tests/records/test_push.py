@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiomqtt
+import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -291,6 +292,7 @@ def test_mqtt_with_a_password_file_and_a_signed_payload(tmp_path: Path) -> None:
         broker.stop()
 
 
+@pytest.mark.timeout(120)  # a TLS handshake that stalls once hung here on a loaded machine
 def test_mqtts_with_credentials_in_the_url_and_a_self_signed_certificate(tmp_path: Path) -> None:
     cert, key = self_signed_certificate(tmp_path)
     broker = Mosquitto(tmp_path, users={"line": "p@ss:word"}, tls=(cert, key))

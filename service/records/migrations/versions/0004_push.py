@@ -1,6 +1,6 @@
 """Dead letters of the push outbox.
 
-Revision ID: 0003_push
+Revision ID: 0004_push
 Revises: 0003_records
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_push"
+revision = "0004_push"
 down_revision = "0003_records"
 branch_labels = None
 depends_on = None
