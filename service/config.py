@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON model → smallest defect region in mm² that makes a part NG (area rule), e.g. {"bagel": 2.5}',
     )
+    # Model name → length rule (mm) instead of the manifest's min_defect_length_mm; with an area rule as well,
+    # a region meeting either minimum makes a part NG.
+    min_defect_length_mm: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON model → shortest defect region in mm that makes a part NG (length rule), e.g. {"bagel": 2}',
+    )
 
     # Threads decoding the RGB image while the request's thread turns the point cloud into depth; 0: in turn.
     decode_threads: int = Field(default=2, ge=0, le=64, description="RGB decode threads beside the cloud's; 0: off")
@@ -289,20 +295,22 @@ class Settings(BaseSettings):
             raise ValueError(f"expected IP addresses or CIDR ranges such as 10.0.0.5 or 172.28.0.0/24, got {bad}")
         return value
 
-    @field_validator("threshold_overrides", "min_defect_area_mm2", mode="before")
+    @field_validator("threshold_overrides", "min_defect_area_mm2", "min_defect_length_mm", mode="before")
     @classmethod
     def _parse_model_maps(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
-            example = {"threshold_overrides": 0.73, "min_defect_area_mm2": 2.5}[info.field_name or ""]
+            examples = {"threshold_overrides": 0.73, "min_defect_area_mm2": 2.5, "min_defect_length_mm": 2}
+            example = examples[info.field_name or ""]
             return _json(value, info.field_name or "", f'a JSON object such as {{"bagel": {example}}}')
         return value
 
-    @field_validator("min_defect_area_mm2")
+    @field_validator("min_defect_area_mm2", "min_defect_length_mm")
     @classmethod
-    def _positive_min_areas(cls, value: dict[str, float]) -> dict[str, float]:
+    def _positive_min_sizes(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         bad = {name: v for name, v in value.items() if not name or not (math.isfinite(v) and v > 0)}
         if bad:
-            raise ValueError(f"expected model names mapped to areas > 0 in mm², got {bad}")
+            what = "lengths > 0 in mm" if info.field_name == "min_defect_length_mm" else "areas > 0 in mm²"
+            raise ValueError(f"expected model names mapped to {what}, got {bad}")
         return value
 
     @field_validator("threshold_overrides")
@@ -353,9 +361,10 @@ class Settings(BaseSettings):
             unknown = sorted(set(self.threshold_overrides) - set(self.models))
             if unknown:
                 problems.append(f"{env_name('threshold_overrides')} names models that are not loaded: {unknown}")
-            unknown = sorted(set(self.min_defect_area_mm2) - set(self.models))
-            if unknown:
-                problems.append(f"{env_name('min_defect_area_mm2')} names models that are not loaded: {unknown}")
+            for rule in ("min_defect_area_mm2", "min_defect_length_mm"):
+                unknown = sorted(set(getattr(self, rule)) - set(self.models))
+                if unknown:
+                    problems.append(f"{env_name(rule)} names models that are not loaded: {unknown}")
         if self.require_cuda and self.providers == "cpu":
             problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
         if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:

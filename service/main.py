@@ -53,6 +53,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         providers=settings.providers,
         threshold_overrides=dict(settings.threshold_overrides),
         min_defect_area_overrides=dict(settings.min_defect_area_mm2),
+        min_defect_length_overrides=dict(settings.min_defect_length_mm),
         intra_op_threads=settings.intra_op_threads,
         ort_spin_wait=settings.ort_spin_wait,
         batch_max_size=settings.batch_max_size,

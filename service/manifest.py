@@ -48,10 +48,19 @@ SCHEMA_VERSION = 3
 # 2: written by two exporters, each adding its own optional fields to schema 1: `calibration`,
 #    `pixel_threshold`, `min_defect_area_mm2` and `history` (calibration), `precision` and `precision_check`
 #    (reduced-precision exports). A schema-2 manifest may hold either set, or both.
-# 3: the same fields as schema 2, one number for all of them: what `training export` and `calibrate` write.
+# 3: the same fields as schema 2, one number for all of them: what `training export` and `calibrate` write;
+#    and the optional `min_defect_length_mm` (a schema-3 manifest without it has no length rule).
 READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 # The fields schema 1 has not got.
-LATER_FIELDS = ("precision", "precision_check", "calibration", "pixel_threshold", "min_defect_area_mm2", "history")
+LATER_FIELDS = (
+    "precision",
+    "precision_check",
+    "calibration",
+    "pixel_threshold",
+    "min_defect_area_mm2",
+    "min_defect_length_mm",
+    "history",
+)
 METADATA_KEY = "bridgenet_manifest"
 MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
 MANIFEST_FILE = "manifest.json"
@@ -181,6 +190,12 @@ class Manifest(_Strict):
     )
     min_defect_area_mm2: float | None = Field(
         default=None, gt=0.0, description="area rule: NG only with a region at least this large (None: off)"
+    )
+    min_defect_length_mm: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="length rule: NG only with a region at least this long, mm (None: off); with the area rule "
+        "too, a region meeting either minimum makes a part NG",
     )
     history: list[HistoryEntry] = Field(default_factory=list, description="earlier versions, oldest first")
 

@@ -50,6 +50,7 @@ class DefectRegion(BaseModel):
                     "height": 17,
                     "area_px": 402,
                     "area_mm2": 3.91,
+                    "length_mm": 3.85,
                     "measured_fraction": 1.0,
                     "max_score": 0.94,
                     "mean_score": 0.81,
@@ -67,6 +68,11 @@ class DefectRegion(BaseModel):
         description="Area on the part's surface from the uploaded point cloud, mm²; null where the cloud has no "
         "point under the region. Pixels without a point count with the mean footprint of the measured ones."
     )
+    length_mm: float | None = Field(
+        description="Longest straight extent of the region on the part's surface, mm: the largest 3D distance "
+        "between two of its pixels with a point under them, plus one pixel's side (a chord: on a curved part a "
+        "path along the surface is longer); null where `area_mm2` is null."
+    )
     measured_fraction: float = Field(description="Share of the region's pixels with a point under them (0 to 1).")
     max_score: float = Field(description="Highest map value in the region.")
     mean_score: float = Field(description="Mean map value in the region.")
@@ -77,8 +83,10 @@ class DefectRegion(BaseModel):
 
 
 class VerdictRule(BaseModel):
-    """Which rule gave `is_anomalous`: "score" (score > threshold) or "area" (score above the threshold and
-    a region at least `min_defect_area_mm2` large; a region without points counts as large enough)."""
+    """Which rule gave `is_anomalous`: "score" (score > threshold), or the size rules consulted when the score
+    is above the threshold: "area" (a region at least `min_defect_area_mm2` large), "length" (a region at
+    least `min_defect_length_mm` long) or "area_or_length" (both set: a region meeting either minimum). A
+    region without points counts as large enough."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -91,19 +99,39 @@ class VerdictRule(BaseModel):
                     "unmeasured_regions": 0,
                     "n_regions": 1,
                 },
+                {
+                    "rule": "area_or_length",
+                    "min_defect_area_mm2": 2.5,
+                    "min_defect_length_mm": 2.0,
+                    "largest_area_mm2": 0.61,
+                    "largest_length_mm": 2.03,
+                    "unmeasured_regions": 0,
+                    "n_regions": 1,
+                },
             ]
         }
     )
 
     rule: Rule
-    min_defect_area_mm2: float | None = Field(None, description="The area rule in effect; null: score rule only.")
-    largest_area_mm2: float | None = Field(None, description="Largest measured region (area rule consulted only).")
-    unmeasured_regions: int | None = Field(None, description="Regions without points under them (area rule only).")
-    n_regions: int | None = Field(None, description="Regions above the pixel threshold (area rule consulted only).")
+    min_defect_area_mm2: float | None = Field(None, description="The area rule in effect; null: none.")
+    min_defect_length_mm: float | None = Field(None, description="The length rule in effect; null: none.")
+    largest_area_mm2: float | None = Field(None, description="Largest measured region (size rules consulted only).")
+    largest_length_mm: float | None = Field(
+        None, description="Longest measured region, mm (length rule consulted only)."
+    )
+    unmeasured_regions: int | None = Field(None, description="Regions without points under them (size rules only).")
+    n_regions: int | None = Field(None, description="Regions above the pixel threshold (size rules consulted only).")
 
     @classmethod
     def of(cls, decision: Decision) -> VerdictRule:
-        keys = ("min_defect_area_mm2", "largest_area_mm2", "unmeasured_regions", "n_regions")
+        keys = (
+            "min_defect_area_mm2",
+            "min_defect_length_mm",
+            "largest_area_mm2",
+            "largest_length_mm",
+            "unmeasured_regions",
+            "n_regions",
+        )
         return cls(rule=decision.rule, **{k: decision.details[k] for k in keys if k in decision.details})
 
 

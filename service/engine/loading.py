@@ -39,6 +39,8 @@ class EngineOptions:
     threshold_overrides: Mapping[str, float] = field(default_factory=dict)
     # Model name → smallest region (mm²) that makes a part NG, instead of the manifest's min_defect_area_mm2.
     min_defect_area_overrides: Mapping[str, float] = field(default_factory=dict)
+    # Model name → shortest region (mm) that makes a part NG, instead of the manifest's min_defect_length_mm.
+    min_defect_length_overrides: Mapping[str, float] = field(default_factory=dict)
     intra_op_threads: int | None = None
     # ONNX Runtime's pool threads busy-wait for work after a run; off, they sleep (see Settings.ort_spin_wait).
     ort_spin_wait: bool = True
@@ -71,6 +73,8 @@ class LoadedModel:
     onnx_sha256: str  # of the model file as read and verified at load (what the audit trail records)
     # The area rule in effect (postprocessing.verdict.decide): the override, else the manifest's; None = score rule.
     min_defect_area_mm2: float | None = None
+    # The length rule in effect, likewise; with both set a region meeting either minimum makes a part NG.
+    min_defect_length_mm: float | None = None
     # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
     runner: BoundRunner | None = None
 
@@ -231,18 +235,20 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
             threshold,
             manifest.threshold.value,
         )
-    min_area = manifest.min_defect_area_mm2
-    if name in options.min_defect_area_overrides:
-        min_area = float(options.min_defect_area_overrides[name])
-        log.warning(
-            "min_defect_area_mm2 override for model %s: %g mm² instead of the manifest's %s",
-            name,
-            min_area,
-            manifest.min_defect_area_mm2,
+    min_area = _size_rule(
+        name, "min_defect_area_mm2", "mm²", manifest.min_defect_area_mm2, options.min_defect_area_overrides
+    )
+    min_length = _size_rule(
+        name, "min_defect_length_mm", "mm", manifest.min_defect_length_mm, options.min_defect_length_overrides
+    )
+    if (min_area is not None or min_length is not None) and manifest.pixel_threshold is None:
+        rules = " and ".join(
+            f"{field} {value:g}"
+            for field, value in (("min_defect_area_mm2", min_area), ("min_defect_length_mm", min_length))
+            if value is not None
         )
-    if min_area is not None and manifest.pixel_threshold is None:
         raise ModelLoadError(
-            f"model {name!r}: an area rule (min_defect_area_mm2 {min_area:g}) needs defect regions, but the manifest "
+            f"model {name!r}: a size rule ({rules}) needs defect regions, but the manifest "
             "has no pixel_threshold; run `python -m training calibrate` on the model first"
         )
     return LoadedModel(
@@ -254,7 +260,20 @@ def load_model(options: EngineOptions, name: str) -> LoadedModel:
         threshold_source=source,
         onnx_sha256=onnx_sha256,
         min_defect_area_mm2=min_area,
+        min_defect_length_mm=min_length,
     )
+
+
+def _size_rule(
+    name: str, field: str, unit: str, in_manifest: float | None, overrides: Mapping[str, float]
+) -> float | None:
+    """The size rule `field` in effect for model `name`: the override when there is one (logged), else the
+    manifest's."""
+    if name not in overrides:
+        return in_manifest
+    value = float(overrides[name])
+    log.warning("%s override for model %s: %g %s instead of the manifest's %s", field, name, value, unit, in_manifest)
+    return value
 
 
 FLOAT = "tensor(float)"

@@ -30,7 +30,7 @@ def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray,
 def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: dict[str, Any]) -> Prediction:
     """The one place where the model's output becomes an answer: `core` holds the raw score and the (S, S)
     map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud. The post-processing itself
-    (`service.postprocessing.pipeline.postprocess_outputs`) runs with the model's thresholds and area rule
+    (`service.postprocessing.pipeline.postprocess_outputs`) runs with the model's thresholds and size rules
     in effect. `timings_ms` is left empty for the engine to fill in.
 
     Raises InvalidModelOutputError on a non-finite score or map: never an answer, never an OK.
@@ -43,6 +43,7 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
             model.threshold,
             model.manifest.pixel_threshold,
             model.min_defect_area_mm2,
+            model.min_defect_length_mm,
         )
     except NonFiniteError as exc:
         raise InvalidModelOutputError(f"model {model.name!r} version {model.manifest.version}: {exc}") from exc

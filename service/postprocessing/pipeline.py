@@ -32,11 +32,12 @@ def postprocess_outputs(
     threshold: float,
     pixel_threshold: float | None,
     min_defect_area_mm2: float | None,
+    min_defect_length_mm: float | None = None,
 ) -> PostProcessed:
     """`score`: the raw image score; `model_map`: (S, S) float32 at the model's resolution; `xyz`: the
     uploaded (H, W, 3) cloud in metres (the decoded array itself, not a copy). The map goes back to the
     upload's H × W; the regions come from `pixel_threshold` and their mm² from `xyz`; the verdict from
-    `decide` with `threshold` and the area rule in effect. A model without a pixel threshold (schema 1)
+    `decide` with `threshold` and the size rules in effect. A model without a pixel threshold (schema 1)
     gets no regions and the share above the image threshold.
 
     Raises NonFiniteError on a non-finite score, threshold or map: never an answer, never an OK.
@@ -52,5 +53,5 @@ def postprocess_outputs(
     else:
         report = find_regions(anomaly_map, pixel_threshold, xyz)
         fraction = report.defect_area_fraction
-    decision = decide(score, threshold, report, min_defect_area_mm2)
+    decision = decide(score, threshold, report, min_defect_area_mm2, min_defect_length_mm)
     return PostProcessed(anomaly_map, report, fraction, decision)

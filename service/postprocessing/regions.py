@@ -9,8 +9,15 @@ upload's H×W, the model's pixel threshold and the uploaded organized point clou
   without a point, or spanning a depth jump (an occluding edge: its area is far above the cloud's typical
   cell), has no area; a pixel without any valid cell has none either (NaN).
 - `find_regions`: 8-connected components of `map > pixel_threshold`, largest `max_score` first, at most
-  `MAX_REGIONS`, each with bounding box, pixel count, mm² and scores; plus the share of pixels above the
-  threshold (`defect_area_fraction`).
+  `MAX_REGIONS`, each with bounding box, pixel count, mm², length in mm and scores; plus the share of
+  pixels above the threshold (`defect_area_fraction`).
+- A region's length is its longest straight extent on the part (a chord, not a path along the surface):
+  the largest 3D distance between two of its pixels with a footprint, plus one pixel's side (the square
+  root of the region's mean footprint) so that a length counts whole pixels as the area does (one pixel
+  is one side long, not zero). The farthest pair is searched among the corners of the convex hull of those
+  pixels in the image: exact on a plane (a pinhole maps a plane's convex sets to convex sets, and the
+  farthest pair of a set lies on its hull); on a curved part the farthest pair among those corners, which
+  can fall slightly short of the farthest pair of all its points; cheap on every answer either way.
 
 The verdict that uses them is `service.postprocessing.verdict.decide`.
 """
@@ -28,6 +35,7 @@ from service.postprocessing.verdict import NonFiniteError
 
 MAX_REGIONS = 16
 M2_TO_MM2 = 1e6  # point clouds are in metres (the service's contract); areas are reported in mm²
+M_TO_MM = 1e3  # and lengths in mm
 # A grid cell larger than this many times the cloud's median cell spans a depth jump, not a surface: a
 # surface would have to be seen at more than ~88° from its normal to stretch a cell that much.
 DISCONTINUITY_RATIO = 25.0
@@ -53,6 +61,8 @@ class Region:
     measured_fraction: float
     max_score: float
     mean_score: float
+    # Longest straight extent on the part's surface (module docstring); None where `area_mm2` is None.
+    length_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +72,7 @@ class Region:
             "height": self.height,
             "area_px": self.area_px,
             "area_mm2": self.area_mm2,
+            "length_mm": self.length_mm,
             "measured_fraction": self.measured_fraction,
             "max_score": self.max_score,
             "mean_score": self.mean_score,
@@ -71,14 +82,15 @@ class Region:
 @dataclass(frozen=True)
 class RegionReport:
     """`regions`: at most `MAX_REGIONS`, largest max_score first. `n_regions`: all of them. The area
-    summary covers every region (not only the ones listed): what the area rule of the verdict needs."""
+    summary covers every region (not only the ones listed): what the size rules of the verdict need."""
 
     regions: tuple[Region, ...]
     n_regions: int
     defect_area_fraction: float
     largest_area_mm2: float | None  # over the regions whose area is known
-    unmeasured_regions: int  # regions with no point of the cloud under them (area unknown)
+    unmeasured_regions: int  # regions with no point of the cloud under them (area and length unknown)
     pixel_threshold: float
+    largest_length_mm: float | None = None  # over the regions whose length is known
 
 
 def _valid(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -177,6 +189,77 @@ def pixel_areas(xyz: np.ndarray, typical: float | None = None) -> np.ndarray:
     return _footprints(xyz, rows, cols, typical).reshape(h, w)
 
 
+def _longest_chord_m(xyz: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+    """The largest 3D distance (m) between the points at pixels (rows, cols) of the (H, W, 3) cloud, all with
+    a point, searched among the corners of the pixels' convex hull in the image (see the module docstring)."""
+    if rows.size > 2:
+        hull = cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.int32), returnPoints=False)
+        corners = hull.ravel()
+        rows, cols = rows[corners], cols[corners]
+    points = xyz[rows, cols].astype(np.float64)
+    gaps = points[:, None, :] - points[None, :, :]
+    return float(np.sqrt(np.max(np.einsum("ijk,ijk->ij", gaps, gaps))))
+
+
+def _row_ends(region: np.ndarray, rows: np.ndarray, height: int) -> np.ndarray:
+    """Indices of the first and last pixel of every (region, row) run of pixels sorted by region, then row,
+    then column: each row's leftmost and rightmost pixel, among which lie all corners of the hull."""
+    key = region * height + rows
+    change = np.flatnonzero(np.diff(key)) + 1
+    return np.unique(np.concatenate(([0], change, change - 1, [key.size - 1])))
+
+
+def _lengths_mm(
+    xyz: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    known: np.ndarray,
+    sizes: np.ndarray,
+    side: np.ndarray,
+    listed: np.ndarray,
+) -> tuple[dict[int, float], float | None]:
+    """Lengths (mm) of the `listed` regions with a footprint, and the largest length over every region.
+
+    The pixels (rows, cols) are sorted by region (the `sizes[k]` pixels of region k follow those of k - 1),
+    then row, then column; `known`: which have a footprint; `side`: each region's pixel side in mm (NaN
+    without a footprint). Only each row's end pixels are searched (the hull's corners are among them): a
+    400 × 400 pixel region then adds about 2 ms. A noisy map can hold a thousand regions and a hull
+    costs ~15 µs each, so regions that are not listed are measured only while their 3D bounding box's
+    diagonal (an upper bound of the length) could beat the largest so far.
+    """
+    n = sizes.size
+    region = np.repeat(np.arange(n), sizes)[known]
+    if region.size == 0:
+        return {}, None
+    ends = _row_ends(region, rows[known], xyz.shape[0])
+    region, rows, cols = region[ends], rows[known][ends], cols[known][ends]
+    first = np.searchsorted(region, np.arange(n))
+    last = np.searchsorted(region, np.arange(n), side="right")
+
+    def length(k: int) -> float:
+        span = slice(first[k], last[k])
+        return _longest_chord_m(xyz, rows[span], cols[span]) * M_TO_MM + float(side[k])
+
+    measured = last > first
+    lengths = {int(k): length(int(k)) for k in listed if measured[k]}
+    largest = max(lengths.values(), default=-math.inf)
+    if np.count_nonzero(measured) > len(lengths):  # regions not listed: measure only those that could be longer
+        with_points = np.flatnonzero(measured)
+        coords = _coordinates(xyz, rows * xyz.shape[1] + cols)
+        spans = [
+            np.maximum.reduceat(c, first[with_points]).astype(np.float64) - np.minimum.reduceat(c, first[with_points])
+            for c in coords
+        ]
+        bound = np.sqrt(sum(d**2 for d in spans)) * M_TO_MM + side[with_points]
+        for j in np.argsort(-bound):
+            if bound[j] <= largest:
+                break
+            k = int(with_points[j])
+            if k not in lengths:
+                largest = max(largest, length(k))
+    return lengths, (float(largest) if math.isfinite(largest) else None)
+
+
 def find_regions(
     amap: np.ndarray, pixel_threshold: float, xyz: np.ndarray | None, *, limit: int = MAX_REGIONS
 ) -> RegionReport:
@@ -215,7 +298,11 @@ def find_regions(
     values = amap.ravel()[inside]
     max_scores = np.maximum.reduceat(values, starts)
     mean_scores = np.add.reduceat(values, starts, dtype=np.float64) / sizes
+    # Listed regions: the `limit` highest max_scores (a stable sort: ties keep label order).
+    listed = np.argsort(-max_scores, kind="stable")[:limit]
     areas_mm2: list[float | None] = [None] * (n - 1)
+    lengths_mm: dict[int, float] = {}
+    largest_length: float | None = None
     measured = np.zeros(n - 1)
     if xyz is not None and min(xyz.shape[:2]) >= 2:
         foot = _footprints(xyz, rows, cols, typical_cell(xyz))
@@ -225,6 +312,9 @@ def find_regions(
         measured = n_known / sizes
         # Pixels without a footprint (dropouts) count with the mean footprint of the region's measured ones.
         areas_mm2 = [float(t / c * size) if c else None for t, c, size in zip(known_sum, n_known, sizes, strict=True)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN for regions without a footprint
+            side = np.sqrt(known_sum / n_known)
+        lengths_mm, largest_length = _lengths_mm(xyz, rows, cols, known, sizes, side, listed)
     regions = [
         Region(
             int(left[k]),
@@ -236,16 +326,17 @@ def find_regions(
             float(measured[k]) if areas_mm2[k] is not None else 0.0,
             float(max_scores[k]),
             float(mean_scores[k]),
+            lengths_mm.get(int(k)),
         )
-        for k in range(n - 1)
+        for k in listed
     ]
-    regions.sort(key=lambda r: -r.max_score)
-    known_areas = [r.area_mm2 for r in regions if r.area_mm2 is not None]
+    known_areas = [a for a in areas_mm2 if a is not None]
     return RegionReport(
-        regions=tuple(regions[:limit]),
-        n_regions=len(regions),
+        regions=tuple(regions),
+        n_regions=n - 1,
         defect_area_fraction=fraction,
         largest_area_mm2=max(known_areas) if known_areas else None,
-        unmeasured_regions=sum(r.area_mm2 is None for r in regions),
+        unmeasured_regions=(n - 1) - len(known_areas),
         pixel_threshold=float(pixel_threshold),
+        largest_length_mm=largest_length,
     )

@@ -1,4 +1,4 @@
-"""The verdict: OK or NG from the score, the threshold and, with an area rule, the defect regions.
+"""The verdict: OK or NG from the score, the threshold and, with size rules, the defect regions.
 
 Never OK on a non-finite score, threshold or region score (`NonFiniteError`).
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from service.postprocessing.regions import Region, RegionReport
 
-Rule = Literal["score", "area"]
+Rule = Literal["score", "area", "length", "area_or_length"]
 
 
 class NonFiniteError(ValueError):
@@ -41,29 +41,52 @@ def check_finite(score: float, threshold: float, regions: Sequence[Region] = ())
         raise NonFiniteError(f"non-finite {', '.join(bad)} (score {score}, threshold {threshold}): no verdict")
 
 
-def decide(
-    score: float, threshold: float, report: RegionReport | None = None, min_defect_area_mm2: float | None = None
-) -> Decision:
-    """NG iff score > threshold ("score" rule). With `min_defect_area_mm2` set (the "area" rule), a part
-    above the score threshold is NG only if some region is at least that large; a region whose area is
-    unknown (no points under it, e.g. a hole) counts as large enough, so missing data never passes a part.
+def _minimum(name: str, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+    return None if value is None else float(value)
 
-    `rule` names the rule that decided: "score" when the score alone did (always without an area rule),
-    "area" when the area rule was consulted. Raises NonFiniteError on any non-finite input.
+
+def decide(
+    score: float,
+    threshold: float,
+    report: RegionReport | None = None,
+    min_defect_area_mm2: float | None = None,
+    min_defect_length_mm: float | None = None,
+) -> Decision:
+    """NG iff score > threshold ("score" rule). With size rules set (`min_defect_area_mm2`, the "area" rule;
+    `min_defect_length_mm`, the "length" rule; both: "area_or_length"), a part above the score threshold is
+    NG only if some region meets a minimum that is set: at least that many mm², or at least that many mm
+    long. Either suffices, so a long thin scratch fails the length rule even when its area is small, and a
+    round dent fails the area rule however short. A region whose size is unknown (no points under it, e.g.
+    a hole) counts as large enough, so missing data never passes a part.
+
+    `rule` names the rule that decided: "score" when the score alone did (always without a size rule), else
+    the size rules consulted. Raises NonFiniteError on any non-finite input.
     """
     check_finite(float(score), float(threshold), report.regions if report is not None else ())
     details: dict[str, Any] = {"score": float(score), "threshold": float(threshold)}
     over = float(score) > float(threshold)
-    if min_defect_area_mm2 is None:
+    min_area = _minimum("min_defect_area_mm2", min_defect_area_mm2)
+    min_length = _minimum("min_defect_length_mm", min_defect_length_mm)
+    if min_area is None and min_length is None:
         return Decision(over, "score", details)
-    if not (math.isfinite(min_defect_area_mm2) and min_defect_area_mm2 >= 0):
-        raise ValueError(f"min_defect_area_mm2 must be a finite number ≥ 0, got {min_defect_area_mm2}")
-    details["min_defect_area_mm2"] = float(min_defect_area_mm2)
+    if min_area is not None:
+        details["min_defect_area_mm2"] = min_area
+    if min_length is not None:
+        details["min_defect_length_mm"] = min_length
     if not over:
         return Decision(False, "score", details)
     if report is None:
-        raise ValueError("the area rule needs the regions: pass the RegionReport of this part")
-    largest, unknown = report.largest_area_mm2, report.unmeasured_regions
-    details.update({"largest_area_mm2": largest, "unmeasured_regions": unknown, "n_regions": report.n_regions})
-    large = unknown > 0 or (largest is not None and largest >= min_defect_area_mm2)
-    return Decision(large, "area", details)
+        raise ValueError("the size rules need the regions: pass the RegionReport of this part")
+    area, length, unknown = report.largest_area_mm2, report.largest_length_mm, report.unmeasured_regions
+    details.update({"largest_area_mm2": area, "unmeasured_regions": unknown, "n_regions": report.n_regions})
+    if min_length is not None:
+        details["largest_length_mm"] = length
+    large = (
+        unknown > 0
+        or (min_area is not None and area is not None and area >= min_area)
+        or (min_length is not None and length is not None and length >= min_length)
+    )
+    rule: Rule = "length" if min_area is None else "area" if min_length is None else "area_or_length"
+    return Decision(large, rule, details)

@@ -261,6 +261,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
         "providers": "cpu",  # same numbers and fast session start on a GPU machine too
         "threshold_overrides": {},
         "min_defect_area_mm2": {},
+        "min_defect_length_mm": {},
         "max_upload_bytes": 1024 * 1024,
         "max_image_side": 1024,
         "max_image_pixels": 1024 * 1024,

@@ -1,5 +1,6 @@
 """Verdicts through the real app: never an OK on a non-finite model output, defect regions in the answer (mm²
-from the uploaded cloud, holes under a region), the area rule, and the record keeping regions and rule."""
+and mm from the uploaded cloud, holes under a region), the area and length rules, and the record keeping
+regions and rule."""
 
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def test_the_hot_spot_comes_back_as_one_region_in_the_uploads_frame_with_its_mm2
     assert answer["is_anomalous"] is True and answer["decision"] == {
         "rule": "score",
         "min_defect_area_mm2": None,
+        "min_defect_length_mm": None,
         "largest_area_mm2": None,
+        "largest_length_mm": None,
         "unmeasured_regions": None,
         "n_regions": None,
     }
@@ -111,6 +114,10 @@ def test_the_hot_spot_comes_back_as_one_region_in_the_uploads_frame_with_its_mm2
     assert region["area_px"] <= region["width"] * region["height"]
     assert region["area_mm2"] == pytest.approx(region["area_px"], rel=0.05)
     assert region["measured_fraction"] == pytest.approx(1.0, abs=0.05)
+    # On the flat top's 1 mm grid the longest extent spans at least the box's longer side and at most its
+    # diagonal (pixel centres one side apart, plus one pixel).
+    assert max(region["width"], region["height"]) - 0.05 <= region["length_mm"]
+    assert region["length_mm"] <= np.hypot(region["width"], region["height"])
     assert region["max_score"] == pytest.approx(0.95, abs=1e-4) and 0.5 < region["mean_score"] <= 0.95
     assert answer["defect_area_fraction"] == pytest.approx(region["area_px"] / (40 * 48))
 
@@ -135,10 +142,12 @@ def test_regions_and_decision_are_in_the_openapi_contract_with_examples(hot_clie
     response = schemas["PredictResponse"]["properties"]
     assert {"regions", "decision", "pixel_threshold", "n_regions"} <= set(response)
     region = schemas["DefectRegion"]
-    assert {"x", "y", "width", "height", "area_px", "area_mm2", "max_score", "mean_score"} <= set(region["required"])
-    assert region["examples"][0]["area_mm2"] > 0
-    assert schemas["VerdictRule"]["properties"]["rule"]["enum"] == ["score", "area"]
-    assert {e["rule"] for e in schemas["VerdictRule"]["examples"]} == {"score", "area"}
+    required = {"x", "y", "width", "height", "area_px", "area_mm2", "length_mm", "max_score", "mean_score"}
+    assert required <= set(region["required"])
+    assert region["examples"][0]["area_mm2"] > 0 and region["examples"][0]["length_mm"] > 0
+    rules = ["score", "area", "length", "area_or_length"]
+    assert schemas["VerdictRule"]["properties"]["rule"]["enum"] == rules
+    assert {e["rule"] for e in schemas["VerdictRule"]["examples"]} == set(rules) - {"length"}
 
 
 def test_a_schema_1_model_answers_no_regions_and_the_old_area(tmp_path: Path) -> None:
@@ -179,12 +188,54 @@ def test_the_area_rule_decides(tmp_path: Path, source: str, min_area: float, ver
     assert unmeasured["is_anomalous"] is True and unmeasured["decision"]["unmeasured_regions"] == 1
 
 
-def test_an_area_rule_without_a_pixel_threshold_refuses_the_model(tmp_path: Path) -> None:
+# The hot spot's region is about 9 × 10 mm on the box's top: about 70 mm², about 12 mm long.
+@pytest.mark.parametrize(
+    ("source", "rules", "verdict", "rule"),
+    [
+        ("manifest", {"min_defect_length_mm": 5.0}, True, "length"),
+        ("manifest", {"min_defect_length_mm": 50.0}, False, "length"),
+        ("override", {"min_defect_length_mm": 5.0}, True, "length"),
+        # Both rules: either minimum met is a defect (a long thin scratch, a short wide dent).
+        ("manifest", {"min_defect_length_mm": 5.0, "min_defect_area_mm2": 5000.0}, True, "area_or_length"),
+        ("override", {"min_defect_length_mm": 50.0, "min_defect_area_mm2": 5.0}, True, "area_or_length"),
+        ("manifest", {"min_defect_length_mm": 50.0, "min_defect_area_mm2": 5000.0}, False, "area_or_length"),
+    ],
+)
+def test_the_length_rule_decides_alone_and_beside_the_area_rule(
+    tmp_path: Path, source: str, rules: dict[str, float], verdict: bool, rule: str
+) -> None:
+    if source == "manifest":
+        hot_model(tmp_path / "models", **rules)
+        settings = make_settings(tmp_path / "models", data_dir=tmp_path / "data")
+    else:  # the operator's settings win over the manifest's (which would pass every part)
+        hot_model(tmp_path / "models", **{k: 1e6 for k in rules})
+        overrides = {k: {"fake": v} for k, v in rules.items()}
+        settings = make_settings(tmp_path / "models", data_dir=tmp_path / "data", **overrides)
+    with TestClient(create_app(settings)) as client:
+        answer = post(client).json()
+        holed = XYZ.copy()
+        holed[HOLE] = np.nan
+        unmeasured = post(client, holed).json()
+        record = client.get(f"/v1/results/{answer['request_id']}").json()
+    decision, (region,) = answer["decision"], answer["regions"]
+    assert 8 < region["length_mm"] < 16 and 40 < region["area_mm2"] < 110  # what the minima above straddle
+    assert answer["is_anomalous"] is verdict and decision["rule"] == rule
+    assert decision["min_defect_length_mm"] == rules["min_defect_length_mm"]
+    assert decision["min_defect_area_mm2"] == rules.get("min_defect_area_mm2")
+    assert decision["largest_length_mm"] == pytest.approx(region["length_mm"])
+    assert unmeasured["is_anomalous"] is True and unmeasured["regions"][0]["length_mm"] is None
+    assert record["decision_rule"] == rule and record["regions"][0]["length_mm"] == region["length_mm"]
+
+
+@pytest.mark.parametrize("rule", ["min_defect_area_mm2", "min_defect_length_mm"])
+def test_a_size_rule_without_a_pixel_threshold_refuses_the_model(tmp_path: Path, rule: str) -> None:
     write_fake_model(tmp_path / "models", "fake")
-    settings = make_settings(tmp_path / "models", data_dir=tmp_path / "data", min_defect_area_mm2={"fake": 5.0})
+    settings = make_settings(tmp_path / "models", data_dir=tmp_path / "data", **{rule: {"fake": 5.0}})
     app = create_app(settings)
     with (
-        pytest.raises(ModelLoadError, match="needs defect regions, but the manifest has no pixel_threshold"),
+        pytest.raises(
+            ModelLoadError, match=rf"{rule} 5\) needs defect regions, but the manifest has no pixel_threshold"
+        ),
         TestClient(app),
     ):
         pass

@@ -51,6 +51,7 @@ def test_values_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         require_cuda="1",
         threshold_overrides='{"bagel": 0.73}',
         min_defect_area_mm2='{"tire": 2.5}',
+        min_defect_length_mm='{"bagel": 2}',
         max_upload_bytes="1000",
         request_timeout_s="2.5",
         log_level="debug",
@@ -60,7 +61,7 @@ def test_values_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert s.models_dir == Path("/srv/models") and s.models == ["bagel", "tire"] and s.default_model == "tire"
     assert s.require_cuda is True and s.threshold_overrides == {"bagel": 0.73}
-    assert s.min_defect_area_mm2 == {"tire": 2.5}
+    assert s.min_defect_area_mm2 == {"tire": 2.5} and s.min_defect_length_mm == {"bagel": 2.0}
     assert s.max_upload_bytes == 1000 and s.request_timeout_s == 2.5 and s.log_level == "DEBUG"
     assert s.intra_op_threads == 3 and s.batch_max_size == 8 and s.batch_wait_ms == 1.5
 
@@ -98,6 +99,15 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
         (
             {"models": "demo", "min_defect_area_mm2": '{"other": 1}'},
             "BRIDGENET_MIN_DEFECT_AREA_MM2 names models that are not loaded",
+        ),
+        ({"min_defect_length_mm": "{2"}, 'BRIDGENET_MIN_DEFECT_LENGTH_MM: expected a JSON object such as {"bagel": 2}'),
+        (
+            {"min_defect_length_mm": '{"a": -2}'},
+            "BRIDGENET_MIN_DEFECT_LENGTH_MM: expected model names mapped to lengths > 0 in mm",
+        ),
+        (
+            {"models": "demo", "min_defect_length_mm": '{"other": 1}'},
+            "BRIDGENET_MIN_DEFECT_LENGTH_MM names models that are not loaded",
         ),
         ({"environment": "staging"}, "BRIDGENET_ENVIRONMENT: Input should be 'development' or 'production'"),
         ({"providers": "tensorrt"}, "BRIDGENET_PROVIDERS"),

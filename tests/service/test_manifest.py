@@ -143,6 +143,7 @@ def test_schema_2_calibration_fields() -> None:
     assert m.calibration is not None and m.calibration.false_reject_rate_interval == (0.0005, 0.02)
     assert m.pixel_threshold == 0.45 and m.history[0].pixel_threshold is None
     assert "min_defect_area_mm2" in invalid(manifest_data(min_defect_area_mm2=0))
+    assert "min_defect_length_mm" in invalid(manifest_data(min_defect_length_mm=-1.0))
     assert "calibration.expected_false_reject_rate" in invalid(
         manifest_data(calibration={**calibration, "expected_false_reject_rate": 2.0})
     )
@@ -389,12 +390,13 @@ def test_unloadable_preprocessing_config(tmp_path: Path) -> None:
     assert "preprocessing config is invalid" in message and "blur" in message
 
 
-# Schema 2's optional fields (calibration record, pixel threshold, area rule, version history, numeric
-# precision and its check) at their defaults.
+# The optional fields of schemas 2 and 3 (calibration record, pixel threshold, area and length rules, version
+# history, numeric precision and its check) at their defaults.
 NEW_OPTIONAL_FIELDS = {
     "calibration": None,
     "pixel_threshold": None,
     "min_defect_area_mm2": None,
+    "min_defect_length_mm": None,
     "history": [],
     "precision": "fp32",
     "precision_check": {},

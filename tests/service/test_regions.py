@@ -200,3 +200,103 @@ def test_many_regions_match_a_per_label_reference() -> None:
         assert (r.area_mm2 is None) == (area is None)
         if area is not None:
             assert r.area_mm2 == pytest.approx(area, rel=1e-9)
+
+
+# --- sizes of defects drawn on the surface -----------------------------------------------------------
+
+
+def surface_frame(h: int, w: int, normal: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray]:
+    """The plane's cloud (H, W, 3) in metres and each pixel's coordinates on the plane itself, (H, W, 2) in mm:
+    along x, and along the plane's own down direction, from the point seen at the image centre."""
+    xyz = plane_cloud(h, w, normal, d)
+    across = np.array([1.0, 0.0, 0.0])
+    down = np.cross(normal, across)
+    down /= np.linalg.norm(down)
+    offset = xyz.astype(np.float64) - xyz[h // 2, w // 2]
+    return xyz, np.stack([offset @ across, offset @ down], axis=-1) * 1e3
+
+
+def defect_map(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 0.9, 0.1).astype(np.float32)
+
+
+def scratch(surface: np.ndarray, length: float, width: float, angle_deg: float) -> np.ndarray:
+    """Pixels whose point lies in a `length` × `width` mm rectangle on the surface, its long side at `angle`."""
+    a = math.radians(angle_deg)
+    along = surface[..., 0] * math.cos(a) + surface[..., 1] * math.sin(a)
+    across = -surface[..., 0] * math.sin(a) + surface[..., 1] * math.cos(a)
+    return (np.abs(along) <= length / 2) & (np.abs(across) <= width / 2)
+
+
+def disc(surface: np.ndarray, diameter: float) -> np.ndarray:
+    return np.hypot(surface[..., 0], surface[..., 1]) <= diameter / 2
+
+
+FACING = np.array([0.0, 0.0, 1.0])
+TILTED = np.array([0.0, math.sin(math.radians(45)), math.cos(math.radians(45))])
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0])
+def test_a_2_mm_by_0_3_mm_scratch_measures_2_mm_and_0_6_mm2(angle: float) -> None:
+    # 3 cm from the camera: a pixel is 0.06 mm on the part, the scratch 33 × 5 pixels.
+    xyz, surface = surface_frame(128, 128, FACING, 0.03)
+    mask = scratch(surface, 2.0, 0.3, angle)
+    report = find_regions(defect_map(mask), 0.5, xyz)
+    (region,) = report.regions
+    assert region.area_px == mask.sum()
+    # Within one pixel (0.06 mm) of the drawn length, and the drawn area to the pixels' rounding.
+    assert region.length_mm == pytest.approx(2.0, abs=0.06)
+    assert region.area_mm2 == pytest.approx(0.6, rel=0.15)
+    assert report.largest_length_mm == region.length_mm
+
+
+def test_a_3_mm_disc_measures_3_mm_across_and_its_area() -> None:
+    xyz, surface = surface_frame(128, 128, FACING, 0.03)
+    report = find_regions(defect_map(disc(surface, 3.0)), 0.5, xyz)
+    (region,) = report.regions
+    assert region.length_mm == pytest.approx(3.0, abs=0.06)
+    assert region.area_mm2 == pytest.approx(math.pi * 1.5**2, rel=0.03)
+
+
+def test_defects_on_a_45_degree_surface_measure_the_surface_not_its_projection() -> None:
+    # Seen at 45°, the plane's down direction is foreshortened to cos 45° ≈ 0.71 in the image: a scratch
+    # along it looks 1.41 mm long and 0.42 mm² large; the cloud gives it back its 2 mm and 0.6 mm².
+    xyz, surface = surface_frame(160, 160, TILTED, 0.02)
+    mask = scratch(surface, 2.0, 0.3, 90.0)
+    (region,) = find_regions(defect_map(mask), 0.5, xyz).regions
+    rows = np.flatnonzero(mask.any(axis=1))
+    pitch_mm = float(xyz[80, 80, 2]) / F * 1e3  # a pixel at the image centre's depth, as if facing the camera
+    assert (rows[-1] - rows[0] + 1) * pitch_mm < 1.5  # the projection is much shorter than 2 mm
+    assert region.length_mm == pytest.approx(2.0, abs=0.08)  # a pixel along the tilt is 0.08 mm
+    assert region.area_mm2 == pytest.approx(0.6, rel=0.15)
+    (round_one,) = find_regions(defect_map(disc(surface, 3.0)), 0.5, xyz).regions
+    assert round_one.length_mm == pytest.approx(3.0, abs=0.08)
+    assert round_one.area_mm2 == pytest.approx(math.pi * 1.5**2, rel=0.03)
+
+
+def test_lengths_equal_the_farthest_pair_of_all_measured_pixels() -> None:
+    # Blobs on a tilted plane with holes: each listed region's length and the largest over every region (also
+    # the ones not listed) must equal a brute-force search over all pairs of pixels with a footprint.
+    rng = np.random.default_rng(11)
+    h, w = 90, 120
+    xyz = plane_cloud(h, w, np.array([0.3, 0.4, math.sqrt(1 - 0.25)]), 0.3)
+    xyz[rng.random((h, w)) < 0.04] = 0.0
+    amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0)
+    threshold = float(np.quantile(amap, 0.85))
+    report = find_regions(amap, threshold, xyz, limit=5)
+    n, labels = cv2.connectedComponents((amap > threshold).astype(np.uint8), connectivity=8)
+    assert report.n_regions == n - 1 > 10
+    foot = pixel_areas(xyz, typical_cell(xyz))
+    lengths = {}
+    for k in range(1, n):
+        mine = (labels == k) & np.isfinite(foot)
+        if not mine.any():
+            continue
+        points = xyz[mine].astype(np.float64)
+        chord = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)).max() * 1e3
+        ys, xs = np.nonzero(labels == k)
+        lengths[(int(xs.min()), int(ys.min()))] = chord + math.sqrt(foot[mine].mean())
+    for r in report.regions:
+        assert r.length_mm == pytest.approx(lengths[(r.x, r.y)], rel=1e-6)
+    assert report.largest_length_mm == pytest.approx(max(lengths.values()), rel=1e-6)
+    assert max(lengths.values()) > max(r.length_mm or 0.0 for r in report.regions)  # the longest is not listed

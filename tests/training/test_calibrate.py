@@ -192,7 +192,7 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     assert new.version == str(int(old) + 1) and new.schema_version == 3  # written as the current schema
     assert new.calibration is not None and new.calibration.n_parts == 6 and new.threshold.n_parts == 6
     assert new.threshold.method == new.calibration.method == thresholds.DEFAULT_METHOD
-    assert new.pixel_threshold is not None and new.min_defect_area_mm2 is None
+    assert new.pixel_threshold is not None and new.min_defect_area_mm2 is None and new.min_defect_length_mm is None
     assert [h.version for h in new.history] == [*earlier, old] and new.history[-1].onnx_sha256 == old_sha
     assert new.history[-1].threshold == old_manifest["threshold"]["value"]
     archived = demo_copy / "history" / old
@@ -202,12 +202,14 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     assert sha256_file(demo_copy / MODEL_FILE) != old_sha
     assert not list(demo_copy.glob(".calibrate-*"))
 
-    # Again, with the parts' own folder layout and an area rule: the next version, one more history entry.
+    # Again, with the parts' own folder layout and size rules: the next version, one more history entry.
     args = ["--model", str(demo_copy), "--good", str(good_parts / "good"), "--false-reject-rate", "0.05"]
-    assert cli(["calibrate", *args, "--min-defect-area-mm2", "4", "--method", "empirical", "--no-progress"]) == 0
+    rules = ["--min-defect-area-mm2", "4", "--min-defect-length-mm", "2.5"]
+    assert cli(["calibrate", *args, *rules, "--method", "empirical", "--no-progress"]) == 0
     newer = served_manifest(demo_copy)
     assert newer.version == str(int(old) + 2) and [h.version for h in newer.history] == [*earlier, old, new.version]
-    assert newer.min_defect_area_mm2 == 4.0 and newer.threshold.method == "empirical"
+    assert newer.min_defect_area_mm2 == 4.0 and newer.min_defect_length_mm == 2.5
+    assert newer.threshold.method == "empirical"
     assert newer.threshold.target_false_reject_rate == 0.05
 
 
@@ -217,6 +219,7 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
         (["--good", "{missing}"], "is not a folder"),
         (["--good", "{empty}"], "expected rgb/ + xyz/"),
         (["--good", "{parts}", "--version", "../x"], "plain name"),
+        (["--good", "{parts}", "--min-defect-length-mm", "0"], "--min-defect-length-mm must be > 0, got 0.0"),
     ],
 )
 def test_calibrate_refuses_bad_arguments_and_changes_nothing(

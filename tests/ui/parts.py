@@ -21,7 +21,7 @@ GOOD_RGB = (SAMPLE / "good_rgb.png").read_bytes()
 GOOD_XYZ = (SAMPLE / "good_xyz.tiff").read_bytes()
 HW = (400, 400)
 REGION = {
-    "x": 180, "y": 150, "width": 40, "height": 30, "area_px": 900, "area_mm2": 12.5,
+    "x": 180, "y": 150, "width": 40, "height": 30, "area_px": 900, "area_mm2": 12.5, "length_mm": 5.25,
     "measured_fraction": 1.0, "max_score": 0.91, "mean_score": 0.7,
 }  # fmt: skip
 
@@ -35,13 +35,20 @@ def anomaly_map(hot: bool) -> np.ndarray:
 
 
 def decision(
-    request_id: str, *, ng: bool, received_at: datetime, model: str = "demo", part_id: str | None = None
+    request_id: str,
+    *,
+    ng: bool,
+    received_at: datetime,
+    model: str = "demo",
+    part_id: str | None = None,
+    regions: list[dict[str, Any]] | None = None,
 ) -> DecisionRecord:
-    """The records tests' decision (score 0.9 NG / 0.1 OK against 0.5) under this id, with REGION when NG."""
+    """The records tests' decision (score 0.9 NG / 0.1 OK against 0.5) under this id, with `regions` (default:
+    REGION when NG)."""
     base = records_decision(0, ng=ng, model=model, at=received_at)
-    return replace(
-        base, request_id=request_id, part_id=part_id or f"line1-{request_id}", regions=[REGION] if ng else []
-    )
+    if regions is None:
+        regions = [REGION] if ng else []
+    return replace(base, request_id=request_id, part_id=part_id or f"line1-{request_id}", regions=regions)
 
 
 def record(recorder: Recorder, request_id: str, *, ng: bool, received_at: datetime, **extra: Any) -> None:

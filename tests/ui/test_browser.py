@@ -33,6 +33,16 @@ from tests.deploy.tools import require_tool
 from tests.ui.parts import REGION, RGB, SAMPLE, XYZ, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+# Regions whose labels would print over each other above their boxes: side by side, one right under another,
+# one without a point under it, and one recorded before lengths were measured (no length_mm).
+_SMALL = {"area_px": 40, "measured_fraction": 1.0, "max_score": 0.9, "mean_score": 0.8}
+CROWDED = [
+    {**_SMALL, "x": 100, "y": 100, "width": 8, "height": 8, "area_mm2": 3.0, "length_mm": 4.0},
+    {**_SMALL, "x": 112, "y": 100, "width": 8, "height": 8, "area_mm2": 2.0, "length_mm": 2.5},
+    {**_SMALL, "x": 100, "y": 112, "width": 8, "height": 8, "area_mm2": None, "length_mm": None},
+    {**_SMALL, "x": 124, "y": 104, "width": 8, "height": 8, "area_mm2": 1.5},
+]
 log = logging.getLogger(__name__)
 
 KEY = "browser-test-key-0123456789"  # the line's key: predicts
@@ -203,6 +213,7 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
         for i in range(8):
             record(recorder, f"earlier-{i}", ng=i % 4 == 0, received_at=now - timedelta(minutes=40 * i + 5))
         record(recorder, "with-region", ng=True, received_at=now - timedelta(hours=5), part_id="line1-region")
+        record(recorder, "crowded", ng=True, received_at=now - timedelta(hours=6), regions=CROWDED)
     finally:
         recorder.db_engine.dispose()
 
@@ -270,6 +281,24 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     assert [rect.get_attribute(a) for a in ("x", "y", "width", "height")] == [
         str(REGION[k]) for k in ("x", "y", "width", "height")
     ]
+    assert "12.50 mm², 5.25 mm" in driver.find_element(By.ID, "regions").text
+
+    # Regions side by side, one right under another and one from before lengths: no label over another.
+    driver.get(f"{live.base_url}/ui/parts/crowded")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#regions text")) == len(CROWDED), "labels", live)
+    boxes = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#regions text')).map(t => {"
+        "const b = t.getBBox(); return [b.x, b.y, b.width, b.height, t.textContent]; });"
+    )
+    for i, (x, y, w, h, _) in enumerate(boxes):
+        for x2, y2, w2, h2, _ in boxes[i + 1 :]:
+            assert not (x < x2 + w2 and x2 < x + w and y < y2 + h2 and y2 < y + h), boxes
+    texts = [b[4] for b in boxes]
+    assert texts[0] == "1: 3.00 mm², 4.00 mm" and texts[2] == "3: ? mm², ? mm" and texts[3] == "4: 1.50 mm²", texts
+    shots(driver, "ui-part-labels")
+
+    driver.get(f"{live.base_url}/ui/parts/with-region")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#regions rect"), "drawing the region again", live)
     # "f" on this one: a false reject.
     driver.find_element(By.TAG_NAME, "body").send_keys("f")
     wait_for(driver, lambda d: d.find_elements(By.ID, "saved"), "saving the false reject", live)

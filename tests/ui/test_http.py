@@ -280,7 +280,18 @@ def test_pictures_are_pngs_of_the_evidence(client: TestClient) -> None:
 def test_part_page_shows_score_model_timings_regions_and_keys(client: TestClient) -> None:
     login(client)
     page = client.get("/ui/parts/req-0").text
-    for text in ("0.9000", "0.5000", "manifest", "demo", "inference 4.2", "12.50 mm²", 'data-key="c"', 'data-key="f"'):
+    texts = (
+        "0.9000",
+        "0.5000",
+        "manifest",
+        "demo",
+        "inference 4.2",
+        "12.50 mm²",
+        "5.25 mm",
+        'data-key="c"',
+        'data-key="f"',
+    )
+    for text in texts:
         assert text in page, text
     assert 'data-key="m"' not in page  # "missed defect" is for OK parts
     assert 'data-key="m"' in client.get("/ui/parts/req-1").text

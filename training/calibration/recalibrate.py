@@ -104,8 +104,16 @@ def next_version(manifest: Manifest) -> str:
 
 
 def new_manifest(
-    old: Manifest, old_sha256: str, calibration: Calibration, version: str, min_area: float | None, note: str
+    old: Manifest,
+    old_sha256: str,
+    calibration: Calibration,
+    version: str,
+    min_area: float | None,
+    note: str,
+    min_length: float | None = None,
 ) -> Manifest:
+    """The next version's manifest: the new calibration, the old version in its history, and the size rules
+    given (None: the old manifest's stays)."""
     data = old.model_dump(mode="json")
     history = [
         *data.get("history", []),
@@ -128,6 +136,8 @@ def new_manifest(
     )
     if min_area is not None:
         data["min_defect_area_mm2"] = min_area
+    if min_length is not None:
+        data["min_defect_length_mm"] = min_length
     return Manifest.model_validate(data)
 
 
@@ -165,6 +175,7 @@ def calibrate_model(
     confidence: float = DEFAULT_CONFIDENCE,
     version: str | None = None,
     min_defect_area_mm2: float | None = None,
+    min_defect_length_mm: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score the good parts, recompute both thresholds, write the new version; returns a summary."""
@@ -176,6 +187,8 @@ def calibrate_model(
         raise CalibrateError(f"--false-reject-rate: {exc}") from None
     if min_defect_area_mm2 is not None and not min_defect_area_mm2 > 0:
         raise CalibrateError(f"--min-defect-area-mm2 must be > 0, got {min_defect_area_mm2}")
+    if min_defect_length_mm is not None and not min_defect_length_mm > 0:
+        raise CalibrateError(f"--min-defect-length-mm must be > 0, got {min_defect_length_mm}")
     if version is not None and (not version or "/" in version or "\\" in version or version.startswith(".")):
         raise CalibrateError(f"--version {version!r} must be a plain name (it names the history folder)")
     folder = Path(model_dir)
@@ -206,7 +219,9 @@ def calibrate_model(
     except CalibrationInputError as exc:
         raise CalibrateError(str(exc)) from exc
     note = f"re-calibrated on {len(samples)} good parts ({chosen}, target false-reject rate {false_reject_rate})"
-    manifest = new_manifest(old, old_sha, calibration, version or next_version(old), min_defect_area_mm2, note)
+    manifest = new_manifest(
+        old, old_sha, calibration, version or next_version(old), min_defect_area_mm2, note, min_defect_length_mm
+    )
     archive = write_version(folder, old, manifest)
     old_t = old.threshold.value
     return {
@@ -239,6 +254,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="also set the area rule: NG only with a region this large, mm² (default: as the manifest)",
     )
+    p.add_argument(
+        "--min-defect-length-mm",
+        type=float,
+        default=None,
+        help="also set the length rule: NG only with a region this long, mm (default: as the manifest); with "
+        "both rules set, a region meeting either minimum makes a part NG",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -252,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
             confidence=args.confidence,
             version=args.version,
             min_defect_area_mm2=args.min_defect_area_mm2,
+            min_defect_length_mm=args.min_defect_length_mm,
             progress=not args.no_progress,
         )
     except CalibrateError as exc:
