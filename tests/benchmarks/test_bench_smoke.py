@@ -298,6 +298,8 @@ def test_cpu_cost_quick(fake_dir: Path, tmp_path: Path) -> None:
         for row in model["rows"]:
             assert row["cpu_ms"] > 0 and row["session_ms"] > 0
             assert row["outside_ms"] == pytest.approx(row["cpu_ms"] - row["session_ms"], abs=2e-3)
+            assert row["session_cpu_ms"] > 0
+            assert row["outside_by_session_cpu_ms"] == pytest.approx(row["cpu_ms"] - row["session_cpu_ms"], abs=2e-3)
             profile = row["profile"]
             if profile is None:  # py-spy not installed: the split is absent, never invented
                 continue
