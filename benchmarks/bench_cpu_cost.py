@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -190,29 +191,61 @@ def measure_model(
     args: argparse.Namespace,
     tmp: Path,
 ) -> dict[str, Any]:
+    """Every part and size on this checkout's service and, with --baseline-tree, on that checkout's too:
+    both services run at once and each round measures them in turn (order alternating by round), so a
+    change of load hits both alike; `paired` gives the median over rounds of the per-round difference."""
+    roots = {"current": harness.REPO}
+    if args.baseline_tree is not None:
+        roots = {"baseline": args.baseline_tree, **roots}
+    blocks: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {v: {key: [] for key in parts} for v in roots}
+    profiles: dict[str, dict[str, Any]] = {v: {} for v in roots}
+    peak_rss_mb: dict[str, float] = {}
     settings = {**SETTINGS, "data_dir": str(tmp / f"data-{name}")}
-    log = tmp / f"service-{name}.log"
-    blocks: dict[tuple[str, int], list[dict[str, Any]]] = {key: [] for key in parts}
-    profiles: dict[str, Any] = {}
-    with service_load.running_service(model_dir.parent, model_dir.name, settings, log) as service:
-        for _ in range(args.rounds):
+    with ExitStack() as stack:
+        services = {
+            variant: stack.enter_context(
+                service_load.running_service(
+                    model_dir.parent,
+                    model_dir.name,
+                    {**settings, "data_dir": str(tmp / f"data-{name}-{variant}")},
+                    tmp / f"service-{name}-{variant}.log",
+                    root=root,
+                )
+            )
+            for variant, root in roots.items()
+        }
+        for round_index in range(args.rounds):
+            order = list(services) if round_index % 2 == 0 else list(reversed(services))
             for key, payload in parts.items():
-                blocks[key].append(measure_block(service, payload, args.n, args.warmup))
-        if not args.no_profile:
-            for (part, size), payload in parts.items():
-                profiles[f"{part}@{size}"] = profile_block(service, payload, args.n, tmp, f"{name}-{part}-{size}")
-        peak_rss_kb = service.status_kb("VmHWM")
+                for variant in order:
+                    blocks[variant][key].append(measure_block(services[variant], payload, args.n, args.warmup))
+        for variant, service in services.items():
+            if not args.no_profile:
+                for (part, size), payload in parts.items():
+                    label = f"{name}-{variant}-{part}-{size}"
+                    profiles[variant][f"{part}@{size}"] = profile_block(service, payload, args.n, tmp, label)
+            peak_rss_mb[variant] = round((service.status_kb("VmHWM") or 0) / 1024, 1)
     rows = []
-    for (part, size), measured in blocks.items():
-        row: dict[str, Any] = {"model": name, "part": part, "size": size}
-        for stat in ("cpu_ms", "session_ms", "outside_ms"):
-            row[stat] = round(float(np.median([m[stat] for m in measured])), 3)
-        row["outside_ms_rounds"] = [round(m["outside_ms"], 3) for m in measured]
-        row["session_cpu_ms"] = round(session_cpu, 3)
-        row["outside_by_session_cpu_ms"] = round(row["cpu_ms"] - session_cpu, 3)
-        row["profile"] = profiles.get(f"{part}@{size}")
-        rows.append(row)
-    return {"rows": rows, "service_peak_rss_mb": round((peak_rss_kb or 0) / 1024, 1), "settings": settings}
+    for variant in roots:
+        for (part, size), measured in blocks[variant].items():
+            row: dict[str, Any] = {"model": name, "variant": variant, "part": part, "size": size}
+            for stat in ("cpu_ms", "session_ms", "outside_ms"):
+                row[stat] = round(float(np.median([m[stat] for m in measured])), 3)
+            row["cpu_ms_rounds"] = [round(m["cpu_ms"], 3) for m in measured]
+            row["session_cpu_ms"] = round(session_cpu, 3)
+            row["outside_by_session_cpu_ms"] = round(row["cpu_ms"] - session_cpu, 3)
+            row["profile"] = profiles[variant].get(f"{part}@{size}")
+            rows.append(row)
+    paired = {}
+    if "baseline" in roots:
+        for part, size in parts:
+            now, before = blocks["current"][(part, size)], blocks["baseline"][(part, size)]
+            diffs = [a["cpu_ms"] - b["cpu_ms"] for a, b in zip(now, before, strict=True)]
+            paired[f"{part}@{size}"] = {
+                "current_minus_baseline_cpu_ms": round(float(np.median(diffs)), 3),
+                "rounds": [round(d, 3) for d in diffs],
+            }
+    return {"rows": rows, "paired": paired, "service_peak_rss_mb": peak_rss_mb, "settings": settings}
 
 
 def parse_args() -> argparse.Namespace:
@@ -226,8 +259,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy stage split")
     p.add_argument("--no-fake", action="store_true", help="only the model in --model-dir")
     p.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks and the service logs there")
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`) whose service is measured beside this one",
+    )
     harness.add_common_arguments(p, RESULTS)
     args = p.parse_args()
+    args.model_dir = args.model_dir.resolve()  # the services may run from another checkout
+    if args.baseline_tree is not None and not (args.baseline_tree / "service" / "__main__.py").is_file():
+        p.error(f"--baseline-tree {args.baseline_tree} holds no service/__main__.py")
     if args.quick:
         args.n, args.warmup, args.rounds = min(args.n, 20), min(args.warmup, 2), 1
     return args
@@ -253,6 +294,7 @@ def main() -> int:
         "parts": args.parts,
         "profile_rate_hz": None if args.no_profile else PROFILE_RATE_HZ,
         "model_dir": str(args.model_dir),
+        "baseline_tree": None if args.baseline_tree is None else str(args.baseline_tree),
     }
     models: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cpu-cost-") as tmp_name:
@@ -282,7 +324,7 @@ def main() -> int:
                 top = ", ".join(f"{s} {v:.1f}" for s, v in stages[:4])
             table.append(
                 [
-                    f"{row['model']} / {row['part']}",
+                    f"{row['model']} / {row['variant']} / {row['part']}",
                     row["size"],
                     row["cpu_ms"],
                     row["session_ms"],
@@ -295,6 +337,14 @@ def main() -> int:
     print("\nms per part. outside = process CPU - the answers' session wall time; outside' = process CPU - the")
     print("session's CPU time measured in this process (robust to load).")
     harness.print_table(headers, table)
+    pairs = [
+        [f"{name} / {key}", p["current_minus_baseline_cpu_ms"], str(p["rounds"])]
+        for name, m in models.items()
+        for key, p in m["paired"].items()
+    ]
+    if pairs:
+        print("\nprocess CPU per part, current - baseline, paired by round (ms)")
+        harness.print_table(["model / part", "median", "rounds"], pairs)
     harness.write_result(result, args.out)
     return 0
 

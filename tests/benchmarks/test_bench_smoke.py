@@ -284,32 +284,37 @@ def test_station_quick(fake_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cpu_cost_quick(fake_dir: Path, tmp_path: Path) -> None:
-    """Process CPU per part on the fake model served twice (as the model and as its GPU stand-in), with the
-    stage split of py-spy's samples where it is installed."""
+    """Process CPU per part on the fake model served twice (as the model and as its GPU stand-in), each by
+    this checkout and by a baseline checkout (this one again) in turn, with the stage split of py-spy's
+    samples where it is installed."""
     out = tmp_path / "cpu_cost.json"
     proc, data = run_script(
-        "bench_cpu_cost.py", "--quick", "--model-dir", fake_dir, "--sizes", "64", "96", "--n", "12", "--out", out
-    )
+        "bench_cpu_cost.py", "--quick", "--model-dir", fake_dir, "--sizes", "64", "96", "--n", "12",
+        "--baseline-tree", REPO, "--out", out,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_machine(data)
     assert set(data["models"]) == {fake_dir.name, "fake (GPU stand-in)"}
+    known = {stage for stage, _ in bench_cpu_cost.STAGE_RULES} | {bench_cpu_cost.WAITING, bench_cpu_cost.OUTSIDE}
     for model in data["models"].values():
-        assert [(r["part"], r["size"]) for r in model["rows"]] == [("good", 64), ("good", 96)]
+        keys = [(r["variant"], r["part"], r["size"]) for r in model["rows"]]
+        assert keys == [(v, "good", s) for v in ("baseline", "current") for s in (64, 96)]
         for row in model["rows"]:
-            assert row["cpu_ms"] > 0 and row["session_ms"] > 0
+            assert row["cpu_ms"] > 0 and row["session_ms"] > 0 and row["session_cpu_ms"] > 0
             assert row["outside_ms"] == pytest.approx(row["cpu_ms"] - row["session_ms"], abs=2e-3)
-            assert row["session_cpu_ms"] > 0
             assert row["outside_by_session_cpu_ms"] == pytest.approx(row["cpu_ms"] - row["session_cpu_ms"], abs=2e-3)
             profile = row["profile"]
             if profile is None:  # py-spy not installed: the split is absent, never invented
                 continue
             assert profile["samples"] > 0 and sum(profile["share_pct"].values()) == pytest.approx(100, abs=0.5)
-            known = {stage for stage, _ in bench_cpu_cost.STAGE_RULES} | {
-                bench_cpu_cost.WAITING,
-                bench_cpu_cost.OUTSIDE,
-            }
             assert set(profile["ms_per_part"]) <= known and all(v > 0 for v in profile["ms_per_part"].values())
-        assert model["service_peak_rss_mb"] > 0 and model["settings"]["audit"] == "on"
+        rows = {(r["variant"], r["size"]): r for r in model["rows"]}
+        for size in (64, 96):
+            paired = model["paired"][f"good@{size}"]
+            (diff,) = paired["rounds"]  # one round in --quick
+            now, before = rows[("current", size)]["cpu_ms_rounds"][0], rows[("baseline", size)]["cpu_ms_rounds"][0]
+            assert diff == pytest.approx(now - before, abs=2e-3) == paired["current_minus_baseline_cpu_ms"]
+        assert min(model["service_peak_rss_mb"].values()) > 0 and model["settings"]["audit"] == "on"
 
 
 def test_cpu_cost_stages_from_stacks() -> None:
