@@ -43,8 +43,11 @@ COMPOSE_ONLY = """\
 # BRIDGENET_PORT=8000
 # GRAFANA_PORT=3000
 # PROMETHEUS_PORT=9090
-# MQTT broker of the `mqtt` profile (docker compose --profile mqtt up).
+# MQTT broker of the `mqtt` profile (docker compose --profile mqtt up): its port, and the host address it
+# is published on (loopback; the line network's interface where PLCs subscribe). It needs
+# BRIDGENET_MQTT_USERNAME and BRIDGENET_MQTT_PASSWORD: the service's user, written into its password file.
 # MOSQUITTO_PORT=1883
+# MOSQUITTO_BIND=127.0.0.1
 # TLS proxy of the `tls` profile (docker compose --profile tls up): the name clients use, its port, and
 # "/certs/cert.pem /certs/key.pem" with the plant's certificate in TLS_CERTS_DIR (default: Caddy's own CA).
 # TLS_SITE_ADDRESS=localhost

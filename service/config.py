@@ -34,6 +34,8 @@ _SECRET_FIELDS = (
     "mqtt_url",
     "webhook_url",
     "ui_secret",
+    "mqtt_password",
+    "mqtt_secret",
 )
 _URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
 
@@ -107,6 +109,15 @@ class Settings(BaseSettings):
     # of its headers, or the connection is closed (408 when the body is late).
     max_connections: int = Field(default=100, ge=1, description="open connections at most; more are answered 503")
     header_timeout_s: float = Field(default=10.0, gt=0, description="time to send a request's headers, seconds")
+    # The line first (service.api.capacity): the review station (/ui) and the results API (/v1/results,
+    # /v1/status) hold at most this share of max_connections at once (more are answered 503 side_busy), and
+    # their small bodies (login, logout, review forms) must arrive within form_body_timeout_s.
+    side_share: float = Field(
+        default=0.25, gt=0, le=1, description="share of max_connections the review station and results API may hold"
+    )
+    form_body_timeout_s: float = Field(
+        default=5.0, gt=0, description="time to send a body on paths other than predict, seconds; then 408"
+    )
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
     )
@@ -173,13 +184,37 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="Evidence beyond this total size is pruned, oldest OK parts first, NG last."
     )
     push_on: Literal["all", "ng"] = Field(default="all", description="Which results are pushed to MQTT/webhook.")
-    mqtt_url: str | None = Field(default=None, description="mqtt://host:port of the line's broker; unset: no MQTT.")
+    mqtt_url: str | None = Field(
+        default=None,
+        description="mqtt://[user:password@]host:port of the line's broker (mqtts:// for TLS); unset: no MQTT.",
+    )
+    mqtt_username: str | None = Field(default=None, description="MQTT user; unset: the URL's, else none.")
+    mqtt_password: SecretStr | None = Field(default=None, description="MQTT password; unset: the URL's, else none.")
+    mqtt_ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) that signed the broker's, for mqtts://; unset: the system's."
+    )
+    mqtt_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the payload's `signature` field (HMAC-SHA256, as the webhook's header); unset: none.",
+    )
     mqtt_topic: str = Field(
         default="bridgenet/{model}/results", description="MQTT topic; {model} is replaced by the model name."
     )
     webhook_url: str | None = Field(default=None, description="HTTP(S) URL that receives each result as a JSON POST.")
     webhook_secret: SecretStr | None = Field(
         default=None, description="Key of the X-BridgeNet-Signature header (HMAC-SHA256 of the body); unset: none."
+    )
+    # Bounds of the push outbox (service.push.dispatcher): what a destination that stays away leaves behind.
+    push_max_age_hours: float = Field(
+        default=24.0, gt=0, description="Undelivered results older than this go to the dead letters."
+    )
+    push_max_backlog: int = Field(
+        default=100_000,
+        ge=1,
+        description="Undelivered results kept per destination; the oldest beyond go to the dead letters.",
+    )
+    push_max_dead_letters: int = Field(
+        default=100_000, ge=1, description="Dead letters kept per destination; the oldest beyond are deleted."
     )
 
     # Ray Serve (service.cluster): how often each replica copies its metrics into Ray's, which every node
@@ -278,11 +313,18 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator(*_SECRET_FIELDS, mode="before")
+    @field_validator(*_SECRET_FIELDS, "mqtt_username", "mqtt_ca_file", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
 
     @field_validator("mqtt_url", "webhook_url")
     @classmethod

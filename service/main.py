@@ -15,6 +15,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.api import health_router, models_router, predict_router
 from service.api.admission import Admission
+from service.api.capacity import SideTrafficLimit, side_limit
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
 from service.api.gate import AdmissionGate
@@ -166,12 +167,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     mount_ui(app, settings)  # the review station at /ui (service.ui)
     # Outermost last: RequestMiddleware (request id, body limits and deadline, access log, metrics) wraps the
     # gate, which refuses or admits the predict paths from their headers before the body is read.
+    # The side limit sits beside the gate: both decide from the headers, before any body is read.
     app.add_middleware(AdmissionGate, state=state, max_body_bytes=max_body_bytes(settings))
+    app.add_middleware(SideTrafficLimit, limit=side_limit(settings.max_connections, settings.side_share))
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
         max_body_bytes=max_body_bytes(settings),
         body_timeout_s=settings.body_timeout_s,
+        form_body_timeout_s=settings.form_body_timeout_s,
     )
     # Outermost, so that every answer names its server, refusals before the body included.
     app.state.served_by = process_id()

@@ -31,6 +31,7 @@ GOOD_SCORE_STATS = ("p50", "p95", "p99", "max")
 
 
 # ---- Records and push (service.records, service.push): audit write time, evidence archive, outbox.
+DEAD_LETTER_REASONS = ("refused", "expired", "overflow")
 # Seconds per audit write: SQLite commits take ~0.1-1 ms, PostgreSQL over a network a few ms.
 AUDIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -66,12 +67,27 @@ class RecordsMetrics:
         self.push_delivered = Counter(
             "bridgenet_push_delivered_total", "Results delivered, by destination.", ["destination"], registry=r
         )
+        self.push_dead_letters = Gauge(
+            "bridgenet_push_dead_letters",
+            "Results taken out of the outbox undelivered (refused, too old, over the bound), by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.push_dead_lettered = Counter(
+            "bridgenet_push_dead_lettered_total",
+            "Results moved to the dead letters, by destination and reason (refused, expired, overflow).",
+            ["destination", "reason"],
+            registry=r,
+        )
 
     def declare_destination(self, destination: str) -> None:
         """Expose a destination's series from the start (dashboards see zeros, not gaps)."""
         self.push_backlog.labels(destination=destination)
         self.push_failures.labels(destination=destination)
         self.push_delivered.labels(destination=destination)
+        self.push_dead_letters.labels(destination=destination)
+        for reason in DEAD_LETTER_REASONS:
+            self.push_dead_lettered.labels(destination=destination, reason=reason)
 
 
 class Metrics:

@@ -107,10 +107,10 @@ class BodyTimeoutHTTPError(StarletteHTTPException):
     """Raised from inside body reading when the body did not arrive within the body deadline (408); the
     connection is closed with the answer (what the client was still sending is not waited for)."""
 
-    def __init__(self, timeout_s: float, received: int) -> None:
+    def __init__(self, timeout_s: float, received: int, setting: str = "body_timeout_s") -> None:
         super().__init__(
             408,
-            f"the request body did not arrive within {timeout_s:g} s (body_timeout_s); {received:,} bytes came",
+            f"the request body did not arrive within {timeout_s:g} s ({setting}); {received:,} bytes came",
             headers={"Connection": "close"},
         )
 

@@ -51,14 +51,25 @@ class RequestMiddleware:
     Bodies: a declared Content-Length above the path's limit (`max_body_bytes` on the predict paths,
     SMALL_BODY_BYTES elsewhere) is refused before a byte of the body is read; a streamed body (no
     Content-Length) is counted while it arrives and stopped at the limit. The whole body must arrive within
-    `body_timeout_s` of the request's start, or the request is answered 408 and its connection closed.
+    `body_timeout_s` of the request's start on the predict paths, within `form_body_timeout_s` (the shorter
+    one) elsewhere, or the request is answered 408 and its connection closed: a review-station form is a few
+    hundred bytes, and a client trickling one must not hold a connection the line may need.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        form_body_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.form_body_timeout_s = min(body_timeout_s, form_body_timeout_s or body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,8 +93,10 @@ class RequestMiddleware:
         received = 0
         disconnected = False
         body_done = False
-        limit = self.max_body_bytes if scope["path"] in PREDICT_PATHS else SMALL_BODY_BYTES
-        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        predict = scope["path"] in PREDICT_PATHS
+        limit = self.max_body_bytes if predict else SMALL_BODY_BYTES
+        body_timeout_s = self.body_timeout_s if predict else self.form_body_timeout_s
+        body_deadline = asyncio.get_running_loop().time() + body_timeout_s
 
         async def receive_limited() -> Message:
             nonlocal received, disconnected, body_done
@@ -94,7 +107,8 @@ class RequestMiddleware:
                     async with asyncio.timeout_at(body_deadline):
                         message = await receive()
                 except TimeoutError:
-                    raise BodyTimeoutHTTPError(self.body_timeout_s, received) from None
+                    setting = "body_timeout_s" if predict else "form_body_timeout_s"
+                    raise BodyTimeoutHTTPError(body_timeout_s, received, setting) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)

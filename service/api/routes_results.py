@@ -112,6 +112,10 @@ class PushBacklog(BaseModel):
         description=f"The oldest waiting result's last delivery error; with {ADMIN_KEY_HEADER} only (it names "
         f"internal hosts), else {HIDDEN_ERROR!r}."
     )
+    dead_letters: int = Field(
+        description="Results taken out of the outbox undelivered (refused with a 4xx, too old, over the "
+        "backlog bound); POST /v1/admin/push/retry re-queues them."
+    )
 
 
 class ArchiveStatus(BaseModel):

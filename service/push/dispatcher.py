@@ -3,8 +3,18 @@
 At least once, in order: a row is deleted only after its destination acknowledged it, and the next row is
 not tried before the current one went through (a failing head is retried with capped exponential
 backoff). Rows survive restarts because they live in the records database, written in the record's own
-transaction. With PostgreSQL and several replicas, a session-level advisory lock per destination lets one
-replica deliver while the others wait their turn (they take over if it dies).
+transaction.
+
+Bounded: a message the destination refuses for good (DeliveryError.permanent, a 4xx answer) moves to the
+dead letters at once and the next one is tried; while a destination stays away, messages older than
+`Bounds.max_age` and the oldest beyond `Bounds.max_backlog` move there too, so an outage of a side channel
+cannot fill the disk (and through it stop the records the line needs). The newest results keep their place:
+when the destination comes back it gets the current production first; the dead letters can be re-queued
+(`requeue`, POST /v1/admin/push/retry). Dead letters beyond `Bounds.max_dead_letters` are deleted, oldest
+first: the decision records themselves stay, readable through /v1/results.
+
+With PostgreSQL and several replicas, a session-level advisory lock per destination lets one replica
+deliver while the others wait their turn (they take over if it dies).
 """
 
 from __future__ import annotations
@@ -15,14 +25,30 @@ import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    DateTime,
+    Delete,
+    Engine,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.metrics import RecordsMetrics
 from service.push.destinations import DeliveryError, Destination
-from service.records.tables import OutboxRow
+from service.records.tables import DeadLetterRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +66,15 @@ class Backoff:
         return float(min(self.max_s, self.first_s * 2 ** max(0, failures - 1)))
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How much undelivered push the database keeps per destination (settings push_max_*)."""
+
+    max_age: timedelta = timedelta(hours=24)
+    max_backlog: int = 100_000
+    max_dead_letters: int = 100_000
+
+
 class Dispatcher:
     """Delivers the outbox of `db_engine` to `destinations`. `start()`/`stop()` from the app's event loop;
     `wake()` from any thread after a commit, so a new result goes out without waiting for the poll."""
@@ -51,11 +86,13 @@ class Dispatcher:
         metrics: RecordsMetrics | None = None,
         backoff: Backoff | None = None,
         poll_s: float = 1.0,
+        bounds: Bounds | None = None,
     ) -> None:
         self.db_engine = db_engine
         self.destinations = list(destinations)
         self.metrics = metrics
         self.backoff = backoff or Backoff()
+        self.bounds = bounds or Bounds()
         self.poll_s = poll_s  # also picks up rows that another replica wrote
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
@@ -118,37 +155,67 @@ class Dispatcher:
         event.clear()
 
     async def _deliver_pending(self, destination: Destination) -> None:
-        """Send the waiting rows in order until none is left; back off and retry on a failing head."""
+        """Send the waiting rows in order until none is left. A transient failure backs off and retries
+        the head (after applying the bounds, which may have moved it away); a permanent one dead-letters
+        the row and goes on with the next."""
+        name = destination.name
         failures = 0
         while True:
-            rows = await asyncio.to_thread(_head, self.db_engine, destination.name, BATCH)
-            self._set_backlog(destination.name, await asyncio.to_thread(_count, self.db_engine, destination.name))
+            await self._apply_bounds(name)
+            rows = await asyncio.to_thread(_head, self.db_engine, name, BATCH)
+            self._set_backlog(name, await asyncio.to_thread(_count, self.db_engine, name))
             if not rows:
                 return
             for row_id, request_id, payload in rows:
-                while True:
-                    try:
-                        await destination.send(request_id, payload)
-                    except DeliveryError as exc:
-                        failures += 1
-                        delay = self.backoff.delay(failures)
-                        log.warning(
-                            "push to %s failed (attempt %d, retry in %.1f s): %s",
-                            destination.name,
-                            failures,
-                            delay,
-                            exc,
-                        )
-                        if self.metrics is not None:
-                            self.metrics.push_failures.labels(destination=destination.name).inc()
-                        await asyncio.to_thread(_note_failure, self.db_engine, row_id, str(exc))
-                        await asyncio.sleep(delay)
-                        continue
-                    failures = 0
-                    await asyncio.to_thread(_delete, self.db_engine, row_id)
+                try:
+                    await destination.send(request_id, payload)
+                except DeliveryError as exc:
                     if self.metrics is not None:
-                        self.metrics.push_delivered.labels(destination=destination.name).inc()
-                    break
+                        self.metrics.push_failures.labels(destination=name).inc()
+                    if exc.permanent:
+                        log.error("push to %s refused %s for good, dead-lettered: %s", name, request_id, exc)
+                        await asyncio.to_thread(_kill_rows, self.db_engine, [row_id], "refused", str(exc))
+                        self._count_dead(name, "refused", 1)
+                        failures = 0
+                        continue
+                    failures += 1
+                    delay = self.backoff.delay(failures)
+                    log.warning("push to %s failed (attempt %d, retry in %.1f s): %s", name, failures, delay, exc)
+                    await asyncio.to_thread(_note_failure, self.db_engine, row_id, str(exc))
+                    await asyncio.sleep(delay)
+                    break  # read the head again: the bounds may have moved this row to the dead letters
+                failures = 0
+                await asyncio.to_thread(_delete, self.db_engine, row_id)
+                if self.metrics is not None:
+                    self.metrics.push_delivered.labels(destination=name).inc()
+
+    async def _apply_bounds(self, name: str) -> None:
+        expired, overflow, pruned = await asyncio.to_thread(_enforce_bounds, self.db_engine, name, self.bounds)
+        if expired:
+            log.error("push to %s: %d result(s) older than %s dead-lettered", name, expired, self.bounds.max_age)
+            self._count_dead(name, "expired", expired)
+        if overflow:
+            log.error(
+                "push to %s: backlog over %d, the oldest %d result(s) dead-lettered",
+                name,
+                self.bounds.max_backlog,
+                overflow,
+            )
+            self._count_dead(name, "overflow", overflow)
+        if pruned:
+            log.error(
+                "push to %s: %d dead letter(s) beyond %d deleted (their records stay)",
+                name,
+                pruned,
+                self.bounds.max_dead_letters,
+            )
+        if self.metrics is not None:
+            dead = await asyncio.to_thread(_count_dead, self.db_engine, name)
+            self.metrics.push_dead_letters.labels(destination=name).set(dead)
+
+    def _count_dead(self, name: str, reason: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.push_dead_lettered.labels(destination=name, reason=reason).inc(n)
 
     def _set_backlog(self, name: str, count: int) -> None:
         if self.metrics is not None:
@@ -187,6 +254,94 @@ def _note_failure(db_engine: Engine, row_id: int, error: str) -> None:
             .where(OutboxRow.id == row_id)
             .values(attempts=OutboxRow.attempts + 1, last_error=error[:1000])
         )
+
+
+def _count_dead(db_engine: Engine, destination: str) -> int:
+    query = select(func.count()).select_from(DeadLetterRow).where(DeadLetterRow.destination == destination)
+    with Session(db_engine) as session:
+        return int(session.scalar(query) or 0)
+
+
+def _move_to_dead(session: Session, where: ColumnElement[bool], reason: str, error: str | None = None) -> int:
+    """Copy the outbox rows matching `where` into the dead letters, then delete them (one transaction)."""
+    now = datetime.now(UTC)
+    columns = ["destination", "request_id", "payload", "created_at", "attempts", "last_error", "dead_at", "reason"]
+    last_error = OutboxRow.last_error if error is None else literal(error[:1000])
+    source = select(
+        OutboxRow.destination,
+        OutboxRow.request_id,
+        OutboxRow.payload,
+        OutboxRow.created_at,
+        OutboxRow.attempts,
+        last_error,
+        literal(now, DateTime(timezone=True)),
+        literal(reason),
+    ).where(where)
+    session.execute(insert(DeadLetterRow).from_select(columns, source))
+    return _deleted(session, delete(OutboxRow).where(where))
+
+
+def _deleted(session: Session, statement: Delete) -> int:
+    """Run a DELETE; how many rows it removed."""
+    result = session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def _kill_rows(db_engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
+    with Session(db_engine) as session, session.begin():
+        _move_to_dead(session, OutboxRow.id.in_(row_ids), reason, error)
+
+
+def _enforce_bounds(db_engine: Engine, destination: str, bounds: Bounds) -> tuple[int, int, int]:
+    """Dead-letter what is past the age bound, then the oldest beyond the count bound; delete the oldest
+    dead letters beyond theirs. Returns (expired, overflowed, pruned) counts. Reads first and writes only
+    when a bound is passed: this runs at every poll, and an empty write would still take SQLite's lock."""
+    mine = OutboxRow.destination == destination
+    dead = DeadLetterRow.destination == destination
+    cutoff = datetime.now(UTC) - bounds.max_age
+    # The newest row over each count bound: it and every older one go.
+    newest_over = select(OutboxRow.id).where(mine).order_by(OutboxRow.id.desc()).offset(bounds.max_backlog).limit(1)
+    newest_dead_over = (
+        select(DeadLetterRow.id).where(dead).order_by(DeadLetterRow.id.desc()).offset(bounds.max_dead_letters).limit(1)
+    )
+    too_old = select(OutboxRow.id).where(mine & (OutboxRow.created_at < cutoff)).limit(1)
+    with Session(db_engine) as session:
+        if all(session.scalar(q) is None for q in (too_old, newest_over, newest_dead_over)):
+            return 0, 0, 0
+    with Session(db_engine) as session, session.begin():
+        expired = _move_to_dead(session, mine & (OutboxRow.created_at < cutoff), "expired")
+        over = session.scalar(newest_over)
+        overflow = 0 if over is None else _move_to_dead(session, mine & (OutboxRow.id <= over), "overflow")
+        last = session.scalar(newest_dead_over)
+        pruned = (
+            0 if last is None else _deleted(session, delete(DeadLetterRow).where(dead & (DeadLetterRow.id <= last)))
+        )
+    return expired, overflow, pruned
+
+
+def requeue(db_engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
+    """Move the dead letters of `destinations` back to the end of their outbox, as new messages (age from
+    now, no attempts), in their original order. Returns how many per destination."""
+    out: dict[str, int] = {}
+    now = datetime.now(UTC)
+    with Session(db_engine) as session, session.begin():
+        for destination in destinations:
+            dead = DeadLetterRow.destination == destination
+            source = (
+                select(
+                    DeadLetterRow.destination,
+                    DeadLetterRow.request_id,
+                    DeadLetterRow.payload,
+                    literal(now, DateTime(timezone=True)),
+                    literal(0),
+                )
+                .where(dead)
+                .order_by(DeadLetterRow.id)
+            )
+            columns = ["destination", "request_id", "payload", "created_at", "attempts"]
+            session.execute(insert(OutboxRow).from_select(columns, source))
+            out[destination] = _deleted(session, delete(DeadLetterRow).where(dead))
+    return out
 
 
 def _try_leader_lock(db_engine: Engine, destination: str) -> Connection | None:

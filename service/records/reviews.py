@@ -9,10 +9,11 @@ overrides the first for the statistics (the latest counts) and both stay as the 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, get_args
 
 from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, func, select
@@ -188,16 +189,96 @@ def list_parts(db_engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: 
     return parts
 
 
-def counts_per_hour(db_engine: Engine, f: PartFilter) -> list[dict[str, Any]]:
+def counts_per_hour(
+    db_engine: Engine, f: PartFilter, *, cache: HourCounts | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """OK and NG counts per UTC hour over the parts `f` selects, oldest hour first (empty hours left out).
-    Counted in Python over two small columns: one code path for SQLite and PostgreSQL."""
-    query = _where(select(DecisionRow.received_at, DecisionRow.is_anomalous), f)
-    buckets: dict[datetime, list[int]] = defaultdict(lambda: [0, 0])
+    One small COUNT per hour on the received-time index, never the rows themselves; with a `cache`, hours
+    that are over are counted once (see HourCounts). Without `f.since` the first hour is the oldest record's."""
+    end = utc(f.until) if f.until is not None else utc(now or datetime.now(UTC))
+    start = utc(f.since) if f.since is not None else _oldest(db_engine, f)
+    if start is None or start >= end:
+        return []
+    out = []
+    hour = _hour(start)
+    selects = (str(db_engine.url), replace(f, since=None, until=None))  # what a cached hour is keyed by
     with Session(db_engine) as session:
-        for received_at, is_anomalous in session.execute(query):
-            hour = utc(received_at).replace(minute=0, second=0, microsecond=0)
-            buckets[hour][1 if is_anomalous else 0] += 1
-    return [{"hour": h.isoformat(), "ok": c[0], "ng": c[1]} for h, c in sorted(buckets.items())]
+        while hour < end:
+            lo, hi = max(hour, start), min(hour + HOUR, end)
+            key = (*selects, hour)
+            counted = cache.get(key, now) if cache is not None and lo == hour and hi == hour + HOUR else None
+            if counted is None:
+                query = _where(
+                    select(DecisionRow.is_anomalous, func.count()).group_by(DecisionRow.is_anomalous),
+                    replace(f, since=lo, until=hi),
+                )
+                by_verdict = {bool(ng): int(n) for ng, n in session.execute(query)}
+                counted = (by_verdict.get(False, 0), by_verdict.get(True, 0))
+                if cache is not None and lo == hour and hi == hour + HOUR:
+                    cache.put(key, counted, reviewed=f.reviewed is not None, hour_end=hi, now=now)
+            if counted != (0, 0):
+                out.append({"hour": hour.isoformat(), "ok": counted[0], "ng": counted[1]})
+            hour += HOUR
+    return out
+
+
+HOUR = timedelta(hours=1)
+
+
+def _hour(when: datetime) -> datetime:
+    return when.replace(minute=0, second=0, microsecond=0)
+
+
+def _oldest(db_engine: Engine, f: PartFilter) -> datetime | None:
+    with Session(db_engine) as session:
+        oldest = session.scalar(_where(select(func.min(DecisionRow.received_at)), f))
+    return None if oldest is None else utc(oldest)
+
+
+class HourCounts:
+    """Counts of hours that are over, kept so that the list's poll counts only the current hour.
+
+    An hour is final `SETTLE` after its end (a record's time is when its request arrived, at most a
+    request timeout before it is written). Counts that depend on reviews (the `reviewed` filter) change as
+    people review, so they are kept `reviewed_ttl_s` only. At most `max_entries`, the oldest entry dropped
+    first. Thread-safe: the UI's handlers run in worker threads."""
+
+    SETTLE = timedelta(minutes=5)
+
+    def __init__(self, max_entries: int = 50_000, reviewed_ttl_s: float = 60.0) -> None:
+        self.max_entries = max_entries
+        self.reviewed_ttl_s = reviewed_ttl_s
+        self._entries: OrderedDict[Hashable, tuple[tuple[int, int], datetime | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, now: datetime | None = None) -> tuple[int, int] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            counted, expires = entry
+            if expires is not None and utc(now or datetime.now(UTC)) >= expires:
+                del self._entries[key]
+                return None
+            return counted
+
+    def put(
+        self,
+        key: Hashable,
+        counted: tuple[int, int],
+        *,
+        reviewed: bool,
+        hour_end: datetime,
+        now: datetime | None = None,
+    ) -> None:
+        current = utc(now or datetime.now(UTC))
+        if hour_end + self.SETTLE > current:
+            return  # records of this hour may still come
+        expires = current + timedelta(seconds=self.reviewed_ttl_s) if reviewed else None
+        with self._lock:
+            self._entries[key] = (counted, expires)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
 
 def review_stats(

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from service.config import Settings
 from service.metrics import Metrics
 from service.push.destinations import Destination, MqttDestination, WebhookDestination
-from service.push.dispatcher import Dispatcher
+from service.push.dispatcher import Bounds, Dispatcher, requeue
 from service.records.archive import Archive
 from service.records.database import create_db_engine, database_url, migrate
 from service.records.store import (
@@ -41,7 +41,16 @@ GB = 1024**3
 def destinations_from(settings: Settings) -> list[Destination]:
     out: list[Destination] = []
     if settings.mqtt_url:
-        out.append(MqttDestination(settings.mqtt_url, settings.mqtt_topic))
+        out.append(
+            MqttDestination(
+                settings.mqtt_url,
+                settings.mqtt_topic,
+                username=settings.mqtt_username,
+                password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+                ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+                secret=settings.mqtt_secret.get_secret_value() if settings.mqtt_secret else None,
+            )
+        )
     if settings.webhook_url:
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         out.append(WebhookDestination(settings.webhook_url, secret))
@@ -109,7 +118,12 @@ class Records:
         if settings.archive != "none":
             archive = Archive(settings.data_dir / "archive", int(settings.archive_max_gb * GB))
         destinations = destinations_from(settings)
-        dispatcher = Dispatcher(db_engine, destinations, metrics.records) if destinations else None
+        bounds = Bounds(
+            max_age=timedelta(hours=settings.push_max_age_hours),
+            max_backlog=settings.push_max_backlog,
+            max_dead_letters=settings.push_max_dead_letters,
+        )
+        dispatcher = Dispatcher(db_engine, destinations, metrics.records, bounds=bounds) if destinations else None
         recorder = Recorder(
             db_engine,
             archive=archive,
@@ -180,6 +194,17 @@ class Records:
             return None
         decision = decision_from_answer(answer, model_sha256=model_sha256, received_at=received_at, client=client)
         return await asyncio.to_thread(self.recorder.record, decision, Evidence(rgb, xyz, anomaly_map))
+
+    def requeue_dead_letters(self, destination: str | None = None) -> dict[str, int]:
+        """Put the dead letters of `destination` (or of every configured one) back into the outbox and wake
+        the dispatcher (blocking). Dead letters of a destination no longer configured stay."""
+        if self.recorder is None:
+            return {}
+        names = self.recorder.destinations if destination is None else (destination,)
+        moved = requeue(self.recorder.db_engine, [n for n in names if n in self.recorder.destinations])
+        if self.dispatcher is not None and any(moved.values()):
+            self.dispatcher.wake()
+        return moved
 
     def status(self) -> dict[str, Any]:
         """Audit trail and push state for the status endpoint (blocking: a couple of small queries)."""

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from service.metrics import RecordsMetrics
 from service.postprocessing.maps import encode_map
 from service.records.archive import Archive, ArchiveError
-from service.records.tables import DecisionRow, OutboxRow
+from service.records.tables import DeadLetterRow, DecisionRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,8 @@ class Recorder:
             return None
 
     def backlog(self) -> dict[str, dict[str, Any]]:
-        """Per destination: messages waiting, the oldest one's age (s), its attempts and last error."""
+        """Per destination: messages waiting, the oldest one's age (s), its attempts and last error, and the
+        dead letters (refused for good or past the outbox's bounds; re-queued by POST /v1/admin/push/retry)."""
         out: dict[str, dict[str, Any]] = {}
         now = datetime.now(UTC)
         with Session(self.db_engine) as session:
@@ -410,6 +411,14 @@ class Recorder:
                     "oldest_age_s": round((now - utc(head.created_at)).total_seconds(), 3) if head else None,
                     "attempts": head.attempts if head else 0,
                     "last_error": head.last_error if head else None,
+                    "dead_letters": int(
+                        session.scalar(
+                            select(func.count())
+                            .select_from(DeadLetterRow)
+                            .where(DeadLetterRow.destination == destination)
+                        )
+                        or 0
+                    ),
                 }
         return out
 

@@ -1,4 +1,5 @@
-"""The database tables (SQLAlchemy 2): one row per answered prediction, one outbox row per push.
+"""The database tables (SQLAlchemy 2): one row per answered prediction, one outbox row per push, and the
+dead letters: pushes that were refused for good or fell out of the outbox's bounds.
 
 The Alembic migrations in `service/records/migrations/versions/` create exactly these; a change here needs
 a new migration (tests/records/test_migrations.py compares the two).
@@ -67,3 +68,24 @@ class OutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_outbox_destination_id", "destination", "id"),)
+
+
+class DeadLetterRow(Base):
+    """A push taken out of the outbox: refused by its destination (a 4xx answer), older than the outbox's
+    age bound, or beyond its count bound. Kept with its frozen payload until re-queued
+    (POST /v1/admin/push/retry) or pruned past `push_max_dead_letters`."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(128), ForeignKey("decisions.request_id"))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # when it entered the outbox
+    dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # "refused" (the destination said no), "expired" (past push_max_age_hours), "overflow" (push_max_backlog).
+    reason: Mapped[str] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_dead_letters_destination_id", "destination", "id"),)

@@ -26,14 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import ApiError, UnauthorizedError
+from service.api.errors import ApiError, UnauthorizedError, error_response
 from service.config import Settings
 from service.ui.users import UserDirectory
 
 SESSION_COOKIE = "bridgenet_ui"
 LOGIN_COOKIE = "bridgenet_ui_login"
 COOKIE_PATH = "/ui"
+LOGIN_PATH = "/ui/login"
 LOGIN_FORM_TTL_S = 600  # a login form older than this is refused (reload the page)
 
 
@@ -171,3 +173,28 @@ def start_session(request: Request, response: Response, user: str, role: str, ho
 
 def end_session(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+
+
+class SessionBeforeBody:
+    """Pure ASGI: a POST to the station other than the login form needs a valid session cookie, checked
+    from the headers before one byte of its form is read (FastAPI reads a form before the route runs). A
+    request without one is answered 401 login_required and its connection closed, so a client without a
+    login cannot hold a connection open by trickling a review or logout form."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].startswith(COOKIE_PATH + "/")
+            and scope["path"] != LOGIN_PATH
+            and current_session(Request(scope)) is None
+        ):
+            refusal = LoginRequiredError("log in at /ui/login first (the review station uses a session cookie)")
+            response = error_response(refusal.info())
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

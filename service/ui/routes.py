@@ -25,6 +25,7 @@ from service.config import Settings
 from service.preprocessing import PreprocessConfig
 from service.records.reviews import (
     OUTCOMES,
+    HourCounts,
     PartFilter,
     ReviewError,
     UnknownDecisionError,
@@ -46,6 +47,10 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 LIST_ROWS = 100
 POLL_MS = 2000  # the list asks for new parts this often; cheap (one indexed query) and fast enough for a line
 HOURS_CHOICES = (1, 8, 24, 168, 720)
+# The list's window: at most its largest choice (30 days). Its counts per hour are one indexed COUNT per
+# hour, and hours that are over come from HOUR_COUNTS, so a poll counts the current hour only.
+MAX_LIST_HOURS = max(HOURS_CHOICES)
+HOUR_COUNTS = HourCounts()
 STATS_HOURS = 720
 # Review actions and their keys on the part view (the page shows them; part.js reads the data attributes).
 ACTIONS = (
@@ -62,6 +67,7 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.state.ui_login_limiter = LoginLimiter(
         settings.login_attempts_per_user, settings.login_attempts_per_address, settings.login_window_s
     )
+    app.add_middleware(auth.SessionBeforeBody)  # inside the headers layer: its refusals get them too
     app.add_middleware(UiHeadersMiddleware)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
@@ -159,7 +165,8 @@ def _part_filter(
     )
 
 
-Hours = Annotated[float, Query(gt=0, le=24 * 366)]
+Hours = Annotated[float, Query(gt=0, le=MAX_LIST_HOURS)]
+StatsHours = Annotated[float, Query(gt=0, le=24 * 366)]  # aggregated in the database: a year is fine
 Verdict = Annotated[Literal["", "ng", "ok"], Query()]
 Reviewed = Annotated[Literal["", "yes", "no"], Query()]
 ModelName = Annotated[str, Query(max_length=128)]
@@ -184,7 +191,7 @@ def parts_page(
         "list.html",
         session,
         parts=list_parts(db_engine, f, limit=LIST_ROWS),
-        counts=counts_per_hour(db_engine, f),
+        counts=counts_per_hour(db_engine, f, cache=HOUR_COUNTS),
         models=sorted(state.engine.models),
         filters={"model": model, "verdict": verdict, "reviewed": reviewed, "hours": hours},
         hours_choices=HOURS_CHOICES,
@@ -204,7 +211,10 @@ def parts_data(
     """What the list page polls: the rows and the counts per hour for its filters."""
     f = _part_filter(model, verdict, reviewed, hours)
     db_engine = _db_engine(state)
-    body = {"parts": list_parts(db_engine, f, limit=LIST_ROWS), "counts": counts_per_hour(db_engine, f)}
+    body = {
+        "parts": list_parts(db_engine, f, limit=LIST_ROWS),
+        "counts": counts_per_hour(db_engine, f, cache=HOUR_COUNTS),
+    }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -307,7 +317,7 @@ def review_part(
 
 
 @router.get("/stats", response_class=HTMLResponse)
-def stats_page(request: Request, state: State, hours: Hours = STATS_HOURS) -> Response:
+def stats_page(request: Request, state: State, hours: StatsHours = STATS_HOURS) -> Response:
     session = auth.current_session(request)
     if session is None:
         return _login_redirect(request)

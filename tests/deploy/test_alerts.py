@@ -24,6 +24,7 @@ EXPECTED_ALERTS = {
     "BridgeNetInputRefusals",
     "BridgeNetScoreDrift",
     "BridgeNetPushBacklog",
+    "BridgeNetPushDeadLetters",
     "BridgeNetGpuMemoryHigh",
     "BridgeNetModelUnavailable",
     "BridgeNetStuckPrediction",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import pwd
 import re
 import subprocess
 from pathlib import Path
@@ -329,6 +330,55 @@ def test_env_example_documents_every_setting_and_is_current() -> None:
     )
     read = set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text))
     assert read <= listed | set(re.findall(r"^# ([A-Z0-9_]+)=", text, flags=re.M))
+
+
+def test_the_compose_broker_requires_a_login_and_binds_where_told() -> None:
+    mosquitto = load(COMPOSE)["services"]["mosquitto"]
+    assert mosquitto["ports"] == ["${MOSQUITTO_BIND:-127.0.0.1}:${MOSQUITTO_PORT:-1883}:1883"]
+    env = mosquitto["environment"]
+    assert env == {"MQTT_USERNAME": "${BRIDGENET_MQTT_USERNAME:-}", "MQTT_PASSWORD": "${BRIDGENET_MQTT_PASSWORD:-}"}
+    start = " ".join(mosquitto["command"])
+    assert 'test -n "$$MQTT_USERNAME" -a -n "$$MQTT_PASSWORD" ||' in start  # no start without the service's user
+    assert "mosquitto_passwd -b /mosquitto/data/passwd" in start
+
+
+def test_the_compose_broker_config_refuses_anonymous_clients_live(tmp_path: Path) -> None:
+    """docker/mosquitto.conf as shipped (paths and port moved to the test's), run by Debian's mosquitto with
+    a password file made as the compose start makes it: anonymous clients are refused, the user gets in."""
+    import asyncio
+
+    import aiomqtt
+
+    from tests.records.servers import find_tool, free_port, stop, wait_for_port
+
+    port = free_port()
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    tool = find_tool("mosquitto_passwd", ("/usr/bin/mosquitto_passwd",))
+    subprocess.run([tool, "-b", str(passwd), "bridgenet", "line-pw"], check=True, timeout=30)
+    config = (DOCKER_DIR / "mosquitto.conf").read_text(encoding="utf-8")
+    assert "allow_anonymous false" in config and "password_file /mosquitto/data/passwd" in config
+    config = config.replace("/mosquitto/data/", f"{tmp_path}/").replace("listener 1883", f"listener {port} 127.0.0.1")
+    user = pwd.getpwuid(os.geteuid()).pw_name  # as root, mosquitto would switch to a user without tmp_path
+    (tmp_path / "mosquitto.conf").write_text(f"user {user}\n{config}", encoding="utf-8")
+    log = tmp_path / "mosquitto.log"
+    with open(log, "ab") as out:
+        binary = find_tool("mosquitto", ("/usr/sbin/mosquitto",))
+        proc = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stdout=out, stderr=out)
+    try:
+        wait_for_port(port, proc, "mosquitto", log)
+
+        async def connect(**login: str) -> None:
+            async with aiomqtt.Client("127.0.0.1", port, timeout=10, **login) as client:  # type: ignore[arg-type]
+                await client.publish("bridgenet/probe", b"{}", qos=1)
+
+        with pytest.raises(aiomqtt.MqttError):
+            asyncio.run(connect())
+        with pytest.raises(aiomqtt.MqttError):
+            asyncio.run(connect(username="bridgenet", password="wrong"))
+        asyncio.run(connect(username="bridgenet", password="line-pw"))
+    finally:
+        stop(proc)
 
 
 # --- the TLS proxy profile --------------------------------------------------------------------------------

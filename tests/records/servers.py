@@ -75,32 +75,55 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 class Mosquitto:
     """A mosquitto broker on a fixed loopback port that a test can stop and start again. Persistence is
     on, as a line's broker should have it: a PLC's persistent session (clean_session=False) and its queued
-    QoS 1 messages survive a broker restart."""
+    QoS 1 messages survive a broker restart.
 
-    def __init__(self, workdir: Path) -> None:
+    With `users` (name → password) anonymous clients are refused and a password file made by
+    mosquitto_passwd is required; with `tls` (certificate and key PEM files) a second listener on
+    `tls_port` speaks TLS."""
+
+    def __init__(
+        self, workdir: Path, users: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.binary = find_tool("mosquitto", ("/usr/sbin/mosquitto",))
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            # `user`: mosquitto started as root would switch to the mosquitto user, who cannot write the
-            # test's temporary directory; it runs as whoever runs the tests instead.
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-        )
+        # `user`: mosquitto started as root would switch to the mosquitto user, who cannot write the
+        # test's temporary directory; it runs as whoever runs the tests instead.
+        lines = [f"user {pwd.getpwuid(os.geteuid()).pw_name}", f"listener {self.port} 127.0.0.1"]
+        if tls:
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {tls[0]}", f"keyfile {tls[1]}"]
+        if users:
+            passwd = find_tool("mosquitto_passwd", ("/usr/bin/mosquitto_passwd",))
+            password_file = workdir / "passwd"
+            for i, (name, password) in enumerate(users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run([passwd, *create, "-b", str(password_file), name, password], check=True, timeout=30)
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
+        self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        assert self.tls_port is not None
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
     def start(self) -> None:
         assert self.proc is None
         log = self.workdir / "mosquitto.log"
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=out, stderr=out)
-        wait_for_port(self.port, self.proc, "mosquitto", log)
+        for port in (self.port, self.tls_port):
+            if port is not None:
+                wait_for_port(port, self.proc, "mosquitto", log)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -228,3 +251,39 @@ class WebhookReceiver:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP subject alternative name), signed by its own key, and that key:
+    the test trusts it as its CA. PEM files under `directory`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bridgenet-test-broker")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "broker.crt", directory / "broker.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path

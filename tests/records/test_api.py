@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from service.api.deps import ServiceState
 from service.api.errors import install_error_handlers
+from service.api.routes_admin import router as admin_router
 from service.api.routes_results import router
 from service.config import Settings, decode_limits
 from service.engine import Engine
@@ -29,7 +31,7 @@ from service.metrics import Metrics
 from service.records.database import SchemaTooNewError
 from service.records.runtime import Records
 from service.records.store import RecordOutcome
-from tests.records.servers import free_port
+from tests.records.servers import WebhookReceiver, free_port
 
 KEY = "results-test-key-0123456789"  # the results reader's key
 LINE_KEY = "line-test-key-0123456789"
@@ -80,6 +82,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.service = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin_router)
     return app
 
 
@@ -182,6 +185,36 @@ def test_status_shows_a_down_destination_backlog(tmp_path: Path) -> None:
     assert status["audit"] == "on" and status["database"] == "sqlite"
     assert status["push"]["webhook"]["waiting"] == 3
     assert status["archive"]["policy"] == "ng"
+
+
+def test_refused_pushes_show_as_dead_letters_and_the_admin_key_requeues_them(
+    tmp_path: Path, webhook: WebhookReceiver
+) -> None:
+    webhook.script = [400, 400, 400]  # the receiver refuses the first three results for good, then takes all
+    admin = "admin-key-for-the-tests-0123"
+    app = build_app(settings_for(tmp_path, webhook_url=webhook.url, admin_key=admin))
+    with TestClient(app, headers={"X-API-Key": KEY}) as c:
+        for i in range(3):
+            record(c, answer(i, ng=False))
+        deadline = time.monotonic() + 20
+        while c.get("/v1/status").json()["push"]["webhook"]["dead_letters"] < 3:
+            assert time.monotonic() < deadline, "the refused results never reached the dead letters"
+            time.sleep(0.05)
+        status = c.get("/v1/status").json()["push"]["webhook"]
+        assert status["waiting"] == 0 and status["dead_letters"] == 3
+
+        refused = c.post("/v1/admin/push/retry")  # the line's key is not the admin key
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        retried = c.post("/v1/admin/push/retry", headers={"X-Admin-Key": admin})
+        assert retried.status_code == 200 and retried.json() == {"requeued": {"webhook": 3}}
+        while len(webhook.received) < 6:
+            assert time.monotonic() < deadline, "the re-queued results never went out"
+            time.sleep(0.05)
+        assert c.get("/v1/status").json()["push"]["webhook"]["dead_letters"] == 0
+        again = c.post("/v1/admin/push/retry?destination=mqtt", headers={"X-Admin-Key": admin})
+        assert again.json() == {"requeued": {}}  # MQTT is not configured here
+    sent = [r.headers["Idempotency-Key"] for r in webhook.received]
+    assert sent == ["req-000", "req-001", "req-002"] * 2
 
 
 def test_audit_off_records_nothing(tmp_path: Path) -> None:

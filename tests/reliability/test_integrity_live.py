@@ -14,7 +14,9 @@ from tests.service.test_codecs_segments import MB, tiled_float_tiff
 
 API_KEY = "line-key-for-the-live-integrity-test"
 ADMIN_KEY = "admin-key-for-the-live-integrity-test"
+RESULTS_KEY = "results-key-for-the-live-integrity-test"
 AUTH = {"X-API-Key": API_KEY}
+READER = {"X-API-Key": RESULTS_KEY}
 
 
 def test_repeated_ids_crafted_tiffs_and_status_on_a_live_service(start_service: StartService, tmp_path: Path) -> None:
@@ -25,6 +27,7 @@ def test_repeated_ids_crafted_tiffs_and_status_on_a_live_service(start_service: 
         models,
         api_key=API_KEY,
         admin_key=ADMIN_KEY,
+        results_key=RESULTS_KEY,
         archive="all",
         data_dir=str(data),
         webhook_url=f"http://127.0.0.1:{hook_port}/mes-internal",
@@ -41,8 +44,8 @@ def test_repeated_ids_crafted_tiffs_and_status_on_a_live_service(start_service: 
     assert predict("A", 1, "counter-1").status_code == 200
     second = predict("B", 2, "counter-1")  # the PLC's counter restarted
     assert second.status_code == 409 and second.json()["error"]["code"] == "duplicate_request_id"
-    assert httpx.get(f"{url}/v1/results", params={"part_id": "B"}, headers=AUTH).json()["results"] == []
-    assert httpx.get(f"{url}/v1/results/counter-1", headers=AUTH).json()["part_id"] == "A"
+    assert httpx.get(f"{url}/v1/results", params={"part_id": "B"}, headers=READER).json()["results"] == []
+    assert httpx.get(f"{url}/v1/results/counter-1", headers=READER).json()["part_id"] == "A"
     assert len([p for p in (data / "archive").rglob("*") if p.is_file()]) == 3  # part A's rgb, xyz, map only
 
     rgb = part_files()["rgb"]

@@ -153,3 +153,92 @@ def test_connections_beyond_the_limit_are_answered_503(start_service: StartServi
             s.close()
     time.sleep(0.2)
     assert httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+
+
+def trickled_form(url: str, path: str, answers: list[tuple[bytes, float]], stop: threading.Event) -> None:
+    """Send a form's head, then its body one byte every 0.2 s, as a slow or hostile review-station client
+    would; keep the answer (and when it came) once the server answers or closes."""
+    address = urlsplit(url)
+    body = b"operator=a&api_key=" + b"x" * 200
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((address.hostname, address.port), timeout=30) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendall(head)
+            for byte in body:
+                if stop.is_set():
+                    break
+                s.sendall(bytes([byte]))
+                try:
+                    data = s.recv(65536)
+                except TimeoutError:
+                    continue
+                answer += data
+                break
+            s.settimeout(5)
+            while data := s.recv(65536):
+                answer += data
+        except OSError:  # closed by the server while we were still sending
+            pass
+    answers.append((answer, time.monotonic() - started))
+
+
+def test_slow_review_station_clients_leave_the_line_its_connections(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """40 clients trickle login forms (the one form read before a session exists) into a service allowing
+    20 connections: a quarter of them (side_share) is let in and cut at the form deadline, the rest refused
+    at once; the line's predictions answer 200 all along."""
+    write_fake_model(tmp_path / "models", "fake")
+    form_deadline = 2.0
+    service = start_service(
+        tmp_path / "models",
+        api_key=KEY,
+        max_connections="20",
+        body_timeout_s="30",
+        form_body_timeout_s=str(form_deadline),
+    )
+    headers = {"X-API-Key": KEY}
+    stop = threading.Event()
+    answers: list[tuple[bytes, float]] = []
+    threads = [
+        threading.Thread(target=trickled_form, args=(service.url, "/ui/login", answers, stop)) for _ in range(40)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    statuses = []
+    with httpx.Client(timeout=10) as line:
+        deadline = time.monotonic() + form_deadline + 1
+        while time.monotonic() < deadline:
+            statuses.append(
+                line.post(f"{service.url}/v1/predict", files=part_files(seed=3), headers=headers).status_code
+            )
+    stop.set()
+    for t in threads:
+        t.join(15)
+    assert statuses and set(statuses) == {200}, statuses
+    codes = sorted(answer.split(b" ", 2)[1].decode() for answer, _ in answers if answer)
+    assert codes == ["408"] * 5 + ["503"] * 35, codes
+    assert all(b"side_busy" in a for a, _ in answers if b" 503 " in a)
+    cut = [seconds for answer, seconds in answers if b" 408 " in answer]
+    assert all(form_deadline * 0.8 < s < form_deadline + 2 for s in cut), cut
+
+
+def test_review_and_logout_forms_without_a_session_are_refused_before_their_body(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    write_fake_model(tmp_path / "models", "fake")
+    service = start_service(tmp_path / "models", api_key=KEY, form_body_timeout_s="4")
+    stop = threading.Event()
+    for path in ("/ui/logout", "/ui/parts/req-1/review"):
+        answers: list[tuple[bytes, float]] = []
+        trickled_form(service.url, path, answers, stop)
+        [(answer, seconds)] = answers
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"login_required" in answer, answer[:200]
+        assert seconds < 1.0, seconds  # from the headers: the form deadline (4 s) never came into it

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -286,3 +287,33 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     driver.get(f"{live.base_url}/ui/")
     wait_for(driver, lambda d: "/ui/login" in d.current_url, "sent to the login form", live)
     assert driver.find_element(By.ID, "login-button").is_displayed()
+
+
+def test_the_list_polls_again_only_after_its_previous_answer(live: Live, browser: Any) -> None:
+    """A service slower than the poll interval: the page never has two polls out at once."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(f"{live.base_url}/ui/")
+    if driver.find_elements(By.ID, "login-button"):
+        driver.find_element(By.ID, "username-input").send_keys(OPERATOR)
+        driver.find_element(By.ID, "password-input").send_keys(PASSWORD)
+        driver.find_element(By.ID, "login-button").click()
+    wait_for(driver, lambda d: d.find_elements(By.ID, "parts-body"), "on the list", live)
+    # Each poll's answer now takes 5 s (2.5 poll intervals); count the polls and the most out at once.
+    driver.execute_script(
+        """
+        window.pollStats = {calls: 0, out: 0, most: 0};
+        const real = window.fetch;
+        window.fetch = function (url, options) {
+          const s = window.pollStats;
+          s.calls += 1; s.out += 1; s.most = Math.max(s.most, s.out);
+          return new Promise(function (resolve) { window.setTimeout(resolve, 5000); })
+            .then(function () { return real(url, options); })
+            .finally(function () { s.out -= 1; });
+        };
+        """
+    )
+    time.sleep(9)
+    stats = driver.execute_script("return window.pollStats;")
+    assert 1 <= stats["calls"] <= 3 and stats["most"] == 1, stats

@@ -252,6 +252,10 @@ def test_list_data_is_ng_first_filtered_and_counted_per_hour(client: TestClient)
     assert [p["request_id"] for p in week][-1] == "req-old"
     assert client.get("/ui/api/parts", params={"model": "other"}).json() == {"parts": [], "counts": []}
     assert client.get("/ui/api/parts", params={"verdict": "maybe"}).status_code == 422
+    # The window is capped at the largest choice (30 days): a year of rows is not the list's business.
+    assert client.get("/ui/api/parts", params={"hours": 720}).status_code == 200
+    too_long = client.get("/ui/api/parts", params={"hours": 24 * 365})
+    assert too_long.status_code == 422 and "hours" in too_long.text
 
 
 def test_pictures_are_pngs_of_the_evidence(client: TestClient) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from service.records.database import create_db_engine, head_revision, migrate
 from service.records.reviews import (
+    HourCounts,
     PartFilter,
     ReviewError,
     add_review,
@@ -64,5 +65,41 @@ def test_reviews_list_counts_and_stats(db_url: str) -> None:  # noqa: F811
         )
         assert demo["false_reject_rate"] == 0.5 and demo["confirmed_ng_rate"] == 0.5 and demo["missed_defect"] == 1
         assert stats["other"]["reviewed_ng"] == 0 and stats["other"]["false_reject_rate"] is None
+    finally:
+        db_engine.dispose()
+
+
+def test_counts_of_hours_that_are_over_are_counted_once(db_url: str) -> None:  # noqa: F811
+    """With a cache, a poll counts only the hours still open: an over hour's count is the cached one (a
+    record written into it later does not change it), the current hour is counted each time, and counts
+    under the reviewed filter expire with their time to live."""
+    db_engine = create_db_engine(db_url)
+    try:
+        migrate(db_engine)
+        recorder = Recorder(db_engine)
+        now = T0 + timedelta(hours=3, minutes=30)
+        for i, minutes in enumerate((10, 70, 75, 200)):  # hours 0, 1, 1 and 3 (the current one)
+            recorder.record(decision(f"c-{i}", ng=i == 1, received_at=T0 + timedelta(minutes=minutes)))
+        cache = HourCounts(reviewed_ttl_s=60)
+        window = PartFilter(since=T0, until=now)
+        first = counts_per_hour(db_engine, window, cache=cache, now=now)
+        assert first == [
+            {"hour": T0.isoformat(), "ok": 1, "ng": 0},
+            {"hour": (T0 + timedelta(hours=1)).isoformat(), "ok": 1, "ng": 1},
+            {"hour": (T0 + timedelta(hours=3)).isoformat(), "ok": 1, "ng": 0},
+        ]
+        recorder.record(decision("late", ng=True, received_at=T0 + timedelta(minutes=80)))  # hour 1, over
+        recorder.record(decision("now", ng=True, received_at=T0 + timedelta(minutes=205)))  # hour 3, open
+        second = counts_per_hour(db_engine, window, cache=cache, now=now)
+        assert second[1] == first[1]  # from the cache
+        assert second[2] == {"hour": (T0 + timedelta(hours=3)).isoformat(), "ok": 1, "ng": 1}
+        assert counts_per_hour(db_engine, window, now=now)[1]["ng"] == 2  # uncached: the truth
+
+        unreviewed = PartFilter(since=T0, until=now, reviewed=False)
+        assert counts_per_hour(db_engine, unreviewed, cache=cache, now=now)[1]["ng"] == 2
+        add_review(db_engine, "late", "confirmed", operator="Ana")
+        assert counts_per_hour(db_engine, unreviewed, cache=cache, now=now)[1]["ng"] == 2  # within its TTL
+        later = now + timedelta(seconds=61)
+        assert counts_per_hour(db_engine, unreviewed, cache=cache, now=later)[1]["ng"] == 1
     finally:
         db_engine.dispose()

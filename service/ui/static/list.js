@@ -60,11 +60,21 @@
     bars.replaceChildren.apply(bars, columns);
   }
 
+  // One poll at a time: the next is scheduled only once this one has its answer (or gave up after
+  // POLL_TIMEOUT_MS), so a slow service never piles requests up; a 503 waits its Retry-After.
+  const POLL_TIMEOUT_MS = 10000;
   async function refresh() {
+    let wait = pollMs;
+    const abort = new AbortController();
+    const timer = window.setTimeout(function () { abort.abort(); }, POLL_TIMEOUT_MS);
     try {
-      const answer = await fetch("/ui/api/parts" + window.location.search, { credentials: "same-origin" });
+      const answer = await fetch("/ui/api/parts" + window.location.search, { credentials: "same-origin", signal: abort.signal });
       if (answer.status === 401) { window.location = "/ui/login?next=" + encodeURIComponent(location.pathname + location.search); return; }
-      if (!answer.ok) throw new Error("HTTP " + answer.status);
+      if (!answer.ok) {
+        const after = Number(answer.headers.get("Retry-After"));
+        if (after > 0) wait = Math.max(wait, after * 1000);
+        throw new Error("HTTP " + answer.status);
+      }
       const data = await answer.json();
       renderParts(data.parts);
       renderCounts(data.counts);
@@ -72,8 +82,11 @@
       live.textContent = "live";
     } catch (err) {
       live.className = "live stale";
-      live.textContent = "not updating (" + err.message + ")";
+      live.textContent = "not updating (" + (err.name === "AbortError" ? "no answer" : err.message) + ")";
+    } finally {
+      window.clearTimeout(timer);
     }
+    window.setTimeout(refresh, wait);
   }
 
   renderCounts(JSON.parse(document.getElementById("counts-data").textContent));
@@ -81,5 +94,5 @@
   document.querySelectorAll("#filters select").forEach(function (s) {
     s.addEventListener("change", function () { s.form.submit(); });
   });
-  window.setInterval(refresh, pollMs);
+  window.setTimeout(refresh, pollMs);
 })();
