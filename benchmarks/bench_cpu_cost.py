@@ -8,8 +8,10 @@ Each model (the demo model, and a fake fast model with the same inputs, outputs 
 in for a model on a GPU) is served by a real `python -m service` (one intra-op thread, no spinning, audit on).
 The good sample part, resized to each size, is posted N times one after the other after a warm-up; the
 service process's CPU time (user + system, all threads, from /proc/<pid>/stat) over those N parts, less the
-answers' own `timings_ms.inference` (the session run: on one thread without spinning, its wall time is its
-CPU time), is the CPU per part outside the session. Process CPU time does not count other processes' work,
+answers' own `timings_ms.inference` ("outside"), or less the session run's CPU time measured in this process
+on the same settings ("outside'": unlike the answers' wall time, it does not grow with other load), is the
+CPU per part outside the session. `--baseline-tree` serves another checkout beside this one and pairs the two.
+Process CPU time does not count other processes' work,
 so it holds on a shared machine; the client's CPU is not in it. Sizes are measured in rounds (each size once
 per round) and the median over rounds is reported. Then py-spy (when installed) samples the process over
 another N parts, and its samples are sorted into stages by the innermost service frame they are in.
