@@ -11,9 +11,9 @@ service process's CPU time (user + system, all threads, from /proc/<pid>/stat) o
 answers' own `timings_ms.inference` ("outside"), or less the session run's CPU time measured in this process
 on the same settings ("outside'": unlike the answers' wall time, it does not grow with other load), is the
 CPU per part outside the session. `--baseline-tree` serves another checkout beside this one and pairs the two.
-Process CPU time does not count other processes' work,
-so it holds on a shared machine; the client's CPU is not in it. Sizes are measured in rounds (each size once
-per round) and the median over rounds is reported. Then py-spy (when installed) samples the process over
+Process CPU time does not count other processes' work, so it mostly holds on a shared machine (caches and
+cores are still shared); the client's CPU is not in it. Sizes are measured in rounds (each size once per
+round) and the median over rounds is reported. Then py-spy (when installed) samples the process over
 another N parts, and its samples are sorted into stages by the innermost service frame they are in.
 """
 
