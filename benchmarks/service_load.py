@@ -88,11 +88,12 @@ def free_port() -> int:
         return port
 
 
-def service_env(settings: Mapping[str, str | int | float]) -> dict[str, str]:
-    """The parent's environment without any BRIDGENET_* variable, plus `settings` (names without prefix)."""
+def service_env(settings: Mapping[str, str | int | float], root: Path = REPO) -> dict[str, str]:
+    """The parent's environment without any BRIDGENET_* variable, plus `settings` (names without prefix);
+    `root`'s `service` package comes first on the path (another checkout, to compare two versions)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
     env.update({f"{ENV_PREFIX}{k.upper()}": str(v) for k, v in settings.items()})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -159,13 +160,15 @@ def running_service(
     log_path: Path,
     ready_timeout_s: float = 180,
     own_session: bool = False,
+    root: Path = REPO,
 ) -> Iterator[Service]:
     """Start `python -m service` serving `models_dir/model` with `settings` (BRIDGENET_* names, no prefix),
     wait for /readyz, yield it, and stop it with SIGTERM (SIGKILL after 30 s).
 
     `own_session`: in a session of its own, the service gets its own share of the CPU under Linux's
     autogroup scheduling instead of sharing the benchmark's (whose client threads run there); a benchmark
-    that compares it with another server started that way must start both alike."""
+    that compares it with another server started that way must start both alike. `root`: the checkout
+    whose `service` package runs (default: this one)."""
     port = free_port()
     values = {"models_dir": str(models_dir), "models": model, "default_model": model, "log_level": "WARNING"}
     values.update({k: str(v) for k, v in settings.items()})
@@ -173,8 +176,8 @@ def running_service(
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=service_env(values),
+            cwd=root,
+            env=service_env(values, root),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=own_session,

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import bench_cpu_cost  # noqa: E402
 import gpu_env  # noqa: E402
 import harness  # noqa: E402
 
@@ -280,3 +281,51 @@ def test_station_quick(fake_dir: Path, tmp_path: Path) -> None:
         "int8, batches of 2/fp32, defaults",
     }
     assert data["settings"]["int8, batches of 2"]["batch_max_size"] == 2
+
+
+def test_cpu_cost_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """Process CPU per part on the fake model served twice (as the model and as its GPU stand-in), each by
+    this checkout and by a baseline checkout (this one again) in turn, with the stage split of py-spy's
+    samples where it is installed."""
+    out = tmp_path / "cpu_cost.json"
+    proc, data = run_script(
+        "bench_cpu_cost.py", "--quick", "--model-dir", fake_dir, "--sizes", "64", "96", "--n", "12",
+        "--baseline-tree", REPO, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    assert set(data["models"]) == {fake_dir.name, "fake (GPU stand-in)"}
+    known = {stage for stage, _ in bench_cpu_cost.STAGE_RULES} | {bench_cpu_cost.WAITING, bench_cpu_cost.OUTSIDE}
+    for model in data["models"].values():
+        keys = [(r["variant"], r["part"], r["size"]) for r in model["rows"]]
+        assert keys == [(v, "good", s) for v in ("baseline", "current") for s in (64, 96)]
+        for row in model["rows"]:
+            assert row["cpu_ms"] > 0 and row["session_ms"] > 0 and row["session_cpu_ms"] > 0
+            assert row["outside_ms"] == pytest.approx(row["cpu_ms"] - row["session_ms"], abs=2e-3)
+            assert row["outside_by_session_cpu_ms"] == pytest.approx(row["cpu_ms"] - row["session_cpu_ms"], abs=2e-3)
+            profile = row["profile"]
+            if profile is None:  # py-spy not installed: the split is absent, never invented
+                continue
+            assert profile["samples"] > 0 and sum(profile["share_pct"].values()) == pytest.approx(100, abs=0.5)
+            assert set(profile["ms_per_part"]) <= known and all(v > 0 for v in profile["ms_per_part"].values())
+        rows = {(r["variant"], r["size"]): r for r in model["rows"]}
+        for size in (64, 96):
+            paired = model["paired"][f"good@{size}"]
+            (diff,) = paired["rounds"]  # one round in --quick
+            now, before = rows[("current", size)]["cpu_ms_rounds"][0], rows[("baseline", size)]["cpu_ms_rounds"][0]
+            assert diff == pytest.approx(now - before, abs=2e-3) == paired["current_minus_baseline_cpu_ms"]
+        assert min(model["service_peak_rss_mb"].values()) > 0 and model["settings"]["audit"] == "on"
+
+
+def test_cpu_cost_stages_from_stacks() -> None:
+    """A sampled stack is charged to its innermost known frame; a thread parked on a lock is no CPU."""
+    stage_of = bench_cpu_cost.stage_of
+    run = "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
+    assert (
+        stage_of(f"{run};Engine.infer (service/engine/engine.py:271);Session.run (onnxruntime/capi/x.py:3)")
+        == "session"
+    )
+    assert stage_of(f"{run};preprocess_cloud (service/preprocessing/pipeline.py:61)") == "preprocess"
+    assert stage_of(f"{run};record (service/records/store.py:9);Logger.info (logging/__init__.py:1)") == "logging"
+    assert stage_of(run) == bench_cpu_cost.WAITING
+    assert stage_of("main (somewhere.py:1)") == bench_cpu_cost.OUTSIDE

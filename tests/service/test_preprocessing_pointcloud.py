@@ -217,3 +217,40 @@ def test_too_small_cloud_is_refused() -> None:
         point_cloud_to_depth(part.xyz)
     # A smaller min_side lets it through.
     point_cloud_to_depth(part.xyz, PreprocessConfig(min_side=8, border_width=2))
+
+
+@pytest.mark.parametrize("n_points", [1, 255, 256, 257, 2048])
+def test_ransac_inlier_counts_in_blocks_equal_the_whole_product(n_points: int) -> None:
+    """The blocked scoring gives exactly the counts of all points against all hypotheses at once, also with
+    points that sit at the threshold to the last bit (the same float64 operations in the same order)."""
+    from service.preprocessing.plane import _inlier_counts
+
+    rng = np.random.default_rng(n_points)
+    sample = rng.normal(0, 0.05, (n_points, 3)) + np.array([0.0, 0.0, 0.5])
+    normals = rng.normal(size=(128, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    offsets = np.einsum("ij,ij->i", normals, sample[rng.integers(0, n_points, 128)])
+    whole = sample[:, None, 0] * normals[:, 0] + sample[:, None, 1] * normals[:, 1]
+    whole += sample[:, None, 2] * normals[:, 2]
+    distances = np.abs(whole - offsets)
+    threshold = float(np.sort(distances, axis=None)[distances.size // 2])  # one distance equals it exactly
+    expected = (distances <= threshold).sum(axis=0)
+    assert (distances == threshold).any() and 0 < expected.sum() < distances.size
+    np.testing.assert_array_equal(_inlier_counts(sample, normals, offsets, threshold), expected)
+
+
+def test_fill_holes_sums_exactly_what_the_clipped_image_sums() -> None:
+    """Bit for bit the result of summing np.maximum(depth, 0), negative values and -0.0 included."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    depth = rng.uniform(-0.2, 1.0, (64, 80)).astype(np.float32)
+    depth[rng.uniform(size=depth.shape) < 0.5] = 0
+    depth[rng.uniform(size=depth.shape) < 0.05] = -0.0
+    expected = depth.copy()
+    for _ in range(2):
+        holes = expected == 0
+        count = cv2.boxFilter((expected > 0).astype(np.float32), -1, (3, 3), normalize=False, borderType=0)
+        total = cv2.boxFilter(np.maximum(expected, 0), -1, (3, 3), normalize=False, borderType=0)
+        np.divide(total, count, out=expected, where=holes & (count > 0.5))
+    np.testing.assert_array_equal(fill_holes(depth, 2).view(np.uint32), expected.view(np.uint32))
