@@ -23,8 +23,8 @@ from service.api.hooks import default_hooks
 from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
 from service.api.reload import install_sighup, publish_models
 from service.api.routes_admin import router as admin_router
-from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_docs import docs_router
+from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_metrics import router as metrics_router
 from service.api.routes_results import router as results_router
 from service.config import Settings, decode_limits, get_settings, max_body_bytes

@@ -93,10 +93,11 @@ def rollback_target(folder: Path) -> str:
 
 def record_event(db_engine: Engine, model: str, switch: Switch, actor: str, reason: str) -> dict[str, Any]:
     """Write the audit record of `switch`; returns it as listed."""
-    row = {
+    at = datetime.now(UTC)
+    row: dict[str, Any] = {
         "model": model,
         "action": switch.action,
-        "at": datetime.now(UTC),
+        "at": at,
         "actor": actor,
         "from_version": switch.before.version,
         "from_sha256": switch.before.onnx_sha256,
@@ -106,7 +107,7 @@ def record_event(db_engine: Engine, model: str, switch: Switch, actor: str, reas
     }
     with db_engine.begin() as conn:
         conn.execute(insert(ModelEventRow).values(**row))
-    return {**row, "at": row["at"].isoformat()}
+    return {**row, "at": at.isoformat()}
 
 
 _EVENT_FIELDS = ("model", "action", "actor", "from_version", "from_sha256", "to_version", "to_sha256", "reason")
