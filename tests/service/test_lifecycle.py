@@ -21,11 +21,25 @@ RGB, XYZ = make_part(seed=5)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
 
 
+CALIBRATION = {
+    "method": "normal_prediction",
+    "source": "12 good parts in validation/",
+    "n_parts": 12,
+    "target_false_reject_rate": 0.01,
+    "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
+    "expected_false_reject_rate": 0.004,
+    "false_reject_rate_interval": [0.0005, 0.02],
+    "distribution_free_upper_bound": 0.22,
+}
+
+
 def two_versions(tmp_path: Path) -> Path:
-    """models/fake with version "2" active (threshold 0.9) and version "1" (threshold 0.2) stored under
-    history/1/, as `training calibrate` leaves a folder."""
+    """models/fake with version "2" active (threshold 0.9, no calibration record) and version "1" (threshold
+    0.2, calibrated on 12 parts) stored under history/1/, as `training calibrate` leaves a folder."""
     models = tmp_path / "models"
-    old = write_fake_model(tmp_path / "staging", "fake", version="1", threshold=0.2)
+    old = write_fake_model(
+        tmp_path / "staging", "fake", version="1", threshold=0.2, calibration=CALIBRATION, pixel_threshold=0.3
+    )
     folder = write_fake_model(models, "fake", version="2", threshold=0.9)
     (folder / "history").mkdir()
     shutil.move(old, folder / "history" / "1")
@@ -51,7 +65,16 @@ def test_models_list_the_active_and_the_stored_versions_with_their_calibration(t
     assert entry["calibration"]["threshold"] == 0.9 and entry["calibration"]["n_parts"] == 0
     assert [v["version"] for v in entry["other_versions"]] == ["1"]
     stored = entry["other_versions"][0]
-    assert stored["calibration"]["threshold"] == 0.2
+    assert stored["calibration"] == {
+        "method": "normal_prediction",
+        "n_parts": 12,
+        "threshold": 0.2,
+        "pixel_threshold": 0.3,
+        "target_false_reject_rate": 0.01,
+        "expected_false_reject_rate": 0.004,
+        "false_reject_rate_interval": [0.0005, 0.02],
+        "distribution_free_upper_bound": 0.22,
+    }
     assert stored["onnx_sha256"] == sha256_file(models / "fake" / "history" / "1" / MODEL_FILE)
     assert entry["previous_version"] is None
 
@@ -79,6 +102,7 @@ def test_promote_predict_rollback_and_the_audit_trail(tmp_path: Path) -> None:
         assert record["model"] == {"name": "fake", "version": "1", "onnx_sha256": sha["1"]}
         entry = model_entry(client)
         assert entry["version"] == "1" and entry["previous_version"] == "2"
+        assert entry["calibration"]["distribution_free_upper_bound"] == 0.22
         assert [v["version"] for v in entry["other_versions"]] == ["2"]
 
         back = client.post("/v1/admin/models/fake/rollback", json={"reason": "oops"}, headers=ADMIN_HEADERS)
@@ -132,6 +156,10 @@ def test_refusals_name_the_problem_and_change_nothing(tmp_path: Path) -> None:
         assert client.post(promote, json={"version": "1"}, headers={"X-Admin-Key": "wrong"}).status_code == 401
         assert client.get("/v1/admin/models/fake/events").status_code == 401
         assert client.get("/v1/admin/models/fake/events", headers=ADMIN_HEADERS).json()["events"] == []
+        (models / "fake/history/2").mkdir()  # the active version's archive place is taken
+        taken = client.post(promote, json={"version": "1"}, headers=ADMIN_HEADERS)
+        assert taken.status_code == 409 and "history/2 already exists" in taken.json()["error"]["message"]
+        (models / "fake/history/2").rmdir()
         assert model_entry(client)["version"] == "2"
     with TestClient(create_app(settings(models, admin_key=None))) as client:
         refused = client.post("/v1/admin/models/fake/promote", json={"version": "1"}, headers=ADMIN_HEADERS)
