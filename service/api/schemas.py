@@ -195,6 +195,24 @@ class PredictResponse(BaseModel):
         )
 
 
+class CalibrationSummary(BaseModel):
+    method: str
+    n_parts: int = Field(description="Good parts the threshold was calibrated on.")
+    threshold: float
+    pixel_threshold: float | None = None
+    target_false_reject_rate: float | None = None
+    expected_false_reject_rate: float | None = Field(default=None, description="Promised on unseen good parts.")
+    false_reject_rate_interval: list[float] | None = None
+    distribution_free_upper_bound: float | None = None
+
+
+class StoredVersion(BaseModel):
+    version: str
+    onnx_sha256: str
+    created: str
+    calibration: CalibrationSummary
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -208,6 +226,13 @@ class ModelInfo(BaseModel):
     manifest_threshold: float
     created: str
     default: bool = Field(description="Whether requests without a `model` field go to this model.")
+    calibration: CalibrationSummary | None = Field(default=None, description="The served version's calibration.")
+    other_versions: list[StoredVersion] = Field(
+        default_factory=list, description="Versions stored in the model folder's history/, promotable."
+    )
+    previous_version: str | None = Field(
+        default=None, description="The version active before the last promotion or rollback (what rollback restores)."
+    )
 
 
 class UnavailableModel(BaseModel):

@@ -89,3 +89,22 @@ class DeadLetterRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_dead_letters_destination_id", "destination", "id"),)
+
+
+class ModelEventRow(Base):
+    """A promotion or rollback of a model's version: who, when, from which version to which, and why."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))  # "promote" or "rollback"
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(128))
+    from_version: Mapped[str] = mapped_column(String(64))
+    from_sha256: Mapped[str] = mapped_column(String(64))
+    to_version: Mapped[str] = mapped_column(String(64))
+    to_sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_model_events_model_id", "model", "id"),)
