@@ -7,7 +7,7 @@ DEMO_DATA ?= out/puck100
 DEMO_RUN ?= out/demo-run
 
 # The bundled models/demo is today's default training configuration (MGAG on, mixed depth anomalies) for
-# 20 epochs: one epoch of its 48 training parts took 12-64 s (about 37 s typical) on a shared, loaded 2-core
+# 20 epochs: one epoch of its 48 training parts took 12-78 s (37 s on average) on a shared, loaded 2-core
 # CPU, so 20 epochs fitted the time there was to retrain it; the checkpoint is chosen on the validation parts.
 DEMO_EPOCHS ?= 20
 DEMO_TRAIN_ARGS ?=
