@@ -3,13 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DATA ?= out/demo-data
+DEMO_DATA ?= out/puck100
 DEMO_RUN ?= out/demo-run
 
+# The bundled models/demo is today's default training configuration (MGAG on, mixed depth anomalies) for
+# 20 epochs: one epoch of its 48 training parts took 12-78 s (37 s on average) on a shared, loaded 2-core
+# CPU, so 20 epochs fitted the time there was to retrain it; the checkpoint is chosen on the validation parts.
 DEMO_EPOCHS ?= 20
-# The settings the bundled models/demo was trained with (MGAG off, the paper's texture-only depth
-# anomalies), so that this target rebuilds it; today's training defaults differ (docs/RESULTS.md).
-DEMO_TRAIN_ARGS ?= --no-mgag --utag-depth texture
+DEMO_TRAIN_ARGS ?=
 
 .PHONY: install run test test-fast lint format demo-model bench clean
 
@@ -45,9 +46,10 @@ format: install
 	$(BIN)/ruff check --fix $(CODE)
 
 # Rebuild the bundled demo model from scratch: synthetic data → train → evaluate → export (+ a sample part).
-# Deterministic for the seed; about 10-15 minutes on a 2-core CPU.
+# Deterministic for the seed; about 15-20 minutes on a 2-core CPU. The test split holds 100 good parts so
+# that the false-reject rate at the calibrated threshold is measured on more than a handful.
 demo-model: install
-	$(BIN)/python -m training synth --out $(DEMO_DATA) --categories puck --seed 0 --overwrite
+	$(BIN)/python -m training synth --out $(DEMO_DATA) --categories puck --seed 0 --test-good 100 --overwrite
 	rm -rf $(DEMO_RUN)
 	$(BIN)/python -m training train --data $(DEMO_DATA) --category puck --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_ARGS)
 	$(BIN)/python -m training evaluate --run $(DEMO_RUN) --out $(DEMO_RUN)/eval.json

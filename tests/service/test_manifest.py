@@ -203,12 +203,27 @@ def test_new_manifests_are_written_as_the_current_schema(tmp_path: Path) -> None
     assert load_model_dir(tmp_path / "bagel", manifest_to_metadata(m)) == m
 
 
-def test_the_bundled_schema_2_demo_model_still_loads() -> None:
+def test_the_bundled_demo_model_loads_with_its_calibration() -> None:
     ort = pytest.importorskip("onnxruntime")
     demo = Path(__file__).resolve().parents[2] / "models" / "demo"
     session = ort.InferenceSession(str(demo / MODEL_FILE), providers=["CPUExecutionProvider"])
     m = load_model_dir(demo, session.get_modelmeta().custom_metadata_map)
-    assert m.schema_version == 2 and m.pixel_threshold is not None and m.calibration is not None
+    assert m.schema_version == SCHEMA_VERSION and m.pixel_threshold is not None and m.calibration is not None
+
+
+def test_a_schema_2_model_folder_still_loads(tmp_path: Path) -> None:
+    """A calibrated model exported before schema 3 (the demo's manifest as schema 2 wrote it), embedded in a
+    real ONNX file, loads through the same checks the service runs at start."""
+    ort = pytest.importorskip("onnxruntime")
+    stored = json.loads((Path(__file__).resolve().parents[2] / "models" / "demo" / MANIFEST_FILE).read_text())
+    data = {k: v for k, v in stored.items() if k not in ("onnx_sha256", "min_defect_length_mm")}
+    m = Manifest.model_validate({**data, "schema_version": 2})
+    folder = save_identity_model(tmp_path / "demo", m)
+    assert json.loads((folder / MANIFEST_FILE).read_text())["schema_version"] == 2
+    session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    loaded = load_model_dir(folder, session.get_modelmeta().custom_metadata_map)
+    assert loaded == m and loaded.schema_version == 2 and loaded.min_defect_length_mm is None
+    assert loaded.pixel_threshold is not None and loaded.calibration is not None
 
 
 def test_missing_and_mistyped_fields_named() -> None:
@@ -272,26 +287,30 @@ def test_json_round_trip_and_sha(tmp_path: Path) -> None:
     assert load_model_dir(tmp_path / "bagel", manifest_to_metadata(m)) == m
 
 
-def test_through_a_real_onnx_file_and_onnxruntime(tmp_path: Path) -> None:
+def save_identity_model(folder: Path, m: Manifest) -> Path:
+    """A one-node ONNX file carrying `m` as its embedded metadata, with its manifest.json, in `folder`."""
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    m = Manifest.model_validate(manifest_data())
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "g",
-        [x],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     helper.set_model_props(model, manifest_to_metadata(m))
-    folder = tmp_path / "real"
     folder.mkdir()
     onnx.save(model, str(folder / MODEL_FILE))
     write_manifest_json(m, folder, sha256_file(folder / MODEL_FILE))
+    return folder
+
+
+def test_through_a_real_onnx_file_and_onnxruntime(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    m = Manifest.model_validate(manifest_data())
+    folder = save_identity_model(tmp_path / "real", m)
     session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
     assert load_model_dir(folder, session.get_modelmeta().custom_metadata_map) == m
 
