@@ -23,6 +23,18 @@ from benchmarks.fake_graph import write_fake_model as write_fake_model
 from service.config import Settings
 from service.engine import Engine, EngineOptions, PartUpload, PredictResult
 
+# A manifest's calibration block as `training calibrate` writes it (normal_prediction on 12 good parts).
+CALIBRATION: dict[str, Any] = {
+    "method": "normal_prediction",
+    "source": "12 good parts in validation/",
+    "n_parts": 12,
+    "target_false_reject_rate": 0.01,
+    "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
+    "expected_false_reject_rate": 0.004,
+    "false_reject_rate_interval": [0.0005, 0.02],
+    "distribution_free_upper_bound": 0.22,
+}
+
 
 def with_wide_scores(columns: int, declared: list[str | int | None] | None = None) -> onnx.ModelProto:
     """The fake graph with `scores` of shape (batch, columns) instead of (batch,): a model the service must

@@ -12,25 +12,13 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.manifest import MODEL_FILE, sha256_file
-from tests.service.fake_model import make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
+from tests.service.fake_model import CALIBRATION, make_part, make_settings, png_bytes, tiff_bytes, write_fake_model
 from tests.service.test_api_admission import wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
 ADMIN_HEADERS = {"X-Admin-Key": ADMIN}
 RGB, XYZ = make_part(seed=5)
 FILES = {"rgb": ("p.png", png_bytes(RGB), "image/png"), "xyz": ("p.tiff", tiff_bytes(XYZ), "image/tiff")}
-
-
-CALIBRATION = {
-    "method": "normal_prediction",
-    "source": "12 good parts in validation/",
-    "n_parts": 12,
-    "target_false_reject_rate": 0.01,
-    "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
-    "expected_false_reject_rate": 0.004,
-    "false_reject_rate_interval": [0.0005, 0.02],
-    "distribution_free_upper_bound": 0.22,
-}
 
 
 def two_versions(tmp_path: Path) -> Path:

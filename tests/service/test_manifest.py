@@ -26,6 +26,7 @@ from service.manifest import (
     write_manifest_json,
 )
 from service.preprocessing import PREPROCESSING_VERSION, PreprocessConfig
+from tests.service.fake_model import CALIBRATION
 
 SIZE = 64
 
@@ -124,17 +125,7 @@ def test_schema_1_manifest_loads_without_the_schema_2_fields() -> None:
 
 
 def test_schema_2_calibration_fields() -> None:
-    calibration = {
-        "method": "normal_prediction",
-        "source": "validation split",
-        "n_parts": 12,
-        "target_false_reject_rate": 0.01,
-        "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
-        "expected_false_reject_rate": 0.004,
-        "false_reject_rate_interval": [0.0005, 0.02],
-        "distribution_free_upper_bound": 0.22,
-        "pixel": {"method": "normal_prediction on map maxima"},
-    }
+    calibration = {**CALIBRATION, "pixel": {"method": "normal_prediction on map maxima"}}
     history = [{"version": "1", "created": "2026-01-01T00:00:00Z", "onnx_sha256": "a" * 64, "threshold": 0.6,
                 "calibration_method": "validation_good_false_reject_rate"}]  # fmt: skip
     m = Manifest.model_validate(
