@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from training.calibration.rate import check_false_reject_rate
-from training.calibration.record import Calibration
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.rate import check_false_reject_rate
 
 log = logging.getLogger(__name__)
 
