@@ -170,6 +170,8 @@ async def save(state: ServiceState, name: str, proposal_id: str, actor: str, rea
         raise VersionNotFoundApiError(str(exc)) from exc
     except (VersionConflictError, VersionWriteError) as exc:
         raise VersionConflictApiError(str(exc)) from exc
+    except OSError as exc:  # e.g. the models folder mounted read-only
+        raise VersionConflictApiError(f"the model folder of {name!r} cannot be written: {exc}") from exc
     state.proposals.drop(proposal_id)
     event = await asyncio.to_thread(record_event, recorder.db_engine, name, switch, actor, reason)
     log.info("model %s: calibration saved as version %s", name, switch.after.version)
