@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env.update(
         BRIDGENET_MODELS_DIR=str(models), BRIDGENET_DEFAULT_MODEL=args.model.name, BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_API_KEY=KEY, BRIDGENET_ADMIN_KEY=ADMIN, BRIDGENET_DATA_DIR=str(data_dir),
-        BRIDGENET_ARCHIVE="none", BRIDGENET_COMMISSION_MIN_PARTS="100", BRIDGENET_INTRA_OP_THREADS="2",
+        BRIDGENET_ARCHIVE="none", BRIDGENET_COMMISSION_MIN_PARTS=str(args.min_parts), BRIDGENET_INTRA_OP_THREADS="2",
     )  # fmt: skip
     port = free_port()
     log = (work / "service.log").open("w")
@@ -177,6 +177,7 @@ def main() -> int:
     p.add_argument("--unseen-first", type=int, default=200)
     p.add_argument("--unseen-count", type=int, default=100)
     p.add_argument("--unseen-defects", type=Path, required=True)
+    p.add_argument("--min-parts", type=int, default=100, help="BRIDGENET_COMMISSION_MIN_PARTS of the service")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     result = run(args)

@@ -13,12 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.lifecycle import thresholds
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.commission import Proposal, ProposalNotFoundError, ProposalStore
+from service.lifecycle.writing import next_version
 from service.main import create_app
 from service.manifest import MODEL_FILE, read_manifest_json, sha256_file
 from service.records.reviews import add_review
 from service.records.store import Recorder
 from tests.records.conftest import decision
-from tests.service.fake_model import CALIBRATION, write_fake_model
+from tests.service.fake_model import CALIBRATION, fake_manifest, write_fake_model
 from tests.service.test_lifecycle import ADMIN_HEADERS, FILES, settings
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -196,3 +199,25 @@ def test_with_the_audit_trail_off_there_is_nothing_to_calibrate_on(models: Path)
     with TestClient(create_app(settings(models, audit="off"))) as client:
         answer = client.post(URL, json={}, headers=ADMIN_HEADERS)
     assert answer.status_code == 409 and "BRIDGENET_AUDIT=off" in answer.json()["error"]["message"]
+
+
+def test_the_next_version_skips_the_versions_already_stored() -> None:
+    numbered = fake_manifest("fake", version="2")
+    assert next_version(numbered) == "3" and next_version(numbered, {"3", "4"}) == "5"
+    named = fake_manifest("fake", version="v1")
+    assert next_version(named) == "v1-cal1" and next_version(named, {"v1-cal1"}) == "v1-cal2"
+
+
+def test_proposals_expire_and_belong_to_their_model() -> None:
+    store = ProposalStore(kept=2, ttl_s=60)
+    made = [Proposal(f"{i:032x}", "fake", T0, "1", "ab" * 32, Calibration(0.5, "empirical", 0.01, 3, {}), {})
+            for i in range(3)]  # fmt: skip
+    for p in made:
+        store.put(p)
+    assert store.get(made[2].id, "fake", now=T0 + timedelta(seconds=59)) is made[2]
+    with pytest.raises(ProposalNotFoundError):
+        store.get(made[0].id, "fake", now=T0)  # the oldest fell out
+    with pytest.raises(ProposalNotFoundError):
+        store.get(made[2].id, "other", now=T0)
+    with pytest.raises(ProposalNotFoundError, match="make it again"):
+        store.get(made[2].id, "fake", now=T0 + timedelta(seconds=61))
