@@ -113,6 +113,7 @@ class SaveResponse(BaseModel):
 
 _COMMISSION_ERRORS: dict[int | str, dict[str, object]] = {
     **_ERRORS,
+    400: {"model": ErrorResponse, "description": "The optional body of save is not JSON"},
     404: {"model": ErrorResponse, "description": "No such model, or the proposal expired"},
     409: {
         "model": ErrorResponse,
