@@ -33,9 +33,8 @@ from service.lifecycle.thresholds import (
     CalibrationInputError,
     Method,
     binomial_upper_bound,
-    empirical,
+    calibration_from,
     estimate,
-    score_stats,
 )
 from service.lifecycle.versions import (
     LifecycleError,
@@ -174,22 +173,8 @@ def calibration_from_line(
     image = estimate(method, sample.good, rate, confidence)
     kept = f"kept from version {active.version}: the records hold no anomaly maps of OK parts"
     pixel = dict(active.calibration.pixel) if active.calibration is not None and active.calibration.pixel else {}
-    return Calibration(
-        threshold=image.threshold,
-        method=image.method,
-        target_false_reject_rate=rate,
-        n_parts=image.n_parts,
-        score_stats=score_stats(sample.good),
-        confidence=image.confidence,
-        inputs=image.inputs,
-        expected_false_reject_rate=image.expected_false_reject_rate,
-        false_reject_rate_interval=image.false_reject_rate_interval,
-        distribution_free_upper_bound=image.distribution_free_upper_bound,
-        notes=image.notes,
-        source=source,
-        empirical_threshold=empirical(sample.good, rate).threshold,
-        pixel_threshold=active.pixel_threshold,
-        pixel={**pixel, "note": kept},
+    return calibration_from(
+        image, sample.good, source=source, pixel_threshold=active.pixel_threshold, pixel={**pixel, "note": kept}
     )
 
 

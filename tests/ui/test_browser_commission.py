@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -23,14 +21,13 @@ import pytest
 from service.lifecycle.thresholds import expit
 from service.manifest import read_manifest_json
 from service.records.reviews import add_review
-from tests.deploy.processes import free_port, stop, wait_until
 from tests.records.conftest import decision
 from tests.ui.test_browser import (  # noqa: F401 (browser and shots are fixtures)
-    POLL_S,
-    READY_TIMEOUT_S,
     Live,
+    add_user_by_cli,
     browser,
     recorder_for,
+    serve,
     shots,
     wait_for,
 )
@@ -51,33 +48,14 @@ def live_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     shutil.copytree(DEMO, models / "demo", ignore=shutil.ignore_patterns("sample", "history"))
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
     users_file = folder / "users.json"
-    added = subprocess.run(
-        [sys.executable, "-m", "service", "users", "--file", str(users_file), "add", ADMIN_USER, "--role", "admin"],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_user_by_cli(users_file, ADMIN_USER, "admin", PASSWORD, env)
     env.update(
         BRIDGENET_MODELS_DIR=str(models), BRIDGENET_DEFAULT_MODEL="demo", BRIDGENET_PROVIDERS="cpu",
         BRIDGENET_INTRA_OP_THREADS="1", BRIDGENET_ADMIN_KEY=ADMIN_KEY, BRIDGENET_USERS_FILE=str(users_file),
         BRIDGENET_DATA_DIR=str(folder / "data"), BRIDGENET_COMMISSION_MIN_PARTS="100",
     )  # fmt: skip
-    port = free_port()
-    log_path = folder / "service.log"
-    log_file = log_path.open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        ["nice", "-n", "10", sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200,
-            process, log_path, what="/readyz 200", timeout_s=READY_TIMEOUT_S, poll_s=POLL_S,
-            not_yet=(httpx.TransportError,),
-        )  # fmt: skip
-        yield Live(base, folder / "data", log_path)
-    finally:
-        stop(process, log_file)
+    with serve(folder, env, folder / "data") as live:
+        yield live
 
 
 def seed_line(live: Live, version: str, sha: str, threshold: float) -> None:
