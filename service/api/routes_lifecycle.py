@@ -59,7 +59,10 @@ class ModelEvent(BaseModel):
     model: str
     action: str = Field(description="promote, rollback or save (a calibration stored as a new version)")
     at: str
-    actor: str = Field(description="'admin' (the admin key), with the X-Operator header's name when sent")
+    actor: str = Field(
+        description="'admin' (the admin key), with the X-Operator header's name when sent; 'ui:<user>' from the "
+        "review station"
+    )
     from_version: str
     from_sha256: str
     to_version: str
@@ -156,7 +159,7 @@ async def events(
     key: Annotated[str | None, Security(admin_key_header)],
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 100,
 ) -> ModelEventsResponse:
-    """The model's promotions and rollbacks, newest first."""
+    """The model's promotions, rollbacks and saved calibrations, newest first."""
     check_admin_key(state.settings.admin_key, key, "the events cannot be listed")
     records = state.records
     if records is None:
