@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from service.api.deps import ServiceState, State, get_state
 from service.api.routes_results import NotArchivedError, ResultNotFoundError, recorder_of
 from service.config import Settings
+from service.lifecycle.shadow import agreement
 from service.preprocessing import PreprocessConfig
 from service.records.reviews import (
     OUTCOMES,
@@ -331,3 +332,24 @@ def stats_page(request: Request, state: State, hours: StatsHours = STATS_HOURS) 
         hours_choices=HOURS_CHOICES,
         outcomes=OUTCOMES,
     )
+
+
+# ---- shadow candidate
+
+
+@router.get("/models/{name}/shadow", response_class=HTMLResponse)
+def shadow_page(request: Request, state: State, name: str) -> Response:
+    session = auth.current_session(request)
+    if session is None:
+        return _login_redirect(request)
+    view = agreement(_db_engine(state), name)
+    candidate = state.shadow.version(name) if state.shadow is not None else None
+    return _page(request, "shadow.html", session, view={**view, "candidate": candidate})
+
+
+@router.get("/shadow", response_model=None)
+def shadow_default(request: Request, state: State) -> Response:
+    """The agreement page of the first shadowed model (else of the default model)."""
+    names = sorted(state.shadow.candidates) if state.shadow is not None else []
+    name = names[0] if names else state.settings.default_model
+    return RedirectResponse(f"/ui/models/{quote(name, safe='')}/shadow", status_code=303)
