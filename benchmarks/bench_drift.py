@@ -113,6 +113,8 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     stable = np.array(data["stable"], dtype=np.float64)
     out: dict[str, Any] = {
+        "benchmark": "drift",
+        "command": " ".join(["python", "benchmarks/bench_drift.py", *sys.argv[1:]]),
         "model": data["model"],
         "data": data["data"],
         "window": args.window,

@@ -32,6 +32,8 @@ from service.manifest import Manifest
 Status = Literal["ok", "watch", "drifting"]
 STATUS_LEVEL: dict[Status, int] = {"ok": 0, "watch": 1, "drifting": 2}
 QUANTILES = (0.1, 0.5, 0.9)
+# The false-reject rate compared against when the manifest names none (or 0: a fixed threshold).
+DEFAULT_TARGET_RATE = 0.01
 Z_WATCH = 3.0
 Z_DRIFTING = 4.0
 RATE_DRIFTING_FACTOR = 5.0
@@ -89,7 +91,7 @@ class Reference:
             std=max(std, _EPS),
             n=max(n, 1),
             threshold=threshold,
-            target_rate=target if target is not None else 0.01,
+            target_rate=target if target else DEFAULT_TARGET_RATE,
             expected_rate=cal.expected_false_reject_rate if cal is not None else None,
             region_share=float(share) if share is not None else None,
         )

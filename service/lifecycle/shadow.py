@@ -12,6 +12,7 @@ and size rules (no override applies to it).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -114,6 +115,19 @@ def load_candidate(options: EngineOptions, model: str, folder: Path) -> LoadedMo
     return replace(loaded, name=model)
 
 
+SHADOW_NICE = 19
+
+
+def _lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: nice is per thread), so the line's threads
+    take the cores first and the candidate runs in what they leave. Where that is not allowed the thread
+    keeps its priority (it is still one thread with one ONNX Runtime thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICE)
+    except (OSError, AttributeError) as exc:
+        log.warning("the shadow scorer runs at normal priority: %s", exc)
+
+
 class ShadowScorer:
     """Candidates by model name and the one thread that scores their parts. `submit` never blocks."""
 
@@ -175,6 +189,7 @@ class ShadowScorer:
         return True
 
     def _run(self) -> None:
+        _lowest_priority()
         while True:
             job = self._queue.get()
             self.metrics.shadow_queue.set(self._queue.qsize())

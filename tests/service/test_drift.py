@@ -105,6 +105,7 @@ def test_the_reference_comes_from_the_calibration_or_else_the_score_stats() -> N
     )
     bare = Reference.from_manifest(fake_manifest("m"), 0.9)  # score_stats: n 8, p50 0.5, p95 0.52
     assert bare.mean == pytest.approx(0.0) and bare.n == 8 and bare.region_share is None
+    assert bare.target_rate == 0.01  # a fixed threshold (target 0) is compared with the default 1 %
     assert bare.std == pytest.approx(logit(0.52) / 1.6448536, rel=1e-6)
 
 
