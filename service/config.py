@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     )
     # The drift watch (service.lifecycle.drift): the last drift_window parts of each model version against
     # the good-score distribution its calibration recorded; judged from drift_min_parts on.
-    drift_window: int = Field(default=200, ge=10, le=100_000, description="parts in each model's drift window")
+    drift_window: int = Field(default=200, ge=10, le=10_000, description="parts in each model's drift window")
     drift_min_parts: int = Field(default=50, ge=10, description="parts a drift window needs before it is judged")
 
     # Threads decoding the RGB image while the request's thread turns the point cloud into depth; 0: in turn.

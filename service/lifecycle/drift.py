@@ -154,13 +154,22 @@ def _quantile(sorted_values: list[float], total: int, q: float) -> float | None:
 
 
 def _binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, p)."""
-    if k <= 0:
+    """P(X ≥ k) for X ~ Binomial(n, p); 1.0 when k is at or below the mean (never a significant excess).
+    Summed from k upwards in log space until the terms no longer count, so a large window costs little."""
+    if k <= n * p or p >= 1.0:
         return 1.0
     if p <= 0.0:
         return 0.0
-    term = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k))
-    return max(0.0, 1.0 - term)
+    log_term = (
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+    )
+    term, total, ratio = math.exp(log_term), 0.0, p / (1.0 - p)
+    for i in range(k, n + 1):
+        total += term
+        if term <= total * 1e-12:
+            break
+        term *= (n - i) / (i + 1) * ratio
+    return min(1.0, total)
 
 
 @dataclass
@@ -269,6 +278,11 @@ class DriftWatch:
                 return False
             window.add(score, is_anomalous, area_fraction)
             return True
+
+    def window(self, model: str, version: str) -> Window:
+        """The tracked window of this model version (KeyError when it is not tracked)."""
+        with self._lock:
+            return self._windows[(model, version)]
 
     def report(self, model: str, version: str) -> DriftReport | None:
         with self._lock:

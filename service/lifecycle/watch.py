@@ -9,7 +9,9 @@ the first time the watch meets it. A service without an audit trail starts with 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine as DbEngine
@@ -22,6 +24,10 @@ from service.metrics import LifecycleMetrics
 from service.records.tables import DecisionRow
 
 log = logging.getLogger(__name__)
+
+# Once a window is judged, its gauges are refreshed at most this often per model (a report sorts the window;
+# Prometheus scrapes every few seconds); the endpoint always computes a fresh report.
+PUBLISH_EVERY_S = 1.0
 
 
 def recorded_parts(db_engine: DbEngine, model: str, version: str, limit: int) -> list[tuple[float, bool, float]]:
@@ -47,6 +53,7 @@ class LineWatch:
         self.watch = DriftWatch(size, min_parts)
         self.db_engine: DbEngine | None = None
         self._served: dict[str, tuple[str, Reference]] = {}  # model → (version, reference) being watched
+        self._published: dict[str, float] = {}  # model → when its gauges were last refreshed (monotonic)
         self._lock = threading.Lock()
 
     def attach(self, db_engine: DbEngine | None) -> None:
@@ -89,7 +96,11 @@ class LineWatch:
             return  # scored by a version a reload has just replaced: not the one being watched
         self._ensure(p.model, loaded)
         self.watch.observe(p.model, p.version, p.score, p.is_anomalous, p.defect_area_fraction)
-        self._publish(p.model, p.version)
+        now = time.monotonic()
+        filling = len(self.watch.window(p.model, p.version).parts) <= self.watch.min_parts
+        if filling or now - self._published.get(p.model, -math.inf) >= PUBLISH_EVERY_S:
+            self._published[p.model] = now
+            self._publish(p.model, p.version)
 
     def report(self, name: str, version: str | None = None) -> DriftReport | None:
         """The report of the served version of `name` (or of `version` when it is watched); None when

@@ -138,3 +138,12 @@ def test_the_endpoint_and_gauges_follow_the_window_across_a_restart_and_a_promot
         assert (promoted["version"], promoted["n"], promoted["status"]) == ("1", 0, "ok")
         assert promoted["reference"]["n"] == 12  # version 1's calibration
         assert 'model="fake",version="2"' not in client.get("/metrics").text.split("bridgenet_drift_status")[1][:2000]
+
+
+@pytest.mark.parametrize(("k", "n", "p"), [(12, 200, 0.03), (30, 200, 0.03), (5, 10, 0.2), (60, 200, 0.105)])
+def test_the_binomial_tail_matches_the_exact_sum(k: int, n: int, p: float) -> None:
+    from service.lifecycle.drift import _binomial_tail
+
+    exact = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+    assert _binomial_tail(k, n, p) == pytest.approx(exact, rel=1e-9)
+    assert _binomial_tail(2, 200, 0.03) == 1.0  # at or below the mean: never significant
