@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.lifecycle.drift import Reference, Window, expit, logit
 from service.main import create_app
-from tests.service.fake_model import fake_manifest
+from tests.service.fake_model import CALIBRATION, fake_manifest
 from tests.service.test_lifecycle import ADMIN_HEADERS, FILES, settings, two_versions
 from tests.service.test_shadow import sample
 
@@ -82,14 +82,8 @@ def test_the_reference_comes_from_the_calibration_or_else_the_score_stats() -> N
     calibrated = fake_manifest(
         "m",
         calibration={
-            "method": "normal_prediction",
-            "source": "12 good parts",
-            "n_parts": 12,
+            **CALIBRATION,
             "target_false_reject_rate": 0.02,
-            "inputs": {"n": 12, "logit_mean": -0.1, "logit_std": 0.3},
-            "expected_false_reject_rate": 0.004,
-            "false_reject_rate_interval": [0.0005, 0.02],
-            "distribution_free_upper_bound": 0.22,
             "pixel": {"expected_share_of_good_parts_with_a_region": 0.05, "interval": [0.01, 0.2]},
         },
         pixel_threshold=0.4,
