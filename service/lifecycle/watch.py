@@ -63,22 +63,24 @@ class LineWatch:
             self._ensure(name, loaded)
 
     def _ensure(self, name: str, loaded: LoadedModel) -> tuple[str, Reference]:
+        """Watch the served version of `name`: on first sight its window is made and filled from the
+        records, under the lock, so no part of the line slips in before the older ones."""
         version = loaded.manifest.version
         reference = Reference.from_manifest(loaded.manifest, loaded.threshold)
         with self._lock:
             current = self._served.get(name)
             if current == (version, reference):
                 return current
+            if current is not None and current[0] != version:
+                self.metrics.forget_drift(name, current[0])
+            window = self.watch.track(name, version, reference)
+            if self.db_engine is not None and not window.parts:
+                try:
+                    for score, ng, area in recorded_parts(self.db_engine, name, version, self.watch.size):
+                        window.add(score, ng, area)
+                except SQLAlchemyError as exc:  # the window fills from the line instead
+                    log.warning("drift window of %s %s not rebuilt from the records: %s", name, version, exc)
             self._served[name] = (version, reference)
-        if current is not None and current[0] != version:
-            self.metrics.forget_drift(name, current[0])
-        window = self.watch.track(name, version, reference)
-        if self.db_engine is not None and not window.parts:
-            try:
-                for score, ng, area in recorded_parts(self.db_engine, name, version, self.watch.size):
-                    window.add(score, ng, area)
-            except SQLAlchemyError as exc:  # the window fills from the line instead
-                log.warning("drift window of %s %s not rebuilt from the records: %s", name, version, exc)
         self._publish(name, version)
         return version, reference
 
