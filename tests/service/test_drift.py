@@ -26,7 +26,7 @@ def stream(rng: np.random.Generator, n: int, shift_sd: float = 0.0, ref: Referen
 
 
 def run(window: Window, scores: list[float], area: float = 0.0) -> list[str]:
-    statuses = []
+    statuses: list[str] = []
     for s in scores:
         window.add(s, s > window.reference.threshold, area)
         statuses.append(window.report("m", "1").status)
