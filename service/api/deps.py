@@ -15,6 +15,7 @@ from service.api.hooks import AfterPrediction
 from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
+from service.lifecycle.commission import ProposalStore
 from service.lifecycle.shadow import ShadowScorer
 from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
@@ -46,6 +47,7 @@ class ServiceState:
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
     watch: LineWatch | None = None  # the drift watch (service.lifecycle.watch), fed by an after-prediction hook
     shadow: ShadowScorer | None = None  # BRIDGENET_SHADOW's candidates, set by the lifespan when configured
+    proposals: ProposalStore = field(default_factory=ProposalStore)  # calibrations proposed, not yet saved
 
     @property
     def ready(self) -> bool:
