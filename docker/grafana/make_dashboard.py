@@ -405,8 +405,7 @@ def models_row(y: int) -> list[Panel]:
 def drift_row(y: int) -> list[Panel]:
     """Per model version: the drift status, the false-reject rate its window implies, and the shadow
     candidate's agreement with the answers."""
-    scored = f"sum by (model) (rate(bridgenet_shadow_scored_total{{{MODEL}}}[{RATE}]))"
-    disagree = f'sum by (model) (rate(bridgenet_shadow_scored_total{{{MODEL},agreement="disagree"}}[{RATE}]))'
+    by_agreement = f"sum by (model, agreement) (rate(bridgenet_shadow_scored_total{{{MODEL}}}[{RATE}]))"
     return [
         row("Drift watch", y),
         timeseries(
@@ -434,13 +433,15 @@ def drift_row(y: int) -> list[Panel]:
             "effect; compare with the calibration's target (1 % by default).",
         ),
         timeseries(
-            "Shadow candidate disagreement",
+            "Shadow candidate: parts / s by agreement",
             (16, y + 1, 8, 7),
-            [target(f"{disagree} / {scored}", "{{model}}")],
-            "percentunit",
+            [target(by_agreement, "{{model}} {{agreement}}")],
+            "short",
             min=0,
-            description="Share of the parts scored by the shadow candidate (BRIDGENET_SHADOW) whose verdict "
-            "differs from the answer's. The parts: the review station's Shadow page.",
+            stack=True,
+            description="Parts the shadow candidate (BRIDGENET_SHADOW) scored, by whether its verdict agreed "
+            "with the answer's; skipped parts: bridgenet_shadow_skipped_total. The parts where they disagree: "
+            "the review station's Shadow page.",
         ),
     ]
 

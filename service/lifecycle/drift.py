@@ -15,7 +15,8 @@ barely move them, while a shift that makes every part NG still shows:
 
 Status: `drifting` when |z| ≥ Z_DRIFTING or the implied rate is ≥ RATE_DRIFTING_FACTOR × the calibration's
 target; `watch` when |z| ≥ Z_WATCH, the implied rate exceeds the target, or OK parts show defect regions far
-more often than the calibration expects; else `ok`. Below `min_parts` the status is `ok` and `judged` false.
+more often than the calibration expects; else `ok`. Below `min_parts` the status is `ok`, `judged` false, and
+the implied rate the calibration's own expected rate.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class Window:
             size=self.size,
             quantiles=quantiles,
             z=None if z is None else (z if math.isfinite(z) else 1e9),
-            implied_false_reject_rate=rate,
+            # Until the window is judged, the rate the calibration itself expects: no evidence against it yet.
+            implied_false_reject_rate=rate if rate is not None else (ref.expected_rate or ref.target_rate),
             region_share=region,
             reasons=tuple(reasons),
             reference=ref,

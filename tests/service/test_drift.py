@@ -111,6 +111,7 @@ def test_the_endpoint_and_gauges_follow_the_window_across_a_restart_and_a_promot
             assert client.post("/v1/predict", files=FILES).status_code == 200
         early = client.get("/v1/models/fake/drift").json()
         assert (early["status"], early["judged"], early["n"], early["version"]) == ("ok", False, 9, "2")
+        assert early["z"] is None and early["implied_false_reject_rate"] == 0.01  # the default target, until judged
         assert sample(client, "bridgenet_drift_window_parts", model="fake", version="2") == 9
         client.post("/v1/predict", files=FILES)
         report = client.get("/v1/models/fake/drift").json()
