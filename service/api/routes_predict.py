@@ -25,6 +25,7 @@ from service.api.middleware import REQUEST_ID_HEADER, accepted_request_id
 from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
 from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap
+from service.lifecycle.shadow import ShadowJob
 from service.logs import annotate_request
 
 MODEL_NAME_MAX_LENGTH = 128
@@ -174,6 +175,10 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
             anomaly_map=served.result.prediction.model_map,  # the model's S×S map: 10× less to encode at 800 px
             model_sha256=served.result.prediction.model_sha256,
             client=http.client.host if http.client else None,
+        )
+    if state.shadow is not None:  # queued, never waited for: a full queue skips the part (and counts it)
+        state.shadow.submit(
+            ShadowJob(request.request_id, model_name, upload.rgb, upload.xyz, served.result.prediction.is_anomalous)
         )
     return response
 

@@ -73,6 +73,13 @@ class ResultReview(BaseModel):
     created: datetime
 
 
+class ResultShadow(BaseModel):
+    version: str = Field(description="The candidate's version (BRIDGENET_SHADOW).")
+    score: float
+    threshold: float = Field(description="The candidate's own threshold.")
+    is_anomalous: bool = Field(description="The candidate's verdict.")
+
+
 class ResultRecord(BaseModel):
     request_id: str
     part_id: str | None
@@ -91,6 +98,11 @@ class ResultRecord(BaseModel):
     evidence: ResultEvidence
     review: ResultReview | None = Field(
         default=None, description="The latest review at the review station (/ui); null while unreviewed."
+    )
+    shadow: ResultShadow | None = Field(
+        default=None,
+        description="The shadow candidate's answer on this part (scored after the answer); null when none "
+        "shadowed the model, or the part was skipped or is still queued.",
     )
 
 
@@ -227,6 +239,9 @@ CSV_COLUMNS = (
     "client",
     "evidence",
     "total_ms",
+    "shadow_version",
+    "shadow_score",
+    "shadow_verdict",
 )
 
 
@@ -255,6 +270,11 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
         v["client"],
         v["evidence"]["status"],
         v["timings_ms"].get("total"),
+        *(
+            (None, None, None)
+            if v.get("shadow") is None
+            else (v["shadow"]["version"], v["shadow"]["score"], "ng" if v["shadow"]["is_anomalous"] else "ok")
+        ),
     ]
     return [_cell(c) for c in row]
 

@@ -461,6 +461,14 @@ def result_view(row: DecisionRow) -> dict[str, Any]:
             "xyz_sha256": row.xyz_sha256,
             "map_sha256": row.map_sha256,
         },
+        "shadow": None
+        if row.shadow_version is None
+        else {
+            "version": row.shadow_version,
+            "score": row.shadow_score,
+            "threshold": row.shadow_threshold,
+            "is_anomalous": row.shadow_is_anomalous,
+        },
     }
 
 

@@ -48,6 +48,12 @@ class DecisionRow(Base):
     rgb_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     xyz_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     map_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The shadow candidate's answer on the same part (service.lifecycle.shadow), added after the record was
+    # written; null when no candidate shadowed the model or the part was skipped.
+    shadow_version: Mapped[str | None] = mapped_column(String(64))
+    shadow_score: Mapped[float | None] = mapped_column(Float)
+    shadow_threshold: Mapped[float | None] = mapped_column(Float)
+    shadow_is_anomalous: Mapped[bool | None] = mapped_column(Boolean)
 
     # Newest-first listing and keyset pagination walk this index.
     __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)

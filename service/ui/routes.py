@@ -39,6 +39,7 @@ from service.ui.headers import UiHeadersMiddleware
 from service.ui.login_limit import LoginLimiter
 from service.ui.models import router as models_router
 from service.ui.pages import login_redirect, page, safe_next
+from service.ui.shadow import router as shadow_router
 from service.ui.users import UserDirectory
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +72,7 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(UiHeadersMiddleware)
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(shadow_router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
