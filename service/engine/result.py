@@ -19,7 +19,8 @@ ThresholdSource = Literal["manifest", "override", "recipe"]
 
 @dataclass(frozen=True)
 class Rules:
-    """A recipe's verdict rules for one part (service.recipes), each None where the model's own applies.
+    """A recipe's verdict rules for one part (service.recipes), each None where the model's own applies,
+    except `review_threshold`: the review band's upper edge in effect, resolved by the recipe (None: no band).
 
     `roi_mask`: (h, w) bool in the upload's frame, True where the part is inspected
     (service.postprocessing.roi). `recipe`, `recipe_version`: which recipe, for the answer and the record."""

@@ -45,7 +45,7 @@ def postprocess(
     threshold, source = model.threshold, model.threshold_source
     if rules is not None and rules.threshold is not None:
         threshold, source = rules.threshold, "recipe"
-    review = _pick(rules.review_threshold if rules else None, model.review_threshold)
+    review = rules.review_threshold if rules is not None else model.review_threshold
     min_area = _pick(rules.min_defect_area_mm2 if rules else None, model.min_defect_area_mm2)
     min_length = _pick(rules.min_defect_length_mm if rules else None, model.min_defect_length_mm)
     threshold_source: ThresholdSource = source

@@ -1,9 +1,10 @@
 """Reviews of recorded decisions by quality staff (the review station, service.ui): table and queries.
 
 A review says what a person found when checking a part by hand: "confirmed" (an NG or REVIEW part is
-defective), "false_reject" (an NG or REVIEW part is good) or "missed_defect" (an OK part is defective), with an optional defect
-type and comment, who and when. Reviews are appended, never changed: a second review of the same part
-overrides the first for the statistics (the latest counts) and both stay as the audit trail.
+defective), "false_reject" (an NG or REVIEW part is good) or "missed_defect" (an OK part is defective),
+with an optional defect type and comment, who and when. Reviews are appended, never changed: a second
+review of the same part overrides the first for the statistics (the latest counts) and both stay as the
+audit trail.
 """
 
 from __future__ import annotations
