@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from service import manifest as manifest_module
 from service.manifest import (
@@ -426,3 +427,17 @@ def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:
     added = {k: written.pop(k) for k in list(written) if k not in stored}
     assert added == {k: v for k, v in NEW_OPTIONAL_FIELDS.items() if k in added}
     assert written == stored and list(written) == list(stored)
+
+
+def test_the_review_band_is_a_schema_4_field_above_the_threshold() -> None:
+    band = {"upper": 0.5, "method": "normal_tolerance", "target_false_reject_rate": 0.005}
+    m = Manifest.model_validate(manifest_data(review_band=band))
+    assert m.schema_version == 4 and m.review_band is not None and m.review_band.upper == 0.5
+    assert Manifest.model_validate(json.loads(m.model_dump_json())) == m
+    with pytest.raises(ValidationError, match=r"schema_version 3 has no field review_band \(added in schema 4\)"):
+        Manifest.model_validate(manifest_data(schema_version=3, review_band=band))
+    with pytest.raises(ValidationError, match=r"review_band\.upper 0\.2 must be above threshold\.value"):
+        Manifest.model_validate(manifest_data(review_band={**band, "upper": 0.2}))
+    # An old manifest has no band (two outcomes) and writes back without the field.
+    old = Manifest.model_validate(manifest_data(schema_version=3))
+    assert old.review_band is None and "review_band" not in json.loads(old.model_dump_json())
