@@ -110,7 +110,7 @@ def test_an_active_recipe_that_does_not_load_fails_the_start(tmp_path: Path) -> 
     (folder / "x.json").write_text("{}")
     with pytest.raises(RecipeFileError, match=r"the active recipe 'x' \(BRIDGENET_RECIPE\) cannot be used"):
         RecipeCatalog(folder, active="x").load()
-    with pytest.raises(RecipeFileError, match="no file y.json"):
+    with pytest.raises(RecipeFileError, match=r"no file y\.json"):
         RecipeCatalog(folder, active="y").load()
 
 
