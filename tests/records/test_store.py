@@ -153,7 +153,7 @@ def test_records_from_before_the_review_band_get_their_verdict_and_no_recipe(db_
                 text(
                     f"INSERT INTO decisions ({columns}) VALUES (:id, :at, 'demo', '1', :sha, 0.5, 'manifest', "
                     ":score, :ng, 0.0, 'score', '[]', '{}', 'cpu', 'not_kept')"
-                ),  # fmt: skip
+                ),
                 {"id": request_id, "at": T0, "sha": "0" * 64, "score": 0.9 if ng else 0.1, "ng": ng},
             )
     assert migrate(db_engine) == head_revision()
