@@ -372,15 +372,17 @@ def write_manifest_json(m: Manifest, model_dir: Path | str, onnx_sha256: str) ->
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[ValueError] = ManifestError) -> dict[str, Any]:
+    """The JSON object in `path`; `error` (a ManifestError unless given) naming the file when it cannot be
+    read, is not JSON, or holds something else than an object. Recipe files are read the same way."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        raise error(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} cannot be read: {exc}") from exc
+        raise error(f"{path} cannot be read: {exc}") from exc
     if not isinstance(data, dict):
-        raise ManifestError(f"{path} holds a JSON {type(data).__name__}; expected an object")
+        raise error(f"{path} holds a JSON {type(data).__name__}; expected an object")
     return data
 
 
@@ -417,7 +419,7 @@ def read_manifest_json(model_dir: Path | str) -> tuple[Manifest, str]:
     for path in (onnx_path, json_path):
         if not path.is_file():
             raise ManifestError(f"{path} not found: a model directory holds {MODEL_FILE} and {MANIFEST_FILE}")
-    data = _read_json(json_path)
+    data = read_json_object(json_path)
     recorded = data.pop("onnx_sha256", None)
     if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
         raise ManifestError(f"{json_path}: onnx_sha256 is {recorded!r}; expected 64 lowercase hex digits")

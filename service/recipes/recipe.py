@@ -3,7 +3,6 @@ verdict rules it gives a part scored by the model it names (`Recipe.rules_for`).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.engine import LoadedModel, Rules
+from service.manifest import read_json_object
 
 RECIPE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SUFFIX = ".json"
@@ -132,14 +132,7 @@ def _errors(exc: ValidationError) -> str:
 
 def load_recipe(path: Path) -> Recipe:
     """Read and check `path` (`<id>.json`) and its mask; RecipeFileError naming the file and the fault."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RecipeFileError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeFileError(f"{path} cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RecipeFileError(f"{path} holds a JSON {type(data).__name__}; expected an object")
+    data = read_json_object(path, RecipeFileError)
     try:
         spec = RecipeFile.model_validate(data)
     except ValidationError as exc:
