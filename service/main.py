@@ -26,6 +26,7 @@ from service.api.routes_admin import router as admin_router
 from service.api.routes_docs import docs_router
 from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_metrics import router as metrics_router
+from service.api.routes_recipes import admin_router as recipes_admin_router
 from service.api.routes_recipes import router as recipes_router
 from service.api.routes_results import router as results_router
 from service.config import Settings, decode_limits, get_settings, max_body_bytes
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(recipes_router)
+    app.include_router(recipes_admin_router)
     app.include_router(predict_router)
     app.include_router(admin_router)
     app.include_router(lifecycle_router)

@@ -1,16 +1,22 @@
 """GET /v1/recipes: the recipes the service knows (models/recipes/<id>.json), the active one, and the files
-that failed to load."""
+that failed to load. PUT /v1/admin/recipes/active (admin key): switch the active recipe by hand, as the PLC
+does over OPC UA."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from typing import Annotated
 
-from service.api.deps import ReadyState
+from fastapi import APIRouter, Depends, Security
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.deps import ReadyState, State, not_ready_error
+from service.api.routes_admin import admin_key_header, check_admin_key
 from service.api.schemas import ErrorResponse
 from service.api.security import require_line_key
+from service.recipes.recipe import RECIPE_ID
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_line_key)])
+admin_router = APIRouter(prefix="/v1/admin", tags=["operations"])
 
 
 class RecipeInfo(BaseModel):
@@ -56,3 +62,37 @@ async def list_recipes(state: ReadyState) -> RecipesResponse:
         recipes=[RecipeInfo(**r.summary(), active=r.id == active) for r in catalog.recipes()],
         unavailable=[UnavailableRecipe(id=i, reason=r) for i, r in sorted(catalog.unavailable.items())],
     )
+
+
+class ActiveRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str | None = Field(
+        pattern=RECIPE_ID,
+        description="The recipe requests without a `recipe` field get; null: none (each model's own rules).",
+    )
+
+
+@admin_router.put(
+    "/recipes/active",
+    response_model=ActiveRecipe,
+    responses={
+        status: {"model": ErrorResponse, "description": text}
+        for status, text in {
+            401: "Missing or wrong admin key",
+            403: "No admin key is configured (BRIDGENET_ADMIN_KEY)",
+            404: "Unknown recipe",
+            503: "Not ready, or the recipe's file failed to load",
+        }.items()
+    },
+)
+async def set_active_recipe(
+    state: State, body: ActiveRecipe, key: Annotated[str | None, Security(admin_key_header)]
+) -> ActiveRecipe:
+    """Make a recipe the active one (null: none) until the next switch or restart (`BRIDGENET_RECIPE` is
+    the one at start). The next request without a `recipe` field gets it."""
+    check_admin_key(state.settings.admin_key, key, "set BRIDGENET_RECIPE and restart instead")
+    if not state.ready:
+        raise not_ready_error()
+    state.recipes.set_active(body.recipe)
+    return ActiveRecipe(recipe=state.recipes.active_id)

@@ -205,14 +205,23 @@ def test_a_recipe_and_another_model_conflict_and_a_version_mismatch_is_409(model
 
 def test_the_active_recipe_applies_when_a_request_names_none(models: Path, tmp_path: Path) -> None:
     write_recipe(models / "recipes", "line", threshold=0.5)
-    with app_client(models, tmp_path, recipe="line") as client:
+    with app_client(models, tmp_path, recipe="line", admin_key="admin-key-for-tests") as client:
         answer = post(client).json()
         assert answer["recipe"]["id"] == "line" and answer["model"]["name"] == "hot"
         assert answer["verdict"] == "ng" and answer["threshold"] == 0.5
         # A request naming another model gets that model's own rules.
         assert post(client, model="fake").json()["recipe"] is None
-        client.app.state.service.recipes.set_active(None)  # type: ignore[attr-defined]
+        assert client.get("/v1/recipes").json()["active"] == "line"
+        # Switched by hand (the admin key), as the PLC does over OPC UA.
+        url, admin = "/v1/admin/recipes/active", {"X-Admin-Key": "admin-key-for-tests"}
+        assert client.put(url, json={"recipe": None}).status_code == 401
+        unknown = client.put(url, json={"recipe": "nope"}, headers=admin)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_recipe"
+        assert client.get("/v1/recipes").json()["active"] == "line"  # a refused switch changes nothing
+        assert client.put(url, json={"recipe": None}, headers=admin).json() == {"recipe": None}
         assert post(client).json()["model"]["name"] == "fake"
+        assert client.put(url, json={"recipe": "line"}, headers=admin).json() == {"recipe": "line"}
+        assert post(client).json()["recipe"]["id"] == "line"
 
 
 def test_a_mask_outside_the_hot_spot_makes_the_part_ok(models: Path, tmp_path: Path) -> None:
