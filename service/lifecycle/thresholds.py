@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from training.calibration.rate import check_false_reject_rate
-from training.calibration.record import Calibration
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.rate import check_false_reject_rate
 
 log = logging.getLogger(__name__)
 
@@ -358,22 +358,12 @@ def calibrate_scores(
     p_rate = PIXEL_RATE if pixel_rate is None else pixel_rate
     pixel_method: Method = PIXEL_METHOD if s.size >= MIN_PARTS_FOR_A_FIT else "empirical"
     pixel = estimate(pixel_method, maxima, p_rate, confidence)
-    band = _review_band(image, method, s, rate, review_rate, confidence, anomaly_scores)
-    return Calibration(
-        threshold=image.threshold,
-        method=image.method,
-        target_false_reject_rate=rate,
-        n_parts=int(s.size),
-        score_stats=score_stats(s),
-        confidence=image.confidence,
-        inputs=image.inputs,
-        expected_false_reject_rate=image.expected_false_reject_rate,
-        false_reject_rate_interval=image.false_reject_rate_interval,
-        distribution_free_upper_bound=image.distribution_free_upper_bound,
-        notes=image.notes,
+    return calibration_from(
+        image,
+        s,
+        review_band=_review_band(image, method, s, rate, review_rate, confidence, anomaly_scores),
         source=source,
         fallback=fallback,
-        empirical_threshold=empirical(s, rate).threshold,
         pixel_threshold=pixel.threshold,
         pixel={
             "method": f"{pixel.method} on the per-part maxima of the good parts' maps",
@@ -382,7 +372,6 @@ def calibrate_scores(
             "expected_share_of_good_parts_with_a_region": pixel.expected_false_reject_rate,
             "interval": list(pixel.false_reject_rate_interval),
         },
-        review_band=band,
     )
 
 
@@ -413,3 +402,37 @@ def _review_band(
         "expected_false_reject_rate": upper.expected_false_reject_rate,
         "expected_review_rate": max(0.0, image.expected_false_reject_rate - upper.expected_false_reject_rate),
     }
+
+
+def calibration_from(
+    image: ThresholdEstimate,
+    scores: np.ndarray,
+    *,
+    source: str,
+    pixel_threshold: float | None,
+    pixel: dict[str, Any] | None,
+    fallback: str | None = None,
+    review_band: dict[str, Any] | None = None,
+) -> Calibration:
+    """The calibration record of image threshold `image`, fitted on the good `scores` (N,), with the pixel
+    threshold and how it was set, and the review band (the manifest's `review_band`; None: OK / NG only)."""
+    rate = image.target_false_reject_rate
+    return Calibration(
+        threshold=image.threshold,
+        method=image.method,
+        target_false_reject_rate=rate,
+        n_parts=int(scores.size),
+        score_stats=score_stats(scores),
+        confidence=image.confidence,
+        inputs=image.inputs,
+        expected_false_reject_rate=image.expected_false_reject_rate,
+        false_reject_rate_interval=image.false_reject_rate_interval,
+        distribution_free_upper_bound=image.distribution_free_upper_bound,
+        notes=image.notes,
+        source=source,
+        fallback=fallback,
+        empirical_threshold=empirical(scores, rate).threshold,
+        pixel_threshold=pixel_threshold,
+        pixel=pixel,
+        review_band=review_band,
+    )
