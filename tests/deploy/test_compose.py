@@ -195,7 +195,7 @@ def test_docker_compose_resolves_the_cpu_stack() -> None:
     cpu = services["service-cpu"]
     assert "deploy" not in cpu
     assert cpu["build"]["context"] == str(REPO_ROOT)
-    assert f"{REPO_ROOT / 'models'}:/models" in cpu["volumes"]
+    assert f"{REPO_ROOT / 'models'}:/models:rw" in cpu["volumes"]
     assert cpu["environment"]["BRIDGENET_REQUIRE_CUDA"] == "false"
 
 
