@@ -361,7 +361,7 @@ def calibrate_scores(
     return calibration_from(
         image,
         s,
-        review_band=_review_band(image, method, s, rate, review_rate, confidence, anomaly_scores),
+        review_band=review_band(image, method, s, rate, review_rate, confidence, anomaly_scores),
         source=source,
         fallback=fallback,
         pixel_threshold=pixel.threshold,
@@ -375,16 +375,17 @@ def calibrate_scores(
     )
 
 
-def _review_band(
+def review_band(
     image: ThresholdEstimate,
     method: Method,
     scores: np.ndarray,
     rate: float,
     review_rate: float | None,
     confidence: float,
-    anomaly_scores: np.ndarray | None,
+    anomaly_scores: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
-    """The manifest's `review_band` for a threshold `image` set at `rate`, or None (see calibrate_scores)."""
+    """The manifest's `review_band` for a threshold `image` set at `rate` by `method` on the good `scores`:
+    the same method at `review_rate` for its upper edge; None when there is no band (see calibrate_scores)."""
     if review_rate is None:
         return None
     _check_rate(review_rate)
