@@ -79,6 +79,7 @@ class ActiveRecipe(BaseModel):
     responses={
         status: {"model": ErrorResponse, "description": text}
         for status, text in {
+            400: "The body is not JSON",
             401: "Missing or wrong admin key",
             403: "No admin key is configured (BRIDGENET_ADMIN_KEY)",
             404: "Unknown recipe",
