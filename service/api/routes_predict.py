@@ -22,7 +22,7 @@ from service.api.forms import PREDICT_FORM, FormFile, FormValue, read_form
 from service.api.gate import admission_pass
 from service.api.hooks import serve_prediction
 from service.api.middleware import REQUEST_ID_HEADER, accepted_request_id
-from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
+from service.api.schemas import PART_ID_MAX_LENGTH, PartId, PredictResponse, error_responses
 from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap
 from service.logs import annotate_request
@@ -88,9 +88,8 @@ PREDICT_FORM_SCHEMA: dict[str, Any] = {
 }
 _FIELD_NAMES = (*FILE_FIELDS, *PredictFields.model_fields)
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype), or a malformed form",
         401: "Missing or wrong API key",
         403: "A key of another role (only the line key predicts)",
@@ -104,8 +103,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         429: "Queue full (Retry-After)",
         503: "Not ready, model or recipe unavailable, the request timed out, or its record could not be written "
         "(Retry-After)",
-    }.items()
-}
+    }
+)
 
 _ROUTE: dict[str, Any] = {
     "response_model": PredictResponse,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import ReadyState, State, not_ready_error
 from service.api.routes_admin import admin_key_header, check_admin_key
-from service.api.schemas import ErrorResponse
+from service.api.schemas import ErrorResponse, error_responses
 from service.api.security import require_line_key
 from service.recipes.recipe import RECIPE_ID
 
@@ -76,16 +76,15 @@ class ActiveRecipe(BaseModel):
 @admin_router.put(
     "/recipes/active",
     response_model=ActiveRecipe,
-    responses={
-        status: {"model": ErrorResponse, "description": text}
-        for status, text in {
+    responses=error_responses(
+        {
             400: "The body is not JSON",
             401: "Missing or wrong admin key",
             403: "No admin key is configured (BRIDGENET_ADMIN_KEY)",
             404: "Unknown recipe",
             503: "Not ready, or the recipe's file failed to load",
-        }.items()
-    },
+        }
+    ),
 )
 async def set_active_recipe(
     state: State, body: ActiveRecipe, key: Annotated[str | None, Security(admin_key_header)]

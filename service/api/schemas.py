@@ -300,6 +300,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(texts: dict[int, str]) -> dict[int | str, dict[str, object]]:
+    """A route's documented refusals (`responses=`): status → what it means, each with the one error body."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in texts.items()}
+
+
 # --- request field types ------------------------------------------------------------------------------
 
 PART_ID_MAX_LENGTH = 256
