@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # ONNX Runtime's intra-op threads busy-wait after each run (its default). Spinning threads compete
     # with the event loop and the other requests' decoding for the same cores (docs/BENCHMARKS.md).
     ort_spin_wait: bool = Field(default=True, description="ONNX Runtime threads busy-wait between runs")
+    # Recipes (service.recipes): `<recipes_dir>/<id>.json`; unset: `models_dir/recipes`. `recipe`: the one
+    # requests without a `recipe` field get at start (the PLC may switch it); unset: the models' own rules.
+    recipes_dir: Path | None = Field(default=None, description="folder of recipe files; unset: models_dir/recipes")
+    recipe: str | None = Field(
+        default=None, min_length=1, max_length=64, description="active recipe at start; unset: none"
+    )
     # Model name → threshold used instead of the manifest's (logged at start, reported in every answer).
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'

@@ -27,6 +27,8 @@ from service.api.routes_commission import router as commission_router
 from service.api.routes_docs import docs_router
 from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_metrics import router as metrics_router
+from service.api.routes_recipes import admin_router as recipes_admin_router
+from service.api.routes_recipes import router as recipes_router
 from service.api.routes_results import router as results_router
 from service.api.routes_watch import router as watch_router
 from service.config import Settings, decode_limits, get_settings, max_body_bytes
@@ -35,6 +37,7 @@ from service.lifecycle.shadow import ShadowConfigError, ShadowScorer, candidate_
 from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
+from service.recipes import RECIPES_DIR, RecipeCatalog
 from service.records.runtime import Records
 from service.ui.routes import mount_ui
 
@@ -116,6 +119,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         engine=engine,
         metrics=metrics,
         limits=decode_limits(settings),
+        recipes=RecipeCatalog(settings.recipes_dir or settings.models_dir / RECIPES_DIR, settings.recipe),
         after_prediction=default_hooks(metrics),
         watch=LineWatch(engine, metrics.lifecycle, settings.drift_window, settings.drift_min_parts),
     )
@@ -140,8 +144,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if not engine.ready:
                 # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
                 await run_in_threadpool(engine.start)
+            await run_in_threadpool(state.recipes.load)  # a bad active recipe fails the start, naming it
         except Exception as exc:
             log.error("start-up failed: %s", exc)
+            if engine.ready:
+                engine.stop()
             if metrics_server is not None:
                 metrics_server.stop()
             raise
@@ -204,6 +211,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(models_router)
+    app.include_router(recipes_router)
+    app.include_router(recipes_admin_router)
     app.include_router(predict_router)
     app.include_router(admin_router)
     app.include_router(lifecycle_router)

@@ -27,7 +27,7 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 
 # Parts per session run (micro-batching); 1 when batching is off.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("decode", "preprocess", "inference", "postprocess")
-VERDICTS = ("ok", "ng")
+VERDICTS = ("ok", "review", "ng")
 # Of a manifest's score_stats, the ones exported as drift baselines (alerts compare against p99).
 GOOD_SCORE_STATS = ("p50", "p95", "p99", "max")
 
@@ -173,7 +173,7 @@ class Metrics:
         PlatformCollector(registry=r)
         self.predictions = Counter(
             "bridgenet_predictions_total",
-            "Parts scored, by model and verdict (ok/ng).",
+            "Parts scored, by model and verdict (ok/review/ng).",
             ["model", "verdict"],
             registry=r,
         )
@@ -258,7 +258,7 @@ class Metrics:
         """Record one scored part: its verdict, its score, the duration of each known stage, and the size of
         its session run (once per run: by the part that came first in it)."""
         p = result.prediction
-        self.predictions.labels(model=p.model, verdict="ng" if p.is_anomalous else "ok").inc()
+        self.predictions.labels(model=p.model, verdict=p.verdict).inc()
         self.anomaly_score.labels(model=p.model).observe(p.score)
         for stage in STAGES:
             if stage in result.timings_ms:

@@ -19,6 +19,7 @@ from service.lifecycle.commission import ProposalStore
 from service.lifecycle.shadow import ShadowScorer
 from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
+from service.recipes import RecipeCatalog
 from service.records.runtime import Records
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
@@ -36,6 +37,7 @@ class ServiceState:
     engine: Engine
     metrics: Metrics
     limits: DecodeLimits
+    recipes: RecipeCatalog = field(default_factory=lambda: RecipeCatalog(None))  # loaded by the lifespan
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     after_prediction: list[AfterPrediction] = field(default_factory=list)
@@ -65,6 +67,7 @@ class ReadyService:
     admission: Admission
     after_prediction: tuple[AfterPrediction, ...]
     records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
+    recipes: RecipeCatalog
     shadow: ShadowScorer | None = None
 
 
@@ -95,7 +98,13 @@ async def get_ready_state(request: Request) -> ReadyService:
     if not state.ready or state.admission is None:  # (the second test only narrows the type: ready implies it)
         raise not_ready_error()
     return ReadyService(
-        state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records, state.shadow
+        state.engine,
+        state.limits,
+        state.admission,
+        tuple(state.after_prediction),
+        state.records,
+        state.recipes,
+        state.shadow,
     )
 
 

@@ -55,6 +55,11 @@ class ResultModel(BaseModel):
     onnx_sha256: str
 
 
+class ResultRecipe(BaseModel):
+    id: str
+    version: str | None
+
+
 class ResultEvidence(BaseModel):
     status: Literal["archived", "not_kept", "failed", "pruned"] = Field(
         description="archived: files available; not_kept: BRIDGENET_ARCHIVE skipped this part; failed: could "
@@ -88,7 +93,9 @@ class ResultRecord(BaseModel):
     score: float
     threshold: float
     threshold_source: str
-    is_anomalous: bool
+    is_anomalous: bool = Field(description="Not accepted: NG or REVIEW.")
+    verdict: Literal["ok", "review", "ng"]
+    recipe: ResultRecipe | None = Field(description="The recipe whose rules decided; null: the model's own.")
     defect_area_fraction: float
     decision_rule: str
     regions: list[dict[str, Any]]
@@ -193,7 +200,10 @@ DateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
 def _filters(
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
-    verdict: Annotated[Literal["ok", "ng"] | None, Query()] = None,
+    verdict: Annotated[
+        Literal["ok", "review", "ng"] | None,
+        Query(description="ok, review (in the review band: a person decides) or ng."),
+    ] = None,
     since: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, inclusive.")] = None,
     until: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, exclusive.")] = None,
 ) -> ResultFilter:
@@ -242,6 +252,8 @@ CSV_COLUMNS = (
     "shadow_version",
     "shadow_score",
     "shadow_verdict",
+    "recipe",
+    "recipe_version",
 )
 
 
@@ -263,7 +275,7 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
         v["score"],
         v["threshold"],
         v["threshold_source"],
-        "ng" if v["is_anomalous"] else "ok",
+        v["verdict"],
         v["defect_area_fraction"],
         v["decision_rule"],
         v["provider"],
@@ -275,6 +287,8 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
             if v.get("shadow") is None
             else (v["shadow"]["version"], v["shadow"]["score"], "ng" if v["shadow"]["is_anomalous"] else "ok")
         ),
+        (v["recipe"] or {}).get("id"),
+        (v["recipe"] or {}).get("version"),
     ]
     return [_cell(c) for c in row]
 

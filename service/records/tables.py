@@ -36,6 +36,11 @@ class DecisionRow(Base):
     threshold_source: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     is_anomalous: Mapped[bool] = mapped_column(Boolean, index=True)
+    # "ok", "review" (in the review band: a person decides; is_anomalous is true) or "ng".
+    verdict: Mapped[str] = mapped_column(String(8), index=True)
+    # The recipe whose rules decided (service.recipes) and its version; null: the model's own rules.
+    recipe: Mapped[str | None] = mapped_column(String(128), index=True)
+    recipe_version: Mapped[str | None] = mapped_column(String(64))
     defect_area_fraction: Mapped[float] = mapped_column(Float)
     decision_rule: Mapped[str] = mapped_column(String(256))
     regions: Mapped[list[Any]] = mapped_column(JSON)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_shadow"
-down_revision = "0005_lifecycle"
+down_revision = "0006_recipes"
 branch_labels = None
 depends_on = None
 
