@@ -128,7 +128,7 @@ class Dispatcher:
         try:
             while True:
                 if self.db_engine.dialect.name == "postgresql" and lock is None:
-                    lock = await asyncio.to_thread(_try_leader_lock, self.db_engine, destination.name)
+                    lock = await _leader_lock(self.db_engine, destination.name)
                     if lock is None:  # another replica delivers this destination
                         await self._idle(destination.name)
                         continue
@@ -346,6 +346,26 @@ def requeue(db_engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
             session.execute(insert(OutboxRow).from_select(columns, source))
             out[destination] = _deleted(session, delete(DeadLetterRow).where(dead))
     return out
+
+
+async def _leader_lock(db_engine: Engine, destination: str) -> Connection | None:
+    """`_try_leader_lock` in a thread. A cancel (stop) cannot stop the thread: the connection it may still
+    open is released when it does, instead of being left for the garbage collector."""
+    attempt = asyncio.ensure_future(asyncio.to_thread(_try_leader_lock, db_engine, destination))
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        attempt.add_done_callback(_release_lock)
+        raise
+
+
+def _release_lock(attempt: asyncio.Future[Connection | None]) -> None:
+    if attempt.cancelled() or attempt.exception() is not None:
+        return
+    conn = attempt.result()
+    if conn is not None:
+        conn.invalidate()  # closes the database session, which releases the advisory lock
+        conn.close()
 
 
 def _try_leader_lock(db_engine: Engine, destination: str) -> Connection | None:
