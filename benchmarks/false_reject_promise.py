@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibration import thresholds
+from service.lifecycle import thresholds
 
 SIZES = (10, 12, 15)
 DRAWS = 1000

@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from service.engine import Engine, EngineOptions
+from service.lifecycle import thresholds
 from service.manifest import MANIFEST_FILE, MODEL_FILE
 from tests.training.tiny_run import tiny_run
-from training.calibration import thresholds
 from training.cli import main as cli
 from training.export import precision
 from training.export.exporter import ExportError, export
