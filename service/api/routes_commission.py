@@ -71,7 +71,7 @@ class CalibrationRequest(BaseModel):
     start: datetime | None = Field(default=None, description="Parts received at or after this (ISO 8601).")
     end: datetime | None = Field(default=None, description="Parts received before this (ISO 8601).")
     last: int | None = Field(default=None, ge=1, le=MAX_WINDOW_PARTS, description="Only the newest this many.")
-    method: Literal["normal_tolerance", "normal_prediction", "gumbel_tolerance", "empirical"] = "normal_tolerance"
+    method: Literal["gumbel_tolerance", "normal_tolerance", "normal_prediction", "empirical"] = "gumbel_tolerance"
     false_reject_rate: float = Field(default=DEFAULT_RATE, gt=0, lt=0.5, description="Target share of good parts.")
     confidence: float = Field(default=DEFAULT_CONFIDENCE, ge=0.5, lt=1, description="Of the tolerance methods' bound.")
 

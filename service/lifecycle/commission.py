@@ -51,7 +51,8 @@ from service.records.reviews import ScoredPart, scored_parts
 from service.records.store import ResultFilter
 
 # The methods a line's records can feed: synthetic_margin needs a training run's synthetic anomalies.
-LINE_METHODS: tuple[Method, ...] = ("normal_tolerance", "normal_prediction", "gumbel_tolerance", "empirical")
+# The first is the default (the page preselects it), as DEFAULT_METHOD is for a training run.
+LINE_METHODS: tuple[Method, ...] = ("gumbel_tolerance", "normal_tolerance", "normal_prediction", "empirical")
 MAX_WINDOW_PARTS = 100_000  # newest parts read for one proposal; far more than a calibration needs
 HISTOGRAM_BINS = 40
 PROPOSALS_KEPT = 32

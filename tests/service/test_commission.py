@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.routes_commission import CalibrationRequest
 from service.lifecycle import thresholds
 from service.lifecycle.calibration import Calibration
-from service.lifecycle.commission import Proposal, ProposalNotFoundError, ProposalStore
+from service.lifecycle.commission import LINE_METHODS, Proposal, ProposalNotFoundError, ProposalStore
 from service.lifecycle.writing import next_version
 from service.main import create_app
 from service.manifest import MODEL_FILE, read_manifest_json, sha256_file
@@ -74,6 +75,11 @@ def line(recorder: Recorder, sha: str, seed: int = 0) -> dict[str, np.ndarray]:
     return {"good": good, "defects": defects}
 
 
+def test_the_line_defaults_to_the_training_default_rule() -> None:
+    """The API's default and the page's preselected method are the rule a training run calibrates with."""
+    assert CalibrationRequest().method == LINE_METHODS[0] == thresholds.DEFAULT_METHOD
+
+
 def test_a_proposal_from_the_line_then_save_and_promote_serves_it(models: Path) -> None:
     sha = sha256_file(models / "fake" / MODEL_FILE)
     with TestClient(create_app(settings(models, commission_min_parts=20))) as client:
@@ -81,7 +87,7 @@ def test_a_proposal_from_the_line_then_save_and_promote_serves_it(models: Path) 
         answer = client.post(URL, json={"false_reject_rate": 0.05}, headers=ADMIN_HEADERS)
         assert answer.status_code == 200, answer.text
         proposal = answer.json()
-        expected = thresholds.normal_tolerance(scores["good"], 0.05)
+        expected = thresholds.estimate(thresholds.DEFAULT_METHOD, scores["good"], 0.05)  # the request names none
         proposed = proposal["proposed"]
         assert proposal["good_sample"]["n"] == 60 and proposal["defect_sample"]["n"] == 8
         assert proposal["good_sample"]["false_rejects"] == int((scores["good"] > 0.5).sum())

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from service.engine import Engine, EngineOptions
+from service.lifecycle import thresholds
 from service.manifest import MANIFEST_FILE, MODEL_FILE
 from tests.training.tiny_run import tiny_run
 from training.cli import main as cli
@@ -69,11 +70,11 @@ def test_reduced_models_are_calibrated_by_the_runs_rule_on_their_own_scores(mode
     fp32 = manifest(models, "fp32")
     for name in ("int8", "fp16"):
         m = manifest(models, name)
-        assert m["threshold"]["method"] == fp32["threshold"]["method"] == "normal_tolerance", name
+        assert m["threshold"]["method"] == fp32["threshold"]["method"] == thresholds.DEFAULT_METHOD, name
         assert m["calibration"]["source"].endswith(f"scored by the {name} model")
         assert m["calibration"]["inputs"]["mean"] == pytest.approx(m["score_stats"]["mean"]), name
         assert m["score_stats"]["mean"] != fp32["score_stats"]["mean"]
-        assert m["threshold"]["value"] > m["score_stats"]["max"]  # normal tolerance: above the good parts
+        assert m["threshold"]["value"] > m["score_stats"]["max"]  # a tolerance bound: above the good parts
 
 
 def test_int8_keeps_the_backbones_first_convolutions_float(models: Path) -> None:
