@@ -74,6 +74,8 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
         **result,
     }
     result["selection"] = json.loads(manifest.selection) if manifest.selection.startswith("{") else {}
+    if model.review_threshold is not None:
+        result["review_band"] = band_rates(scores, test.defects, model.threshold, model.review_threshold)
     return result
 
 
@@ -129,6 +131,36 @@ def verdict_rates(scores: np.ndarray, defects: list[str], threshold: float) -> d
         "test_detection_rate_per_defect": {
             d: float(flagged[kinds == d].mean()) for d in sorted(set(defects) - {"good"})
         },
+    }
+
+
+def band_rates(scores: np.ndarray, defects: list[str], threshold: float, upper: float) -> dict[str, Any]:
+    """OK / REVIEW / NG on the test split with a review band (threshold, upper]: per kind of part (good,
+    defective), how many the line accepts, sends to a person, rejects outright. The band's false rejects
+    are the good parts above `upper`; its detection counts REVIEW and NG alike (neither is accepted)."""
+    s = np.asarray(scores)
+    good = np.asarray(defects) == "good"
+    review = (s > threshold) & (s <= upper)
+    ng = s > upper
+
+    def counts(selected: np.ndarray) -> dict[str, int]:
+        return {
+            "ok": int((selected & ~review & ~ng).sum()),
+            "review": int((selected & review).sum()),
+            "ng": int((selected & ng).sum()),
+        }
+
+    n = len(s)
+    return {
+        "threshold": float(threshold),
+        "upper": float(upper),
+        "good": counts(good),
+        "defective": counts(~good),
+        "share_sent_to_review": float(review.mean()) if n else None,
+        "test_false_reject_rate": float(ng[good].mean()) if good.any() else None,
+        "test_false_reject_rate_upper95": binomial_upper_bound(int(ng[good].sum()), int(good.sum())),
+        "test_detection_rate": float((review | ng)[~good].mean()) if (~good).any() else None,
+        "test_detection_rate_without_review": float(ng[~good].mean()) if (~good).any() else None,
     }
 
 
@@ -189,6 +221,23 @@ def markdown_table(result: dict[str, Any]) -> str:
         ]
     if result.get("region_sizes"):
         lines += markdown_lines(result["region_sizes"])
+    band = result.get("review_band")
+    if band:
+        g, d = band["good"], band["defective"]
+        lines += [
+            "",
+            f"With the review band ({band['threshold']:.4f}, {band['upper']:.4f}]: OK / REVIEW / NG",
+            "",
+            "| parts | OK | REVIEW | NG |",
+            "|---|---|---|---|",
+            f"| good | {g['ok']} | {g['review']} | {g['ng']} |",
+            f"| defective | {d['ok']} | {d['review']} | {d['ng']} |",
+            "",
+            f"Sent to review: {fmt(band['share_sent_to_review'], '.1%')} of the parts; false rejects (good parts "
+            f"NG) {fmt(band['test_false_reject_rate'], '.1%')}; detection (defective parts not accepted) "
+            f"{fmt(band['test_detection_rate'], '.1%')}, of which NG outright "
+            f"{fmt(band['test_detection_rate_without_review'], '.1%')}.",
+        ]
     lines += ["", f"Model selection: {sel.get('method', '?')} (epoch {sel.get('epoch', '?')})."]
     return "\n".join(lines) + "\n"
 
