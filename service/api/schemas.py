@@ -68,7 +68,10 @@ class DefectRegion(BaseModel):
     y: int = Field(description="Top of the bounding box, pixels (y down).")
     width: int = Field(description="Bounding box width, pixels.")
     height: int = Field(description="Bounding box height, pixels.")
-    area_px: int = Field(description="Pixels in the region (8-connected, map value above the pixel threshold).")
+    area_px: int = Field(
+        description="Pixels in the region (8-connected, map value above the pixel threshold and above half the "
+        "height of its component's peak over that threshold)."
+    )
     area_mm2: float | None = Field(
         description="Area on the part's surface from the uploaded point cloud, mm²; null where the cloud has no "
         "point under the region. Pixels without a point count with the mean footprint of the measured ones."

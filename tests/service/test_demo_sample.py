@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
+from service.postprocessing.regions import REGION_PEAK_RATIO
 from tests.service.fake_model import make_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +58,11 @@ def test_the_ng_sample_has_a_region_on_its_defect_with_its_area(client: TestClie
     assert top["area_mm2"] is not None and top["area_mm2"] > 0 and top["measured_fraction"] > 0.9
     box = np.zeros_like(gt)
     box[top["y"] : top["y"] + top["height"], top["x"] : top["x"] + top["width"]] = True
-    # The region's own pixels (map above the pixel threshold inside its box) cover most of the defect.
-    region = box & (amap > answer["pixel_threshold"])
+    # The region's own pixels (inside its box, the map above the pixel threshold and above half the region's
+    # height over it) cover most of the defect.
+    threshold = answer["pixel_threshold"]
+    cut = threshold + REGION_PEAK_RATIO * (top["max_score"] - threshold)
+    region = box & (amap > threshold) & (amap >= cut)
     assert region.sum() == top["area_px"]
     assert (region & gt).sum() >= 0.5 * gt.sum()
 

@@ -30,9 +30,11 @@ def test_with_a_pixel_threshold_the_regions_decide_the_share_and_the_area_rule()
     # The same part under an area rule larger than its one region: OK, decided by the area.
     small = postprocess_outputs(0.8, hot_corner(), XYZ.astype(np.float32), 0.5, 0.5, min_defect_area_mm2=1e6)
     assert not small.decision.is_anomalous and small.decision.rule == "area"
-    # Its region spans 20 × 10 pixels of 0.77 × 1.05 mm: its corners are about 17.4 mm apart, plus a pixel.
-    # Under a length rule it meets as well: NG, decided by both rules.
-    assert region.length_mm is not None and 17.4 < region.length_mm < 18.5
+    # Cut at half its height over the pixel threshold (0.7), its region spans 19 × 9 pixels of 0.77 × 1.05 mm:
+    # its corners are about 16.2 mm apart, plus a pixel (0.9 mm). Under a length rule it meets as well: NG,
+    # decided by both rules.
+    assert (region.width, region.height) == (19, 9)
+    assert region.length_mm is not None and 16.9 < region.length_mm < 17.4
     both = postprocess_outputs(0.8, hot_corner(), XYZ.astype(np.float32), 0.5, 0.5, 1e6, region.length_mm)
     assert both.decision.is_anomalous and both.decision.rule == "area_or_length"
 

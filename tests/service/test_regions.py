@@ -181,7 +181,7 @@ def test_many_regions_match_a_per_label_reference() -> None:
     xyz[rng.random((h, w)) < 0.05] = np.nan
     amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
     threshold = float(np.quantile(amap, 0.9))
-    report = find_regions(amap, threshold, xyz, limit=10_000)
+    report = find_regions(amap, threshold, xyz, limit=10_000, peak_ratio=0.0)
     n, labels, stats, _ = cv2.connectedComponentsWithStats((amap > threshold).astype(np.uint8), connectivity=8)
     assert report.n_regions == n - 1 > 20
     full = pixel_areas(xyz, typical_cell(xyz))
@@ -283,7 +283,7 @@ def test_lengths_equal_the_farthest_pair_of_all_measured_pixels() -> None:
     xyz[rng.random((h, w)) < 0.04] = 0.0
     amap = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0)
     threshold = float(np.quantile(amap, 0.85))
-    report = find_regions(amap, threshold, xyz, limit=5)
+    report = find_regions(amap, threshold, xyz, limit=5, peak_ratio=0.0)
     n, labels = cv2.connectedComponents((amap > threshold).astype(np.uint8), connectivity=8)
     assert report.n_regions == n - 1 > 10
     foot = pixel_areas(xyz, typical_cell(xyz))

@@ -81,8 +81,17 @@ def test_evaluate_writes_metrics_table_and_pictures(trained: Path, tmp_path: Pat
     assert set(th["test_detection_rate_per_defect"]) == {"dent", "bump", "stain", "crack", "hole"}
     cal = json.loads((trained / "calibration.json").read_text())
     assert result["pixel_threshold"]["value"] == pytest.approx(cal["pixel_threshold"])
+    sizes = result["region_sizes"]
+    assert sizes["pixel_threshold"] == pytest.approx(cal["pixel_threshold"])
+    assert set(sizes["per_defect"]) == {"dent", "bump", "stain", "crack", "hole", "all"}
+    everything = sizes["per_defect"]["all"]
+    assert everything["parts"] == 10 and everything["detected"] == th["test_detections"]
+    assert everything["detected_with_region_on_defect"] <= everything["detected"]
+    assert everything["true_area_mm2"]["n"] > 0 and everything["true_area_mm2"]["median"] > 0
+    assert set(everything["area_ratio"]) == {"median", "p25", "p75", "n"}
     table = out.with_suffix(".md").read_text()
     assert "| AUPRO@0.3 |" in table and "| puck |" in table
+    assert "| defect | detected | with a region on the defect | area ratio |" in table
     assert "| false rejects (good parts judged NG) |" in table and "| detection: dent |" in table
     figures = tmp_path / "metrics_figures"
     assert (figures / "score_histogram.png").stat().st_size > 1000
@@ -145,6 +154,24 @@ def test_export_and_service_parity(trained: Path, data: Path, tmp_path: Path) ->
         assert answer.anomaly_map.shape == part.rgb.shape[:2]
         np.testing.assert_allclose(answer.anomaly_map, expected_map, atol=1e-4)
         assert answer.is_anomalous == (answer.score > manifest["threshold"]["value"])
+
+    # `evaluate` reports the same region sizes for the run (PyTorch) and its export (the service's engine).
+    sizes = {}
+    for what, path in (("--run", trained), ("--model", models / "tiny")):
+        out = tmp_path / f"eval{what}.json"
+        assert cli(["evaluate", what, str(path), "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+        sizes[what] = json.loads(out.read_text())["region_sizes"]
+    by_run, by_model = sizes["--run"]["per_defect"], sizes["--model"]["per_defect"]
+    assert by_run.keys() == by_model.keys()
+    for kind in by_run:
+        for column in ("parts", "detected", "detected_with_region_on_defect"):
+            assert by_run[kind][column] == by_model[kind][column], (kind, column)
+        assert by_run[kind]["true_area_mm2"] == pytest.approx(by_model[kind]["true_area_mm2"])
+        for column in ("area_ratio", "iou", "length_ratio"):
+            run_median, model_median = by_run[kind][column]["median"], by_model[kind][column]["median"]
+            assert (run_median is None) == (model_median is None), (kind, column)
+            if run_median is not None:
+                assert run_median == pytest.approx(model_median, rel=0.05, abs=0.01), (kind, column)
 
 
 def test_single_modality_trains_with_every_anomaly_generator(data: Path, tmp_path: Path) -> None:

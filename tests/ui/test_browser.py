@@ -43,6 +43,7 @@ CROWDED = [
     {**_SMALL, "x": 112, "y": 100, "width": 8, "height": 8, "area_mm2": 2.0, "length_mm": 2.5},
     {**_SMALL, "x": 100, "y": 112, "width": 8, "height": 8, "area_mm2": None, "length_mm": None},
     {**_SMALL, "x": 124, "y": 104, "width": 8, "height": 8, "area_mm2": 1.5},
+    {**_SMALL, "x": 380, "y": 200, "width": 6, "height": 6, "area_mm2": 7.25, "length_mm": 3.1},  # at the edge
 ]
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,8 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     ]
     assert "12.50 mm², 5.25 mm" in driver.find_element(By.ID, "regions").text
 
-    # Regions side by side, one right under another and one from before lengths: no label over another.
+    # Regions side by side, one right under another, one from before lengths and one at the picture's right
+    # edge: no label over another, none past the edge.
     driver.get(f"{live.base_url}/ui/parts/crowded")
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#regions text")) == len(CROWDED), "labels", live)
     boxes = driver.execute_script(
@@ -305,8 +307,11 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     for i, (x, y, w, h, _) in enumerate(boxes):
         for x2, y2, w2, h2, _ in boxes[i + 1 :]:
             assert not (x < x2 + w2 and x2 < x + w and y < y2 + h2 and y2 < y + h), boxes
+    width = driver.execute_script("return document.getElementById('img-overlay').naturalWidth;")
+    assert width > 380 and all(x >= 0 and x + w <= width for x, _, w, _, _ in boxes), (width, boxes)
     texts = [b[4] for b in boxes]
     assert texts[0] == "1: 3.00 mm², 4.00 mm" and texts[2] == "3: ? mm², ? mm" and texts[3] == "4: 1.50 mm²", texts
+    assert texts[4] == "5: 7.25 mm², 3.10 mm", texts
     shots(driver, "ui-part-labels")
 
     driver.get(f"{live.base_url}/ui/parts/with-region")

@@ -22,6 +22,7 @@ from training.data.prepared import PreparedSplit, prepare_split
 from training.evaluation.figures import anomaly_sheet, score_histogram
 from training.evaluation.formatting import fmt
 from training.evaluation.metrics import f1_optimal_threshold, per_defect_image_auroc, summarize
+from training.evaluation.region_sizes import markdown_lines, region_sizes
 from training.scoring.engine import open_engine, score_with_engine
 
 if TYPE_CHECKING:  # torch-backed; imported where a run is evaluated only
@@ -107,6 +108,7 @@ def split_metrics(
     }
     if pixel_threshold is not None:
         result["pixel_threshold"] = region_rates(maps, test.gt, labels, float(pixel_threshold))
+        result["region_sizes"] = region_sizes(test.samples, maps, scores, threshold, float(pixel_threshold))
     result["_scores"], result["_maps"] = scores, maps
     return result
 
@@ -217,6 +219,8 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{fmt(px['defective_parts_with_a_region_on_the_defect'], '.1%')}, "
             f"defect-pixel recall {fmt(px['defect_pixel_recall'], '.1%')}.",
         ]
+    if result.get("region_sizes"):
+        lines += markdown_lines(result["region_sizes"])
     band = result.get("review_band")
     if band:
         g, d = band["good"], band["defective"]

@@ -1,5 +1,5 @@
 // The part view: regions drawn over the anomaly map (in the upload's pixel frame) with their area and length,
-// labels never over each other; and the review keys: a key presses the matching button (not while typing in
+// labels never over each other nor past the picture's edge; and the review keys: a key presses the matching button (not while typing in
 // a field).
 "use strict";
 (function () {
@@ -54,6 +54,10 @@
         label.setAttribute("font-size", fontSize);
         label.textContent = (i + 1) + ": " + size(r);
         svg.append(rect, label);  // in the document, so that the label's box can be measured
+        // A small region near the right edge would have its label cut off by the picture's edge: end the
+        // label at the edge instead.
+        const width = label.getBBox().width;
+        if (r.x + width > img.naturalWidth) label.setAttribute("x", Math.max(0, img.naturalWidth - width));
         place(label, r, stroke, fontSize, placed);
       });
     }
