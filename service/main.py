@@ -33,6 +33,7 @@ from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
 from service.records.runtime import Records
 from service.ui.routes import mount_ui
+from service.workers_dir import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,22 @@ async def watch_workers(state: ServiceState) -> None:
         state.on_fatal(state.fatal)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, worker: WorkerSlot | None = None
+) -> FastAPI:
     """Build the app. Nothing is loaded here: the lifespan starts the engine (load, verify, warm up) and
-    only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine)."""
+    only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine). `worker`: this
+    process is one of several workers (service.supervisor), which serves the metrics port itself."""
     settings = settings or get_settings()
     engine = engine or Engine(engine_options(settings))
-    metrics = Metrics()
+    metrics = Metrics(workers=worker.dir if worker is not None else None)
     state = ServiceState(
         settings=settings,
         engine=engine,
         metrics=metrics,
         limits=decode_limits(settings),
         after_prediction=default_hooks(metrics),
+        worker=worker,
     )
     if settings.batch_max_size is not None and settings.batch_max_size > settings.max_inflight:
         # Admission lets at most max_inflight predictions reach the engine at once: batches never grow beyond.
@@ -108,7 +113,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         log.info("starting: models from %s", engine.options.models_dir)
         metrics_server = None
         try:
-            if settings.metrics_port is not None:  # first: a taken port fails the start before models load
+            if settings.metrics_port is not None and worker is None:  # first: a taken port fails the start early
                 metrics_server = start_metrics_server(metrics.registry, settings.metrics_host, settings.metrics_port)
             if not engine.ready:
                 # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
@@ -126,9 +131,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         watchdog = asyncio.create_task(watch_workers(state))
         on_sighup = install_sighup(state)
+        if worker is not None:
+            worker.dir.mark_ready(worker.slot)
         try:
             yield
         finally:
+            if worker is not None:
+                worker.dir.mark_not_ready(worker.slot)
             watchdog.cancel()
             if on_sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)

@@ -1,4 +1,9 @@
-"""Every Prometheus collector of the service, on one registry per app, with stable names and few labels."""
+"""Every Prometheus collector of the service, on one registry per app, with stable names and few labels.
+
+With several worker processes (service.supervisor) every worker writes its values to files in one folder
+(prometheus_client's multiprocess mode) and any scrape renders all of them: counters and histograms sum over
+the workers, each gauge says how it combines (`multiprocess_mode`; ignored with one process).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.engine import PredictResult
+from service.workers_dir import WorkersDir, WorkersProcessCollector
 
 # Seconds; a part takes ~5 ms (tiny model) to a few seconds (WideResNet-50 at 576 px on a CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
@@ -52,14 +59,20 @@ class RecordsMetrics:
             "Parts recorded without their evidence because it could not be stored (full, write error).",
             registry=r,
         )
-        self.archive_bytes = Gauge("bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r)
+        self.archive_bytes = Gauge(
+            "bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r, multiprocess_mode="livemax"
+        )
         self.archive_orphans_removed = Counter(
             "bridgenet_archive_orphans_removed_total",
             "Evidence files that no record named, deleted by the archive sweep (a crash between file and record).",
             registry=r,
         )
         self.push_backlog = Gauge(
-            "bridgenet_push_backlog", "Results waiting in the outbox, by destination.", ["destination"], registry=r
+            "bridgenet_push_backlog",
+            "Results waiting in the outbox, by destination.",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",  # one worker delivers (and counts); the others hold 0
         )
         self.push_failures = Counter(
             "bridgenet_push_failures_total", "Failed delivery attempts, by destination.", ["destination"], registry=r
@@ -72,6 +85,7 @@ class RecordsMetrics:
             "Results taken out of the outbox undelivered (refused, too old, over the bound), by destination.",
             ["destination"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.push_dead_lettered = Counter(
             "bridgenet_push_dead_lettered_total",
@@ -94,11 +108,15 @@ class Metrics:
     """The collectors of one app. Each app owns a registry, so tests can build several apps in one process
     without prometheus_client's "Duplicated timeseries" error."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, workers: WorkersDir | None = None) -> None:
+        """`workers`: with several worker processes, their shared folder (whose value files the supervisor
+        named in PROMETHEUS_MULTIPROC_DIR before this process imported prometheus_client); None with one."""
         self.registry = registry or CollectorRegistry()
+        self.workers = workers
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+        if workers is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         self.predictions = Counter(
             "bridgenet_predictions_total",
             "Parts scored, by model and verdict (ok/ng).",
@@ -126,9 +144,13 @@ class Metrics:
             "Loaded models (value 1), with version, execution provider and backbone.",
             ["model", "version", "provider", "backbone"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.inflight = Gauge(
-            "bridgenet_inflight_requests", "Predictions admitted and not yet answered (running or queued).", registry=r
+            "bridgenet_inflight_requests",
+            "Predictions admitted and not yet answered (running or queued).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "bridgenet_rejected_requests_total", "Requests refused, by error code.", ["reason"], registry=r
@@ -154,12 +176,14 @@ class Metrics:
             "Raw scores of the good validation parts in each model's manifest (score_stats): the drift baseline.",
             ["model", "stat"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.admission_limit = Gauge(
             "bridgenet_admission_limit",
             "Admission limits in effect: predictions run at once (inflight) and waiting beyond those (queue).",
             ["kind"],
             registry=r,
+            multiprocess_mode="livesum",  # each worker admits its own share: the host's limit is the sum
         )
         self.prediction_duration = Histogram(
             "bridgenet_prediction_duration_seconds",
@@ -178,6 +202,7 @@ class Metrics:
             "Model folders that failed to load (value 1; the reason is in /v1/models and the log), by model.",
             ["model"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.records = RecordsMetrics(r)
 
@@ -218,9 +243,29 @@ class Metrics:
         self.model_info.labels(model=model, version=version, provider=provider, backbone=backbone).set(1)
 
     def clear_model_info(self) -> None:
-        self.model_info.clear()
-        self.good_score.clear()
+        clear_gauge(self.model_info)
+        clear_gauge(self.good_score)
 
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition of this registry and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text exposition of this registry (of every worker's, with several) and its content type."""
+        if self.workers is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(workers_registry(self.workers)), CONTENT_TYPE_LATEST
+
+
+def clear_gauge(gauge: Gauge) -> None:
+    """Remove every labelled series of `gauge`. With several workers a removed series would live on in this
+    worker's value file at its last value, so each is set to 0 first (it reads 0 until the worker restarts)."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            gauge.labels(**sample.labels).set(0)
+    gauge.clear()
+
+
+def workers_registry(workers: WorkersDir) -> CollectorRegistry:
+    """A registry that renders the value files of every worker, plus the process series (CPU, memory) summed
+    over the supervisor and its live workers."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(workers.metrics_dir))
+    registry.register(WorkersProcessCollector(workers))
+    return registry

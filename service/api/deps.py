@@ -17,6 +17,7 @@ from service.config import Settings
 from service.engine import Engine
 from service.metrics import Metrics
 from service.records.runtime import Records
+from service.workers_dir import WorkerSlot
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
@@ -42,6 +43,7 @@ class ServiceState:
     on_fatal: Callable[[str], None] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
+    worker: WorkerSlot | None = None  # this process's place among several workers (service.supervisor)
 
     @property
     def ready(self) -> bool:

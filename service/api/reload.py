@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import ServiceState
 from service.api.errors import refusal_codes
 from service.engine import Engine, ReloadReport
-from service.metrics import Metrics
+from service.metrics import Metrics, clear_gauge
 
 log = logging.getLogger("service.main")
 
@@ -21,7 +21,7 @@ def publish_models(engine: Engine, metrics: Metrics) -> None:
     """The served and the failed models on the metrics (after start and after each reload), and a log line
     per served model."""
     metrics.clear_model_info()
-    metrics.model_unavailable.clear()
+    clear_gauge(metrics.model_unavailable)
     for name, loaded in engine.models.items():
         metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
         metrics.set_good_scores(name, loaded.manifest.score_stats.model_dump())

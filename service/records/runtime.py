@@ -123,7 +123,13 @@ class Records:
             max_backlog=settings.push_max_backlog,
             max_dead_letters=settings.push_max_dead_letters,
         )
-        dispatcher = Dispatcher(db_engine, destinations, metrics.records, bounds=bounds) if destinations else None
+        # SQLite: the lock files sit beside the database's default place (every worker sees the same data_dir).
+        lock_dir = None if db_engine.dialect.name == "postgresql" else settings.data_dir
+        dispatcher = (
+            Dispatcher(db_engine, destinations, metrics.records, bounds=bounds, lock_dir=lock_dir)
+            if destinations
+            else None
+        )
         recorder = Recorder(
             db_engine,
             archive=archive,
