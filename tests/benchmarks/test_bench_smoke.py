@@ -339,3 +339,17 @@ def test_cpu_cost_stages_from_stacks() -> None:
     assert stage_of(f"{run};record (service/records/store.py:9);Logger.info (logging/__init__.py:1)") == "logging"
     assert stage_of(run) == bench_cpu_cost.WAITING
     assert stage_of("main (somewhere.py:1)") == bench_cpu_cost.OUTSIDE
+
+
+def test_workers_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """1 and 2 worker processes side by side on the fake model, and at one client on the --model-dir model."""
+    out = tmp_path / "workers.json"
+    proc, data = run_script("bench_workers.py", "--quick", "--model-dir", fake_dir, "--sizes", "64", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    for measured in (data["fake"]["64"], data["demo_one_client"]):
+        for config in ("1 worker", "2 workers"):
+            assert measured[config]["throughput_parts_per_s"] > 0 and measured[config]["refused"] == {}
+        assert measured["paired_ratio"]["2 workers/1 worker"] > 0
+    assert data["demo_one_client"]["1 worker"]["clients"] == 1
+    assert [row["model, part, clients"] for row in data["table"]] == ["fake 64 px ×2", f"{fake_dir.name} 32 px ×1"]
