@@ -1,10 +1,12 @@
 """Model reloads at run time: `POST /v1/admin/reload` and SIGHUP both run `reload_models`, and the outcome
-reaches the metrics (`publish_models`, also called once at start-up)."""
+reaches the metrics (`publish_models`, also called once at start-up). With several worker processes a
+reload through the API also reaches the others (`reload_other_workers`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from starlette.concurrency import run_in_threadpool
@@ -38,6 +40,21 @@ async def reload_models(state: ServiceState) -> ReloadReport:
         report = await run_in_threadpool(state.engine.reload)
         publish_models(state.engine, state.metrics)
         return report
+
+
+def reload_other_workers(state: ServiceState) -> None:
+    """After a reload through the API in one of several workers: SIGHUP to the supervisor, which passes it
+    to every worker (this one's second reload finds nothing changed). They follow within moments."""
+    if state.worker is None:
+        return
+    supervisor = state.worker.dir.supervisor_pid()
+    if supervisor is None:
+        log.error("cannot reach the other workers: no supervisor pid in %s", state.worker.dir.root)
+        return
+    try:
+        os.kill(supervisor, signal.SIGHUP)
+    except OSError as exc:
+        log.error("cannot reach the other workers through the supervisor (pid %d): %s", supervisor, exc)
 
 
 def install_sighup(state: ServiceState) -> bool:

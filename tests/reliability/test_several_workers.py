@@ -143,21 +143,28 @@ def test_the_push_file_lock_has_one_holder_and_passes_on_when_released(tmp_path:
     os.close(other)
 
 
-def test_sighup_reloads_every_worker(start_service: StartService, tmp_path: Path) -> None:
+def versions_by_worker(url: str) -> dict[str, str]:
+    """Worker (X-Served-By) → the version of model "fake" it serves, from 30 answers."""
+    seen: dict[str, str] = {}
+    for _ in range(30):
+        answer = httpx.get(f"{url}/v1/models", timeout=10)
+        seen[answer.headers["X-Served-By"]] = answer.json()["models"][0]["version"]
+    return seen
+
+
+@pytest.mark.parametrize("how", ["sighup", "admin-route"])
+def test_a_reload_reaches_every_worker(start_service: StartService, tmp_path: Path, how: str) -> None:
     models = fake_models(tmp_path)
-    service = start_service(models, workers="2")
+    service = start_service(models, workers="2", admin_key="k" * 32)
+    assert set(versions_by_worker(service.url).values()) == {"1"}
     write_fake_model(models, "fake", version="2")
-    os.kill(service.pid, signal.SIGHUP)
-
-    def versions_by_worker() -> dict[str, str]:
-        seen: dict[str, str] = {}
-        for _ in range(30):
-            answer = httpx.get(f"{service.url}/v1/models", timeout=10)
-            seen[answer.headers["X-Served-By"]] = answer.json()["models"][0]["version"]
-        return seen
-
-    wait_until(lambda: set(versions_by_worker().values()) == {"2"}, "both workers serve version 2")
-    assert len(versions_by_worker()) == 2
+    if how == "sighup":
+        os.kill(service.pid, signal.SIGHUP)  # to the supervisor, as `docker kill -s HUP` does
+    else:  # answered by one worker, which passes it on through the supervisor
+        answer = httpx.post(f"{service.url}/v1/admin/reload", headers={"X-Admin-Key": "k" * 32}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["reloaded"] == ["fake"], answer.text
+    wait_until(lambda: set(versions_by_worker(service.url).values()) == {"2"}, "both workers serve version 2")
+    assert len(versions_by_worker(service.url)) == 2
 
 
 def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_service: StartService, tmp_path: Path) -> None:
