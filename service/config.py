@@ -235,8 +235,8 @@ class Settings(BaseSettings):
     # Review station (service.ui, /ui): its login exchanges the API key for a signed session cookie.
     ui_secret: SecretStr | None = Field(
         default=None,
-        description="Key that signs the review station's session cookies; unset: a random key per process "
-        "(sessions end at a restart, and replicas behind one address need one shared key).",
+        description="Key that signs the review station's session cookies; unset: a random key per start, shared by "
+        "the workers (sessions end at a restart, and replicas behind one address need one shared key).",
     )
     ui_session_hours: float = Field(
         default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long."
