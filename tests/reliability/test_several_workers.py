@@ -17,7 +17,7 @@ import pytest
 
 from service.push.dispatcher import _try_file_lock
 from tests.records.servers import WebhookReceiver
-from tests.reliability.conftest import ServiceProcess, StartService, part_files, run_until_exit
+from tests.reliability.conftest import ServiceProcess, StartService, free_port, part_files, run_until_exit
 from tests.service.fake_model import write_fake_model
 
 CLIENTS = 8
@@ -187,3 +187,16 @@ def test_a_start_that_fails_in_the_workers_ends_the_service(tmp_path: Path) -> N
     code, log = run_until_exit(fake_models(tmp_path), tmp_path, workers="2", default_model="missing")
     assert code != 0
     assert "failed to start" in log
+
+
+def test_the_metrics_port_shows_every_worker(start_service: StartService, tmp_path: Path) -> None:
+    port = free_port()
+    service = start_service(fake_models(tmp_path), workers="2", metrics_port=str(port))
+    _, served = send_parts(service.url, 40, 4)
+    assert len(served) == 2, served
+    assert httpx.get(f"{service.url}/metrics").status_code == 404  # on its own port only, as with one process
+    url = f"http://127.0.0.1:{port}"
+    assert metric(url, "bridgenet_predictions_total{") == 40
+    assert metric(url, 'bridgenet_workers{state="ready"}') == 2
+    assert metric(url, 'bridgenet_admission_limit{kind="inflight"}') == 2 * 2  # the host's: both workers' slots
+    assert metric(url, "process_resident_memory_bytes") > 3 * 20 * 2**20  # supervisor and both workers
