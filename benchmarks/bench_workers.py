@@ -17,6 +17,7 @@ demo model at one client, the same way: the latency ratio of 2 workers to 1 (≤
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -114,6 +115,7 @@ def main() -> int:
     headers = ["model, part, clients", "1 worker/s", "2 workers/s", "paired 2/1", "1w median ms", "2w median ms"]
     harness.print_table(headers, rows)
     result["table"] = [dict(zip(headers, row, strict=True)) for row in rows]
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     harness.write_result(result, args.out)
     return 0
 

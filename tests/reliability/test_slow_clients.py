@@ -100,6 +100,7 @@ def test_a_flood_of_large_stalled_uploads_is_bounded_cut_off_and_survived(
         max_queue=str(QUEUE),
         body_timeout_s=str(BODY_TIMEOUT_S),
         header_timeout_s=str(HEADER_TIMEOUT_S),
+        workers="1",  # the counts below are one process's limits (with N workers, each has its own)
     )
     headers = {"X-API-Key": KEY}
     assert httpx.post(f"{service.url}/v1/predict", files=part_files(seed=1), headers=headers, timeout=10).is_success
@@ -202,6 +203,7 @@ def test_slow_review_station_clients_leave_the_line_its_connections(
         max_connections="20",
         body_timeout_s="30",
         form_body_timeout_s=str(form_deadline),
+        workers="1",  # one process's connection limit (with N workers, each has its own)
     )
     headers = {"X-API-Key": KEY}
     stop = threading.Event()
