@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         from service.workers_dir import WorkersDir, WorkerSlot
 
         worker = WorkerSlot(WorkersDir(args.workers_dir, settings.workers), args.worker_slot)
+        configure_logging(settings.log_level, fields={"worker": worker.slot})
     elif settings.workers > 1:
         from service.supervisor import Supervisor
 

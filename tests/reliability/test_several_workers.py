@@ -4,6 +4,7 @@ clients, push in order from one dispatcher, SIGHUP reaching every worker, a kill
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -67,6 +68,17 @@ def send_parts(url: str, total: int, clients: int) -> tuple[list[list[str]], Cou
     return per_client, served
 
 
+def log_entries(service: ServiceProcess) -> list[dict[str, object]]:
+    """The JSON log lines of the supervisor and its workers (which share the log file)."""
+    entries = []
+    for line in service.log_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # a library's plain line
+            continue
+    return entries
+
+
 def recorded_ids(service: ServiceProcess) -> list[str]:
     """Request ids of the decision records, in the order they were committed."""
     with sqlite3.connect(data_dir(service) / "records.db") as db:
@@ -114,8 +126,6 @@ def test_push_goes_out_once_in_record_order_from_one_dispatcher(start_service: S
         assert len(served) == 2, served
 
         def delivered() -> list[str]:
-            import json
-
             with receiver.lock:
                 return [json.loads(r.body)["request_id"] for r in receiver.received]
 
@@ -180,6 +190,9 @@ def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_service: S
     after = worker_pids(service.url)
     assert len(after) == 2 and victim not in after
     assert metric(service.url, "bridgenet_worker_restarts_total") == 1
+    replaced = [line for line in service.log_text().splitlines() if "ended with exit code" in line]
+    assert len(replaced) == 1 and f"(pid {victim})" in replaced[0]
+    assert {0, 1} <= {entry.get("worker") for entry in log_entries(service)}  # each worker's lines name it
     assert service.stop() == 0
 
 
