@@ -51,6 +51,18 @@ def compare(
     return service_load.alternating_throughput(configs, payload, clients, args.rounds, args.seconds, tmp / "logs")
 
 
+def table_row(label: str, measured: dict[str, Any]) -> list[Any]:
+    one, two = measured["1 worker"], measured["2 workers"]
+    return [
+        label,
+        one["throughput_parts_per_s"],
+        two["throughput_parts_per_s"],
+        measured["paired_ratio"]["2 workers/1 worker"],
+        one.get("latency", {}).get("median_ms"),
+        two.get("latency", {}).get("median_ms"),
+    ]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=harness.REPO / "models" / "demo")
@@ -84,33 +96,13 @@ def main() -> int:
             payload = service_load.build_payload(*service_load.encode_part(rgb, xyz), (side, side))
             measured = compare(fake, payload, args.clients, args, tmp, f"fake-{side}")
             result["fake"][str(side)] = measured
-            one, two = measured["1 worker"], measured["2 workers"]
-            rows.append(
-                [
-                    f"fake {side} px ×{args.clients}",
-                    one["throughput_parts_per_s"],
-                    two["throughput_parts_per_s"],
-                    measured["paired_ratio"]["2 workers/1 worker"],
-                    one.get("latency", {}).get("median_ms"),
-                    two.get("latency", {}).get("median_ms"),
-                ]
-            )
+            rows.append(table_row(f"fake {side} px ×{args.clients}", measured))
         if not args.no_demo:
             rgb, xyz = resized_part("good", size)
             payload = service_load.build_payload(*service_load.encode_part(rgb, xyz), (size, size))
             measured = compare(args.model_dir, payload, 1, args, tmp, "demo")
             result["demo_one_client"] = measured
-            one, two = measured["1 worker"], measured["2 workers"]
-            rows.append(
-                [
-                    f"{args.model_dir.name} {size} px ×1",
-                    one["throughput_parts_per_s"],
-                    two["throughput_parts_per_s"],
-                    measured["paired_ratio"]["2 workers/1 worker"],
-                    one.get("latency", {}).get("median_ms"),
-                    two.get("latency", {}).get("median_ms"),
-                ]
-            )
+            rows.append(table_row(f"{args.model_dir.name} {size} px ×1", measured))
     print("parts/s with 1 and 2 worker processes; paired: median over rounds of the per-round ratio 2/1")
     headers = ["model, part, clients", "1 worker/s", "2 workers/s", "paired 2/1", "1w median ms", "2w median ms"]
     harness.print_table(headers, rows)

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -94,10 +95,10 @@ def worker_pids(url: str, answers: int = 20) -> set[int]:
     return {int(httpx.get(f"{url}/healthz").headers["X-Served-By"].rsplit(":", 1)[1]) for _ in range(answers)}
 
 
-def wait_until(check: object, what: str, timeout_s: float = WAIT_S) -> None:
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
