@@ -10,8 +10,10 @@ The fake fast model (the demo's inputs, outputs and preprocessing, a near-free g
 on a GPU, so the CPU work around the session is what limits) is served twice at once, by 1 and by 2
 workers (one intra-op thread each, no spinning, audit on); `--clients` closed-loop clients post the demo's
 good sample part, resized to each size, to one then the other, round after round, so a change of load on
-the machine hits both alike; `paired` is the median over rounds of the 2-worker/1-worker ratio. Then the
-demo model at one client, the same way: the latency ratio of 2 workers to 1 (≤ 1: not worse).
+the machine hits both alike; `paired` is the median over rounds of the 2-worker/1-worker ratio. Beside it,
+each service's CPU time per part (all its processes): what the workers cost, whatever share of the cores the
+machine's other load leaves them. Then the demo model at one client, the same way: parts/s at one client
+is the inverse of its latency, so a paired ratio ≥ 1 means not slower with 2 workers.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def compare(
         f"{n} worker{'s' if n > 1 else ''}": (folder, {**SETTINGS, "workers": n, "data_dir": str(tmp / f"{label}-{n}")})
         for n in (1, 2)
     }
-    return service_load.alternating_throughput(configs, payload, clients, args.rounds, args.seconds, tmp / "logs")
+    return service_load.alternating_throughput(
+        configs, payload, clients, args.rounds, args.seconds, tmp / "logs", cpu_per_part=True
+    )
 
 
 def table_row(label: str, measured: dict[str, Any]) -> list[Any]:
@@ -60,6 +64,8 @@ def table_row(label: str, measured: dict[str, Any]) -> list[Any]:
         measured["paired_ratio"]["2 workers/1 worker"],
         one.get("latency", {}).get("median_ms"),
         two.get("latency", {}).get("median_ms"),
+        one["cpu_ms_per_part"],
+        two["cpu_ms_per_part"],
     ]
 
 
@@ -105,6 +111,7 @@ def main() -> int:
             rows.append(table_row(f"{args.model_dir.name} {size} px ×1", measured))
     print("parts/s with 1 and 2 worker processes; paired: median over rounds of the per-round ratio 2/1")
     headers = ["model, part, clients", "1 worker/s", "2 workers/s", "paired 2/1", "1w median ms", "2w median ms"]
+    headers += ["1w CPU ms/part", "2w CPU ms/part"]
     harness.print_table(headers, rows)
     result["table"] = [dict(zip(headers, row, strict=True)) for row in rows]
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -350,6 +350,7 @@ def test_workers_quick(fake_dir: Path, tmp_path: Path) -> None:
     for measured in (data["fake"]["64"], data["demo_one_client"]):
         for config in ("1 worker", "2 workers"):
             assert measured[config]["throughput_parts_per_s"] > 0 and measured[config]["refused"] == {}
+            assert measured[config]["cpu_ms_per_part"] > 0  # every process of the service counted
         assert measured["paired_ratio"]["2 workers/1 worker"] > 0
     assert data["demo_one_client"]["1 worker"]["clients"] == 1
     assert [row["model, part, clients"] for row in data["table"]] == ["fake 64 px ×2", f"{fake_dir.name} 32 px ×1"]
