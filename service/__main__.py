@@ -22,7 +22,10 @@ from service.http_protocol import with_deadline
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.config import Settings
+    from service.workers_dir import WorkerSlot
 
 log = logging.getLogger("service")
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state.on_fatal = stop_for_restart
     if worker is not None:
-        _stop_when_orphaned(server)
+        _watch_as_worker(server, lambda: state.ready, worker)
         server.run(sockets=[socket.socket(fileno=args.listen_fd)])
     else:
         server.run()
@@ -122,18 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stop_when_orphaned(server: uvicorn.Server) -> None:
-    """A worker whose supervisor is gone (killed) stops too, rather than serving on unsupervised."""
+def _watch_as_worker(server: uvicorn.Server, ready: Callable[[], bool], worker: WorkerSlot) -> None:
+    """Tell the supervisor's folder once this worker is ready and accepting (the lifespan has loaded the models,
+    then uvicorn starts accepting), and stop if the supervisor is gone (killed) rather than serve unsupervised."""
     parent = os.getppid()
 
     def watch() -> None:
+        marked = False
         while not server.should_exit:
+            if not marked and server.started and ready():
+                worker.dir.mark_ready(worker.slot)
+                marked = True
             if os.getppid() != parent:
                 log.error("the supervisor (pid %d) is gone; stopping", parent)
                 server.should_exit = True
-            threading.Event().wait(1.0)
+            threading.Event().wait(1.0 if marked else 0.05)
 
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

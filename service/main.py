@@ -131,8 +131,6 @@ def create_app(
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         watchdog = asyncio.create_task(watch_workers(state))
         on_sighup = install_sighup(state)
-        if worker is not None:
-            worker.dir.mark_ready(worker.slot)
         try:
             yield
         finally:

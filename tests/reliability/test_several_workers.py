@@ -192,7 +192,7 @@ def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_service: S
     wait_until(lambda: httpx.get(f"{service.url}/readyz").status_code == 503, "readiness 503 after the kill", 10)
     wait_until(lambda: httpx.get(f"{service.url}/readyz").status_code == 200, "ready again")
     assert httpx.get(f"{service.url}/readyz").json()["workers"] == {"ready": 2, "configured": 2}
-    after = worker_pids(service.url)
+    after = worker_pids(service.url)  # a worker says it is ready once it accepts connections
     assert len(after) == 2 and victim not in after
     assert metric(service.url, "bridgenet_worker_restarts_total") == 1
     replaced = [line for line in service.log_text().splitlines() if "ended with exit code" in line]
