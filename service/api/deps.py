@@ -15,6 +15,7 @@ from service.api.hooks import AfterPrediction
 from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
+from service.lifecycle.commission import ProposalStore
 from service.metrics import Metrics
 from service.records.runtime import Records
 from service.workers_dir import WorkerSlot
@@ -44,6 +45,7 @@ class ServiceState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
     worker: WorkerSlot | None = None  # this process's place among several workers (service.supervisor)
+    proposals: ProposalStore = field(default_factory=ProposalStore)  # calibrations proposed, not yet saved
 
     @property
     def ready(self) -> bool:
