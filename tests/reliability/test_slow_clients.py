@@ -143,7 +143,8 @@ def test_a_flood_of_large_stalled_uploads_is_bounded_cut_off_and_survived(
 
 def test_connections_beyond_the_limit_are_answered_503(start_service: StartService, tmp_path: Path) -> None:
     write_fake_model(tmp_path / "models", "fake")
-    service = start_service(tmp_path / "models", max_connections="4", header_timeout_s="3")
+    # One process's connection limit (with N workers, each has its own).
+    service = start_service(tmp_path / "models", max_connections="4", header_timeout_s="3", workers="1")
     address = urlsplit(service.url)
     idle = [socket.create_connection((address.hostname, address.port), timeout=5) for _ in range(4)]
     try:
