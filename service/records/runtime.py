@@ -87,6 +87,9 @@ def decision_from_answer(
         ),
         regions=tuple(answer.get("regions") or ()),
         client=client,
+        verdict=answer.get("verdict"),
+        recipe=(answer.get("recipe") or {}).get("id"),
+        recipe_version=(answer.get("recipe") or {}).get("version"),
     )
 
 

@@ -78,6 +78,15 @@ class DecisionRecord:
     decision_rule: str = DEFAULT_DECISION_RULE
     regions: Sequence[Mapping[str, Any]] = ()
     client: str | None = None
+    verdict: str | None = None  # "ok", "review" or "ng"; None: from is_anomalous (no review band)
+    recipe: str | None = None
+    recipe_version: str | None = None
+
+    @property
+    def verdict_value(self) -> str:
+        if self.verdict is not None:
+            return self.verdict
+        return "ng" if self.is_anomalous else "ok"
 
     def payload(self) -> dict[str, Any]:
         """The pushed message: the predict answer's fields without the map, plus `created`."""
@@ -90,6 +99,8 @@ class DecisionRecord:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "is_anomalous": self.is_anomalous,
+            "verdict": self.verdict_value,
+            "recipe": {"id": self.recipe, "version": self.recipe_version} if self.recipe is not None else None,
             "defect_area_fraction": self.defect_area_fraction,
             "decision_rule": self.decision_rule,
             "regions": [dict(r) for r in self.regions],
@@ -121,7 +132,7 @@ class RecordOutcome:
 class ResultFilter:
     part_id: str | None = None
     model: str | None = None
-    verdict: Literal["ok", "ng"] | None = None
+    verdict: Literal["ok", "review", "ng"] | None = None
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
 
@@ -178,6 +189,9 @@ class Recorder:
             "threshold_source": decision.threshold_source,
             "score": decision.score,
             "is_anomalous": decision.is_anomalous,
+            "verdict": decision.verdict_value,
+            "recipe": decision.recipe,
+            "recipe_version": decision.recipe_version,
             "defect_area_fraction": decision.defect_area_fraction,
             "decision_rule": decision.decision_rule,
             "regions": [dict(r) for r in decision.regions],
@@ -430,7 +444,7 @@ def _filtered(f: ResultFilter) -> Select[Any]:
     if f.model is not None:
         query = query.where(DecisionRow.model == f.model)
     if f.verdict is not None:
-        query = query.where(DecisionRow.is_anomalous.is_(f.verdict == "ng"))
+        query = query.where(DecisionRow.verdict == f.verdict)
     if f.since is not None:
         query = query.where(DecisionRow.received_at >= utc(f.since))
     if f.until is not None:
@@ -449,6 +463,8 @@ def result_view(row: DecisionRow) -> dict[str, Any]:
         "threshold": row.threshold,
         "threshold_source": row.threshold_source,
         "is_anomalous": row.is_anomalous,
+        "verdict": row.verdict,
+        "recipe": {"id": row.recipe, "version": row.recipe_version} if row.recipe is not None else None,
         "defect_area_fraction": row.defect_area_fraction,
         "decision_rule": row.decision_rule,
         "regions": row.regions,
@@ -460,6 +476,14 @@ def result_view(row: DecisionRow) -> dict[str, Any]:
             "rgb_sha256": row.rgb_sha256,
             "xyz_sha256": row.xyz_sha256,
             "map_sha256": row.map_sha256,
+        },
+        "shadow": None
+        if row.shadow_version is None
+        else {
+            "version": row.shadow_version,
+            "score": row.shadow_score,
+            "threshold": row.shadow_threshold,
+            "is_anomalous": row.shadow_is_anomalous,
         },
     }
 

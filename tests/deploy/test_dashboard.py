@@ -44,6 +44,10 @@ EXPECTED_METRICS = {
     "bridgenet_push_failures_total",
     "bridgenet_audit_write_seconds",
     "bridgenet_archive_bytes",
+    # Drift watch row (service.lifecycle).
+    "bridgenet_drift_status",
+    "bridgenet_drift_implied_false_reject_rate",
+    "bridgenet_shadow_scored_total",
 }
 
 

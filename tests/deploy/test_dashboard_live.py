@@ -51,6 +51,12 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
     push_failures = Counter("bridgenet_push_failures", "", ["destination"], registry=reg)
     audit = Histogram("bridgenet_audit_write_seconds", "", buckets=(0.001, 0.002, 0.005), registry=reg)
     Gauge("bridgenet_archive_bytes", "", registry=reg).set(2.5e6)
+    # Drift watch: bolt v3 drifting, with a 4 % implied false-reject rate; its shadow candidate disagrees now and then.
+    Gauge("bridgenet_drift_status", "", ["model", "version"], registry=reg).labels("bolt", "3").set(2)
+    Gauge("bridgenet_drift_implied_false_reject_rate", "", ["model", "version"], registry=reg).labels("bolt", "3").set(
+        0.04
+    )
+    shadow = Counter("bridgenet_shadow_scored", "", ["model", "agreement"], registry=reg)
     for name, value in (("DCGM_FI_DEV_GPU_UTIL", 40), ("DCGM_FI_DEV_FB_USED", 3000), ("DCGM_FI_DEV_FB_FREE", 138000)):
         Gauge(name, "", ["gpu"], registry=reg).labels("0").set(value)
     ProcessCollector(registry=reg)
@@ -63,6 +69,8 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         requests.labels("/v1/predict", "429").inc(1)
         rejected.labels("queue_full").inc(1)
         push_failures.labels("webhook").inc(1)
+        shadow.labels("bolt", "agree").inc(8)
+        shadow.labels("bolt", "disagree").inc(1)
         latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):
             latency.observe(0.08)

@@ -52,11 +52,15 @@ def test_a_part_id_with_control_or_bidi_characters_is_refused(client: TestClient
     ("form", "data", "expected"),
     [
         ([*files(), ("rgb", ("b.png", PNG, "image/png"))], {}, "Too many files"),
-        (files(), {"part_id": "a", "model": "fake", "return_map": "none", "extra": "x"}, "Too many fields"),
+        (
+            files(),
+            {"part_id": "a", "model": "fake", "recipe": "r", "return_map": "none", "extra": "x"},
+            "Too many fields",
+        ),
         ([*files(), ("part_id", ("x.bin", b"x", "text/plain"))], {"part_id": "a"}, "Too many files"),
         (files(), {"comment": "x"}, "unknown form field 'comment'"),
     ],
-    ids=["second-rgb", "fourth-field", "third-file", "undeclared-field"],
+    ids=["second-rgb", "fifth-field", "third-file", "undeclared-field"],
 )
 def test_form_limits(client: TestClient, form: list[Any], data: dict[str, str], expected: str) -> None:
     answer = client.post("/v1/predict", files=form, data=data)
@@ -89,5 +93,5 @@ def test_the_contract_shows_the_form_on_both_paths(client: TestClient) -> None:
     for path in ("/v1/predict", "/predict"):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert body["required"] == ["rgb", "xyz"] and body["additionalProperties"] is False
-        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "model", "return_map"}
+        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "model", "recipe", "return_map"}
         assert {"400", "408", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
