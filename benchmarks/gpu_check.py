@@ -3,7 +3,8 @@
 Run from the repository root on a machine with an NVIDIA GPU (installs nothing):
     python benchmarks/gpu_check.py [--model-dir models/demo] [--budget-s 300]
 Prints what it found and a table, writes benchmarks/results/gpu_check.json. Steps run in priority order
-(demo checks, demo timings, demo over HTTP, then WideResNet-50-2 at 288 and 576 px) and a step that would
+(demo checks, demo timings, demo over HTTP, the workers sweep, then WideResNet-50-2 at 288 and 576 px) and a
+step that would
 not fit in what is left of --budget-s is skipped and listed. Exit status: 0 every check passed; 1 a check
 failed (CUDA fell back to the CPU, outputs disagree, the service did not run on CUDA); 2 partial (this
 onnxruntime has no CUDA provider: PyTorch CUDA timed only); 3 no GPU here (nothing timed).
@@ -219,6 +220,67 @@ def check_http(name: str, model_dir: Path, args: argparse.Namespace, out: dict[s
     return failures
 
 
+def sweep_workers(name: str, model_dir: Path, args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
+    """Parts/s of the service with 1, 2, 4, 8 worker processes (BRIDGENET_WORKERS) × batch sizes, each
+    cell a service of its own loaded with enough clients to fill every worker's batches. Beside each
+    measured rate: the service's CPU per part in that cell (all its processes, from /metrics) and the rate
+    that CPU alone would allow on this host's cores, so a cell far below its projection is limited by the
+    GPU (or the session), one near it by the CPU around the session. GPU memory per worker from nvidia-smi."""
+    manifest = harness.read_manifest(model_dir)
+    size = int(manifest["image_size"])
+    rgb, xyz = synthetic_part(size)[:2]
+    payload = service_load.build_payload(*service_load.encode_part(rgb, xyz), (size, size))
+    cores = os.cpu_count() or 1
+    failures: list[str] = []
+    cells: list[dict[str, Any]] = []
+    out["workers_sweep"] = {"cores": cores, "cells": cells}
+    for workers in args.workers:
+        for batch in args.sweep_batches:
+            if not args.budget.allow(f"{name}: workers sweep {workers}×b{batch}", 10 + 3 * workers + args.http_seconds):
+                continue
+            inflight = max(2, batch)
+            settings = {
+                **args.target.service,
+                "workers": workers,
+                "batch_max_size": batch,
+                "batch_wait_ms": 2,
+                "max_inflight": inflight,
+                "max_queue": 64,
+                "request_timeout_s": 120,
+            }
+            clients = workers * inflight
+            memory_before = gpu_memory_used_mb()
+            log_path = args.cache_dir / "logs" / f"gpu-{name}-w{workers}-b{batch}.log"
+            with service_load.running_service(model_dir.parent, model_dir.name, settings, log_path, 300) as svc:
+                memory_loaded = gpu_memory_used_mb()
+                service_load.closed_loop(svc.url, payload, clients, 0.5, 0.0)  # every worker warm
+                cpu_before = svc.metric_sum("process_cpu_seconds_total") or 0.0
+                level = service_load.summarise_rounds(
+                    [service_load.closed_loop(svc.url, payload, clients, args.http_seconds, 0.0)]
+                )
+                cpu_s = (svc.metric_sum("process_cpu_seconds_total") or 0.0) - cpu_before
+            answered = max(1, level["answered"])
+            cpu_ms = 1e3 * cpu_s / answered
+            cell: dict[str, Any] = {
+                "workers": workers,
+                "batch_max_size": batch,
+                "clients": clients,
+                "parts_per_s": level["throughput_parts_per_s"],
+                "latency": level.get("latency"),
+                "refused": level["refused"],
+                "cpu_ms_per_part": round(cpu_ms, 3),
+                # What the CPU side alone allows: at most `cores` processes' worth of CPU time per second.
+                "cpu_bound_parts_per_s": round(min(workers, cores) * 1e3 / cpu_ms, 1) if cpu_ms > 0 else None,
+                "gpu_memory_mb_per_worker": None
+                if memory_before is None or memory_loaded is None
+                else round((memory_loaded - memory_before) / workers, 1),
+            }
+            cells.append(cell)
+            if level.get("provider") not in (None, args.target.provider):
+                failures.append(f"{name} workers={workers}: the service answered with provider {level['provider']}")
+    return failures
+
+
 def demo_dir(args: argparse.Namespace, env: dict[str, Any]) -> Path | None:
     """models/demo if present; else a demo-shaped random-weight export (lite0, 256 px, width 256)."""
     if (args.model_dir / "model.onnx").is_file():
@@ -248,6 +310,7 @@ def run_checks(args: argparse.Namespace, env: dict[str, Any], budget: Budget) ->
             ("onnxruntime CUDA checks + timings", partial(check_ort, name, args=args, out=entry), need / 2, ort_ok),
             ("torch CUDA timings", partial(time_torch_cuda, args=args, out=entry), 20, torch_ok),
             ("HTTP service on CUDA", partial(check_http, name, args=args, out=entry), 60, http_ok),
+            ("workers sweep on CUDA", partial(sweep_workers, name, args=args, out=entry), 60, http_ok),
         ]
         try:
             model_dir = make_dir()
@@ -320,6 +383,24 @@ def print_report(result: dict[str, Any]) -> None:
                 ["precision", *(f"{b} parts/s" for b in batches), "GPU MB used"],
                 [[k, *(p[k][b]["parts_per_s"] for b in batches), p[k]["gpu_memory_used_mb"]] for k in ("fp32", "fp16")],
             )
+    for m in result["models"]:
+        sweep = m.get("workers_sweep")
+        if isinstance(sweep, dict) and sweep["cells"]:
+            print(f"\n{m['model']}: workers sweep ({sweep['cores']} cores); CPU-bound: what the CPU per part allows")
+            harness.print_table(
+                ["workers × batch", "parts/s", "CPU-bound parts/s", "CPU ms/part", "p95 ms", "GPU MB/worker"],
+                [
+                    [
+                        f"{c['workers']} × {c['batch_max_size']}",
+                        c["parts_per_s"],
+                        c["cpu_bound_parts_per_s"],
+                        c["cpu_ms_per_part"],
+                        (c["latency"] or {}).get("p95_ms"),
+                        c["gpu_memory_mb_per_worker"],
+                    ]
+                    for c in sweep["cells"]
+                ],
+            )
     for line in result["skipped"]:
         print(f"skipped: {line}")
     print(f"STATUS: {result['status']}" + "".join(f"\n  - {f}" for f in result["failures"]))
@@ -334,6 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes of the fp32/fp16 timings")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--http-seconds", type=float, default=2.0, help="measured seconds per HTTP cell")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8], help="worker processes of the sweep")
+    p.add_argument("--sweep-batches", type=int, nargs="+", default=[1, 16], help="batch sizes of the workers sweep")
     p.add_argument("--no-cpu-reference", dest="cpu_reference", action="store_false")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bridgenet-bench")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (and so WRN, which is exported here)")
@@ -353,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     harness.setup_logging()
     budget = Budget(args.budget_s)
+    args.budget = budget  # the workers sweep checks it per cell
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     env = probe()
     result: dict[str, Any] = {

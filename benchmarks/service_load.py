@@ -357,6 +357,12 @@ def summarise_rounds(rounds: list[LoadRound]) -> dict[str, Any]:
     return out
 
 
+def _cpu_and_parts(service: Service) -> tuple[float, float]:
+    """CPU seconds of the service's processes so far, and the parts it has scored."""
+    cpu = service.metric_sum("process_cpu_seconds_total") or 0.0
+    return cpu, service.metric_sum("bridgenet_predictions_total") or 0.0
+
+
 def alternating_throughput(
     configs: Mapping[str, tuple[Path, Mapping[str, str | int | float]]],
     payload: Payload,
@@ -364,12 +370,15 @@ def alternating_throughput(
     rounds: int,
     seconds: float,
     log_dir: Path,
+    cpu_per_part: bool = False,
 ) -> dict[str, Any]:
     """Closed-loop parts/s of several services, each `name: (model folder, BRIDGENET_* settings)`, all
     started at once and measured in turn, round after round (so a change of load on the machine hits
     every configuration alike). Returns each one's summary and its throughput paired by round with the
-    first configuration's (`paired_ratio`)."""
+    first configuration's (`paired_ratio`). `cpu_per_part`: also each service's CPU time per part (all its
+    processes, from its /metrics: warm-up parts included on both sides), median over rounds."""
     per_round: dict[str, list[LoadRound]] = {name: [] for name in configs}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in configs}
     with ExitStack() as stack:
         services = {
             name: stack.enter_context(
@@ -380,8 +389,15 @@ def alternating_throughput(
         for _ in range(rounds):
             for name, svc in services.items():
                 time.sleep(0.5)
+                before = _cpu_and_parts(svc) if cpu_per_part else (0.0, 0.0)
                 per_round[name].append(closed_loop(svc.url, payload, clients, seconds, warmup_s=1.0))
+                if cpu_per_part:
+                    after = _cpu_and_parts(svc)
+                    cpu_ms[name].append(1e3 * (after[0] - before[0]) / max(1.0, after[1] - before[1]))
     out: dict[str, Any] = {name: summarise_rounds(rnds) for name, rnds in per_round.items()}
+    if cpu_per_part:
+        for name, values in cpu_ms.items():
+            out[name]["cpu_ms_per_part"] = round(float(np.median(values)), 2)
     first, *others = configs
     base = np.array([r.throughput for r in per_round[first]])
     out["paired_ratio"] = {

@@ -1,13 +1,18 @@
 """Serve the configured models with uvicorn: POST /v1/predict, /v1/models, /healthz, /readyz, /metrics.
 
 `python -m service users add|remove|list` manages the review station's users instead (service.ui.users_cli).
+With BRIDGENET_WORKERS=N above 1 this process supervises N worker processes on the port (service.supervisor).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -17,7 +22,10 @@ from service.http_protocol import with_deadline
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from service.config import Settings
+    from service.workers_dir import WorkerSlot
 
 log = logging.getLogger("service")
 
@@ -37,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    # A worker of service.supervisor: which slot, the listening socket it inherited, the shared folder.
+    parser.add_argument("--worker-slot", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workers-dir", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -81,7 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid settings: %s", exc)
         return 2
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    worker = None
+    if args.worker_slot is not None:
+        from service.workers_dir import WorkersDir, WorkerSlot
+
+        worker = WorkerSlot(WorkersDir(args.workers_dir, settings.workers), args.worker_slot)
+        configure_logging(settings.log_level, fields={"worker": worker.slot})
+    elif settings.workers > 1:
+        from service.supervisor import Supervisor
+
+        return Supervisor(settings, args.host, args.port).run()
+    app = create_app(settings, worker=worker)
     server = build_server(app, settings, args.host, args.port)
     state = app.state.service
 
@@ -89,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     state.on_fatal = stop_for_restart
-    server.run()
+    if worker is not None:
+        _watch_as_worker(server, lambda: state.ready, worker)
+        server.run(sockets=[socket.socket(fileno=args.listen_fd)])
+    else:
+        server.run()
     if not server.started:
         log.error("the service did not start; see the start-up error above")
         return 1
@@ -97,6 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("exiting for a restart: %s", state.fatal)
         return EXIT_WORKER_DIED
     return 0
+
+
+def _watch_as_worker(server: uvicorn.Server, ready: Callable[[], bool], worker: WorkerSlot) -> None:
+    """Tell the supervisor's folder once this worker is ready and accepting (the lifespan has loaded the models,
+    then uvicorn starts accepting), and stop if the supervisor is gone (killed) rather than serve unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        marked = False
+        while not server.should_exit:
+            if not marked and server.started and ready():
+                worker.dir.mark_ready(worker.slot)
+                marked = True
+            if os.getppid() != parent:
+                log.error("the supervisor (pid %d) is gone; stopping", parent)
+                server.should_exit = True
+            threading.Event().wait(1.0 if marked else 0.05)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

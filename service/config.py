@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=60.0, gt=0, description="time to send a request's body after its headers, seconds; then 408"
     )
+    # Worker processes on one port (service.supervisor): each loads its own sessions, so memory (and GPU memory
+    # on CUDA) grows by one model set per worker; more than the host's cores only adds contention.
+    workers: int = Field(default=1, ge=1, le=64, description="processes serving the port; 1: this process alone")
     # Micro-batching, off by default on the CPU (size 1): there a batch costs about its size in time, so
     # waiting for company only adds latency; on a GPU a batch of 16 costs about what one part does, so unset
     # means 16 there (raise BRIDGENET_MAX_INFLIGHT to match: admission caps a batch at that many parts).
@@ -252,8 +255,8 @@ class Settings(BaseSettings):
     # Review station (service.ui, /ui): its login exchanges the API key for a signed session cookie.
     ui_secret: SecretStr | None = Field(
         default=None,
-        description="Key that signs the review station's session cookies; unset: a random key per process "
-        "(sessions end at a restart, and replicas behind one address need one shared key).",
+        description="Key that signs the review station's session cookies; unset: a random key per start, shared by "
+        "the workers (sessions end at a restart, and replicas behind one address need one shared key).",
     )
     ui_session_hours: float = Field(
         default=12.0, gt=0, le=24 * 30, description="A review station login lasts this long."

@@ -60,7 +60,12 @@ def annotate_request(part_id: str | None, model: str) -> RequestContext:
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object: time, level, logger, message, request fields, extras."""
+    """Formats a record as one JSON object: time, level, logger, message, `fields` (the same on every line of
+    this process, e.g. its worker slot), request fields, extras."""
+
+    def __init__(self, fields: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.fields = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -68,6 +73,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **self.fields,
         }
         ctx = _request_context.get()
         if ctx is not None:
@@ -83,8 +89,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> logging.Handler:
-    """Send every log record (ours, uvicorn's, onnxruntime's Python side) as JSON lines to `stream`.
+def configure_logging(
+    level: str | int = "INFO", stream: TextIO | None = None, fields: dict[str, Any] | None = None
+) -> logging.Handler:
+    """Send every log record (ours, uvicorn's, onnxruntime's Python side) as JSON lines to `stream`, each
+    with `fields` (e.g. {"worker": 1} in one of several worker processes).
 
     Idempotent: a second call replaces the handler this function installed, and leaves handlers that
     others (pytest's caplog) installed alone.
@@ -94,7 +103,7 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         if getattr(handler, _HANDLER_MARK, False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(fields))
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

@@ -40,6 +40,7 @@ from service.metrics_server import start_metrics_server
 from service.recipes import RECIPES_DIR, RecipeCatalog
 from service.records.runtime import Records
 from service.ui.routes import mount_ui
+from service.workers_dir import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,15 @@ async def watch_workers(state: ServiceState) -> None:
         state.on_fatal(state.fatal)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, worker: WorkerSlot | None = None
+) -> FastAPI:
     """Build the app. Nothing is loaded here: the lifespan starts the engine (load, verify, warm up) and
-    only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine)."""
+    only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine). `worker`: this
+    process is one of several workers (service.supervisor), which serves the metrics port itself."""
     settings = settings or get_settings()
     engine = engine or Engine(engine_options(settings))
-    metrics = Metrics()
+    metrics = Metrics(workers=worker.dir if worker is not None else None)
     state = ServiceState(
         settings=settings,
         engine=engine,
@@ -121,6 +125,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         limits=decode_limits(settings),
         recipes=RecipeCatalog(settings.recipes_dir or settings.models_dir / RECIPES_DIR, settings.recipe),
         after_prediction=default_hooks(metrics),
+        worker=worker,
         watch=LineWatch(engine, metrics.lifecycle, settings.drift_window, settings.drift_min_parts),
     )
     assert state.watch is not None
@@ -139,7 +144,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         log.info("starting: models from %s", engine.options.models_dir)
         metrics_server = None
         try:
-            if settings.metrics_port is not None:  # first: a taken port fails the start before models load
+            if settings.metrics_port is not None and worker is None:  # first: a taken port fails the start early
                 metrics_server = start_metrics_server(metrics.registry, settings.metrics_host, settings.metrics_port)
             if not engine.ready:
                 # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
@@ -177,6 +182,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             yield
         finally:
+            if worker is not None:
+                worker.dir.mark_not_ready(worker.slot)
             watchdog.cancel()
             if on_sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)

@@ -1,8 +1,12 @@
-"""Every Prometheus collector of the service, on one registry per app, with stable names and few labels."""
+"""Every Prometheus collector of the service, on one registry per app, with stable names and few labels.
+
+With several worker processes (service.supervisor) every worker writes its values to files in one folder
+(prometheus_client's multiprocess mode) and any scrape renders all of them: counters and histograms sum over
+the workers, each gauge says how it combines (`multiprocess_mode`; ignored with one process).
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,8 +20,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.engine import PredictResult
+from service.workers_dir import WorkersDir, WorkersProcessCollector
 
 # Seconds; a part takes ~5 ms (tiny model) to a few seconds (WideResNet-50 at 576 px on a CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
@@ -54,14 +60,20 @@ class RecordsMetrics:
             "Parts recorded without their evidence because it could not be stored (full, write error).",
             registry=r,
         )
-        self.archive_bytes = Gauge("bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r)
+        self.archive_bytes = Gauge(
+            "bridgenet_archive_bytes", "Bytes held by the evidence archive.", registry=r, multiprocess_mode="livemax"
+        )
         self.archive_orphans_removed = Counter(
             "bridgenet_archive_orphans_removed_total",
             "Evidence files that no record named, deleted by the archive sweep (a crash between file and record).",
             registry=r,
         )
         self.push_backlog = Gauge(
-            "bridgenet_push_backlog", "Results waiting in the outbox, by destination.", ["destination"], registry=r
+            "bridgenet_push_backlog",
+            "Results waiting in the outbox, by destination.",
+            ["destination"],
+            registry=r,
+            multiprocess_mode="livemax",  # one worker delivers (and counts); the others hold 0
         )
         self.push_failures = Counter(
             "bridgenet_push_failures_total", "Failed delivery attempts, by destination.", ["destination"], registry=r
@@ -74,6 +86,7 @@ class RecordsMetrics:
             "Results taken out of the outbox undelivered (refused, too old, over the bound), by destination.",
             ["destination"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.push_dead_lettered = Counter(
             "bridgenet_push_dead_lettered_total",
@@ -107,21 +120,28 @@ class LifecycleMetrics:
             "score; +Inf where a quantile falls among them).",
             ["model", "version", "quantile"],
             registry=r,
+            multiprocess_mode="livemax",  # several workers: each watches its share of the parts; the worst shows
         )
         self.drift_implied_rate = Gauge(
             "bridgenet_drift_implied_false_reject_rate",
             "False-reject rate implied by the drift window's median and spread at the threshold in effect.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_status = Gauge(
             "bridgenet_drift_status",
             "Drift watch status of a model version: 0 ok, 1 watch, 2 drifting (0 until the window is judged).",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_window_parts = Gauge(
-            "bridgenet_drift_window_parts", "Parts in a model version's drift window.", ["model", "version"], registry=r
+            "bridgenet_drift_window_parts",
+            "Parts in a model version's drift window.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.shadow_scored = Counter(
             "bridgenet_shadow_scored_total",
@@ -135,7 +155,9 @@ class LifecycleMetrics:
             ["model", "reason"],
             registry=r,
         )
-        self.shadow_queue = Gauge("bridgenet_shadow_queue", "Parts waiting for the shadow scorer.", registry=r)
+        self.shadow_queue = Gauge(
+            "bridgenet_shadow_queue", "Parts waiting for the shadow scorer.", registry=r, multiprocess_mode="livesum"
+        )
 
     def set_drift(self, model: str, version: str, view: Mapping[str, Any]) -> None:
         """Publish one drift report (`DriftReport.view()`: window quantiles, implied rate, status)."""
@@ -155,22 +177,24 @@ class LifecycleMetrics:
     def forget_drift(self, model: str, version: str) -> None:
         """Drop the series of a version no longer served (its alert must not outlive it)."""
         for gauge in (self.drift_implied_rate, self.drift_status, self.drift_window_parts):
-            with contextlib.suppress(KeyError):
-                gauge.remove(model, version)
+            remove_series(gauge, model, version)
         for q in DRIFT_QUANTILES:
-            with contextlib.suppress(KeyError):
-                self.drift_quantile.remove(model, version, q)
+            remove_series(self.drift_quantile, model, version, q)
 
 
 class Metrics:
     """The collectors of one app. Each app owns a registry, so tests can build several apps in one process
     without prometheus_client's "Duplicated timeseries" error."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, workers: WorkersDir | None = None) -> None:
+        """`workers`: with several worker processes, their shared folder (whose value files the supervisor
+        named in PROMETHEUS_MULTIPROC_DIR before this process imported prometheus_client); None with one."""
         self.registry = registry or CollectorRegistry()
+        self.workers = workers
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+        if workers is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         self.predictions = Counter(
             "bridgenet_predictions_total",
             "Parts scored, by model and verdict (ok/review/ng).",
@@ -198,9 +222,13 @@ class Metrics:
             "Loaded models (value 1), with version, execution provider and backbone.",
             ["model", "version", "provider", "backbone"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.inflight = Gauge(
-            "bridgenet_inflight_requests", "Predictions admitted and not yet answered (running or queued).", registry=r
+            "bridgenet_inflight_requests",
+            "Predictions admitted and not yet answered (running or queued).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "bridgenet_rejected_requests_total", "Requests refused, by error code.", ["reason"], registry=r
@@ -226,12 +254,14 @@ class Metrics:
             "Raw scores of the good validation parts in each model's manifest (score_stats): the drift baseline.",
             ["model", "stat"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.admission_limit = Gauge(
             "bridgenet_admission_limit",
             "Admission limits in effect: predictions run at once (inflight) and waiting beyond those (queue).",
             ["kind"],
             registry=r,
+            multiprocess_mode="livesum",  # each worker admits its own share: the host's limit is the sum
         )
         self.prediction_duration = Histogram(
             "bridgenet_prediction_duration_seconds",
@@ -250,6 +280,7 @@ class Metrics:
             "Model folders that failed to load (value 1; the reason is in /v1/models and the log), by model.",
             ["model"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.records = RecordsMetrics(r)
         self.lifecycle = LifecycleMetrics(r)
@@ -291,9 +322,37 @@ class Metrics:
         self.model_info.labels(model=model, version=version, provider=provider, backbone=backbone).set(1)
 
     def clear_model_info(self) -> None:
-        self.model_info.clear()
-        self.good_score.clear()
+        clear_gauge(self.model_info)
+        clear_gauge(self.good_score)
 
     def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition of this registry and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text exposition of this registry (of every worker's, with several) and its content type."""
+        if self.workers is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(workers_registry(self.workers)), CONTENT_TYPE_LATEST
+
+
+def clear_gauge(gauge: Gauge) -> None:
+    """Remove every labelled series of `gauge`. With several workers a removed series would live on in this
+    worker's value file at its last value, so each is set to 0 first (it reads 0 until the worker restarts)."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            gauge.labels(**sample.labels).set(0)
+    gauge.clear()
+
+
+def remove_series(gauge: Gauge, *labels: str) -> None:
+    """Remove one labelled series of `gauge` (none: nothing). With several workers it would live on in this
+    worker's value file at its last value, so it is set to 0 first (an alert on it ends)."""
+    if any(tuple(s.labels.values()) == labels for family in gauge.collect() for s in family.samples):
+        gauge.labels(*labels).set(0)
+        gauge.remove(*labels)
+
+
+def workers_registry(workers: WorkersDir) -> CollectorRegistry:
+    """A registry that renders the value files of every worker, plus the process series (CPU, memory) summed
+    over the supervisor and its live workers."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(workers.metrics_dir))
+    registry.register(WorkersProcessCollector(workers))
+    return registry

@@ -21,6 +21,7 @@ from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
 from service.recipes import RecipeCatalog
 from service.records.runtime import Records
+from service.workers_dir import WorkerSlot
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
@@ -47,6 +48,7 @@ class ServiceState:
     on_fatal: Callable[[str], None] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
+    worker: WorkerSlot | None = None  # this process's place among several workers (service.supervisor)
     watch: LineWatch | None = None  # the drift watch (service.lifecycle.watch), fed by an after-prediction hook
     shadow: ShadowScorer | None = None  # BRIDGENET_SHADOW's candidates, set by the lifespan when configured
     proposals: ProposalStore = field(default_factory=ProposalStore)  # calibrations proposed, not yet saved

@@ -1,10 +1,12 @@
 """Model reloads at run time: `POST /v1/admin/reload` and SIGHUP both run `reload_models`, and the outcome
-reaches the metrics (`publish_models`, also called once at start-up)."""
+reaches the metrics (`publish_models`, also called once at start-up). With several worker processes a
+reload through the API also reaches the others (`reload_other_workers`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from starlette.concurrency import run_in_threadpool
@@ -12,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import ServiceState
 from service.api.errors import refusal_codes
 from service.engine import Engine, ReloadReport
-from service.metrics import Metrics
+from service.metrics import Metrics, clear_gauge
 
 log = logging.getLogger("service.main")
 
@@ -21,7 +23,7 @@ def publish_models(engine: Engine, metrics: Metrics) -> None:
     """The served and the failed models on the metrics (after start and after each reload), and a log line
     per served model."""
     metrics.clear_model_info()
-    metrics.model_unavailable.clear()
+    clear_gauge(metrics.model_unavailable)
     for name, loaded in engine.models.items():
         metrics.set_model_info(name, loaded.manifest.version, loaded.provider, loaded.manifest.backbone)
         metrics.set_good_scores(name, loaded.manifest.score_stats.model_dump())
@@ -40,6 +42,21 @@ async def reload_models(state: ServiceState) -> ReloadReport:
         await run_in_threadpool(state.recipes.reload)
         publish_models(state.engine, state.metrics)
         return report
+
+
+def reload_other_workers(state: ServiceState) -> None:
+    """After a reload through the API in one of several workers: SIGHUP to the supervisor, which passes it
+    to every worker (this one's second reload finds nothing changed). They follow within moments."""
+    if state.worker is None:
+        return
+    supervisor = state.worker.dir.supervisor_pid()
+    if supervisor is None:
+        log.error("cannot reach the other workers: no supervisor pid in %s", state.worker.dir.root)
+        return
+    try:
+        os.kill(supervisor, signal.SIGHUP)
+    except OSError as exc:
+        log.error("cannot reach the other workers through the supervisor (pid %d): %s", supervisor, exc)
 
 
 def install_sighup(state: ServiceState) -> bool:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from service.api.deps import State, not_ready_error
 from service.api.errors import ApiError
-from service.api.reload import reload_models
+from service.api.reload import reload_models, reload_other_workers
 from service.api.schemas import ErrorResponse, ReloadResponse
 from service.api.security import check_api_key
 
@@ -70,6 +70,7 @@ async def reload(state: State, key: Annotated[str | None, Security(admin_key_hea
     if not state.ready:
         raise not_ready_error()
     report = await reload_models(state)
+    reload_other_workers(state)
     return ReloadResponse(**report.__dict__, models=sorted(state.engine.models))
 
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ServiceState, State, not_ready_error
 from service.api.errors import ApiError
-from service.api.reload import publish_models
+from service.api.reload import publish_models, reload_other_workers
 from service.api.routes_admin import _ADMIN_ERRORS, admin_key_header, check_admin_key
 from service.api.schemas import ErrorResponse
 from service.lifecycle.promotion import Switch, activate, list_events, record_event, rollback_target
@@ -120,6 +120,8 @@ async def switch_version(state: ServiceState, name: str, version: str | None, ac
         raise VersionNotFoundApiError(str(exc)) from exc
     except VersionConflictError as exc:
         raise VersionConflictApiError(str(exc)) from exc
+    finally:  # whatever the outcome, the folder may have changed: the other workers (if any) reload too
+        reload_other_workers(state)
     event = await asyncio.to_thread(record_event, records.recorder.db_engine, name, switch, actor, reason)
     log.info("model %s: %s %s → %s", name, switch.action, switch.before.version, switch.after.version)
     return ModelEvent(**event)

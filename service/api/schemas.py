@@ -288,9 +288,15 @@ class HealthResponse(BaseModel):
     status: Literal["alive"]
 
 
+class WorkersState(BaseModel):
+    ready: int = Field(description="Worker processes whose models are loaded and warm.")
+    configured: int = Field(description="Worker processes the service runs (BRIDGENET_WORKERS).")
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     models: list[str]
+    workers: WorkersState | None = Field(default=None, description="With several worker processes: how many are ready.")
 
 
 class ErrorDetail(BaseModel):

@@ -14,18 +14,23 @@ when the destination comes back it gets the current production first; the dead l
 first: the decision records themselves stay, readable through /v1/results.
 
 With PostgreSQL and several replicas, a session-level advisory lock per destination lets one replica
-deliver while the others wait their turn (they take over if it dies).
+deliver while the others wait their turn (they take over if it dies). With SQLite (several worker processes
+on one host, service.supervisor) an exclusive lock on a file per destination beside the database does the
+same: the kernel releases it when its holder ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -87,8 +92,12 @@ class Dispatcher:
         backoff: Backoff | None = None,
         poll_s: float = 1.0,
         bounds: Bounds | None = None,
+        lock_dir: Path | None = None,
     ) -> None:
+        """`lock_dir`: where the SQLite path keeps its per-destination lock files (PostgreSQL locks in the
+        database); None: no lock (one process alone on this database)."""
         self.db_engine = db_engine
+        self.lock_dir = lock_dir
         self.destinations = list(destinations)
         self.metrics = metrics
         self.backoff = backoff or Backoff()
@@ -123,13 +132,34 @@ class Dispatcher:
         for d in self.destinations:
             await d.close()
 
+    def _try_lock(self, destination: str) -> Connection | int | None:
+        """Leadership of `destination`: a connection (PostgreSQL) or a file descriptor (SQLite) that holds
+        its lock, or None when another process holds it."""
+        if self.db_engine.dialect.name == "postgresql":
+            return _try_leader_lock(self.db_engine, destination)
+        assert self.lock_dir is not None
+        return _try_file_lock(self.lock_dir, destination)
+
+    async def _take_lock(self, destination: str) -> Connection | int | None:
+        """`_try_lock` in a thread. A cancel (stop) cannot stop the thread: what it may still take is
+        released when it ends, instead of being left to the garbage collector (or held)."""
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._try_lock, destination))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else _release(done.result())
+            )
+            raise
+
     async def _run(self, destination: Destination) -> None:
-        lock: Connection | None = None
+        lock: Connection | int | None = None
+        needs_lock = self.db_engine.dialect.name == "postgresql" or self.lock_dir is not None
         try:
             while True:
-                if self.db_engine.dialect.name == "postgresql" and lock is None:
-                    lock = await _leader_lock(self.db_engine, destination.name)
-                    if lock is None:  # another replica delivers this destination
+                if needs_lock and lock is None:
+                    lock = await self._take_lock(destination.name)
+                    if lock is None:  # another replica or worker delivers this destination
                         await self._idle(destination.name)
                         continue
                 try:
@@ -144,9 +174,7 @@ class Dispatcher:
             log.exception("push to %s stopped", destination.name)
             raise
         finally:
-            if lock is not None:
-                lock.invalidate()  # closes the database session itself, which releases the advisory lock
-                lock.close()
+            _release(lock)
 
     async def _idle(self, name: str) -> None:
         event = self._events[name]
@@ -348,24 +376,28 @@ def requeue(db_engine: Engine, destinations: Sequence[str]) -> dict[str, int]:
     return out
 
 
-async def _leader_lock(db_engine: Engine, destination: str) -> Connection | None:
-    """`_try_leader_lock` in a thread. A cancel (stop) cannot stop the thread: the connection it may still
-    open is released when it does, instead of being left for the garbage collector."""
-    attempt = asyncio.ensure_future(asyncio.to_thread(_try_leader_lock, db_engine, destination))
+def _release(lock: Connection | int | None) -> None:
+    if isinstance(lock, int):
+        os.close(lock)  # releases the file lock
+    elif lock is not None:
+        lock.invalidate()  # closes the database session itself, which releases the advisory lock
+        lock.close()
+
+
+def _try_file_lock(lock_dir: Path, destination: str) -> int | None:
+    """A descriptor holding the exclusive lock of `lock_dir`/push-<destination>.lock, or None when another
+    process holds it."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"push-{destination}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        return await asyncio.shield(attempt)
-    except asyncio.CancelledError:
-        attempt.add_done_callback(_release_lock)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
         raise
-
-
-def _release_lock(attempt: asyncio.Future[Connection | None]) -> None:
-    if attempt.cancelled() or attempt.exception() is not None:
-        return
-    conn = attempt.result()
-    if conn is not None:
-        conn.invalidate()  # closes the database session, which releases the advisory lock
-        conn.close()
+    return fd
 
 
 def _try_leader_lock(db_engine: Engine, destination: str) -> Connection | None:

@@ -63,6 +63,14 @@ class Archive:
     def size_bytes(self) -> int:
         return self._size
 
+    def resync(self) -> int:
+        """Count the folder again (other processes write to it too: several workers); the new size. Writes
+        during the count may be missed or counted twice until the next one."""
+        measured = self._measure()
+        with self._lock:
+            self._size = measured
+        return measured
+
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 

@@ -35,6 +35,8 @@ from service.records.store import (
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600.0
+# With several workers each archive view misses the others' files between two counts of the folder.
+ARCHIVE_RESYNC_S = 30.0
 GB = 1024**3
 
 
@@ -102,6 +104,7 @@ class Records:
         self.recorder = recorder
         self.dispatcher = dispatcher
         self._pruner: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -126,7 +129,13 @@ class Records:
             max_backlog=settings.push_max_backlog,
             max_dead_letters=settings.push_max_dead_letters,
         )
-        dispatcher = Dispatcher(db_engine, destinations, metrics.records, bounds=bounds) if destinations else None
+        # SQLite: the lock files sit beside the database's default place (every worker sees the same data_dir).
+        lock_dir = None if db_engine.dialect.name == "postgresql" else settings.data_dir
+        dispatcher = (
+            Dispatcher(db_engine, destinations, metrics.records, bounds=bounds, lock_dir=lock_dir)
+            if destinations
+            else None
+        )
         recorder = Recorder(
             db_engine,
             archive=archive,
@@ -143,6 +152,8 @@ class Records:
         if dispatcher is not None:
             await dispatcher.start()
         records._pruner = asyncio.create_task(records._prune_periodically(), name="evidence-retention")
+        if archive is not None and settings.workers > 1:
+            records._resync = asyncio.create_task(records._resync_periodically(archive), name="archive-size")
         log.info(
             "recording to %s (schema %s), archive=%s, push to %s",
             db_engine.url.render_as_string(hide_password=True),
@@ -153,10 +164,11 @@ class Records:
         return records
 
     async def stop(self) -> None:
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+        for task in (self._pruner, self._resync):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self.recorder is not None:
@@ -171,6 +183,17 @@ class Records:
                 await asyncio.to_thread(self.recorder.sweep_orphans)
             except Exception:  # retention must not end for good over one failed pass
                 log.exception("evidence retention pass failed")
+
+    async def _resync_periodically(self, archive: Archive) -> None:
+        while True:
+            await asyncio.sleep(ARCHIVE_RESYNC_S)
+            try:
+                size = await asyncio.to_thread(archive.resync)
+            except OSError:  # counted again at the next pass
+                log.exception("counting the evidence archive failed")
+                continue
+            if self.recorder is not None and self.recorder.metrics is not None:
+                self.recorder.metrics.archive_bytes.set(size)
 
     async def refuse_recorded(self, request_id: str) -> None:
         """Raise store.DuplicateRequestError when `request_id` has a record already (store.RecordError when

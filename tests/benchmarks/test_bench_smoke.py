@@ -127,11 +127,13 @@ def test_gpu_check_says_no_gpu(tmp_path: Path) -> None:
 
 
 def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
-    """Every GPU-check step on the CPU provider: provider check, profile, parity, timings, HTTP both modes."""
+    """Every GPU-check step on the CPU provider: provider check, profile, parity, timings, HTTP both modes,
+    the workers sweep."""
     out = tmp_path / "gpu.json"
     proc, data = run_script(
         "gpu_check.py", "--cpu-dry-run", "--no-torch", "--model-dir", fake_dir, "--wrn-sizes", "--repeats", "2",
-        "--clients", "1", "2", "--http-seconds", "0.3", "--batches", "1", "4", "--cache-dir", tmp_path, "--out", out,
+        "--clients", "1", "2", "--http-seconds", "0.3", "--batches", "1", "4", "--workers", "1", "2",
+        "--sweep-batches", "2", "--cache-dir", tmp_path, "--out", out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "CPU DRY RUN" in proc.stdout and data["dry_run"] is True
@@ -143,6 +145,14 @@ def test_gpu_check_cpu_dry_run(fake_dir: Path, tmp_path: Path) -> None:
     assert_stats(demo["ort_cuda_b1"])
     assert [lv["clients"] for lv in demo["http"]["batching_on"]] == [1, 2]
     assert demo["not_run"] == ["torch CUDA timings"]
+    sweep = demo["workers_sweep"]
+    assert [(c["workers"], c["batch_max_size"], c["clients"]) for c in sweep["cells"]] == [(1, 2, 2), (2, 2, 4)]
+    for cell in sweep["cells"]:
+        assert cell["parts_per_s"] > 0 and cell["refused"] == {} and cell["cpu_ms_per_part"] > 0
+        cpu_bound = min(cell["workers"], sweep["cores"]) * 1e3 / cell["cpu_ms_per_part"]
+        assert cell["cpu_bound_parts_per_s"] == pytest.approx(cpu_bound, rel=0.01)
+        assert cell["gpu_memory_mb_per_worker"] is None  # no nvidia-smi here
+    assert "workers sweep" in proc.stdout and "CPU-bound parts/s" in proc.stdout
     precisions = demo["precisions_io_binding"]  # fp32 and fp16 through the engine's IO binding, on the CPU here
     assert precisions["device"] == "cpu" and precisions["fp16_score_max_abs_diff"] < 5e-3
     for precision in ("fp32", "fp16"):
@@ -329,6 +339,21 @@ def test_cpu_cost_stages_from_stacks() -> None:
     assert stage_of(f"{run};record (service/records/store.py:9);Logger.info (logging/__init__.py:1)") == "logging"
     assert stage_of(run) == bench_cpu_cost.WAITING
     assert stage_of("main (somewhere.py:1)") == bench_cpu_cost.OUTSIDE
+
+
+def test_workers_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """1 and 2 worker processes side by side on the fake model, and at one client on the --model-dir model."""
+    out = tmp_path / "workers.json"
+    proc, data = run_script("bench_workers.py", "--quick", "--model-dir", fake_dir, "--sizes", "64", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    for measured in (data["fake"]["64"], data["demo_one_client"]):
+        for config in ("1 worker", "2 workers"):
+            assert measured[config]["throughput_parts_per_s"] > 0 and measured[config]["refused"] == {}
+            assert measured[config]["cpu_ms_per_part"] > 0  # every process of the service counted
+        assert measured["paired_ratio"]["2 workers/1 worker"] > 0
+    assert data["demo_one_client"]["1 worker"]["clients"] == 1
+    assert [row["model, part, clients"] for row in data["table"]] == ["fake 64 px ×2", f"{fake_dir.name} 32 px ×1"]
 
 
 def write_parts(folder: Path, seeds: range, bright: bool = False) -> None:

@@ -117,3 +117,14 @@ def test_evidence_larger_than_the_whole_archive_degrades(tmp_path: Path) -> None
     assert rec.record(decision(1, ng=True), evidence(1)).evidence == "failed"
     assert rec.get("req-00001") is not None
     assert rec.archive is not None and rec.archive.size_bytes == 0
+
+
+def test_resync_counts_what_other_processes_stored(tmp_path: Path) -> None:
+    """Two archives on one folder stand for two workers: each counts only its own writes until it counts
+    the folder again, which then holds both."""
+    mine, theirs = Archive(tmp_path / "archive", 10_000), Archive(tmp_path / "archive", 10_000)
+    mine.settle([mine.put(b"a" * 1000)])
+    theirs.settle([theirs.put(b"b" * 3000)])
+    assert (mine.size_bytes, theirs.size_bytes) == (1000, 3000)
+    assert mine.resync() == mine.size_bytes == 4000
+    assert not mine.has_room(7000) and mine.has_room(6000)

@@ -22,6 +22,8 @@ HOST = "127.0.0.1"  # loopback only: these tests never reach another address
 # Run the subprocess tests against real exported models instead of the tiny fake one, e.g. the demo model.
 MODELS_DIR_ENV = "BRIDGENET_TEST_MODELS_DIR"
 DEFAULT_MODEL_ENV = "BRIDGENET_TEST_DEFAULT_MODEL"  # with MODELS_DIR_ENV; default "demo"
+# Run every subprocess test with this many worker processes (BRIDGENET_WORKERS), e.g. 2; unset: one.
+WORKERS_ENV = "BRIDGENET_TEST_WORKERS"
 READY_TIMEOUT_S = 60.0
 
 
@@ -53,6 +55,8 @@ def service_env(models_dir: Path, default_model: str = "fake", **settings: str) 
         BRIDGENET_DATA_DIR=tempfile.mkdtemp(prefix="bridgenet-service-data-"),
         PYTHONPATH=str(REPO),
     )
+    if os.environ.get(WORKERS_ENV):
+        env["BRIDGENET_WORKERS"] = os.environ[WORKERS_ENV]
     env.update({f"BRIDGENET_{k.upper()}": v for k, v in settings.items()})
     return env
 

@@ -63,6 +63,7 @@ def test_each_key_does_its_own_job_and_reviews_carry_the_user(
         admin_key=ADMIN_KEY,
         users_file=str(users_file),
         archive="all",
+        workers="1",  # the login attempts below are counted per worker process
     )
     url = service.url
     # The line key predicts; it reads no result and does not log in.

@@ -100,6 +100,7 @@ def test_a_flood_of_large_stalled_uploads_is_bounded_cut_off_and_survived(
         max_queue=str(QUEUE),
         body_timeout_s=str(BODY_TIMEOUT_S),
         header_timeout_s=str(HEADER_TIMEOUT_S),
+        workers="1",  # the counts below are one process's limits (with N workers, each has its own)
     )
     headers = {"X-API-Key": KEY}
     assert httpx.post(f"{service.url}/v1/predict", files=part_files(seed=1), headers=headers, timeout=10).is_success
@@ -142,7 +143,8 @@ def test_a_flood_of_large_stalled_uploads_is_bounded_cut_off_and_survived(
 
 def test_connections_beyond_the_limit_are_answered_503(start_service: StartService, tmp_path: Path) -> None:
     write_fake_model(tmp_path / "models", "fake")
-    service = start_service(tmp_path / "models", max_connections="4", header_timeout_s="3")
+    # One process's connection limit (with N workers, each has its own).
+    service = start_service(tmp_path / "models", max_connections="4", header_timeout_s="3", workers="1")
     address = urlsplit(service.url)
     idle = [socket.create_connection((address.hostname, address.port), timeout=5) for _ in range(4)]
     try:
@@ -202,6 +204,7 @@ def test_slow_review_station_clients_leave_the_line_its_connections(
         max_connections="20",
         body_timeout_s="30",
         form_body_timeout_s=str(form_deadline),
+        workers="1",  # one process's connection limit (with N workers, each has its own)
     )
     headers = {"X-API-Key": KEY}
     stop = threading.Event()
