@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +33,10 @@ from service.engine import Engine, EngineOptions
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
 from service.records.runtime import Records
+
+if TYPE_CHECKING:
+    from service.plc.nodes import RecipeCatalog
+    from service.plc.server import PlcServer
 from service.ui.routes import mount_ui
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,19 @@ async def watch_workers(state: ServiceState) -> None:
         state.on_fatal(state.fatal)
 
 
+async def start_plc(state: ServiceState, recipes: RecipeCatalog | None) -> PlcServer:
+    """The OPC UA server over the records' outbox; `recipes`: the catalog its VisionSystems switch."""
+    # Imported here: asyncua takes a second to import, and only a service with an OPC UA address needs it.
+    from service.plc.server import PlcServer
+
+    records = state.records
+    if records is None or records.recorder is None:
+        raise RuntimeError("the OPC UA server needs the audit trail (BRIDGENET_AUDIT=on)")
+    plc = await PlcServer.start(state.settings, state.engine, records.recorder.db_engine, state.metrics.plc, recipes)
+    records.commit_listeners.append(plc.handshake.wake)
+    return plc
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app. Nothing is loaded here: the lifespan starts the engine (load, verify, warm up) and
     only then does /readyz answer 200. `engine` is for tests (a wrapped or pre-built engine)."""
@@ -122,6 +140,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
         if state.records is None:  # the audit trail: /v1/results and the review station (/ui) read it
             state.records = await Records.start(settings, metrics)
+        if settings.opcua_url:  # after the records: the PLC's results come from their outbox
+            try:
+                state.plc = await start_plc(state, getattr(app.state, "recipes", None))
+            except Exception as exc:  # e.g. the port is taken: stop what started, and the start-up with it
+                log.error("start-up failed: the OPC UA server: %s", exc)
+                await state.records.stop()
+                state.records = None
+                engine.stop()
+                if metrics_server is not None:
+                    metrics_server.stop()
+                raise
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         watchdog = asyncio.create_task(watch_workers(state))
@@ -137,6 +166,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             admission, state.admission = state.admission, None
             if admission is not None:
                 await admission.drain(settings.request_timeout_s)
+            plc, state.plc = state.plc, None
+            if plc is not None:
+                await plc.stop()
             records, state.records = state.records, None
             if records is not None:
                 await records.stop()

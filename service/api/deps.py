@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from service.config import Settings
 from service.engine import Engine
 from service.metrics import Metrics
 from service.records.runtime import Records
+
+if TYPE_CHECKING:  # asyncua takes a second to import: only a service with BRIDGENET_OPCUA_URL loads it
+    from service.plc.server import PlcServer
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
@@ -35,6 +38,7 @@ class ServiceState:
     limits: DecodeLimits
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
+    plc: PlcServer | None = None  # the OPC UA server (service.plc) when BRIDGENET_OPCUA_URL is set
     after_prediction: list[AfterPrediction] = field(default_factory=list)
     # A dead worker (service.main.watch_workers): why, and how the process is told to stop (set by
     # `python -m service`; tests leave it None and see /readyz 503).

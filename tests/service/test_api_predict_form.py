@@ -1,4 +1,4 @@
-"""The predict form as the route reads it: part_id printable, 2 files and 3 fields at most, each once, no
+"""The predict form as the route reads it: part_id printable, 2 files and 4 fields at most, each once, no
 undeclared field, files where files belong; POST /predict is the same operation as POST /v1/predict."""
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ def test_a_part_id_with_control_or_bidi_characters_is_refused(client: TestClient
     ("form", "data", "expected"),
     [
         ([*files(), ("rgb", ("b.png", PNG, "image/png"))], {}, "Too many files"),
-        (files(), {"part_id": "a", "model": "fake", "return_map": "none", "extra": "x"}, "Too many fields"),
+        (
+            files(),
+            {"part_id": "a", "meas_id": "m", "model": "fake", "return_map": "none", "extra": "x"},
+            "Too many fields",
+        ),
         ([*files(), ("part_id", ("x.bin", b"x", "text/plain"))], {"part_id": "a"}, "Too many files"),
         (files(), {"comment": "x"}, "unknown form field 'comment'"),
     ],
-    ids=["second-rgb", "fourth-field", "third-file", "undeclared-field"],
+    ids=["second-rgb", "fifth-field", "third-file", "undeclared-field"],
 )
 def test_form_limits(client: TestClient, form: list[Any], data: dict[str, str], expected: str) -> None:
     answer = client.post("/v1/predict", files=form, data=data)
