@@ -190,14 +190,18 @@ class VisionSystemNodes:
         wanted = value.Value.Value if value.Value is not None else None
         if not isinstance(wanted, str) or not wanted.strip():
             raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
-        try:
-            self.recipes.get(wanted.strip())
-            self.recipes.set_active(wanted.strip())
-        except (KeyError, LookupError, ValueError) as exc:
-            log.warning("OPC UA: recipe %r refused for %s: %s", wanted, self.model, exc)
-            raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange) from exc
-        log.info("OPC UA: active recipe set to %r", wanted.strip())
-        node.attributes[attr].value = ua.DataValue(ua.Variant(wanted.strip(), V.String))
+        wanted = wanted.strip()
+        # The server's own refresh writes through here too, with the catalog's active id: nothing to switch.
+        if wanted != self.recipes.active_id:
+            try:
+                self.recipes.get(wanted)
+                self.recipes.set_active(wanted)
+            except (KeyError, LookupError, ValueError) as exc:
+                log.warning("OPC UA: recipe %r refused for %s: %s", wanted, self.model, exc)
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange) from exc
+            log.info("OPC UA: active recipe set to %r", wanted)
+        node.attributes[attr].value = ua.DataValue(ua.Variant(wanted, V.String))
+        self._shown["RecipeManagement.ActiveRecipeId"] = wanted
 
     async def refresh_recipes(self) -> None:
         """Show the catalog's active recipe and ids (another client or the HTTP API may have changed them)."""

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
+from cryptography import x509
 from sqlalchemy import Engine as DbEngine
 
 from service.config import Settings
@@ -32,7 +34,20 @@ from service.ui.users import UserDirectory
 log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:bridgenet:inspection:machinevision"
+DEFAULT_APPLICATION_URI = f"{NAMESPACE}:server"
 STATE_EVERY_S = 1.0
+
+
+async def certificate_uri(path: Path) -> str | None:
+    """The application URI in the certificate's subject alternative names: clients check that the server's
+    application URI is the one its certificate names."""
+    certificate = await uacrypto.load_certificate(path)
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
 
 
 class PasswordUsers(UserManager):
@@ -97,7 +112,8 @@ class PlcServer:
         await server.init()
         server.set_endpoint(settings.opcua_url)
         server.set_server_name("BridgeNet inspection")
-        await server.set_application_uri(f"{NAMESPACE}:server")
+        uri = await certificate_uri(settings.opcua_cert_file) if settings.opcua_cert_file else None
+        await server.set_application_uri(uri or DEFAULT_APPLICATION_URI)
         if secure:
             assert settings.opcua_key_file is not None
             await server.load_certificate(str(settings.opcua_cert_file))

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from asyncua import Client, ua
 
-from tests.reliability.conftest import ServiceProcess
 from tests.plc.opcua_client import VisionSystem, post_part, start_service, wait_until
+from tests.reliability.conftest import ServiceProcess
 from tests.service.fake_model import write_fake_model
 
 pytestmark = pytest.mark.slow
@@ -56,9 +56,7 @@ def test_results_are_announced_in_order_acknowledged_overrun_and_kept_across_a_r
             overruns = await vs.subscribe("ResultBufferOverrunEventType")
 
             # Three parts, each announced once, in order, with the client's ids; then acknowledged.
-            ids = [
-                await asyncio.to_thread(post_part, service, f"part-{i}", f"meas-{i}", seed=i) for i in range(3)
-            ]
+            ids = [await asyncio.to_thread(post_part, service, f"part-{i}", f"meas-{i}", seed=i) for i in range(3)]
             events = await ready.wait_for(3, "ResultReady events")
             assert [e.ResultId for e in events] == ids
             assert [e.PartId for e in events] == ["part-0", "part-1", "part-2"]
