@@ -94,7 +94,14 @@ async def start_plc(state: ServiceState, recipes: RecipeCatalog | None) -> PlcSe
     records = state.records
     if records is None or records.recorder is None:
         raise RuntimeError("the OPC UA server needs the audit trail (BRIDGENET_AUDIT=on)")
-    plc = await PlcServer.start(state.settings, state.engine, records.recorder.db_engine, state.metrics.plc, recipes)
+    plc = await PlcServer.start(
+        state.settings,
+        state.engine,
+        records.recorder.db_engine,
+        state.metrics.plc,
+        recipes,
+        push_metrics=state.metrics.records,
+    )
     records.commit_listeners.append(plc.handshake.wake)
     return plc
 

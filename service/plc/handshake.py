@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from service.metrics import PlcMetrics
+from service.metrics import PlcMetrics, RecordsMetrics
 from service.plc.buffer import Entry, ResultBuffer
 from service.plc.results import PayloadError, PlcResult, parse_result
 from service.push.dispatcher import dead_letter_rows, delete_row
@@ -56,12 +56,14 @@ class Handshake:
         capacity: int,
         ttl: timedelta,
         metrics: PlcMetrics | None = None,
+        push_metrics: RecordsMetrics | None = None,
         poll_s: float = 1.0,
     ) -> None:
         self.db_engine = db_engine
         self.buffers = {model: ResultBuffer(model, capacity) for model in models}
         self.ttl = ttl
         self.metrics = metrics
+        self.push_metrics = push_metrics  # the outbox's own series (backlog, dead letters) for "opcua" too
         self.poll_s = poll_s  # also picks up rows re-queued from the dead letters
         self.listener: HandshakeListener | None = None
         # The outbox rows in the buffers. Not "the last id read": SQLite reuses the id of a deleted
@@ -74,6 +76,8 @@ class Handshake:
         if metrics is not None:
             for model in self.buffers:
                 metrics.declare_model(model)
+        if push_metrics is not None:
+            push_metrics.declare_destination(DESTINATION)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -146,7 +150,12 @@ class Handshake:
 
     async def _refuse(self, row_id: int, error: str) -> None:
         log.error("OPC UA results: outbox row %d dead-lettered: %s", row_id, error)
-        await asyncio.to_thread(dead_letter_rows, self.db_engine, [row_id], "refused", error)
+        await self._dead_letter([row_id], "refused", error)
+
+    async def _dead_letter(self, row_ids: list[int], reason: str, error: str) -> None:
+        await asyncio.to_thread(dead_letter_rows, self.db_engine, row_ids, reason, error)
+        if self.push_metrics is not None:
+            self.push_metrics.push_dead_lettered.labels(destination=DESTINATION, reason=reason).inc(len(row_ids))
 
     async def _expire(self) -> set[str]:
         cutoff = datetime.now(UTC) - self.ttl
@@ -157,7 +166,7 @@ class Handshake:
                 continue
             changed.add(buffer.model)
             error = f"not acknowledged within {self.ttl.total_seconds():g} s"
-            await asyncio.to_thread(dead_letter_rows, self.db_engine, [e.row_id for e in gone], "expired", error)
+            await self._dead_letter([e.row_id for e in gone], "expired", error)
             self._known.difference_update(e.row_id for e in gone)
             log.warning(
                 "OPC UA results of %s expired unacknowledged (dead letters): %s",
@@ -193,6 +202,9 @@ class Handshake:
         if self.metrics is not None:
             self.metrics.unacknowledged.labels(model=buffer.model).set(len(buffer.ready))
             self.metrics.waiting.labels(model=buffer.model).set(len(buffer.waiting))
+        if self.push_metrics is not None:
+            held = sum(len(b.ready) + len(b.waiting) for b in self.buffers.values())
+            self.push_metrics.push_backlog.labels(destination=DESTINATION).set(held)
         if self.listener is not None:
             await self.listener.buffer_changed(buffer)
 

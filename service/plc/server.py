@@ -24,7 +24,7 @@ from sqlalchemy import Engine as DbEngine
 
 from service.config import Settings
 from service.engine import Engine
-from service.metrics import PlcMetrics
+from service.metrics import PlcMetrics, RecordsMetrics
 from service.plc.buffer import ResultBuffer
 from service.plc.handshake import Handshake
 from service.plc.nodes import RecipeCatalog, VisionSystemNodes, create_event_types
@@ -104,6 +104,7 @@ class PlcServer:
         db_engine: DbEngine,
         metrics: PlcMetrics | None = None,
         recipes: RecipeCatalog | None = None,
+        push_metrics: RecordsMetrics | None = None,
     ) -> PlcServer:
         assert settings.opcua_url is not None
         secure = settings.opcua_cert_file is not None
@@ -132,6 +133,7 @@ class PlcServer:
             capacity=settings.opcua_buffer_size,
             ttl=timedelta(seconds=settings.opcua_result_ttl_s),
             metrics=metrics,
+            push_metrics=push_metrics,
         )
         event_types = await create_event_types(server, idx)
         folder = await server.nodes.objects.add_folder(

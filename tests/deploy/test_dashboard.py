@@ -44,6 +44,11 @@ EXPECTED_METRICS = {
     "bridgenet_push_failures_total",
     "bridgenet_audit_write_seconds",
     "bridgenet_archive_bytes",
+    # PLC row (service.plc).
+    "bridgenet_plc_unacknowledged_results",
+    "bridgenet_plc_waiting_results",
+    "bridgenet_plc_overruns_total",
+    "bridgenet_plc_expired_total",
 }
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from service.metrics import PlcMetrics
+from service.metrics import PlcMetrics, RecordsMetrics
 from service.plc.buffer import NotReadyError, UnknownResultError
 from service.plc.handshake import Handshake
 from service.records.database import create_db_engine, database_url, migrate
@@ -88,8 +88,11 @@ def test_acknowledge_overrun_and_order(db_engine: Engine) -> None:
 
 def test_unacknowledged_results_expire_into_the_dead_letters_and_unusable_rows_are_refused(db_engine: Engine) -> None:
     rec = recorder(db_engine)
-    metrics = PlcMetrics(CollectorRegistry())
-    handshake = Handshake(db_engine, ["demo"], capacity=1, ttl=timedelta(seconds=0.3), metrics=metrics)
+    registry = CollectorRegistry()
+    metrics, push = PlcMetrics(registry), RecordsMetrics(registry)
+    handshake = Handshake(
+        db_engine, ["demo"], capacity=1, ttl=timedelta(seconds=0.3), metrics=metrics, push_metrics=push
+    )
 
     async def scenario() -> None:
         rec.record(decision(1))
@@ -115,4 +118,10 @@ def test_unacknowledged_results_expire_into_the_dead_letters_and_unusable_rows_a
         ("req-00002", "expired"),
     ]
     assert metrics.expired.labels(model="demo")._value.get() == 2
+    dead = {
+        r: push.push_dead_lettered.labels(destination=PLC_DESTINATION, reason=r)._value.get()
+        for r in ("refused", "expired")
+    }
+    assert dead == {"refused": 2, "expired": 2}
+    assert push.push_backlog.labels(destination=PLC_DESTINATION)._value.get() == 0
     assert handshake.status()["demo"]["expired"] == 2
