@@ -109,6 +109,13 @@ class PlcServer:
         assert settings.opcua_url is not None
         secure = settings.opcua_cert_file is not None
         users = PasswordUsers(settings.opcua_users_file or settings.users_path) if secure else None
+        if users is not None and not users.directory.users():
+            log.warning(
+                "OPC UA: no users in %s, every login is refused; add one with "
+                "`python -m service users add --file %s NAME`",
+                users.directory.path,
+                users.directory.path,
+            )
         server = Server(user_manager=users)
         await server.init()
         server.set_endpoint(settings.opcua_url)

@@ -93,5 +93,12 @@ def test_the_contract_shows_the_form_on_both_paths(client: TestClient) -> None:
     for path in ("/v1/predict", "/predict"):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert body["required"] == ["rgb", "xyz"] and body["additionalProperties"] is False
-        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "model", "return_map"}
+        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "meas_id", "model", "return_map"}
         assert {"400", "408", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
+
+
+def test_meas_id_is_printable_text(client: TestClient) -> None:
+    answer = client.post("/v1/predict", files=files(), data={"meas_id": "m\u202e1"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "invalid_field" and "meas_id" in answer.json()["error"]["message"]
+    assert client.post("/v1/predict", files=files(), data={"meas_id": "batch-7/42"}).status_code == 200
