@@ -51,6 +51,11 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
     push_failures = Counter("bridgenet_push_failures", "", ["destination"], registry=reg)
     audit = Histogram("bridgenet_audit_write_seconds", "", buckets=(0.001, 0.002, 0.005), registry=reg)
     Gauge("bridgenet_archive_bytes", "", registry=reg).set(2.5e6)
+    # PLC: 3 results unacknowledged, 1 waiting behind the full buffer, an overrun now and then.
+    Gauge("bridgenet_plc_unacknowledged_results", "", ["model"], registry=reg).labels("bolt").set(3)
+    Gauge("bridgenet_plc_waiting_results", "", ["model"], registry=reg).labels("bolt").set(1)
+    overruns = Counter("bridgenet_plc_overruns", "", ["model"], registry=reg)
+    Counter("bridgenet_plc_expired", "", ["model"], registry=reg).labels("bolt")
     for name, value in (("DCGM_FI_DEV_GPU_UTIL", 40), ("DCGM_FI_DEV_FB_USED", 3000), ("DCGM_FI_DEV_FB_FREE", 138000)):
         Gauge(name, "", ["gpu"], registry=reg).labels("0").set(value)
     ProcessCollector(registry=reg)
@@ -63,6 +68,7 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         requests.labels("/v1/predict", "429").inc(1)
         rejected.labels("queue_full").inc(1)
         push_failures.labels("webhook").inc(1)
+        overruns.labels("bolt").inc(1)
         latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):
             latency.observe(0.08)
