@@ -6,7 +6,7 @@ Run from the repository root, in two steps (scoring once, comparing offline as o
 `dump` scores the validation split's good parts, the run's synthetic validation anomalies made from them
 (same seed and generator as training) and the whole test split with the exported model, through the
 service's engine (`training.scoring.engine`). `compare` calibrates every method of
-`training.calibration.thresholds` on the validation scores only and prints, per data set, the test
+`service.lifecycle.thresholds` on the validation scores only and prints, per data set, the test
 false-reject rate (with its Clopper-Pearson 95 % upper bound) and the detection rate per defect type at each
 threshold, then the pixel thresholds: the share of good test parts showing any region, and of defective
 parts with a region touching their ground truth.
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.engine import Engine
-from training.calibration import thresholds
+from service.lifecycle import thresholds
 from training.scoring.engine import open_engine, score_with_engine
 
 

@@ -272,6 +272,10 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Failed /ui logins per client address within login_window_s; more get 429."
     )
     login_window_s: float = Field(default=300.0, gt=0, description="The window of the login limits, seconds.")
+    # Commissioning from recorded parts (service.lifecycle.commission; docs/DEPLOYMENT.md "Commissioning a line").
+    commission_min_parts: int = Field(
+        default=100, ge=3, description="Fewest good parts a calibration from the line's records may rest on."
+    )
 
     @property
     def users_path(self) -> Path:

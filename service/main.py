@@ -24,6 +24,7 @@ from service.api.hooks import default_hooks
 from service.api.middleware import RequestMiddleware, ServedByMiddleware, process_id
 from service.api.reload import install_sighup, publish_models
 from service.api.routes_admin import router as admin_router
+from service.api.routes_commission import router as commission_router
 from service.api.routes_docs import docs_router
 from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_metrics import router as metrics_router
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(predict_router)
     app.include_router(admin_router)
     app.include_router(lifecycle_router)
+    app.include_router(commission_router)
     app.include_router(docs_router(settings.docs))
     if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
         app.include_router(metrics_router)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from service.lifecycle.rate import check_false_reject_rate
 from service.preprocessing import PreprocessConfig
-from training.calibration.rate import check_false_reject_rate
 
 Modality = Literal["rgb", "depth", "both"]
 Selection = Literal["validation", "last"]

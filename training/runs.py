@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from training.calibration.record import Calibration
+from service.lifecycle.calibration import Calibration
 from training.config import TrainConfig
 from training.model.backbones import BACKBONES, build_backbone
 from training.model.bridgenet import BridgeNet

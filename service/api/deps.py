@@ -15,6 +15,7 @@ from service.api.hooks import AfterPrediction
 from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
+from service.lifecycle.commission import ProposalStore
 from service.metrics import Metrics
 from service.records.runtime import Records
 
@@ -46,6 +47,7 @@ class ServiceState:
     on_fatal: Callable[[str], None] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
+    proposals: ProposalStore = field(default_factory=ProposalStore)  # calibrations proposed, not yet saved
 
     @property
     def ready(self) -> bool:

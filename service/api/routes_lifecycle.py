@@ -57,9 +57,12 @@ class RollbackRequest(BaseModel):
 
 class ModelEvent(BaseModel):
     model: str
-    action: str = Field(description="promote or rollback")
+    action: str = Field(description="promote, rollback or save (a calibration stored as a new version)")
     at: str
-    actor: str = Field(description="'admin' (the admin key), with the X-Operator header's name when sent")
+    actor: str = Field(
+        description="'admin' (the admin key), with the X-Operator header's name when sent; 'ui:<user>' from the "
+        "review station"
+    )
     from_version: str
     from_sha256: str
     to_version: str
@@ -91,7 +94,7 @@ def _actor(operator: str | None) -> str:
     return f"admin:{operator.strip()}" if operator and operator.strip() else "admin"
 
 
-async def _switch(state: ServiceState, name: str, version: str | None, actor: str, reason: str) -> ModelEvent:
+async def switch_version(state: ServiceState, name: str, version: str | None, actor: str, reason: str) -> ModelEvent:
     """Activate `version` (None: the previous one) of model `name`, reload, record the switch."""
     records = state.records
     if not state.ready or records is None:
@@ -133,7 +136,7 @@ async def promote(
     """Make a stored version of the model the active one; the one active until now stays stored for
     rollback. Requests in flight finish on the version they started with; a restart keeps the new one."""
     check_admin_key(state.settings.admin_key, key, "promote by moving the files and reloading instead")
-    return await _switch(state, name, body.version, _actor(operator), body.reason)
+    return await switch_version(state, name, body.version, _actor(operator), body.reason)
 
 
 @router.post("/{name}/rollback", response_model=ModelEvent, responses=_ERRORS)
@@ -146,7 +149,7 @@ async def rollback(
 ) -> ModelEvent:
     """Make the version that was active before the last promotion or rollback the active one again."""
     check_admin_key(state.settings.admin_key, key, "roll back by moving the files and reloading instead")
-    return await _switch(state, name, None, _actor(operator), body.reason if body else "")
+    return await switch_version(state, name, None, _actor(operator), body.reason if body else "")
 
 
 @router.get("/{name}/events", response_model=ModelEventsResponse, responses=_ERRORS)
@@ -156,7 +159,7 @@ async def events(
     key: Annotated[str | None, Security(admin_key_header)],
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 100,
 ) -> ModelEventsResponse:
-    """The model's promotions and rollbacks, newest first."""
+    """The model's promotions, rollbacks and saved calibrations, newest first."""
     check_admin_key(state.settings.admin_key, key, "the events cannot be listed")
     records = state.records
     if records is None:

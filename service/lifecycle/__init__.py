@@ -1,1 +1,2 @@
-"""A model's life in the service: the versions its folder holds, which one is active, promotion and rollback."""
+"""A model's life in the service: the versions its folder holds, which one is active, promotion and rollback,
+the threshold rule shared with training, and commissioning a new calibration from the line's records."""

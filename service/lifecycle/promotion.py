@@ -29,12 +29,12 @@ from service.manifest import MANIFEST_FILE, MODEL_FILE
 from service.records.tables import ModelEventRow
 
 PREVIOUS_FILE = "PREVIOUS"
-Action = Literal["promote", "rollback"]
+Action = Literal["promote", "rollback", "save"]
 
 
 @dataclass(frozen=True)
 class Switch:
-    """What a promotion or rollback changed on disk."""
+    """What a promotion or rollback changed on disk (a save: the version stored beside the active one)."""
 
     action: Action
     before: VersionInfo
@@ -114,7 +114,7 @@ _EVENT_FIELDS = ("model", "action", "actor", "from_version", "from_sha256", "to_
 
 
 def list_events(db_engine: Engine, model: str, limit: int = 100) -> list[dict[str, Any]]:
-    """The model's promotions and rollbacks, newest first."""
+    """The model's promotions, rollbacks and saved calibrations, newest first."""
     query = select(ModelEventRow).where(ModelEventRow.model == model).order_by(ModelEventRow.id.desc()).limit(limit)
     with db_engine.connect() as conn:
         rows = conn.execute(query).mappings().all()

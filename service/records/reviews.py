@@ -324,3 +324,40 @@ def review_stats(
             }
         )
     return out
+
+
+@dataclass(frozen=True)
+class ScoredPart:
+    """One recorded part as a calibration sees it: its score, verdict, version and latest review outcome."""
+
+    request_id: str
+    received_at: datetime
+    model_version: str
+    model_sha256: str
+    score: float
+    is_anomalous: bool
+    outcome: str | None  # the latest review's, None when not reviewed
+
+
+def scored_parts(db_engine: Engine, f: ResultFilter, *, limit: int) -> list[ScoredPart]:
+    """The newest `limit` parts that `f` selects, newest first, each with its latest review's outcome (one
+    query: decisions left-joined to their latest review)."""
+    ids = _latest_ids().subquery()
+    latest = select(ReviewRow.request_id, ReviewRow.outcome).join(ids, ReviewRow.id == ids.c.id).subquery()
+    query = _where(
+        select(
+            DecisionRow.request_id,
+            DecisionRow.received_at,
+            DecisionRow.model_version,
+            DecisionRow.model_sha256,
+            DecisionRow.score,
+            DecisionRow.is_anomalous,
+            latest.c.outcome,
+        ).outerjoin(latest, latest.c.request_id == DecisionRow.request_id),
+        PartFilter(model=f.model, verdict=f.verdict, since=f.since, until=f.until),
+    )
+    query = query.order_by(DecisionRow.received_at.desc(), DecisionRow.request_id.desc()).limit(limit)
+    with Session(db_engine) as session:
+        return [
+            ScoredPart(r[0], utc(r[1]), r[2], r[3], float(r[4]), bool(r[5]), r[6]) for r in session.execute(query).all()
+        ]

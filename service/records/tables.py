@@ -92,13 +92,14 @@ class DeadLetterRow(Base):
 
 
 class ModelEventRow(Base):
-    """A promotion or rollback of a model's version: who, when, from which version to which, and why."""
+    """A promotion or rollback of a model's version, or a calibration saved as a new version: who, when, from
+    which version to which, and why."""
 
     __tablename__ = "model_events"
 
     id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(16))  # "promote" or "rollback"
+    action: Mapped[str] = mapped_column(String(16))  # "promote", "rollback" or "save"
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     actor: Mapped[str] = mapped_column(String(128))
     from_version: Mapped[str] = mapped_column(String(64))

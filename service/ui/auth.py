@@ -60,7 +60,11 @@ class UiSession:
 
     @property
     def can_review(self) -> bool:
-        return self.role == "reviewer"
+        return self.role in ("reviewer", "admin")
+
+    @property
+    def can_admin(self) -> bool:
+        return self.role == "admin"
 
 
 class Signer:
@@ -140,6 +144,11 @@ def require_session(request: Request) -> UiSession:
 def require_reviewer(session: UiSession) -> None:
     if not session.can_review:
         raise RoleError(f"user {session.user!r} has the role {session.role!r}; only reviewers record reviews")
+
+
+def require_admin(session: UiSession) -> None:
+    if not session.can_admin:
+        raise RoleError(f"user {session.user!r} has the role {session.role!r}; only admins change model versions")
 
 
 def check_csrf(expected: str, sent: str | None) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from service.api.deps import ServiceState, State, get_state
@@ -38,10 +37,11 @@ from service.records.reviews import (
 from service.ui import auth, images
 from service.ui.headers import UiHeadersMiddleware
 from service.ui.login_limit import LoginLimiter
+from service.ui.models import router as models_router
+from service.ui.pages import login_redirect, page, safe_next
 from service.ui.users import UserDirectory
 
 HERE = Path(__file__).resolve().parent
-templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 LIST_ROWS = 100
@@ -70,6 +70,7 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(auth.SessionBeforeBody)  # inside the headers layer: its refusals get them too
     app.add_middleware(UiHeadersMiddleware)
     app.include_router(router)
+    app.include_router(models_router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
@@ -77,40 +78,21 @@ def _db_engine(state: ServiceState) -> Engine:
     return recorder_of(state).db_engine
 
 
-def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
-
-
-def _safe_next(target: str | None) -> str:
-    # Only back into the station: an open redirect would make the login page a phishing helper.
-    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/ui/"
-
-
-def _page(request: Request, name: str, session: auth.UiSession | None, status: int = 200, **context: Any) -> Response:
-    response = templates.TemplateResponse(
-        request, name, {"session": session, **context}, status_code=status, headers={"Cache-Control": "no-store"}
-    )
-    return response
-
-
 # ---- login
 
 
-def _login_page(
+def _loginpage(
     request: Request, target: str | None, error: str | None = None, status: int = 200, user: str = ""
 ) -> Response:
     token, cookie = auth.new_login_token(request)
-    response = _page(request, "login.html", None, status, next=_safe_next(target), error=error, csrf=token, user=user)
+    response = page(request, "login.html", None, status, next=safe_next(target), error=error, csrf=token, user=user)
     auth.set_login_cookie(request, response, cookie)
     return response
 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str | None = None) -> Response:
-    return _login_page(request, next)
+    return _loginpage(request, next)
 
 
 @router.post("/login", response_model=None)
@@ -128,15 +110,15 @@ def login(
     limiter: LoginLimiter = request.app.state.ui_login_limiter
     wait = limiter.retry_after(name, address)
     if wait is not None:  # refused before the (slow) password check
-        response = _login_page(request, next, "Too many failed logins: wait a few minutes.", status=429, user=name)
+        response = _loginpage(request, next, "Too many failed logins: wait a few minutes.", status=429, user=name)
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
     user = auth.users(request).authenticate(name, password)
     if user is None:
         limiter.failed(name, address)
-        return _login_page(request, next, "Unknown user name or wrong password.", status=401, user=name)
+        return _loginpage(request, next, "Unknown user name or wrong password.", status=401, user=name)
     limiter.succeeded(name)
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    response = RedirectResponse(safe_next(next), status_code=303)
     auth.start_session(request, response, user.name, user.role, state.settings.ui_session_hours)
     return response
 
@@ -173,7 +155,7 @@ ModelName = Annotated[str, Query(max_length=128)]
 
 
 @router.get("/", response_class=HTMLResponse)
-def parts_page(
+def partspage(
     request: Request,
     state: State,
     model: ModelName = "",
@@ -183,10 +165,10 @@ def parts_page(
 ) -> Response:
     session = auth.current_session(request)
     if session is None:
-        return _login_redirect(request)
+        return login_redirect(request)
     f = _part_filter(model, verdict, reviewed, hours)
     db_engine = _db_engine(state)
-    return _page(
+    return page(
         request,
         "list.html",
         session,
@@ -227,10 +209,10 @@ def _next_unreviewed(db_engine: Engine, request_id: str) -> str | None:
 
 
 @router.get("/parts/{request_id}", response_class=HTMLResponse)
-def part_page(request: Request, state: State, request_id: str, saved: int = 0, error: str | None = None) -> Response:
+def partpage(request: Request, state: State, request_id: str, saved: int = 0, error: str | None = None) -> Response:
     session = auth.current_session(request)
     if session is None:
-        return _login_redirect(request)
+        return login_redirect(request)
     recorder = recorder_of(state)
     part = recorder.get(request_id)
     if part is None:
@@ -239,7 +221,7 @@ def part_page(request: Request, state: State, request_id: str, saved: int = 0, e
     threshold = part["threshold"]
     # The bar spans 0 … 2 × threshold (the threshold in the middle); a score beyond that fills it.
     bar_max = 2 * threshold if threshold > 0 else max(part["score"], 1.0)
-    return _page(
+    return page(
         request,
         "part.html",
         session,
@@ -317,12 +299,12 @@ def review_part(
 
 
 @router.get("/stats", response_class=HTMLResponse)
-def stats_page(request: Request, state: State, hours: StatsHours = STATS_HOURS) -> Response:
+def statspage(request: Request, state: State, hours: StatsHours = STATS_HOURS) -> Response:
     session = auth.current_session(request)
     if session is None:
-        return _login_redirect(request)
+        return login_redirect(request)
     since = datetime.now(UTC) - timedelta(hours=hours)
-    return _page(
+    return page(
         request,
         "stats.html",
         session,

@@ -4,7 +4,8 @@ Managed with `python -m service users add|remove|list` (service.ui.users_cli); t
 file when it changes, so a user added or removed counts at once (a removed user's sessions end at their
 next request). The file is written whole to a temporary name and renamed over the old one, mode 0600.
 
-Roles: `reviewer` sees the station and records reviews; `viewer` sees it and cannot review.
+Roles: `reviewer` sees the station and records reviews; `viewer` sees it and cannot review; `admin` reviews
+too, and commissions, saves and promotes model versions on the station's model page.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("reviewer", "viewer")
+ROLES = ("reviewer", "viewer", "admin")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 # Names are recorded with every review and shown on pages: plain, short tokens (e-mail style allowed).

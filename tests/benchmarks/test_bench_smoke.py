@@ -329,3 +329,47 @@ def test_cpu_cost_stages_from_stacks() -> None:
     assert stage_of(f"{run};record (service/records/store.py:9);Logger.info (logging/__init__.py:1)") == "logging"
     assert stage_of(run) == bench_cpu_cost.WAITING
     assert stage_of("main (somewhere.py:1)") == bench_cpu_cost.OUTSIDE
+
+
+def write_parts(folder: Path, seeds: range, bright: bool = False) -> None:
+    """rgb/ + xyz/ of fake parts; `bright`: a white block, which the fake model scores far higher."""
+    from tests.service.fake_model import make_part, tiff_bytes
+
+    (folder / "rgb").mkdir(parents=True)
+    (folder / "xyz").mkdir()
+    for seed in seeds:
+        rgb, xyz = make_part(seed=seed)
+        if bright:
+            rgb[10:30, 10:30] = 255
+        cv2.imwrite(str(folder / "rgb" / f"{seed:03d}.png"), rgb[:, :, ::-1])
+        (folder / "xyz" / f"{seed:03d}.tiff").write_bytes(tiff_bytes(xyz))
+
+
+@pytest.mark.slow
+def test_commission_study_runs_the_loop_through_a_live_service(tmp_path: Path) -> None:
+    # Threshold 0.81: a few of the fake good parts (scores about 0.80-0.82) are NG, reviewed as false rejects.
+    model = write_fake_model(tmp_path / "models", "fake", threshold=0.81)
+    write_parts(tmp_path / "good", range(30))
+    for kind, seeds in (("dent", range(100, 103)), ("stain", range(103, 106))):
+        write_parts(tmp_path / "test" / kind, seeds, bright=True)
+    out = tmp_path / "study.json"
+    good, test = str(tmp_path / "good"), str(tmp_path / "test")
+    args = ["--model", str(model), "--line-good", good, "--line-count", "20", "--line-defects", test,
+            "--unseen-good", good, "--unseen-first", "20", "--unseen-count", "10", "--unseen-defects", test,
+            "--min-parts", "10", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.commission_study", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    line, before, after = data["line"], data["before"], data["after"]
+    assert line["good_sample"]["n"] == 20 and line["defect_sample"]["n"] == 6
+    assert line["good_sample"]["false_rejects"] >= 1
+    assert after["n_parts"] == 20 and after["unseen"]["threshold"] == after["line_defects"]["threshold"]
+    assert after["version"] != before["version"] and after["unseen_verdicts_ng"]["defects"] == 6
+    assert after["unseen"]["detected"] == "6 of 6" and after["unseen"]["false_rejects"].endswith("of 10")
+    assert 0 < after["distribution_free_upper_bound"] < 1

@@ -116,11 +116,11 @@ def test_bind_mounted_files_exist(name: str) -> None:
         assert source in RUNTIME_FOLDERS or source.exists(), f"{name} mounts missing {source}"
 
 
-def test_service_reserves_the_gpu_and_reads_models_read_only() -> None:
+def test_service_reserves_the_gpu_and_can_write_model_versions() -> None:
     service = load(COMPOSE)["services"]["service"]
     (device,) = gpu_devices(service)
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert ((REPO_ROOT / "models").resolve(), "/models:ro") in bind_mounts(COMPOSE, "service")
+    assert ((REPO_ROOT / "models").resolve(), "/models") in bind_mounts(COMPOSE, "service")
     assert merged(COMPOSE, "service", "restart")[0] == "unless-stopped"
     healthcheck, _ = merged(COMPOSE, "service", "healthcheck")
     assert "/readyz" in " ".join(healthcheck["test"])
@@ -205,7 +205,7 @@ def test_docker_compose_resolves_the_cpu_stack() -> None:
     cpu = services["service-cpu"]
     assert "deploy" not in cpu
     assert cpu["build"]["context"] == str(REPO_ROOT)
-    assert f"{REPO_ROOT / 'models'}:/models:ro" in cpu["volumes"]
+    assert f"{REPO_ROOT / 'models'}:/models:rw" in cpu["volumes"]
     assert cpu["environment"]["BRIDGENET_REQUIRE_CUDA"] == "false"
 
 

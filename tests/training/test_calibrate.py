@@ -1,4 +1,4 @@
-"""Threshold methods (training.calibration.thresholds) and `python -m training calibrate` on the bundled demo model."""
+"""Threshold methods (service.lifecycle.thresholds) and `python -m training calibrate` on the bundled demo model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from service.engine import InvalidModelOutputError
+from service.lifecycle import thresholds
+from service.lifecycle.calibration import Calibration
 from service.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -22,9 +24,7 @@ from service.manifest import (
     sha256_file,
     write_manifest_json,
 )
-from training.calibration import thresholds
 from training.calibration.recalibrate import find_good_parts
-from training.calibration.record import Calibration
 from training.cli import main as cli
 from training.data.layout import load_sample
 from training.scoring.engine import open_engine, score_with_engine

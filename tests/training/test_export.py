@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from service.lifecycle.thresholds import score_stats
 from service.manifest import MANIFEST_FILE, MODEL_FILE, load_model_dir
 from training import runs
-from training.calibration.thresholds import score_stats
 from training.config import TrainConfig
 from training.export import exporter as export_module
 from training.export.exporter import ExportError, export

@@ -17,6 +17,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "service.manifest": ("export/", "calibration/recalibrate.py"),  # write and rewrite a model folder
     # Open and score exported models as the service does (evaluate --model, the demo sample, calibrate).
     "service.engine": ("scoring/engine.py", "evaluation/", "calibration/recalibrate.py"),
+    # The threshold rule, the calibration record, the false-reject rate's range and the writing of a new
+    # version: one definition for training and the service's commissioning from recorded parts.
+    "service.lifecycle": ("calibration/", "config.py", "evaluation/", "export/", "runs.py", "train/cli.py"),
 }
 
 

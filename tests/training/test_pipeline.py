@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.lifecycle import thresholds
 from tests.training.tiny_run import TRAIN_ARGS, tiny_run
 from training import runs
-from training.calibration import thresholds
 from training.cli import main as cli
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,13 +80,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("ui-service")
     data_dir = folder / "data"
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
-    # The reviewer is made as a plant would: the users CLI, the password on stdin.
     users_file = folder / "users.json"
-    added = subprocess.run(
-        [sys.executable, "-m", "service", "users", "--file", str(users_file), "add", OPERATOR, "--role", "reviewer"],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_user_by_cli(users_file, OPERATOR, "reviewer", PASSWORD, env)
     env.update(
         BRIDGENET_MODELS_DIR=str(SAMPLE.parents[1]),
         BRIDGENET_MODELS="demo",
@@ -98,6 +94,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         BRIDGENET_DATA_DIR=str(data_dir),
         BRIDGENET_ARCHIVE="ng",
     )
+    with serve(folder, env, data_dir) as live:
+        yield live
+
+
+def add_user_by_cli(users_file: Path, name: str, role: str, password: str, env: dict[str, str]) -> None:
+    """Add a user as a plant would: the users CLI, the password on stdin."""
+    added = subprocess.run(
+        [sys.executable, "-m", "service", "users", "--file", str(users_file), "add", name, "--role", role],
+        input=password + "\n", capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+
+@contextmanager
+def serve(folder: Path, env: dict[str, str], data_dir: Path) -> Iterator[Live]:
+    """`python -m service` (niced) on a free loopback port with `env`, logging to `folder`; ready, then stopped."""
     port = free_port()
     log_path = folder / "service.log"
     log_file = log_path.open("w", encoding="utf-8")

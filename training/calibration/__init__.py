@@ -1,3 +1,4 @@
-"""Thresholds: the threshold methods (`thresholds`), the false-reject rate's valid range and flag (`rate`),
-the typed result (`record.Calibration`), calibration of a trained model on its validation parts
-(`validation`) and re-calibration of an exported model (`recalibrate`)."""
+"""Thresholds for trained models: calibration on a run's validation parts (`validation`) and re-calibration
+of an exported model on good parts from the line (`recalibrate`). The threshold methods, the false-reject
+rate's range and the `Calibration` record live in `service.lifecycle` (numpy/scipy), shared with the
+service's commissioning from recorded parts."""

@@ -4,45 +4,30 @@ Good parts from production are the best calibration data: many more than a run's
 from the real process. The parts are scored with the exported ONNX model exactly as the service scores
 them: through the service's engine (`training.scoring.engine.open_engine`, then `Engine.predict` per part: its
 score and its map at the model's resolution), the image and pixel thresholds are recomputed with
-`training.calibration.thresholds`, and the model folder gets a new version:
+`service.lifecycle.thresholds`, and the model folder gets a new version:
 
     models/NAME/model.onnx, manifest.json        the new version (manifest embedded again: new sha256)
     models/NAME/history/<old version>/...        the previous model.onnx + manifest.json, unchanged
 
 The manifest's `history` lists every earlier version (oldest first). The new files are written and
-verified in a temporary folder beside them, then moved into place; nothing changes on any error.
+verified in a temporary folder beside them, then moved into place; nothing changes on any error
+(`service.lifecycle.writing`, shared with the service's commissioning from recorded parts).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from tqdm import tqdm
 
 from service.engine import Engine, EngineError, ModelLoadError
-from service.manifest import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    SCHEMA_VERSION,
-    Manifest,
-    manifest_to_metadata,
-    sha256_file,
-    write_manifest_json,
-)
-from service.preprocessing import PreprocessingError
-from training.calibration.rate import DEFAULT as DEFAULT_FALSE_REJECT_RATE
-from training.calibration.rate import add_false_reject_rate_argument, check_false_reject_rate
-from training.calibration.record import Calibration
-from training.calibration.thresholds import (
+from service.lifecycle.rate import DEFAULT as DEFAULT_FALSE_REJECT_RATE
+from service.lifecycle.rate import add_false_reject_rate_argument, check_false_reject_rate
+from service.lifecycle.thresholds import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     METHODS,
@@ -50,12 +35,13 @@ from training.calibration.thresholds import (
     Method,
     calibrate_scores,
 )
+from service.lifecycle.writing import VersionWriteError, new_manifest, next_version, write_version
+from service.preprocessing import PreprocessingError
 from training.data.layout import GOOD, DatasetError, Sample, discover_folder, load_sample
 from training.scoring.engine import open_engine
 
 log = logging.getLogger(__name__)
 
-HISTORY_DIR = "history"
 MIN_PARTS = 3  # the fitted methods need a spread; 30+ parts are what a stable threshold wants
 
 
@@ -95,75 +81,6 @@ def score_folder(engine: Engine, samples: list[Sample], *, progress: bool) -> tu
         except (DatasetError, PreprocessingError, EngineError, OSError) as exc:
             raise CalibrateError(f"part {sample.rgb_path} cannot be scored: {exc}") from exc
     return scores, maps
-
-
-def next_version(manifest: Manifest) -> str:
-    """The version after `manifest.version`: 3 after 2; v1-cal2 after v1 with one earlier calibration."""
-    old = manifest.version
-    return str(int(old) + 1) if old.isdigit() else f"{old}-cal{len(manifest.history) + 1}"
-
-
-def new_manifest(
-    old: Manifest,
-    old_sha256: str,
-    calibration: Calibration,
-    version: str,
-    min_area: float | None,
-    note: str,
-    min_length: float | None = None,
-) -> Manifest:
-    """The next version's manifest: the new calibration, the old version in its history, and the size rules
-    given (None: the old manifest's stays)."""
-    data = old.model_dump(mode="json")
-    history = [
-        *data.get("history", []),
-        {
-            "version": old.version,
-            "created": data["created"],
-            "onnx_sha256": old_sha256,
-            "threshold": old.threshold.value,
-            "pixel_threshold": old.pixel_threshold,
-            "calibration_method": old.threshold.method,
-            "note": note,
-        },
-    ]
-    data.update(
-        schema_version=SCHEMA_VERSION,
-        version=version,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        history=history,
-        **calibration.manifest_fields(),
-    )
-    if min_area is not None:
-        data["min_defect_area_mm2"] = min_area
-    if min_length is not None:
-        data["min_defect_length_mm"] = min_length
-    return Manifest.model_validate(data)
-
-
-def write_version(folder: Path, old: Manifest, manifest: Manifest) -> Path:
-    """Archive the current files (version `old`) under history/<version>/, then put the new version in place."""
-    archive = folder / HISTORY_DIR / old.version
-    if archive.exists():
-        raise CalibrateError(f"{archive} already exists: the model's version {old.version!r} was archived "
-                             "before; restore or remove it, or pass a different --version")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=folder) as tmp:
-        staged = Path(tmp)
-        proto = onnx.load(str(folder / MODEL_FILE))
-        onnx.helper.set_model_props(proto, manifest_to_metadata(manifest))
-        onnx.save(proto, str(staged / MODEL_FILE))
-        write_manifest_json(manifest, staged, sha256_file(staged / MODEL_FILE))
-        try:
-            with open_engine(staged):  # the new version must load as the service loads it
-                pass
-        except ModelLoadError as exc:
-            raise CalibrateError(f"the new version does not load: {exc}") from exc
-        archive.mkdir(parents=True)
-        for name in (MODEL_FILE, MANIFEST_FILE):
-            shutil.copy2(folder / name, archive / name)
-        os.replace(staged / MODEL_FILE, folder / MODEL_FILE)
-        os.replace(staged / MANIFEST_FILE, folder / MANIFEST_FILE)
-    return archive
 
 
 def calibrate_model(
@@ -222,7 +139,10 @@ def calibrate_model(
     manifest = new_manifest(
         old, old_sha, calibration, version or next_version(old), min_defect_area_mm2, note, min_defect_length_mm
     )
-    archive = write_version(folder, old, manifest)
+    try:
+        archive = write_version(folder, old, manifest)
+    except VersionWriteError as exc:
+        raise CalibrateError(str(exc)) from exc
     old_t = old.threshold.value
     return {
         "model": str(folder),

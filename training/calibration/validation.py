@@ -1,6 +1,6 @@
 """Threshold calibration on good validation parts: the verdict is NG iff score > threshold.
 
-The numerical methods live in `training.calibration.thresholds` (numpy/scipy, no torch), shared with
+The numerical methods live in `service.lifecycle.thresholds` (numpy/scipy, no torch), shared with
 `python -m training calibrate`, which re-calibrates an exported model on good parts from the line.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from training.calibration.record import Calibration
-from training.calibration.thresholds import calibrate_scores
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.thresholds import calibrate_scores
 from training.config import TrainConfig
 from training.data.prepared import PreparedSplit
 from training.scoring.torch_model import score_with_torch

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.engine import Engine
+from service.lifecycle.thresholds import binomial_upper_bound
 from service.preprocessing import PreprocessConfig
-from training.calibration.thresholds import binomial_upper_bound
 from training.data.prepared import PreparedSplit, prepare_split
 from training.evaluation.figures import anomaly_sheet, score_histogram
 from training.evaluation.formatting import fmt

@@ -26,10 +26,10 @@ import numpy as np
 import onnx
 import torch
 
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, empirical, score_stats
 from service.manifest import MODEL_FILE, Manifest, manifest_to_metadata, sha256_file, write_manifest_json
 from training import runs
-from training.calibration.record import Calibration
-from training.calibration.thresholds import DEFAULT_CONFIDENCE, METHODS, calibrate_scores, empirical, score_stats
 from training.export import precision as reduced
 from training.export.onnx_scrub import portable_settings, strip_build_paths
 from training.runs import Run, load_run

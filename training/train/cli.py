@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.lifecycle.rate import add_false_reject_rate_argument
 from service.preprocessing import PreprocessConfig
-from training.calibration.rate import add_false_reject_rate_argument
 from training.config import DEPTH_ANOMALIES, TrainConfig
 from training.train.loop import train
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from training.calibration.rate import check_false_reject_rate
-from training.calibration.record import Calibration
+from service.lifecycle.calibration import Calibration
+from service.lifecycle.rate import check_false_reject_rate
 
 log = logging.getLogger(__name__)
 
@@ -350,21 +350,11 @@ def calibrate_scores(
     p_rate = PIXEL_RATE if pixel_rate is None else pixel_rate
     pixel_method: Method = PIXEL_METHOD if s.size >= MIN_PARTS_FOR_A_FIT else "empirical"
     pixel = estimate(pixel_method, maxima, p_rate, confidence)
-    return Calibration(
-        threshold=image.threshold,
-        method=image.method,
-        target_false_reject_rate=rate,
-        n_parts=int(s.size),
-        score_stats=score_stats(s),
-        confidence=image.confidence,
-        inputs=image.inputs,
-        expected_false_reject_rate=image.expected_false_reject_rate,
-        false_reject_rate_interval=image.false_reject_rate_interval,
-        distribution_free_upper_bound=image.distribution_free_upper_bound,
-        notes=image.notes,
+    return calibration_from(
+        image,
+        s,
         source=source,
         fallback=fallback,
-        empirical_threshold=empirical(s, rate).threshold,
         pixel_threshold=pixel.threshold,
         pixel={
             "method": f"{pixel.method} on the per-part maxima of the good parts' maps",
@@ -373,4 +363,36 @@ def calibrate_scores(
             "expected_share_of_good_parts_with_a_region": pixel.expected_false_reject_rate,
             "interval": list(pixel.false_reject_rate_interval),
         },
+    )
+
+
+def calibration_from(
+    image: ThresholdEstimate,
+    scores: np.ndarray,
+    *,
+    source: str,
+    pixel_threshold: float | None,
+    pixel: dict[str, Any] | None,
+    fallback: str | None = None,
+) -> Calibration:
+    """The calibration record of image threshold `image`, fitted on the good `scores` (N,), with the pixel
+    threshold and how it was set."""
+    rate = image.target_false_reject_rate
+    return Calibration(
+        threshold=image.threshold,
+        method=image.method,
+        target_false_reject_rate=rate,
+        n_parts=int(scores.size),
+        score_stats=score_stats(scores),
+        confidence=image.confidence,
+        inputs=image.inputs,
+        expected_false_reject_rate=image.expected_false_reject_rate,
+        false_reject_rate_interval=image.false_reject_rate_interval,
+        distribution_free_upper_bound=image.distribution_free_upper_bound,
+        notes=image.notes,
+        source=source,
+        fallback=fallback,
+        empirical_threshold=empirical(scores, rate).threshold,
+        pixel_threshold=pixel_threshold,
+        pixel=pixel,
     )
