@@ -58,6 +58,9 @@ def test_the_active_recipe_is_written_through_the_catalog(tmp_path: Path) -> Non
         try:
             async with Client(url, timeout=10) as client:
                 vs = await VisionSystem.find(client, "bagel")
+                assert vs.idx == 2  # DEPLOYMENT's string NodeIds say ns=2
+                by_id = client.get_node("ns=2;s=bagel.RecipeManagement.ActiveRecipeId")
+                assert await by_id.read_value() == "bagel-a"
                 assert await vs.read("RecipeManagement/RecipeIds") == ["bagel-a", "bagel-b"]
                 active = await vs.child("RecipeManagement/ActiveRecipeId")
                 assert await active.read_value() == "bagel-a"
