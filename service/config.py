@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # ONNX Runtime's intra-op threads busy-wait after each run (its default). Spinning threads compete
     # with the event loop and the other requests' decoding for the same cores (docs/BENCHMARKS.md).
     ort_spin_wait: bool = Field(default=True, description="ONNX Runtime threads busy-wait between runs")
+    # Recipes (service.recipes): `<recipes_dir>/<id>.json`; unset: `models_dir/recipes`. `recipe`: the one
+    # requests without a `recipe` field get at start (the PLC may switch it); unset: the models' own rules.
+    recipes_dir: Path | None = Field(default=None, description="folder of recipe files; unset: models_dir/recipes")
+    recipe: str | None = Field(
+        default=None, min_length=1, max_length=64, description="active recipe at start; unset: none"
+    )
     # Model name → threshold used instead of the manifest's (logged at start, reported in every answer).
     threshold_overrides: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description='JSON model → threshold instead of the manifest\'s, e.g. {"bagel": 0.73}'
@@ -91,6 +97,20 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON model → shortest defect region in mm that makes a part NG (length rule), e.g. {"bagel": 2}',
     )
+
+    # Model name → a candidate (a stored version of that model, or a model folder) scored beside it on every
+    # part, after the answer and off the line's capacity (service.lifecycle.shadow); checked at start.
+    shadow: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON model → candidate version or model folder scored in the shadow, e.g. {"bagel": "3"}',
+    )
+    shadow_queue: int = Field(
+        default=64, ge=1, le=100_000, description="parts waiting for the shadow scorer at most; more are skipped"
+    )
+    # The drift watch (service.lifecycle.drift): the last drift_window parts of each model version against
+    # the good-score distribution its calibration recorded; judged from drift_min_parts on.
+    drift_window: int = Field(default=200, ge=10, le=10_000, description="parts in each model's drift window")
+    drift_min_parts: int = Field(default=50, ge=10, description="parts a drift window needs before it is judged")
 
     # Threads decoding the RGB image while the request's thread turns the point cloud into depth; 0: in turn.
     decode_threads: int = Field(default=2, ge=0, le=64, description="RGB decode threads beside the cloud's; 0: off")
@@ -331,6 +351,21 @@ class Settings(BaseSettings):
             return _json(value, info.field_name or "", f'a JSON object such as {{"bagel": {example}}}')
         return value
 
+    @field_validator("shadow", mode="before")
+    @classmethod
+    def _parse_shadow(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _json(value, "shadow", 'a JSON object such as {"bagel": "3"} (model → version or model folder)')
+        return value
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = {name: v for name, v in value.items() if not name.strip() or not v.strip()}
+        if bad:
+            raise ValueError(f"expected model names mapped to a version or a model folder, got {bad}")
+        return value
+
     @field_validator("min_defect_area_mm2", "min_defect_length_mm")
     @classmethod
     def _positive_min_sizes(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
@@ -396,10 +431,15 @@ class Settings(BaseSettings):
             unknown = sorted(set(self.threshold_overrides) - set(self.models))
             if unknown:
                 problems.append(f"{env_name('threshold_overrides')} names models that are not loaded: {unknown}")
+            unknown = sorted(set(self.shadow) - set(self.models))
+            if unknown:
+                problems.append(f"{env_name('shadow')} names models that are not loaded: {unknown}")
             for rule in ("min_defect_area_mm2", "min_defect_length_mm"):
                 unknown = sorted(set(getattr(self, rule)) - set(self.models))
                 if unknown:
                     problems.append(f"{env_name(rule)} names models that are not loaded: {unknown}")
+        if self.drift_min_parts > self.drift_window:
+            problems.append(f"{env_name('drift_min_parts')} must not exceed {env_name('drift_window')}")
         if self.require_cuda and self.providers == "cpu":
             problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
         if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:

@@ -28,15 +28,20 @@ from service.api.routes_commission import router as commission_router
 from service.api.routes_docs import docs_router
 from service.api.routes_lifecycle import router as lifecycle_router
 from service.api.routes_metrics import router as metrics_router
+from service.api.routes_recipes import admin_router as recipes_admin_router
+from service.api.routes_recipes import router as recipes_router
 from service.api.routes_results import router as results_router
+from service.api.routes_watch import router as watch_router
 from service.config import Settings, decode_limits, get_settings, max_body_bytes
 from service.engine import Engine, EngineOptions
+from service.lifecycle.shadow import ShadowConfigError, ShadowScorer, candidate_folder, load_candidate
+from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
+from service.recipes import RECIPES_DIR, RecipeCatalog
 from service.records.runtime import Records
 
 if TYPE_CHECKING:
-    from service.plc.nodes import RecipeCatalog
     from service.plc.server import PlcServer
 from service.ui.routes import mount_ui
 
@@ -74,6 +79,26 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 WATCHDOG_INTERVAL_S = 0.5
+
+
+def start_shadow(settings: Settings, engine: Engine, metrics: Metrics, records: Records) -> ShadowScorer | None:
+    """Resolve and load BRIDGENET_SHADOW's candidates and start their scorer (blocking); None when unset.
+    ShadowConfigError names the model and what is wrong with its candidate: the start stops there."""
+    if not settings.shadow:
+        return None
+    candidates = {}
+    for model, target in settings.shadow.items():
+        loaded = engine.models.get(model)
+        if loaded is None:
+            served = sorted(engine.models)
+            raise ShadowConfigError(f"BRIDGENET_SHADOW names model {model!r}, which is not served: {served}")
+        folder = candidate_folder(engine.options.models_dir, model, target, loaded.manifest.version)
+        candidates[model] = load_candidate(engine.options, model, folder)
+        log.info("model %s: shadowed by version %s from %s", model, candidates[model].manifest.version, folder)
+    db_engine = records.recorder.db_engine if records.recorder is not None else None
+    scorer = ShadowScorer(candidates, metrics.lifecycle, decode_limits(settings), db_engine, settings.shadow_queue)
+    scorer.start()
+    return scorer
 
 
 async def watch_workers(state: ServiceState) -> None:
@@ -118,8 +143,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         engine=engine,
         metrics=metrics,
         limits=decode_limits(settings),
+        recipes=RecipeCatalog(settings.recipes_dir or settings.models_dir / RECIPES_DIR, settings.recipe),
         after_prediction=default_hooks(metrics),
+        watch=LineWatch(engine, metrics.lifecycle, settings.drift_window, settings.drift_min_parts),
     )
+    assert state.watch is not None
+    state.after_prediction.append(state.watch.after_prediction)
     if settings.batch_max_size is not None and settings.batch_max_size > settings.max_inflight:
         # Admission lets at most max_inflight predictions reach the engine at once: batches never grow beyond.
         log.warning(
@@ -139,8 +168,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if not engine.ready:
                 # Loading sessions and warming up is blocking work; keep the loop free meanwhile.
                 await run_in_threadpool(engine.start)
+            await run_in_threadpool(state.recipes.load)  # a bad active recipe fails the start, naming it
         except Exception as exc:
             log.error("start-up failed: %s", exc)
+            if engine.ready:
+                engine.stop()
             if metrics_server is not None:
                 metrics_server.stop()
             raise
@@ -148,17 +180,25 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         metrics.set_admission_limits(settings.max_inflight, settings.max_queue)
         if state.records is None:  # the audit trail: /v1/results and the review station (/ui) read it
             state.records = await Records.start(settings, metrics)
-        if settings.opcua_url:  # after the records: the PLC's results come from their outbox
-            try:
-                state.plc = await start_plc(state, getattr(app.state, "recipes", None))
-            except Exception as exc:  # e.g. the port is taken: stop what started, and the start-up with it
-                log.error("start-up failed: the OPC UA server: %s", exc)
-                await state.records.stop()
-                state.records = None
-                engine.stop()
-                if metrics_server is not None:
-                    metrics_server.stop()
-                raise
+        records, watch = state.records, state.watch
+        assert watch is not None
+        try:
+            db_engine = records.recorder.db_engine if records.recorder is not None else None
+            await run_in_threadpool(watch.attach, db_engine)
+            state.shadow = await run_in_threadpool(start_shadow, settings, engine, metrics, records)
+            if settings.opcua_url:  # after the records: the PLC's results come from their outbox
+                state.plc = await start_plc(state, state.recipes)
+        except Exception as exc:  # e.g. the OPC UA port is taken: stop what started, and the start-up with it
+            log.error("start-up failed: %s", exc)
+            shadow, state.shadow = state.shadow, None
+            if shadow is not None:
+                await run_in_threadpool(shadow.stop)
+            await records.stop()
+            state.records = None
+            engine.stop()
+            if metrics_server is not None:
+                metrics_server.stop()
+            raise
         state.admission = Admission(settings.max_inflight, settings.max_queue, settings.request_timeout_s, metrics)
         log.info("ready", extra={"models": sorted(engine.models), "default_model": engine.options.default_model})
         watchdog = asyncio.create_task(watch_workers(state))
@@ -174,6 +214,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             admission, state.admission = state.admission, None
             if admission is not None:
                 await admission.drain(settings.request_timeout_s)
+            shadow, state.shadow = state.shadow, None
+            if shadow is not None:
+                await run_in_threadpool(shadow.stop)
             plc, state.plc = state.plc, None
             if plc is not None:
                 await plc.stop()
@@ -200,6 +243,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(models_router)
+    app.include_router(recipes_router)
+    app.include_router(recipes_admin_router)
     app.include_router(predict_router)
     app.include_router(admin_router)
     app.include_router(lifecycle_router)
@@ -208,6 +253,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     if settings.metrics_port is None:  # otherwise on their own port (service.metrics_server)
         app.include_router(metrics_router)
     app.include_router(results_router)
+    app.include_router(watch_router)
     mount_ui(app, settings)  # the review station at /ui (service.ui)
     # Outermost last: RequestMiddleware (request id, body limits and deadline, access log, metrics) wraps the
     # gate, which refuses or admits the predict paths from their headers before the body is read.

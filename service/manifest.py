@@ -42,7 +42,7 @@ from service.preprocessing import ConfigError, PreprocessConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The schemas this service reads:
 # 1: none of `LATER_FIELDS` (reads as an fp32 model without calibration, pixel threshold or area rule).
 # 2: written by two exporters, each adding its own optional fields to schema 1: `calibration`,
@@ -50,7 +50,8 @@ SCHEMA_VERSION = 3
 #    (reduced-precision exports). A schema-2 manifest may hold either set, or both.
 # 3: the same fields as schema 2, one number for all of them: what `training export` and `calibrate` write;
 #    and the optional `min_defect_length_mm` (a schema-3 manifest without it has no length rule).
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+# 4: schema 3 and the optional `review_band` (without it: two outcomes, OK and NG).
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 # The fields schema 1 has not got.
 LATER_FIELDS = (
     "precision",
@@ -60,7 +61,10 @@ LATER_FIELDS = (
     "min_defect_area_mm2",
     "min_defect_length_mm",
     "history",
+    "review_band",
 )
+# Fields added after schema 2, and the first schema that has each: an older manifest holding one is refused.
+FIELD_SINCE = {"review_band": 4}
 METADATA_KEY = "bridgenet_manifest"
 MODEL_FILE = "model.onnx"  # the exported graph in a model folder (training.export writes it)
 MANIFEST_FILE = "manifest.json"
@@ -144,6 +148,21 @@ class Calibration(_Strict):
     pixel: dict[str, Any] = Field(default_factory=dict, description="the pixel threshold's method and inputs")
 
 
+class ReviewBand(_Strict):
+    """The review band's upper edge: a part the threshold rejects answers REVIEW (a person decides) while its
+    score is at most `upper`, NG above it. The lower edge is the threshold in effect."""
+
+    upper: float = Field(description="scores above the threshold and at most this answer REVIEW")
+    method: str = Field(min_length=1, examples=["normal_tolerance"])
+    target_false_reject_rate: float = Field(
+        gt=0.0, lt=1.0, description="share of good parts the upper edge may reject (NG without a review)"
+    )
+    expected_false_reject_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    expected_review_rate: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="share of good parts expected in the band, under the fit"
+    )
+
+
 class HistoryEntry(_Strict):
     """An earlier version of the same model folder (kept under `history/<version>/`)."""
 
@@ -198,6 +217,9 @@ class Manifest(_Strict):
         "too, a region meeting either minimum makes a part NG",
     )
     history: list[HistoryEntry] = Field(default_factory=list, description="earlier versions, oldest first")
+    review_band: ReviewBand | None = Field(
+        default=None, description="OK / REVIEW / NG: the band above the threshold where a person decides (None: off)"
+    )
 
     @property
     def image_size(self) -> int:
@@ -223,6 +245,14 @@ class Manifest(_Strict):
             ]
             if newer:
                 raise ValueError(f"schema_version 1 has no field {', '.join(newer)} (added in schema 2)")
+        if isinstance(data, Mapping):
+            version = data.get("schema_version", SCHEMA_VERSION)
+            later = [k for k, since in FIELD_SINCE.items() if data.get(k) is not None and version < since]
+            if later:
+                raise ValueError(
+                    f"schema_version {version} has no field {', '.join(later)} "
+                    f"(added in schema {', '.join(str(FIELD_SINCE[k]) for k in later)})"
+                )
         if not isinstance(data, Mapping):
             return data  # pydantic names the type
         if "image_size" not in data:
@@ -248,6 +278,11 @@ class Manifest(_Strict):
         s = self.image_size
         _check_tensors("inputs", self.inputs, {"rgb": [3, s, s], "depth": [3, s, s]})
         _check_tensors("outputs", self.outputs, {"scores": [], "maps": [s, s]})
+        if self.review_band is not None and not self.review_band.upper > self.threshold.value:
+            raise ValueError(
+                f"review_band.upper {self.review_band.upper} must be above threshold.value {self.threshold.value} "
+                "(the band's lower edge)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -257,6 +292,8 @@ class Manifest(_Strict):
         for key, value in handler(self).items():
             if self.schema_version == 1 and key in LATER_FIELDS:
                 continue  # a schema-1 manifest writes back as it was read
+            if self.schema_version < FIELD_SINCE.get(key, 0):
+                continue  # likewise an older manifest, without the fields added since
             out[key] = value
             if key == "backbone":
                 out["image_size"] = self.image_size
@@ -335,15 +372,17 @@ def write_manifest_json(m: Manifest, model_dir: Path | str, onnx_sha256: str) ->
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[ValueError] = ManifestError) -> dict[str, Any]:
+    """The JSON object in `path`; `error` (a ManifestError unless given) naming the file when it cannot be
+    read, is not JSON, or holds something else than an object. Recipe files are read the same way."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+        raise error(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} cannot be read: {exc}") from exc
+        raise error(f"{path} cannot be read: {exc}") from exc
     if not isinstance(data, dict):
-        raise ManifestError(f"{path} holds a JSON {type(data).__name__}; expected an object")
+        raise error(f"{path} holds a JSON {type(data).__name__}; expected an object")
     return data
 
 
@@ -380,7 +419,7 @@ def read_manifest_json(model_dir: Path | str) -> tuple[Manifest, str]:
     for path in (onnx_path, json_path):
         if not path.is_file():
             raise ManifestError(f"{path} not found: a model directory holds {MODEL_FILE} and {MANIFEST_FILE}")
-    data = _read_json(json_path)
+    data = read_json_object(json_path)
     recorded = data.pop("onnx_sha256", None)
     if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
         raise ManifestError(f"{json_path}: onnx_sha256 is {recorded!r}; expected 64 lowercase hex digits")

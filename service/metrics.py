@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,7 +27,7 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 
 # Parts per session run (micro-batching); 1 when batching is off.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("decode", "preprocess", "inference", "postprocess")
-VERDICTS = ("ok", "ng")
+VERDICTS = ("ok", "review", "ng")
 # Of a manifest's score_stats, the ones exported as drift baselines (alerts compare against p99).
 GOOD_SCORE_STATS = ("p50", "p95", "p99", "max")
 
@@ -129,6 +131,76 @@ class PlcMetrics:
             collector.labels(model=model)
 
 
+# ---- A model's life on the line (service.lifecycle): the drift watch and the shadow candidate.
+DRIFT_QUANTILES = ("0.1", "0.5", "0.9")
+
+
+class LifecycleMetrics:
+    """Collectors of the drift watch and of shadow scoring, on the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.drift_quantile = Gauge(
+            "bridgenet_drift_score_quantile",
+            "Quantiles of the raw scores in a model version's drift window (NG parts counted above every OK "
+            "score; +Inf where a quantile falls among them).",
+            ["model", "version", "quantile"],
+            registry=r,
+        )
+        self.drift_implied_rate = Gauge(
+            "bridgenet_drift_implied_false_reject_rate",
+            "False-reject rate implied by the drift window's median and spread at the threshold in effect.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.drift_status = Gauge(
+            "bridgenet_drift_status",
+            "Drift watch status of a model version: 0 ok, 1 watch, 2 drifting (0 until the window is judged).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.drift_window_parts = Gauge(
+            "bridgenet_drift_window_parts", "Parts in a model version's drift window.", ["model", "version"], registry=r
+        )
+        self.shadow_scored = Counter(
+            "bridgenet_shadow_scored_total",
+            "Parts the shadow candidate scored, by model and whether its verdict agreed with the answer's.",
+            ["model", "agreement"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "bridgenet_shadow_skipped_total",
+            "Parts the shadow candidate did not score: its queue was full (queue_full) or it failed (error).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.shadow_queue = Gauge("bridgenet_shadow_queue", "Parts waiting for the shadow scorer.", registry=r)
+
+    def set_drift(self, model: str, version: str, view: Mapping[str, Any]) -> None:
+        """Publish one drift report (`DriftReport.view()`: window quantiles, implied rate, status)."""
+        window = view["window"]
+        quantiles = window["quantiles"]
+        for q in DRIFT_QUANTILES:
+            value = quantiles.get(q)
+            self.drift_quantile.labels(model=model, version=version, quantile=q).set(
+                float("inf") if value is None else float(value)
+            )
+        rate = view["implied_false_reject_rate"]
+        self.drift_implied_rate.labels(model=model, version=version).set(float("nan") if rate is None else float(rate))
+        level = {"ok": 0, "watch": 1, "drifting": 2}[str(view["status"])]
+        self.drift_status.labels(model=model, version=version).set(level)
+        self.drift_window_parts.labels(model=model, version=version).set(float(window["n"]))
+
+    def forget_drift(self, model: str, version: str) -> None:
+        """Drop the series of a version no longer served (its alert must not outlive it)."""
+        for gauge in (self.drift_implied_rate, self.drift_status, self.drift_window_parts):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
+        for q in DRIFT_QUANTILES:
+            with contextlib.suppress(KeyError):
+                self.drift_quantile.remove(model, version, q)
+
+
 class Metrics:
     """The collectors of one app. Each app owns a registry, so tests can build several apps in one process
     without prometheus_client's "Duplicated timeseries" error."""
@@ -140,7 +212,7 @@ class Metrics:
         PlatformCollector(registry=r)
         self.predictions = Counter(
             "bridgenet_predictions_total",
-            "Parts scored, by model and verdict (ok/ng).",
+            "Parts scored, by model and verdict (ok/review/ng).",
             ["model", "verdict"],
             registry=r,
         )
@@ -221,11 +293,13 @@ class Metrics:
         self.records = RecordsMetrics(r)
         self.plc = PlcMetrics(r)
 
+        self.lifecycle = LifecycleMetrics(r)
+
     def observe_prediction(self, result: PredictResult) -> None:
         """Record one scored part: its verdict, its score, the duration of each known stage, and the size of
         its session run (once per run: by the part that came first in it)."""
         p = result.prediction
-        self.predictions.labels(model=p.model, verdict="ng" if p.is_anomalous else "ok").inc()
+        self.predictions.labels(model=p.model, verdict=p.verdict).inc()
         self.anomaly_score.labels(model=p.model).observe(p.score)
         for stage in STAGES:
             if stage in result.timings_ms:

@@ -401,6 +401,51 @@ def models_row(y: int) -> list[Panel]:
     return [row("Models", y), info]
 
 
+# ---- A model's life on the line (service.lifecycle): the drift watch and the shadow candidate.
+def drift_row(y: int) -> list[Panel]:
+    """Per model version: the drift status, the false-reject rate its window implies, and the shadow
+    candidate's agreement with the answers."""
+    by_agreement = f"sum by (model, agreement) (rate(bridgenet_shadow_scored_total{{{MODEL}}}[{RATE}]))"
+    return [
+        row("Drift watch", y),
+        timeseries(
+            "Drift status (0 ok, 1 watch, 2 drifting)",
+            (0, y + 1, 8, 7),
+            [target(f"max by (model, version) (bridgenet_drift_status{{{MODEL}}})", "{{model}} v{{version}}")],
+            "short",
+            min=0,
+            max=2,
+            description="The last BRIDGENET_DRIFT_WINDOW parts of each served version against the good scores "
+            "it was calibrated on (GET /v1/models/{name}/drift says why). 2 raises BridgeNetModelDrifting.",
+        ),
+        timeseries(
+            "Implied false-reject rate",
+            (8, y + 1, 8, 7),
+            [
+                target(
+                    f"max by (model, version) (bridgenet_drift_implied_false_reject_rate{{{MODEL}}})",
+                    "{{model}} v{{version}}",
+                )
+            ],
+            "percentunit",
+            min=0,
+            description="The share of good parts the window's median and spread put above the threshold in "
+            "effect; compare with the calibration's target (1 % by default).",
+        ),
+        timeseries(
+            "Shadow candidate: parts / s by agreement",
+            (16, y + 1, 8, 7),
+            [target(by_agreement, "{{model}} {{agreement}}")],
+            "short",
+            min=0,
+            stack=True,
+            description="Parts the shadow candidate (BRIDGENET_SHADOW) scored, by whether its verdict agreed "
+            "with the answer's; skipped parts: bridgenet_shadow_skipped_total. The parts where they disagree: "
+            "the review station's Shadow page.",
+        ),
+    ]
+
+
 # ---- Records and push (service.records, service.push): one row, kept together.
 def traceability_row(y: int) -> list[Panel]:
     """The audit trail's write time, the evidence archive, and the push outbox per destination."""
@@ -493,9 +538,10 @@ def build_dashboard() -> Panel:
         *quality_row(30),
         *capacity_row(39),
         *models_row(47),
+        *drift_row(53),
     ]
-    panels += traceability_row(53)
-    panels += plc_row(61)
+    panels += traceability_row(61)
+    panels += plc_row(69)
     for number, p in enumerate(panels, start=1):
         p["id"] = number
     model_var = {

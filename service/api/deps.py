@@ -16,7 +16,10 @@ from service.codecs import DecodeLimits
 from service.config import Settings
 from service.engine import Engine
 from service.lifecycle.commission import ProposalStore
+from service.lifecycle.shadow import ShadowScorer
+from service.lifecycle.watch import LineWatch
 from service.metrics import Metrics
+from service.recipes import RecipeCatalog
 from service.records.runtime import Records
 
 if TYPE_CHECKING:  # asyncua takes a second to import: only a service with BRIDGENET_OPCUA_URL loads it
@@ -37,6 +40,7 @@ class ServiceState:
     engine: Engine
     metrics: Metrics
     limits: DecodeLimits
+    recipes: RecipeCatalog = field(default_factory=lambda: RecipeCatalog(None))  # loaded by the lifespan
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
     plc: PlcServer | None = None  # the OPC UA server (service.plc) when BRIDGENET_OPCUA_URL is set
@@ -47,6 +51,8 @@ class ServiceState:
     on_fatal: Callable[[str], None] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)  # e.g. SIGHUP reloads, kept referenced
+    watch: LineWatch | None = None  # the drift watch (service.lifecycle.watch), fed by an after-prediction hook
+    shadow: ShadowScorer | None = None  # BRIDGENET_SHADOW's candidates, set by the lifespan when configured
     proposals: ProposalStore = field(default_factory=ProposalStore)  # calibrations proposed, not yet saved
 
     @property
@@ -65,6 +71,8 @@ class ReadyService:
     admission: Admission
     after_prediction: tuple[AfterPrediction, ...]
     records: Records | None  # None until started or in tests that build a bare state; off: records.enabled
+    recipes: RecipeCatalog
+    shadow: ShadowScorer | None = None
 
 
 def not_ready_error() -> NotReadyError:
@@ -93,7 +101,15 @@ async def get_ready_state(request: Request) -> ReadyService:
     state = get_state(request)
     if not state.ready or state.admission is None:  # (the second test only narrows the type: ready implies it)
         raise not_ready_error()
-    return ReadyService(state.engine, state.limits, state.admission, tuple(state.after_prediction), state.records)
+    return ReadyService(
+        state.engine,
+        state.limits,
+        state.admission,
+        tuple(state.after_prediction),
+        state.records,
+        state.recipes,
+        state.shadow,
+    )
 
 
 State = Annotated[ServiceState, Depends(state_dependency)]

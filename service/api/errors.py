@@ -26,6 +26,7 @@ from service.engine import (
     WorkerDeadError,
 )
 from service.logs import current_request
+from service.postprocessing.roi import MaskMismatchError
 from service.preprocessing import (
     ConfigError,
     EmptyPointCloudError,
@@ -37,6 +38,7 @@ from service.preprocessing import (
     PreprocessingError,
     SizeMismatchError,
 )
+from service.recipes import RecipeError, RecipeMismatchError, RecipeUnavailableError, UnknownRecipeError
 from service.records.store import DuplicateRequestError, RecordError
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ _PREPROCESSING_CODES: dict[type[PreprocessingError], str] = {
     ImageTooSmallError: "image_too_small",
     InvalidPointCloudError: "invalid_point_cloud",
     InvalidImageError: "invalid_image",
+    MaskMismatchError: "mask_mismatch",
 }
 _HTTP_CODES = {
     400: "bad_request",
@@ -166,6 +169,12 @@ def describe(exc: Exception) -> ErrorInfo | None:
         return ErrorInfo(503, AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
     if isinstance(exc, UnknownModelError):
         return ErrorInfo(404, "unknown_model", str(exc))
+    if isinstance(exc, UnknownRecipeError):
+        return ErrorInfo(404, "unknown_recipe", str(exc))
+    if isinstance(exc, RecipeUnavailableError):  # its file failed to load; a reload may bring it back
+        return ErrorInfo(503, "recipe_unavailable", str(exc), {"Retry-After": "30"})
+    if isinstance(exc, RecipeMismatchError):
+        return ErrorInfo(409, "recipe_mismatch", str(exc))
     if isinstance(exc, InvalidModelOutputError):  # never an OK on NaN: the model is at fault, not the part
         return ErrorInfo(500, INVALID_MODEL_OUTPUT, str(exc))
     if isinstance(exc, RequestValidationError):
@@ -209,6 +218,7 @@ def refusal_codes() -> list[str]:
     codes = {cls.code for cls in api_errors} | {cls.reason for cls in codec_errors}
     codes |= {*_PREPROCESSING_CODES.values(), "preprocessing_failed", *_HTTP_CODES.values()}
     codes |= {"not_ready", "unknown_model", "model_unavailable", "missing_field", "invalid_field", CLIENT_CLOSED_CODE}
+    codes |= {"unknown_recipe", "recipe_unavailable", "recipe_mismatch"}
     codes |= {INVALID_MODEL_OUTPUT, AUDIT_UNAVAILABLE, DUPLICATE_REQUEST_ID}
     return sorted(codes)
 
@@ -237,7 +247,9 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
         log.error("record not written: %s", exc, extra={"code": info.code, "status": info.status})
     elif isinstance(exc, WorkerDeadError):
         log.error("worker down: %s", exc, extra={"code": info.code, "status": info.status})
-    elif isinstance(exc, EngineError | PreprocessingError | CodecError | ApiError | DuplicateRequestError):
+    elif isinstance(
+        exc, EngineError | PreprocessingError | CodecError | ApiError | DuplicateRequestError | RecipeError
+    ):
         log.info("refused: %s", info.message, extra={"code": info.code, "status": info.status})
     return error_response(info)
 
@@ -251,6 +263,7 @@ def install_error_handlers(app: FastAPI) -> None:
         PreprocessingError,
         EngineError,
         RecordError,
+        RecipeError,
         RequestValidationError,
         StarletteHTTPException,
         ClientDisconnect,

@@ -48,6 +48,8 @@ def log_scored_part(result: PredictResult, request: RequestContext) -> None:
             "score": p.score,
             "threshold": p.threshold,
             "is_anomalous": p.is_anomalous,
+            "verdict": p.verdict,
+            "recipe": p.recipe,
             "rule": p.decision.rule,
             "n_regions": p.n_regions,
             "provider": p.provider,

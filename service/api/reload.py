@@ -33,9 +33,11 @@ def publish_models(engine: Engine, metrics: Metrics) -> None:
 
 
 async def reload_models(state: ServiceState) -> ReloadReport:
-    """Reload the model folders (one reload at a time) and publish the outcome on the metrics."""
+    """Reload the model folders and the recipe files (one reload at a time) and publish the models' outcome
+    on the metrics; the recipes' outcome is logged and shown by GET /v1/recipes."""
     async with state.reload_lock:
         report = await run_in_threadpool(state.engine.reload)
+        await run_in_threadpool(state.recipes.reload)
         publish_models(state.engine, state.metrics)
         return report
 

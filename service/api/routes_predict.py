@@ -22,10 +22,13 @@ from service.api.forms import PREDICT_FORM, FormFile, FormValue, read_form
 from service.api.gate import admission_pass
 from service.api.hooks import serve_prediction
 from service.api.middleware import REQUEST_ID_HEADER, accepted_request_id
-from service.api.schemas import PART_ID_MAX_LENGTH, ErrorResponse, PartId, PredictResponse
+from service.api.schemas import PART_ID_MAX_LENGTH, PartId, PredictResponse, error_responses
 from service.api.security import require_line_key
 from service.engine import PartUpload, ReturnMap
+from service.lifecycle.shadow import ShadowJob
 from service.logs import annotate_request
+from service.recipes import Recipe, RecipeCatalog
+from service.recipes.recipe import RECIPE_ID
 
 MODEL_NAME_MAX_LENGTH = 128
 FILE_FIELDS = ("rgb", "xyz")
@@ -39,6 +42,7 @@ class PredictFields(BaseModel):
     part_id: PartId | None = None
     meas_id: PartId | None = None
     model: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX_LENGTH)
+    recipe: str | None = Field(default=None, pattern=RECIPE_ID)
     return_map: ReturnMap = "none"
 
 
@@ -75,7 +79,13 @@ PREDICT_FORM_SCHEMA: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "maxLength": MODEL_NAME_MAX_LENGTH,
-            "description": "Model name; default: the configured one.",
+            "description": "Model name; default: the recipe's, else the configured one.",
+        },
+        "recipe": {
+            "type": "string",
+            "pattern": RECIPE_ID,
+            "description": "Recipe id (GET /v1/recipes): its model and verdict rules score the part; default: the "
+            "active recipe, unless `model` names another model than its; without one, the model's own rules.",
         },
         "return_map": {
             "type": "string",
@@ -87,21 +97,23 @@ PREDICT_FORM_SCHEMA: dict[str, Any] = {
 }
 _FIELD_NAMES = (*FILE_FIELDS, *PredictFields.model_fields)
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         400: "Undecodable upload (corrupt, unsupported format, wrong shape or dtype), or a malformed form",
         401: "Missing or wrong API key",
         403: "A key of another role (only the line key predicts)",
-        404: "Unknown model",
+        404: "Unknown model or recipe",
         408: "The body did not arrive within BRIDGENET_BODY_TIMEOUT_S",
         413: "Upload or declared image size too large",
-        409: "The X-Request-ID has a record already (duplicate_request_id): read it at GET /v1/results/{request_id}",
-        422: "Missing/invalid/repeated/undeclared form field, or unusable input (no foreground, size mismatch, ...)",
+        409: "The X-Request-ID has a record already (duplicate_request_id): read it at GET /v1/results/{request_id}; "
+        "or the recipe does not fit the model served (recipe_mismatch)",
+        422: "Missing/invalid/repeated/undeclared form field, `model` other than the recipe's, or unusable input (no "
+        "foreground, size mismatch, a recipe mask of another aspect, ...)",
         429: "Queue full (Retry-After)",
-        503: "Not ready, model unavailable, the request timed out, or its record could not be written (Retry-After)",
-    }.items()
-}
+        503: "Not ready, model or recipe unavailable, the request timed out, or its record could not be written "
+        "(Retry-After)",
+    }
+)
 
 _ROUTE: dict[str, Any] = {
     "response_model": PredictResponse,
@@ -132,6 +144,29 @@ def _upload_bytes(upload: FormFile, field: str, max_bytes: int) -> bytes:
     return upload.data
 
 
+def _recipe(recipes: RecipeCatalog, fields: PredictFields) -> Recipe | None:
+    """The recipe that decides: the one named (404 / 503 when it cannot), else the active one unless the
+    request names another model than the active recipe's. A named recipe and another model: 422."""
+    if fields.recipe is not None:
+        recipe = recipes.get(fields.recipe)
+        if fields.model is not None and fields.model != recipe.model:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", "model"),
+                        "msg": f"recipe {recipe.id!r} scores with model {recipe.model!r}, not {fields.model!r}; "
+                        "send one of the two",
+                    }
+                ]
+            )
+        return recipe
+    active = recipes.active()
+    if active is None or (fields.model is not None and fields.model != active.model):
+        return None
+    return active
+
+
 def _fields(form: Mapping[str, FormValue]) -> PredictFields:
     values = {name: form[name] for name in PredictFields.model_fields if name in form}
     bad = next((name for name, v in values.items() if isinstance(v, FormFile)), None)
@@ -151,7 +186,10 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
     form = await read_form(http, PREDICT_FORM, known=_FIELD_NAMES)
     rgb, xyz = _file(form, "rgb"), _file(form, "xyz")
     fields = _fields(form)
-    model_name = state.engine.get(fields.model).name  # an unknown model is refused before any decoding work
+    recipe = _recipe(state.recipes, fields)  # an unknown recipe is refused before any work, nothing recorded
+    model = state.engine.get(recipe.model if recipe is not None else fields.model)  # likewise an unknown model
+    model_name = model.name
+    rules = recipe.rules_for(model) if recipe is not None else None
     request = annotate_request(fields.part_id, model_name)
     # One record per request id: a client's id that has one is refused before any work (the service's
     # own ids are fresh UUIDs, not worth a lookup).
@@ -162,6 +200,7 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
         xyz=_upload_bytes(xyz, "xyz", state.limits.max_bytes),
         model=model_name,
         return_map=fields.return_map,
+        rules=rules,
     )
     served = await serve_prediction(
         state.admission, admission_pass(http.scope), state.engine, state.after_prediction, upload, request
@@ -183,6 +222,10 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
             model_sha256=served.result.prediction.model_sha256,
             client=http.client.host if http.client else None,
             meas_id=fields.meas_id,
+        )
+    if state.shadow is not None:  # queued, never waited for: a full queue skips the part (and counts it)
+        state.shadow.submit(
+            ShadowJob(request.request_id, model_name, upload.rgb, upload.xyz, served.result.prediction.is_anomalous)
         )
     return response
 

@@ -55,6 +55,11 @@ class ResultModel(BaseModel):
     onnx_sha256: str
 
 
+class ResultRecipe(BaseModel):
+    id: str
+    version: str | None
+
+
 class ResultEvidence(BaseModel):
     status: Literal["archived", "not_kept", "failed", "pruned"] = Field(
         description="archived: files available; not_kept: BRIDGENET_ARCHIVE skipped this part; failed: could "
@@ -73,6 +78,13 @@ class ResultReview(BaseModel):
     created: datetime
 
 
+class ResultShadow(BaseModel):
+    version: str = Field(description="The candidate's version (BRIDGENET_SHADOW).")
+    score: float
+    threshold: float = Field(description="The candidate's own threshold.")
+    is_anomalous: bool = Field(description="The candidate's verdict.")
+
+
 class ResultRecord(BaseModel):
     request_id: str
     part_id: str | None
@@ -81,7 +93,9 @@ class ResultRecord(BaseModel):
     score: float
     threshold: float
     threshold_source: str
-    is_anomalous: bool
+    is_anomalous: bool = Field(description="Not accepted: NG or REVIEW.")
+    verdict: Literal["ok", "review", "ng"]
+    recipe: ResultRecipe | None = Field(description="The recipe whose rules decided; null: the model's own.")
     defect_area_fraction: float
     decision_rule: str
     regions: list[dict[str, Any]]
@@ -91,6 +105,11 @@ class ResultRecord(BaseModel):
     evidence: ResultEvidence
     review: ResultReview | None = Field(
         default=None, description="The latest review at the review station (/ui); null while unreviewed."
+    )
+    shadow: ResultShadow | None = Field(
+        default=None,
+        description="The shadow candidate's answer on this part (scored after the answer); null when none "
+        "shadowed the model, or the part was skipped or is still queued.",
     )
 
 
@@ -196,7 +215,10 @@ DateTime = Annotated[datetime, BeforeValidator(_rfc3339)]
 def _filters(
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
-    verdict: Annotated[Literal["ok", "ng"] | None, Query()] = None,
+    verdict: Annotated[
+        Literal["ok", "review", "ng"] | None,
+        Query(description="ok, review (in the review band: a person decides) or ng."),
+    ] = None,
     since: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, inclusive.")] = None,
     until: Annotated[DateTime | None, Query(description="RFC 3339 date-time with offset, exclusive.")] = None,
 ) -> ResultFilter:
@@ -242,6 +264,11 @@ CSV_COLUMNS = (
     "client",
     "evidence",
     "total_ms",
+    "shadow_version",
+    "shadow_score",
+    "shadow_verdict",
+    "recipe",
+    "recipe_version",
 )
 
 
@@ -263,13 +290,20 @@ def _csv_row(v: dict[str, Any]) -> list[Any]:
         v["score"],
         v["threshold"],
         v["threshold_source"],
-        "ng" if v["is_anomalous"] else "ok",
+        v["verdict"],
         v["defect_area_fraction"],
         v["decision_rule"],
         v["provider"],
         v["client"],
         v["evidence"]["status"],
         v["timings_ms"].get("total"),
+        *(
+            (None, None, None)
+            if v.get("shadow") is None
+            else (v["shadow"]["version"], v["shadow"]["score"], "ng" if v["shadow"]["is_anomalous"] else "ok")
+        ),
+        (v["recipe"] or {}).get("id"),
+        (v["recipe"] or {}).get("version"),
     ]
     return [_cell(c) for c in row]
 

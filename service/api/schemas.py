@@ -10,11 +10,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from service.engine import PredictResult, ThresholdSource
 from service.postprocessing.maps import MapEncoding
 from service.postprocessing.regions import MAX_REGIONS, Region
-from service.postprocessing.verdict import Decision, Rule
+from service.postprocessing.verdict import Decision, Rule, Verdict
 
 
 class ModelRef(BaseModel):
     name: str
+    version: str
+
+
+class RecipeRef(BaseModel):
+    id: str = Field(description="The recipe whose rules decided (models/recipes/<id>.json).")
     version: str
 
 
@@ -139,9 +144,21 @@ class PredictResponse(BaseModel):
     model: ModelRef
     part_id: str | None
     score: float = Field(description="Raw image score (max of the anomaly map at model resolution).")
-    threshold: float = Field(description="Threshold in effect: score > threshold means NG.")
+    threshold: float = Field(
+        description="Threshold in effect: score > threshold means not accepted (NG, or REVIEW in the review band)."
+    )
     threshold_source: ThresholdSource
-    is_anomalous: bool
+    is_anomalous: bool = Field(
+        description="Not accepted: true for NG and for REVIEW (a part in the review band waits for a person)."
+    )
+    verdict: Verdict = Field(
+        description="ok: accepted; review: in the review band (threshold < score ≤ review_threshold), a person "
+        "decides; ng: rejected. Without a review band: ok or ng, as `is_anomalous`."
+    )
+    review_threshold: float | None = Field(
+        None, description="The review band's upper edge in effect; null: no band (two outcomes)."
+    )
+    recipe: RecipeRef | None = Field(None, description="The recipe whose rules decided; null: the model's own.")
     decision: VerdictRule = Field(description="The rule that gave `is_anomalous`.")
     anomaly_map: AnomalyMap | None = None
     pixel_threshold: float | None = Field(
@@ -174,6 +191,9 @@ class PredictResponse(BaseModel):
             threshold=p.threshold,
             threshold_source=p.threshold_source,
             is_anomalous=p.is_anomalous,
+            verdict=p.verdict,
+            review_threshold=p.review_threshold,
+            recipe=RecipeRef(id=p.recipe, version=p.recipe_version or "") if p.recipe is not None else None,
             decision=VerdictRule.of(p.decision),
             anomaly_map=(
                 AnomalyMap(
@@ -224,6 +244,9 @@ class ModelInfo(BaseModel):
     threshold: float
     threshold_source: ThresholdSource
     manifest_threshold: float
+    review_threshold: float | None = Field(
+        default=None, description="The review band's upper edge (the manifest's); null: OK / NG only."
+    )
     created: str
     default: bool = Field(description="Whether requests without a `model` field go to this model.")
     calibration: CalibrationSummary | None = Field(default=None, description="The served version's calibration.")
@@ -275,6 +298,11 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(texts: dict[int, str]) -> dict[int | str, dict[str, object]]:
+    """A route's documented refusals (`responses=`): status → what it means, each with the one error body."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in texts.items()}
 
 
 # --- request field types ------------------------------------------------------------------------------

@@ -27,7 +27,15 @@ from service.engine.loading import (
     cuda_driver_present,
     session_providers,
 )
-from service.engine.result import EncodedMap, PartUpload, Prediction, PredictResult, ReturnMap, ThresholdSource
+from service.engine.result import (
+    EncodedMap,
+    PartUpload,
+    Prediction,
+    PredictResult,
+    ReturnMap,
+    Rules,
+    ThresholdSource,
+)
 
 __all__ = [
     "CPU",
@@ -49,6 +57,7 @@ __all__ = [
     "Prediction",
     "ReloadReport",
     "ReturnMap",
+    "Rules",
     "ThresholdSource",
     "UnknownModelError",
     "WorkerDeadError",

@@ -32,7 +32,7 @@ from service.engine.loading import (
     model_names,
     warm_up,
 )
-from service.engine.result import PartUpload, Prediction, PredictResult
+from service.engine.result import PartUpload, Prediction, PredictResult, Rules
 from service.engine.stages import decode_upload, encode_anomaly_map, postprocess
 from service.manifest import MANIFEST_FILE, MODEL_FILE
 from service.preprocessing import (
@@ -282,7 +282,7 @@ class Engine:
             started = time.perf_counter()
             rgb, xyz = decode_upload(upload, self.options.decode_limits)
             decode_ms = _ms_since(started)
-            prediction = self.predict(rgb, xyz, model_name=upload.model)
+            prediction = self.predict(rgb, xyz, model_name=upload.model, rules=upload.rules)
         else:
             prediction, decode_ms = self._predict_overlapped(upload, self._decoder)
         encoding_started = time.perf_counter()
@@ -316,24 +316,33 @@ class Engine:
         waited = time.perf_counter()
         rgb = rgb_job.result()
         decode_ms += _ms_since(waited)
-        prediction = self._predict_prepared(served, xyz, lambda: preprocess_image(rgb, depth_image, config), cloud_ms)
+        prediction = self._predict_prepared(
+            served, xyz, lambda: preprocess_image(rgb, depth_image, config), cloud_ms, upload.rules
+        )
         return prediction, decode_ms
 
-    def predict(self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None) -> Prediction:
-        """The decoded part's prediction: preprocess → infer → postprocess.
+    def predict(
+        self, rgb: np.ndarray, xyz: np.ndarray, *, model_name: str | None = None, rules: Rules | None = None
+    ) -> Prediction:
+        """The decoded part's prediction: preprocess → infer → postprocess (with a recipe's `rules`).
 
         `rgb`: (H, W, 3) uint8; `xyz`: (H, W, 3) float32, metres, 0 or NaN = no point. Raises as
         `predict_upload` does, less the codec errors.
         """
         served = self._get(model_name)  # the model and its worker together, as one reload left them
         config = served.model.manifest.preprocessing
-        return self._predict_prepared(served, xyz, lambda: preprocess_part(rgb, xyz, config), 0.0)
+        return self._predict_prepared(served, xyz, lambda: preprocess_part(rgb, xyz, config), 0.0, rules)
 
     def _predict_prepared(
-        self, served: _Served, xyz: np.ndarray, prepare: Callable[[], PreprocessedPart], preprocess_ms: float
+        self,
+        served: _Served,
+        xyz: np.ndarray,
+        prepare: Callable[[], PreprocessedPart],
+        preprocess_ms: float,
+        rules: Rules | None = None,
     ) -> Prediction:
         """`prepare()` (the preprocessing, or what is left of it) → infer → postprocess with the decoded
-        `xyz`. `preprocess_ms`: time already spent preprocessing before the call."""
+        `xyz` and a recipe's `rules`. `preprocess_ms`: time already spent preprocessing before the call."""
         model, batcher = served.model, served.batcher
         timings: dict[str, float] = {}
         # Announce the part to the batcher before preprocessing, so a batch waits for it (service.engine.batching).
@@ -345,7 +354,7 @@ class Engine:
         timings["batch_wait"] = core.wait_ms
         timings["inference"] = core.inference_ms
         started = time.perf_counter()
-        prediction = postprocess(model, core, xyz, part.info)
+        prediction = postprocess(model, core, xyz, part.info, rules)
         timings["postprocess"] = _ms_since(started)
         return replace(prediction, timings_ms=timings)
 

@@ -78,6 +78,13 @@ class LoadedModel:
     # IO binding for the session (service.engine.binding), set by the engine after the warm-up; None: session.run.
     runner: BoundRunner | None = None
 
+    @property
+    def review_threshold(self) -> float | None:
+        """The review band's upper edge (the manifest's), None without a band: OK / NG only. Above the
+        threshold in effect, or the band is empty (an override at or above it leaves two outcomes)."""
+        band = self.manifest.review_band
+        return band.upper if band is not None and band.upper > self.threshold else None
+
     def info(self) -> dict[str, Any]:
         m = self.manifest
         return {
@@ -92,6 +99,7 @@ class LoadedModel:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "manifest_threshold": m.threshold.value,
+            "review_threshold": self.review_threshold,
             "created": str(m.created),
         }
 

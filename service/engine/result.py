@@ -9,12 +9,29 @@ import numpy as np
 
 from service.postprocessing.maps import MapEncoding
 from service.postprocessing.regions import Region
-from service.postprocessing.verdict import Decision
+from service.postprocessing.verdict import Decision, Verdict
 
 # How the answer carries the anomaly map: not at all, a 16-bit PNG, or a float32 .npy (service.postprocessing.maps).
 ReturnMap = Literal["none", "png", "npy"]
-# Where the threshold in effect comes from: the model's calibration, or BRIDGENET_THRESHOLD_OVERRIDES.
-ThresholdSource = Literal["manifest", "override"]
+# Where the threshold in effect comes from: the model's calibration, BRIDGENET_THRESHOLD_OVERRIDES, or a recipe.
+ThresholdSource = Literal["manifest", "override", "recipe"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A recipe's verdict rules for one part (service.recipes), each None where the model's own applies,
+    except `review_threshold`: the review band's upper edge in effect, resolved by the recipe (None: no band).
+
+    `roi_mask`: (h, w) bool in the upload's frame, True where the part is inspected
+    (service.postprocessing.roi). `recipe`, `recipe_version`: which recipe, for the answer and the record."""
+
+    recipe: str
+    recipe_version: str
+    threshold: float | None = None
+    review_threshold: float | None = None
+    min_defect_area_mm2: float | None = None
+    min_defect_length_mm: float | None = None
+    roi_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,7 @@ class PartUpload:
     xyz: bytes
     model: str | None = None
     return_map: ReturnMap = "none"
+    rules: Rules | None = None  # a recipe's, when the request names one or one is active
 
 
 @dataclass(frozen=True)
@@ -40,7 +58,9 @@ class Prediction:
     `info`: the preprocessing facts of the part (JSON-able: plane method, foreground fraction, ...).
     `regions`: at most 16 connected regions above `pixel_threshold` in the upload's frame, largest score
     first (`n_regions`: all of them); empty without a pixel threshold (a schema-1 manifest). `decision`: the
-    rule that gave `is_anomalous` (service.postprocessing.verdict.decide).
+    rule that gave `is_anomalous` and the verdict (service.postprocessing.verdict.decide).
+    `review_threshold`: the review band's upper edge in effect (None: two outcomes). `recipe`,
+    `recipe_version`: the recipe whose rules decided (None: the model's own).
     """
 
     model: str
@@ -62,6 +82,13 @@ class Prediction:
     n_regions: int
     decision: Decision
     model_sha256: str  # the SHA-256 of the model file that scored the part (a hot reload may change it)
+    review_threshold: float | None = None
+    recipe: str | None = None
+    recipe_version: str | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.decision.verdict
 
 
 @dataclass(frozen=True)

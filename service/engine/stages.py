@@ -11,7 +11,7 @@ from service.codecs import DecodeLimits, decode_rgb, decode_xyz
 from service.engine.batching import BatchOutcome
 from service.engine.errors import InvalidModelOutputError
 from service.engine.loading import LoadedModel
-from service.engine.result import EncodedMap, PartUpload, Prediction, ReturnMap
+from service.engine.result import EncodedMap, PartUpload, Prediction, ReturnMap, Rules, ThresholdSource
 from service.postprocessing.maps import encode_map
 from service.postprocessing.pipeline import postprocess_outputs
 from service.postprocessing.verdict import NonFiniteError
@@ -27,23 +27,39 @@ def decode_upload(upload: PartUpload, limits: DecodeLimits) -> tuple[np.ndarray,
     return rgb, xyz
 
 
-def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: dict[str, Any]) -> Prediction:
+def _pick(recipe: float | None, model: float | None) -> float | None:
+    return model if recipe is None else recipe
+
+
+def postprocess(
+    model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: dict[str, Any], rules: Rules | None = None
+) -> Prediction:
     """The one place where the model's output becomes an answer: `core` holds the raw score and the (S, S)
     map at the model's resolution; `xyz` is the uploaded (H, W, 3) cloud. The post-processing itself
-    (`service.postprocessing.pipeline.postprocess_outputs`) runs with the model's thresholds and size rules
-    in effect. `timings_ms` is left empty for the engine to fill in.
+    (`service.postprocessing.pipeline.postprocess_outputs`) runs with the model's thresholds, review band and
+    size rules in effect, each replaced by the recipe's (`rules`) where it sets one, and the recipe's region
+    of interest. `timings_ms` is left empty for the engine to fill in.
 
     Raises InvalidModelOutputError on a non-finite score or map: never an answer, never an OK.
     """
+    threshold, source = model.threshold, model.threshold_source
+    if rules is not None and rules.threshold is not None:
+        threshold, source = rules.threshold, "recipe"
+    review = rules.review_threshold if rules is not None else model.review_threshold
+    min_area = _pick(rules.min_defect_area_mm2 if rules else None, model.min_defect_area_mm2)
+    min_length = _pick(rules.min_defect_length_mm if rules else None, model.min_defect_length_mm)
+    threshold_source: ThresholdSource = source
     try:
         out = postprocess_outputs(
             core.score,
             core.anomaly_map,
             xyz,
-            model.threshold,
+            threshold,
             model.manifest.pixel_threshold,
-            model.min_defect_area_mm2,
-            model.min_defect_length_mm,
+            min_area,
+            min_length,
+            review_threshold=review,
+            roi=rules.roi_mask if rules is not None else None,
         )
     except NonFiniteError as exc:
         raise InvalidModelOutputError(f"model {model.name!r} version {model.manifest.version}: {exc}") from exc
@@ -51,12 +67,12 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
     return Prediction(
         model=model.name,
         version=model.manifest.version,
-        score=core.score,
-        threshold=model.threshold,
-        threshold_source=model.threshold_source,
+        score=out.score,
+        threshold=threshold,
+        threshold_source=threshold_source,
         is_anomalous=out.decision.is_anomalous,
         anomaly_map=out.anomaly_map,
-        model_map=core.anomaly_map,
+        model_map=out.model_map,
         defect_area_fraction=out.defect_area_fraction,
         timings_ms={},
         provider=model.provider,
@@ -68,6 +84,9 @@ def postprocess(model: LoadedModel, core: BatchOutcome, xyz: np.ndarray, info: d
         n_regions=report.n_regions if report is not None else 0,
         decision=out.decision,
         model_sha256=model.onnx_sha256,
+        review_threshold=review,
+        recipe=rules.recipe if rules is not None else None,
+        recipe_version=rules.recipe_version if rules is not None else None,
     )
 
 

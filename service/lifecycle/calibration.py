@@ -33,6 +33,8 @@ class Calibration:
     empirical_threshold: float | None = None  # the highest good score for the rate, for reference
     pixel_threshold: float | None = None
     pixel: dict[str, Any] | None = None  # how the pixel threshold was set and what it expects
+    # The review band's upper edge and what it expects (the manifest's `review_band`); None: OK / NG only.
+    review_band: dict[str, Any] | None = None
 
     @property
     def legacy(self) -> bool:
@@ -60,7 +62,8 @@ class Calibration:
         return cls(**values)
 
     def with_threshold(self, threshold: float, score_stats: dict[str, float]) -> Calibration:
-        return replace(self, threshold=threshold, score_stats=score_stats)
+        # The band was fitted beside the old threshold: it does not carry over to another one.
+        return replace(self, threshold=threshold, score_stats=score_stats, review_band=None)
 
     def manifest_fields(self) -> dict[str, Any]:
         """The manifest's `threshold`, `score_stats` and (schema 2) `calibration` and `pixel_threshold`;
@@ -89,4 +92,7 @@ class Calibration:
             "pixel",
         )
         record = self.to_dict()
-        return {**out, "calibration": {k: record[k] for k in keys}, "pixel_threshold": self.pixel_threshold}
+        out = {**out, "calibration": {k: record[k] for k in keys}, "pixel_threshold": self.pixel_threshold}
+        if self.review_band is not None:
+            out["review_band"] = dict(self.review_band)
+        return out

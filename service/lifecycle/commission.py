@@ -30,11 +30,13 @@ from service.lifecycle.promotion import Switch
 from service.lifecycle.rate import check_false_reject_rate
 from service.lifecycle.thresholds import (
     DEFAULT_CONFIDENCE,
+    REVIEW_RATE,
     CalibrationInputError,
     Method,
     binomial_upper_bound,
     calibration_from,
     estimate,
+    review_band,
 )
 from service.lifecycle.versions import (
     LifecycleError,
@@ -174,7 +176,12 @@ def calibration_from_line(
     kept = f"kept from version {active.version}: the records hold no anomaly maps of OK parts"
     pixel = dict(active.calibration.pixel) if active.calibration is not None and active.calibration.pixel else {}
     return calibration_from(
-        image, sample.good, source=source, pixel_threshold=active.pixel_threshold, pixel={**pixel, "note": kept}
+        image,
+        sample.good,
+        source=source,
+        pixel_threshold=active.pixel_threshold,
+        pixel={**pixel, "note": kept},
+        review_band=review_band(image, method, sample.good, rate, REVIEW_RATE, confidence),
     )
 
 

@@ -44,6 +44,10 @@ INTERVAL = 0.90  # two-sided coverage of the reported false-reject-rate interval
 # docs/RESULTS.md, calibration section).
 PIXEL_RATE = 0.05
 PIXEL_METHOD: Method = "normal_prediction"
+# The review band's upper edge: the same method at this false-reject rate. Parts between the threshold (at
+# the run's rate) and this edge go to a person (REVIEW) instead of the scrap bin: at most this share of good
+# parts is rejected outright. No band when the run's own rate is at or below it.
+REVIEW_RATE = 0.005
 _BOOTSTRAP = 2000
 MIN_PARTS_FOR_A_FIT = 3  # the parametric and tail methods need a spread to fit
 _EPS = 1e-6  # scores are clipped to [eps, 1 − eps] before the logit
@@ -328,10 +332,14 @@ def calibrate_scores(
     confidence: float = DEFAULT_CONFIDENCE,
     source: str,
     anomaly_scores: np.ndarray | None = None,
+    review_rate: float | None = REVIEW_RATE,
 ) -> Calibration:
     """Image and pixel thresholds from good parts' scores (N,) and anomaly maps (N, H, W): the image
     threshold by `method` for `rate`, the pixel threshold by `PIXEL_METHOD` on the per-part map maxima, so
-    that about `pixel_rate` (default `PIXEL_RATE`) of good parts show a region at all.
+    that about `pixel_rate` (default `PIXEL_RATE`) of good parts show a region at all; and the review band
+    (`review_band`): its upper edge by the same method for `review_rate`, its lower edge the threshold.
+    No band with `review_rate` None, at or above `rate`, or where the edge does not lie above the threshold
+    (too few parts for the fit: both are the highest good score).
     """
     s = _check(scores, "good scores", 1)
     if np.asarray(maps).shape[0] != s.size:
@@ -353,6 +361,7 @@ def calibrate_scores(
     return calibration_from(
         image,
         s,
+        review_band=review_band(image, method, s, rate, review_rate, confidence, anomaly_scores),
         source=source,
         fallback=fallback,
         pixel_threshold=pixel.threshold,
@@ -366,6 +375,36 @@ def calibrate_scores(
     )
 
 
+def review_band(
+    image: ThresholdEstimate,
+    method: Method,
+    scores: np.ndarray,
+    rate: float,
+    review_rate: float | None,
+    confidence: float,
+    anomaly_scores: np.ndarray | None = None,
+) -> dict[str, Any] | None:
+    """The manifest's `review_band` for a threshold `image` set at `rate` by `method` on the good `scores`:
+    the same method at `review_rate` for its upper edge; None when there is no band (see calibrate_scores)."""
+    if review_rate is None:
+        return None
+    _check_rate(review_rate)
+    if review_rate >= rate:
+        log.info("calibration: no review band (its rate %g is not below the threshold's %g)", review_rate, rate)
+        return None
+    upper = estimate(method, scores, review_rate, confidence, anomaly_scores=anomaly_scores)
+    if not upper.threshold > image.threshold:
+        log.warning("calibration: no review band (%d parts: its edge is the threshold itself)", scores.size)
+        return None
+    return {
+        "upper": upper.threshold,
+        "method": upper.method,
+        "target_false_reject_rate": review_rate,
+        "expected_false_reject_rate": upper.expected_false_reject_rate,
+        "expected_review_rate": max(0.0, image.expected_false_reject_rate - upper.expected_false_reject_rate),
+    }
+
+
 def calibration_from(
     image: ThresholdEstimate,
     scores: np.ndarray,
@@ -374,9 +413,10 @@ def calibration_from(
     pixel_threshold: float | None,
     pixel: dict[str, Any] | None,
     fallback: str | None = None,
+    review_band: dict[str, Any] | None = None,
 ) -> Calibration:
     """The calibration record of image threshold `image`, fitted on the good `scores` (N,), with the pixel
-    threshold and how it was set."""
+    threshold and how it was set, and the review band (the manifest's `review_band`; None: OK / NG only)."""
     rate = image.target_false_reject_rate
     return Calibration(
         threshold=image.threshold,
@@ -395,4 +435,5 @@ def calibration_from(
         empirical_threshold=empirical(scores, rate).threshold,
         pixel_threshold=pixel_threshold,
         pixel=pixel,
+        review_band=review_band,
     )

@@ -75,6 +75,7 @@ def new_manifest(
             "note": note,
         },
     ]
+    data.pop("review_band", None)  # the new calibration's band, or none: never the one of the old threshold
     data.update(
         schema_version=SCHEMA_VERSION,
         version=version,

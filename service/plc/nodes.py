@@ -18,6 +18,7 @@ from asyncua.server.address_space import NodeData
 
 from service.plc.buffer import NotReadyError, ResultBuffer, UnknownResultError
 from service.plc.results import RESULT_STATE_COMPLETED, PlcResult
+from service.recipes.recipe import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class RecipeCatalog(Protocol):
 
     def get(self, recipe_id: str) -> Any: ...
 
-    def set_active(self, recipe_id: str) -> Any: ...
+    def set_active(self, recipe_id: str | None) -> Any: ...
 
 
 def result_values(result: PlcResult | None) -> dict[str, Any]:
@@ -188,15 +189,16 @@ class VisionSystemNodes:
         """A client wrote ActiveRecipeId: switch through the catalog, or refuse (BadOutOfRange)."""
         assert self.recipes is not None
         wanted = value.Value.Value if value.Value is not None else None
-        if not isinstance(wanted, str) or not wanted.strip():
+        if not isinstance(wanted, str):
             raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
         wanted = wanted.strip()
         # The server's own refresh writes through here too, with the catalog's active id: nothing to switch.
-        if wanted != self.recipes.active_id:
+        if wanted != (self.recipes.active_id or ""):
             try:
-                self.recipes.get(wanted)
-                self.recipes.set_active(wanted)
-            except (KeyError, LookupError, ValueError) as exc:
+                if wanted:
+                    self.recipes.get(wanted)
+                self.recipes.set_active(wanted or None)  # empty: no recipe, the models' own rules
+            except (RecipeError, KeyError, ValueError) as exc:
                 log.warning("OPC UA: recipe %r refused for %s: %s", wanted, self.model, exc)
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange) from exc
             log.info("OPC UA: active recipe set to %r", wanted)

@@ -1,4 +1,5 @@
-"""The verdict: OK or NG from the score, the threshold and, with size rules, the defect regions.
+"""The verdict: OK, REVIEW or NG from the score, the threshold, the review band's upper edge and, with size
+rules, the defect regions.
 
 Never OK on a non-finite score, threshold or region score (`NonFiniteError`).
 """
@@ -14,6 +15,9 @@ if TYPE_CHECKING:
     from service.postprocessing.regions import Region, RegionReport
 
 Rule = Literal["score", "area", "length", "area_or_length"]
+# OK: accepted; REVIEW: a person decides (a score in the review band); NG: rejected.
+Verdict = Literal["ok", "review", "ng"]
+VERDICTS: tuple[Verdict, ...] = ("ok", "review", "ng")
 
 
 class NonFiniteError(ValueError):
@@ -22,11 +26,19 @@ class NonFiniteError(ValueError):
 
 @dataclass(frozen=True)
 class Decision:
-    """The verdict and the rule that decided it; `details` is JSON-able."""
+    """The verdict and the rule that decided it; `details` is JSON-able. `review`: the part is not accepted
+    (`is_anomalous`) but its score lies in the review band, so a person decides instead of the line."""
 
     is_anomalous: bool
     rule: Rule
     details: dict[str, Any] = field(default_factory=dict)
+    review: bool = False
+
+    @property
+    def verdict(self) -> Verdict:
+        if not self.is_anomalous:
+            return "ok"
+        return "review" if self.review else "ng"
 
 
 def check_finite(score: float, threshold: float, regions: Sequence[Region] = ()) -> None:
@@ -53,6 +65,7 @@ def decide(
     report: RegionReport | None = None,
     min_defect_area_mm2: float | None = None,
     min_defect_length_mm: float | None = None,
+    review_threshold: float | None = None,
 ) -> Decision:
     """NG iff score > threshold ("score" rule). With size rules set (`min_defect_area_mm2`, the "area" rule;
     `min_defect_length_mm`, the "length" rule; both: "area_or_length"), a part above the score threshold is
@@ -61,16 +74,26 @@ def decide(
     round dent fails the area rule however short. A region whose size is unknown (no points under it, e.g.
     a hole) counts as large enough, so missing data never passes a part.
 
+    With a review band (`review_threshold`, its upper edge), a part that the rules above reject is REVIEW
+    instead of NG while threshold < score ≤ review_threshold: the size rules still decide whether it is
+    accepted, the band only says who decides about a rejected part. A review_threshold at or below the
+    threshold is an empty band (no REVIEW).
+
     `rule` names the rule that decided: "score" when the score alone did (always without a size rule), else
     the size rules consulted. Raises NonFiniteError on any non-finite input.
     """
     check_finite(float(score), float(threshold), report.regions if report is not None else ())
+    if review_threshold is not None and not math.isfinite(review_threshold):
+        raise NonFiniteError(f"non-finite review_threshold {review_threshold}: no verdict")
     details: dict[str, Any] = {"score": float(score), "threshold": float(threshold)}
     over = float(score) > float(threshold)
+    review = review_threshold is not None and float(score) <= float(review_threshold)
+    if review_threshold is not None:
+        details["review_threshold"] = float(review_threshold)
     min_area = _minimum("min_defect_area_mm2", min_defect_area_mm2)
     min_length = _minimum("min_defect_length_mm", min_defect_length_mm)
     if min_area is None and min_length is None:
-        return Decision(over, "score", details)
+        return Decision(over, "score", details, review=over and review)
     if min_area is not None:
         details["min_defect_area_mm2"] = min_area
     if min_length is not None:
@@ -89,4 +112,4 @@ def decide(
         or (min_length is not None and length is not None and length >= min_length)
     )
     rule: Rule = "length" if min_area is None else "area" if min_length is None else "area_or_length"
-    return Decision(large, rule, details)
+    return Decision(large, rule, details, review=large and review)

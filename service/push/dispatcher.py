@@ -150,8 +150,12 @@ class Dispatcher:
 
     async def _idle(self, name: str) -> None:
         event = self._events[name]
+        # asyncio.timeout, not wait_for: on Python 3.11, when a wake() completes the wait in the loop step
+        # that stop()'s cancel lands in, wait_for returns the wait's result and drops the cancel; the task
+        # then went on polling and stop() (a shutdown) waited for it for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), self.poll_s)
+            async with asyncio.timeout(self.poll_s):
+                await event.wait()
         event.clear()
 
     async def _deliver_pending(self, destination: Destination) -> None:

@@ -1,9 +1,10 @@
 """Reviews of recorded decisions by quality staff (the review station, service.ui): table and queries.
 
-A review says what a person found when checking a part by hand: "confirmed" (an NG part is defective),
-"false_reject" (an NG part is good) or "missed_defect" (an OK part is defective), with an optional defect
-type and comment, who and when. Reviews are appended, never changed: a second review of the same part
-overrides the first for the statistics (the latest counts) and both stay as the audit trail.
+A review says what a person found when checking a part by hand: "confirmed" (an NG or REVIEW part is
+defective), "false_reject" (an NG or REVIEW part is good) or "missed_defect" (an OK part is defective),
+with an optional defect type and comment, who and when. Reviews are appended, never changed: a second
+review of the same part overrides the first for the statistics (the latest counts) and both stay as the
+audit trail.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, get_args
 
-from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, func, select
+from sqlalchemy import DateTime, Engine, ForeignKey, Index, Select, String, Text, case, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.records.store import ResultFilter, _filtered, utc
@@ -161,9 +162,10 @@ def _where(query: _Q, f: PartFilter) -> _Q:
 
 
 def list_parts(db_engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: bool = True) -> list[dict[str, Any]]:
-    """Rows of the review station's list: NG parts first (when asked), then newest first, at most `limit`;
-    each with its latest review (or None)."""
-    order = [DecisionRow.is_anomalous.desc()] if ng_first else []
+    """Rows of the review station's list: REVIEW parts first, then NG parts (when asked: they wait for a
+    person), then newest first, at most `limit`; each with its latest review (or None)."""
+    waiting = case((DecisionRow.verdict == "review", 0), else_=1)
+    order = [waiting, DecisionRow.is_anomalous.desc()] if ng_first else []
     query = _where(select(DecisionRow), f).order_by(
         *order, DecisionRow.received_at.desc(), DecisionRow.request_id.desc()
     )
@@ -179,6 +181,7 @@ def list_parts(db_engine: Engine, f: PartFilter, *, limit: int = 100, ng_first: 
                 "score": r.score,
                 "threshold": r.threshold,
                 "is_anomalous": r.is_anomalous,
+                "verdict": r.verdict,
                 "evidence": r.evidence,
             }
             for r in rows
@@ -284,33 +287,40 @@ class HourCounts:
 def review_stats(
     db_engine: Engine, *, since: datetime | None = None, until: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Per model: parts, NG parts, reviewed NG parts and their latest outcomes, and the two numbers a
-    quality engineer reports: false-reject rate (false rejects / reviewed NG) and confirmed-NG rate
-    (confirmed / reviewed NG); plus missed defects found among reviewed OK parts. Rates are None while no
-    NG part of the model is reviewed."""
+    """Per model: parts, NG parts (REVIEW ones included: not accepted), reviewed NG parts and their latest
+    outcomes, and the two numbers a quality engineer reports: false-reject rate (false rejects / reviewed
+    NG) and confirmed-NG rate (confirmed / reviewed NG); plus missed defects found among reviewed OK parts.
+    Rates are None while no NG part of the model is reviewed. The review band's share: `review` parts the
+    band sent to people, `review_reviewed` of them reviewed, and their outcomes `review_confirmed` and
+    `review_false_reject`."""
     f = PartFilter(since=since, until=until)
     parts = _where(
-        select(DecisionRow.model, DecisionRow.is_anomalous, func.count()).group_by(
-            DecisionRow.model, DecisionRow.is_anomalous
-        ),
+        select(DecisionRow.model, DecisionRow.verdict, func.count()).group_by(DecisionRow.model, DecisionRow.verdict),
         f,
     )
     latest = _latest_ids().subquery()
     outcomes = _where(
-        select(DecisionRow.model, ReviewRow.outcome, func.count())
+        select(DecisionRow.model, DecisionRow.verdict, ReviewRow.outcome, func.count())
         .join(ReviewRow, ReviewRow.request_id == DecisionRow.request_id)
         .join(latest, ReviewRow.id == latest.c.id)
-        .group_by(DecisionRow.model, ReviewRow.outcome),
+        .group_by(DecisionRow.model, DecisionRow.verdict, ReviewRow.outcome),
         f,
     )
-    models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("parts", "ng", *OUTCOMES), 0))
+    keys = ("parts", "ng", "review", *OUTCOMES, "review_reviewed", "review_confirmed", "review_false_reject")
+    models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(keys, 0))
     with Session(db_engine) as session:
-        for model, is_anomalous, count in session.execute(parts):
+        for model, verdict, count in session.execute(parts):
             models[model]["parts"] += count
-            if is_anomalous:
+            if verdict != "ok":
                 models[model]["ng"] += count
-        for model, outcome, count in session.execute(outcomes):
-            models[model][outcome] = count
+            if verdict == "review":
+                models[model]["review"] += count
+        for model, verdict, outcome, count in session.execute(outcomes):
+            models[model][outcome] += count
+            if verdict == "review":
+                models[model]["review_reviewed"] += count
+                if outcome in ("confirmed", "false_reject"):
+                    models[model][f"review_{outcome}"] += count
     out = []
     for model, m in sorted(models.items()):
         reviewed_ng = m["confirmed"] + m["false_reject"]

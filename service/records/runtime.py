@@ -94,6 +94,9 @@ def decision_from_answer(
         regions=tuple(answer.get("regions") or ()),
         client=client,
         meas_id=meas_id,
+        verdict=answer.get("verdict"),
+        recipe=(answer.get("recipe") or {}).get("id"),
+        recipe_version=(answer.get("recipe") or {}).get("version"),
     )
 
 

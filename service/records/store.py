@@ -78,7 +78,16 @@ class DecisionRecord:
     decision_rule: str = DEFAULT_DECISION_RULE
     regions: Sequence[Mapping[str, Any]] = ()
     client: str | None = None
+    verdict: str | None = None  # "ok", "review" or "ng"; None: from is_anomalous (no review band)
+    recipe: str | None = None
+    recipe_version: str | None = None
     meas_id: str | None = None  # the client's measurement id (predict's `meas_id`), pushed, not stored
+
+    @property
+    def verdict_value(self) -> str:
+        if self.verdict is not None:
+            return self.verdict
+        return "ng" if self.is_anomalous else "ok"
 
     def payload(self) -> dict[str, Any]:
         """The pushed message: the predict answer's fields without the map, plus `created` (and `meas_id`
@@ -92,6 +101,8 @@ class DecisionRecord:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "is_anomalous": self.is_anomalous,
+            "verdict": self.verdict_value,
+            "recipe": {"id": self.recipe, "version": self.recipe_version} if self.recipe is not None else None,
             "defect_area_fraction": self.defect_area_fraction,
             "decision_rule": self.decision_rule,
             "regions": [dict(r) for r in self.regions],
@@ -126,7 +137,7 @@ class RecordOutcome:
 class ResultFilter:
     part_id: str | None = None
     model: str | None = None
-    verdict: Literal["ok", "ng"] | None = None
+    verdict: Literal["ok", "review", "ng"] | None = None
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
 
@@ -184,6 +195,9 @@ class Recorder:
             "threshold_source": decision.threshold_source,
             "score": decision.score,
             "is_anomalous": decision.is_anomalous,
+            "verdict": decision.verdict_value,
+            "recipe": decision.recipe,
+            "recipe_version": decision.recipe_version,
             "defect_area_fraction": decision.defect_area_fraction,
             "decision_rule": decision.decision_rule,
             "regions": [dict(r) for r in decision.regions],
@@ -438,7 +452,7 @@ def _filtered(f: ResultFilter) -> Select[Any]:
     if f.model is not None:
         query = query.where(DecisionRow.model == f.model)
     if f.verdict is not None:
-        query = query.where(DecisionRow.is_anomalous.is_(f.verdict == "ng"))
+        query = query.where(DecisionRow.verdict == f.verdict)
     if f.since is not None:
         query = query.where(DecisionRow.received_at >= utc(f.since))
     if f.until is not None:
@@ -457,6 +471,8 @@ def result_view(row: DecisionRow) -> dict[str, Any]:
         "threshold": row.threshold,
         "threshold_source": row.threshold_source,
         "is_anomalous": row.is_anomalous,
+        "verdict": row.verdict,
+        "recipe": {"id": row.recipe, "version": row.recipe_version} if row.recipe is not None else None,
         "defect_area_fraction": row.defect_area_fraction,
         "decision_rule": row.decision_rule,
         "regions": row.regions,
@@ -468,6 +484,14 @@ def result_view(row: DecisionRow) -> dict[str, Any]:
             "rgb_sha256": row.rgb_sha256,
             "xyz_sha256": row.xyz_sha256,
             "map_sha256": row.map_sha256,
+        },
+        "shadow": None
+        if row.shadow_version is None
+        else {
+            "version": row.shadow_version,
+            "score": row.shadow_score,
+            "threshold": row.shadow_threshold,
+            "is_anomalous": row.shadow_is_anomalous,
         },
     }
 

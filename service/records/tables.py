@@ -36,6 +36,11 @@ class DecisionRow(Base):
     threshold_source: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     is_anomalous: Mapped[bool] = mapped_column(Boolean, index=True)
+    # "ok", "review" (in the review band: a person decides; is_anomalous is true) or "ng".
+    verdict: Mapped[str] = mapped_column(String(8), index=True)
+    # The recipe whose rules decided (service.recipes) and its version; null: the model's own rules.
+    recipe: Mapped[str | None] = mapped_column(String(128), index=True)
+    recipe_version: Mapped[str | None] = mapped_column(String(64))
     defect_area_fraction: Mapped[float] = mapped_column(Float)
     decision_rule: Mapped[str] = mapped_column(String(256))
     regions: Mapped[list[Any]] = mapped_column(JSON)
@@ -48,6 +53,12 @@ class DecisionRow(Base):
     rgb_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     xyz_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     map_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The shadow candidate's answer on the same part (service.lifecycle.shadow), added after the record was
+    # written; null when no candidate shadowed the model or the part was skipped.
+    shadow_version: Mapped[str | None] = mapped_column(String(64))
+    shadow_score: Mapped[float | None] = mapped_column(Float)
+    shadow_threshold: Mapped[float | None] = mapped_column(Float)
+    shadow_is_anomalous: Mapped[bool | None] = mapped_column(Boolean)
 
     # Newest-first listing and keyset pagination walk this index.
     __table_args__ = (Index("ix_decisions_received", "received_at", "request_id"),)

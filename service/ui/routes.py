@@ -39,6 +39,7 @@ from service.ui.headers import UiHeadersMiddleware
 from service.ui.login_limit import LoginLimiter
 from service.ui.models import router as models_router
 from service.ui.pages import login_redirect, page, safe_next
+from service.ui.shadow import router as shadow_router
 from service.ui.users import UserDirectory
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +72,7 @@ def mount_ui(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(UiHeadersMiddleware)
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(shadow_router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
 
@@ -135,13 +137,17 @@ def logout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") ->
 # ---- the live list
 
 
+_VERDICTS: dict[str, Literal["ok", "review", "ng"]] = {"ok": "ok", "review": "review", "ng": "ng"}
+WAITING: tuple[Literal["review", "ng"], ...] = ("review", "ng")  # what a person reviews, in this order
+
+
 def _part_filter(
     model: str | None, verdict: str | None, reviewed: str | None, hours: float, now: datetime | None = None
 ) -> PartFilter:
     end = now or datetime.now(UTC)
     return PartFilter(
         model=model or None,
-        verdict="ng" if verdict == "ng" else "ok" if verdict == "ok" else None,
+        verdict=_VERDICTS.get(verdict or ""),
         reviewed=True if reviewed == "yes" else False if reviewed == "no" else None,
         since=end - timedelta(hours=hours),
     )
@@ -149,7 +155,7 @@ def _part_filter(
 
 Hours = Annotated[float, Query(gt=0, le=MAX_LIST_HOURS)]
 StatsHours = Annotated[float, Query(gt=0, le=24 * 366)]  # aggregated in the database: a year is fine
-Verdict = Annotated[Literal["", "ng", "ok"], Query()]
+Verdict = Annotated[Literal["", "review", "ng", "ok"], Query()]
 Reviewed = Annotated[Literal["", "yes", "no"], Query()]
 ModelName = Annotated[str, Query(max_length=128)]
 
@@ -204,8 +210,13 @@ def parts_data(
 
 
 def _next_unreviewed(db_engine: Engine, request_id: str) -> str | None:
-    rows = list_parts(db_engine, PartFilter(verdict="ng", reviewed=False), limit=2)
-    return next((r["request_id"] for r in rows if r["request_id"] != request_id), None)
+    """The next part waiting for a person: a REVIEW part first, else an NG part."""
+    for verdict in WAITING:
+        rows = list_parts(db_engine, PartFilter(verdict=verdict, reviewed=False), limit=2)
+        found = next((r["request_id"] for r in rows if r["request_id"] != request_id), None)
+        if found is not None:
+            return found
+    return None
 
 
 @router.get("/parts/{request_id}", response_class=HTMLResponse)

@@ -373,3 +373,49 @@ def test_commission_study_runs_the_loop_through_a_live_service(tmp_path: Path) -
     assert after["version"] != before["version"] and after["unseen_verdicts_ng"]["defects"] == 6
     assert after["unseen"]["detected"] == "6 of 6" and after["unseen"]["false_rejects"].endswith("of 10")
     assert 0 < after["distribution_free_upper_bound"] < 1
+
+
+def test_shadow_quick(fake_dir: Path, tmp_path: Path) -> None:
+    """Two real services, one shadowing the model with a copy of itself: both sides timed, nothing skipped."""
+    from tests.service.fake_model import make_part, png_bytes, tiff_bytes
+
+    rgb, xyz = make_part(seed=1)
+    (tmp_path / "rgb.png").write_bytes(png_bytes(rgb))
+    (tmp_path / "xyz.tiff").write_bytes(tiff_bytes(xyz))
+    out = tmp_path / "shadow.json"
+    proc, data = run_script(
+        "bench_shadow.py", "--quick", "--model", fake_dir, "--rgb", tmp_path / "rgb.png", "--xyz",
+        tmp_path / "xyz.tiff", "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_machine(data)
+    for side in ("off", "on"):
+        assert data[side]["n"] == 6 and 0 < data[side]["median_ms"] <= data[side]["p99_ms"]
+    assert len(data["paired_differences_ms"]) == 2 and data["shadow_skipped"] == 0
+
+
+def test_drift_on_cached_scores(fake_dir: Path, tmp_path: Path) -> None:
+    """Replayed scores: a stable stream raises no alarm, a large shift is found within the horizon."""
+    rng = np.random.default_rng(0)
+    # The fake manifest's good scores: p50 0.5, p95 0.52 (logit sd ≈ 0.049).
+    stable = [[float(1 / (1 + np.exp(-x))), 0.0] for x in rng.normal(0.0, 0.049, 100)]
+    shifted = [[float(1 / (1 + np.exp(-x))), 0.0] for x in rng.normal(0.2, 0.049, 100)]
+    scores = tmp_path / "scores.json"
+    scores.write_text(
+        json.dumps(
+            {"model": {"name": "fake", "version": "1"}, "data": "synthetic", "threshold": 0.6,
+             "stable": stable, "shifted": {"up 4 sd": shifted}}
+        )
+    )  # fmt: skip
+    out = tmp_path / "drift.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_drift.py"), str(scores), "--model", str(fake_dir), "--trials", "3",
+         "--horizon", "300", "--stable-parts", "1000", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["stable"]["drifting_alarms_per_10k"] == 0
+    up = data["shifts"]["up 4 sd"]
+    assert up["detected"] == 3 and 0 < up["delay_median"] <= 300
+    assert "| up 4 sd |" in proc.stdout

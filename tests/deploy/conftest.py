@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,11 +135,12 @@ def live_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return model
 
 
-def service_env(model: LiveModel, data_dir: Path, webhook_url: str) -> dict[str, str]:
+def service_env(model: LiveModel, data_dir: Path, webhook_url: str, candidate: Path | None = None) -> dict[str, str]:
     """The parent's environment without any BRIDGENET_* (a developer's shell must not leak in), plus the
     settings of this run: one model, CPU provider, development mode without an API key, the audit trail in
-    `data_dir`, results pushed to a webhook (so the push panels have a destination to show) and an OPC UA
-    server on a free loopback port (so the PLC panels have their series)."""
+    `data_dir`, results pushed to a webhook (so the push panels have a destination to show), an OPC UA
+    server on a free loopback port (so the PLC panels have their series) and, with `candidate`, that model
+    folder shadowing the model (so the shadow panel has parts to show)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
     env.update(
         BRIDGENET_MODELS_DIR=str(model.models_dir),
@@ -151,6 +154,8 @@ def service_env(model: LiveModel, data_dir: Path, webhook_url: str) -> dict[str,
         BRIDGENET_WEBHOOK_URL=webhook_url,
         BRIDGENET_OPCUA_URL=f"opc.tcp://127.0.0.1:{free_port()}",
     )
+    if candidate is not None:
+        env["BRIDGENET_SHADOW"] = json.dumps({model.name: str(candidate)})
     return env
 
 
@@ -160,12 +165,16 @@ def live_service(live_model: LiveModel, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("service")
     log_path = folder / "service.log"
     port = free_port()
+    candidate = folder / "candidate" / live_model.name  # a copy of the model shadows it
+    shutil.copytree(
+        live_model.models_dir / live_model.name, candidate, ignore=shutil.ignore_patterns("sample", "history")
+    )
     webhook = WebhookReceiver()  # a real HTTP receiver standing in for the line's MES
     webhook.start()
     log_file = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT, env=service_env(live_model, folder / "data", webhook.url), stdout=log_file,
+        cwd=REPO_ROOT, env=service_env(live_model, folder / "data", webhook.url, candidate), stdout=log_file,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -29,6 +29,7 @@ EXPECTED_ALERTS = {
     "BridgeNetModelUnavailable",
     "BridgeNetStuckPrediction",
     "BridgeNetInvalidModelOutput",
+    "BridgeNetModelDrifting",
     "BridgeNetPlcResultsWaiting",
 }
 

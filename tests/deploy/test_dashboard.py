@@ -44,6 +44,10 @@ EXPECTED_METRICS = {
     "bridgenet_push_failures_total",
     "bridgenet_audit_write_seconds",
     "bridgenet_archive_bytes",
+    # Drift watch row (service.lifecycle).
+    "bridgenet_drift_status",
+    "bridgenet_drift_implied_false_reject_rate",
+    "bridgenet_shadow_scored_total",
     # PLC row (service.plc).
     "bridgenet_plc_unacknowledged_results",
     "bridgenet_plc_waiting_results",

@@ -51,6 +51,12 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
     push_failures = Counter("bridgenet_push_failures", "", ["destination"], registry=reg)
     audit = Histogram("bridgenet_audit_write_seconds", "", buckets=(0.001, 0.002, 0.005), registry=reg)
     Gauge("bridgenet_archive_bytes", "", registry=reg).set(2.5e6)
+    # Drift watch: bolt v3 drifting, with a 4 % implied false-reject rate; its shadow candidate disagrees now and then.
+    Gauge("bridgenet_drift_status", "", ["model", "version"], registry=reg).labels("bolt", "3").set(2)
+    Gauge("bridgenet_drift_implied_false_reject_rate", "", ["model", "version"], registry=reg).labels("bolt", "3").set(
+        0.04
+    )
+    shadow = Counter("bridgenet_shadow_scored", "", ["model", "agreement"], registry=reg)
     # PLC: 3 results unacknowledged, 1 waiting behind the full buffer, an overrun now and then.
     Gauge("bridgenet_plc_unacknowledged_results", "", ["model"], registry=reg).labels("bolt").set(3)
     Gauge("bridgenet_plc_waiting_results", "", ["model"], registry=reg).labels("bolt").set(1)
@@ -68,6 +74,8 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         requests.labels("/v1/predict", "429").inc(1)
         rejected.labels("queue_full").inc(1)
         push_failures.labels("webhook").inc(1)
+        shadow.labels("bolt", "agree").inc(8)
+        shadow.labels("bolt", "disagree").inc(1)
         overruns.labels("bolt").inc(1)
         latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -128,4 +129,40 @@ def test_a_newer_schema_is_refused(db_url: str) -> None:
     with pytest.raises(SchemaTooNewError, match=r"9999_from_the_future.*newer BridgeNet version"):
         migrate(db_engine)
     assert current_revision(db_engine) == "9999_from_the_future"  # left untouched
+    db_engine.dispose()
+
+
+def test_records_from_before_the_review_band_get_their_verdict_and_no_recipe(db_url: str) -> None:
+    """0006_recipes on a database holding records: each keeps the verdict its is_anomalous gave."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.records.database import MIGRATIONS_DIR
+
+    db_engine = create_db_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0005_lifecycle")
+    columns = "request_id, received_at, model, model_version, model_sha256, threshold, threshold_source, score, " \
+              "is_anomalous, defect_area_fraction, decision_rule, regions, timings_ms, provider, evidence"  # fmt: skip
+    with db_engine.begin() as conn:
+        for request_id, ng in (("old-ng", True), ("old-ok", False)):
+            conn.execute(
+                text(
+                    f"INSERT INTO decisions ({columns}) VALUES (:id, :at, 'demo', '1', :sha, 0.5, 'manifest', "
+                    ":score, :ng, 0.0, 'score', '[]', '{}', 'cpu', 'not_kept')"
+                ),
+                {"id": request_id, "at": T0, "sha": "0" * 64, "score": 0.9 if ng else 0.1, "ng": ng},
+            )
+    assert migrate(db_engine) == head_revision()
+    recorder = Recorder(db_engine)
+    old_ng, old_ok = recorder.get("old-ng"), recorder.get("old-ok")
+    assert old_ng is not None and old_ok is not None
+    assert (old_ng["verdict"], old_ok["verdict"]) == ("ng", "ok") and old_ng["recipe"] is None
+    recorder.record(replace(decision(1, ng=True), verdict="review", recipe="line2", recipe_version="3"))
+    reviewed, _ = recorder.query(ResultFilter(verdict="review"))
+    assert [(v["request_id"], v["recipe"]) for v in reviewed] == [("req-00001", {"id": "line2", "version": "3"})]
+    assert [v["request_id"] for v in recorder.query(ResultFilter(verdict="ng"))[0]] == ["old-ng"]
     db_engine.dispose()

@@ -72,7 +72,7 @@ def test_limits_and_repeated_names_are_422() -> None:
     with pytest.raises(FormLimitError, match=r"Too many files\. Maximum number of files is 2"):
         _read(*_body(three, {}))
     with pytest.raises(FormLimitError, match="Too many fields"):
-        _read(*_body({}, {"part_id": "a", "model": "b", "return_map": "png", "rgb": "d"}))
+        _read(*_body({}, {"part_id": "a", "model": "b", "recipe": "r", "return_map": "png", "rgb": "d"}))
     body = (
         b'--b\r\nContent-Disposition: form-data; name="part_id"\r\n\r\none\r\n'
         b'--b\r\nContent-Disposition: form-data; name="part_id"\r\n\r\ntwo\r\n--b--\r\n'

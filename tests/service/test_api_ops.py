@@ -155,6 +155,7 @@ def test_log_lines_are_json_with_request_fields(client: TestClient) -> None:
     assert record["duration_ms"] > 0
     scored = [r for r in lines if r["message"] == "scored part"]
     assert scored and scored[0]["request_id"] == "log-1" and "score" in scored[0]
+    assert scored[0]["verdict"] in ("ok", "ng") and scored[0]["recipe"] is None
 
 
 def test_api_key_guards_v1_routes_only(models_dir: Path) -> None:

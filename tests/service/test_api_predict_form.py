@@ -54,7 +54,7 @@ def test_a_part_id_with_control_or_bidi_characters_is_refused(client: TestClient
         ([*files(), ("rgb", ("b.png", PNG, "image/png"))], {}, "Too many files"),
         (
             files(),
-            {"part_id": "a", "meas_id": "m", "model": "fake", "return_map": "none", "extra": "x"},
+            {"part_id": "a", "meas_id": "m", "model": "fake", "recipe": "r", "return_map": "none", "extra": "x"},
             "Too many fields",
         ),
         ([*files(), ("part_id", ("x.bin", b"x", "text/plain"))], {"part_id": "a"}, "Too many files"),
@@ -93,7 +93,7 @@ def test_the_contract_shows_the_form_on_both_paths(client: TestClient) -> None:
     for path in ("/v1/predict", "/predict"):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert body["required"] == ["rgb", "xyz"] and body["additionalProperties"] is False
-        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "meas_id", "model", "return_map"}
+        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "meas_id", "model", "recipe", "return_map"}
         assert {"400", "408", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
 
 

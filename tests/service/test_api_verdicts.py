@@ -269,3 +269,27 @@ def test_records_of_answers_before_the_decision_field_keep_their_rule() -> None:
     new = {**answer, "decision": {"rule": "area"}, "regions": [{"x": 1}]}
     record = decision_from_answer(new, model_sha256="0" * 64)
     assert record.decision_rule == "area" and list(record.regions) == [{"x": 1}]
+
+
+# --- OK / REVIEW / NG -------------------------------------------------------------------------------------
+
+
+def test_the_manifests_review_band_answers_review_and_an_old_manifest_two_outcomes(tmp_path: Path) -> None:
+    band = {"upper": 0.97, "method": "normal_tolerance", "target_false_reject_rate": 0.005}
+    hot_model(tmp_path / "models", "fake", review_band=band)
+    hot_model(tmp_path / "models", "old")  # no band: a manifest of schema 3 and before reads the same
+    hot_model(tmp_path / "models", "narrow", review_band={**band, "upper": 0.94})  # the score 0.95 is above it
+    settings = make_settings(tmp_path / "models", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        review = post(client).json()
+        assert review["verdict"] == "review" and review["is_anomalous"] and review["review_threshold"] == 0.97
+        old = post(client, model="old").json()
+        assert old["verdict"] == "ng" and old["is_anomalous"] and old["review_threshold"] is None
+        assert post(client, model="narrow").json()["verdict"] == "ng"
+        assert metric(client, 'bridgenet_predictions_total{model="fake",verdict="review"}') == 1
+        assert metric(client, 'bridgenet_predictions_total{model="old",verdict="ng"}') == 1
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["fake"]["review_threshold"] == 0.97 and models["old"]["review_threshold"] is None
+        assert client.get(f"/v1/results/{review['request_id']}").json()["verdict"] == "review"
+        ng = client.get("/v1/results", params={"verdict": "ng"}).json()["results"]
+        assert {r["model"]["name"] for r in ng} == {"old", "narrow"}

@@ -113,6 +113,9 @@ def test_a_proposal_from_the_line_then_save_and_promote_serves_it(models: Path) 
         stored, stored_sha = read_manifest_json(models / "fake" / "history" / "2")
         assert stored.threshold.value == pytest.approx(expected.threshold) and stored.pixel_threshold == 0.3
         assert stored.calibration is not None and stored.calibration.n_parts == 60
+        # The review band comes with it: the same rule at 0.5 %, above the new threshold.
+        assert stored.review_band is not None and stored.review_band.upper > stored.threshold.value
+        assert stored.review_band.target_false_reject_rate == 0.005
         assert "60 good line parts" in str(stored.calibration.source)
         assert [h.version for h in stored.history] == ["1"] and stored.history[0].onnx_sha256 == sha
         assert "commissioned from 60 good line parts" in str(stored.history[0].note)

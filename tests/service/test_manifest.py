@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from service import manifest as manifest_module
 from service.manifest import (
@@ -185,11 +186,11 @@ def test_schema_2_manifests_of_either_exporter_load_and_write_back_as_schema_2(l
 
 
 def test_new_manifests_are_written_as_the_current_schema(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 3 and set(READABLE_SCHEMA_VERSIONS) == {1, 2, 3}
+    assert SCHEMA_VERSION == 4 and set(READABLE_SCHEMA_VERSIONS) == {1, 2, 3, 4}
     m = Manifest.model_validate(manifest_data(pixel_threshold=0.45, precision="int8"))  # no schema_version given
-    assert m.schema_version == 3
+    assert m.schema_version == 4
     embedded = json.loads(manifest_to_metadata(m)[METADATA_KEY])
-    assert embedded["schema_version"] == 3 and set(LATER_FIELDS) <= set(embedded)  # every field, written out
+    assert embedded["schema_version"] == 4 and set(LATER_FIELDS) <= set(embedded)  # every field, written out
     write_model_dir(tmp_path / "bagel", json.loads(m.model_dump_json()))
     assert load_model_dir(tmp_path / "bagel", manifest_to_metadata(m)) == m
 
@@ -199,7 +200,8 @@ def test_the_bundled_demo_model_loads_with_its_calibration() -> None:
     demo = Path(__file__).resolve().parents[2] / "models" / "demo"
     session = ort.InferenceSession(str(demo / MODEL_FILE), providers=["CPUExecutionProvider"])
     m = load_model_dir(demo, session.get_modelmeta().custom_metadata_map)
-    assert m.schema_version == SCHEMA_VERSION and m.pixel_threshold is not None and m.calibration is not None
+    assert m.schema_version == 3 and m.review_band is None  # calibrated before the review band: OK / NG
+    assert m.pixel_threshold is not None and m.calibration is not None
 
 
 def test_a_schema_2_model_folder_still_loads(tmp_path: Path) -> None:
@@ -425,3 +427,17 @@ def test_bundled_demo_manifest_reads_and_writes_back_unchanged() -> None:
     added = {k: written.pop(k) for k in list(written) if k not in stored}
     assert added == {k: v for k, v in NEW_OPTIONAL_FIELDS.items() if k in added}
     assert written == stored and list(written) == list(stored)
+
+
+def test_the_review_band_is_a_schema_4_field_above_the_threshold() -> None:
+    band = {"upper": 0.5, "method": "normal_tolerance", "target_false_reject_rate": 0.005}
+    m = Manifest.model_validate(manifest_data(review_band=band))
+    assert m.schema_version == 4 and m.review_band is not None and m.review_band.upper == 0.5
+    assert Manifest.model_validate(json.loads(m.model_dump_json())) == m
+    with pytest.raises(ValidationError, match=r"schema_version 3 has no field review_band \(added in schema 4\)"):
+        Manifest.model_validate(manifest_data(schema_version=3, review_band=band))
+    with pytest.raises(ValidationError, match=r"review_band\.upper 0\.2 must be above threshold\.value"):
+        Manifest.model_validate(manifest_data(review_band={**band, "upper": 0.2}))
+    # An old manifest has no band (two outcomes) and writes back without the field.
+    old = Manifest.model_validate(manifest_data(schema_version=3))
+    assert old.review_band is None and "review_band" not in json.loads(old.model_dump_json())

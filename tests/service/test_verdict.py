@@ -91,3 +91,38 @@ def test_area_and_length_rules_together_make_a_defect_of_a_region_meeting_either
     decision = decide(0.9, 0.6, _sized((0.6, 2.1), (1.0, 1.1)), min_area, min_length)
     assert decision.is_anomalous is verdict and decision.rule == "area_or_length"
     assert decision.details["largest_area_mm2"] == 1.0 and decision.details["largest_length_mm"] == 2.1
+
+
+# --- the review band -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("score", "verdict"),
+    [(0.6, "ok"), (0.6000001, "review"), (0.8, "review"), (0.8000001, "ng"), (0.95, "ng")],
+)
+def test_review_band_edges(score: float, verdict: str) -> None:
+    """(threshold, upper]: the lower edge is the threshold (still OK), the upper edge itself is REVIEW."""
+    d = decide(score, 0.6, review_threshold=0.8)
+    assert d.verdict == verdict and d.is_anomalous == (verdict != "ok")
+    assert d.details["review_threshold"] == 0.8
+
+
+def test_without_a_band_there_are_two_outcomes() -> None:
+    assert decide(0.7, 0.6).verdict == "ng" and decide(0.5, 0.6).verdict == "ok"
+    assert "review_threshold" not in decide(0.7, 0.6).details
+    # A band whose upper edge is at or below the threshold is empty: never REVIEW.
+    assert decide(0.7, 0.6, review_threshold=0.6).verdict == "ng"
+
+
+def test_size_rules_still_decide_whether_a_part_in_the_band_is_accepted() -> None:
+    small = decide(0.7, 0.6, _report(0.5), min_defect_area_mm2=2.0, review_threshold=0.8)
+    assert small.verdict == "ok" and small.rule == "area"
+    large = decide(0.7, 0.6, _report(2.5), min_defect_area_mm2=2.0, review_threshold=0.8)
+    assert large.verdict == "review" and large.is_anomalous
+    above = decide(0.9, 0.6, _report(2.5), min_defect_area_mm2=2.0, review_threshold=0.8)
+    assert above.verdict == "ng"
+
+
+def test_a_non_finite_band_edge_gives_no_verdict() -> None:
+    with pytest.raises(NonFiniteError, match="review_threshold"):
+        decide(0.7, 0.6, review_threshold=float("nan"))

@@ -189,7 +189,10 @@ def test_calibrate_writes_a_new_version_and_keeps_the_old(demo_copy: Path, good_
     old, earlier = old_manifest["version"], [h["version"] for h in old_manifest.get("history", [])]
     assert cli(["calibrate", "--model", str(demo_copy), "--good", str(good_parts), "--no-progress"]) == 0
     new = served_manifest(demo_copy)  # verifies sha256 and the embedded manifest
-    assert new.version == str(int(old) + 1) and new.schema_version == 3  # written as the current schema
+    assert new.version == str(int(old) + 1) and new.schema_version == 4  # written as the current schema
+    # The review band: the same method at the band's lower false-reject rate, above the threshold.
+    assert new.review_band is not None and new.review_band.upper > new.threshold.value
+    assert new.review_band.method == new.threshold.method and new.review_band.target_false_reject_rate == 0.005
     assert new.calibration is not None and new.calibration.n_parts == 6 and new.threshold.n_parts == 6
     assert new.threshold.method == new.calibration.method == thresholds.DEFAULT_METHOD
     assert new.pixel_threshold is not None and new.min_defect_area_mm2 is None and new.min_defect_length_mm is None

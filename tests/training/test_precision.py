@@ -42,7 +42,7 @@ def manifest(models: Path, name: str) -> dict:
 
 def test_int8_export_is_quantised_calibrated_on_training_parts_and_checked(models: Path, data: Path) -> None:
     m = manifest(models, "int8")
-    assert m["precision"] == "int8" and m["schema_version"] == 3
+    assert m["precision"] == "int8" and m["schema_version"] == 4
     check = m["precision_check"]
     train_stems = sorted(p.stem for p in (data / "puck" / "train" / "good" / "rgb").iterdir())
     assert check["calibration_data"]["split"] == "train (good parts)"

@@ -42,18 +42,25 @@ def decision(
     model: str = "demo",
     part_id: str | None = None,
     regions: list[dict[str, Any]] | None = None,
+    review: bool = False,
 ) -> DecisionRecord:
     """The records tests' decision (score 0.9 NG / 0.1 OK against 0.5) under this id, with `regions` (default:
-    REGION when NG)."""
-    base = records_decision(0, ng=ng, model=model, at=received_at)
+    REGION when NG); `review`: an NG part in the review band (verdict "review", upper edge 0.95)."""
+    base = records_decision(0, ng=ng or review, model=model, at=received_at)
     if regions is None:
-        regions = [REGION] if ng else []
-    return replace(base, request_id=request_id, part_id=part_id or f"line1-{request_id}", regions=regions)
+        regions = [REGION] if ng or review else []
+    return replace(
+        base,
+        request_id=request_id,
+        part_id=part_id or f"line1-{request_id}",
+        regions=regions,
+        verdict="review" if review else None,
+    )
 
 
 def record(recorder: Recorder, request_id: str, *, ng: bool, received_at: datetime, **extra: Any) -> None:
     """Record one part with the demo sample as its evidence (the defective one when NG)."""
-    rgb, xyz = (RGB, XYZ) if ng else (GOOD_RGB, GOOD_XYZ)
+    rgb, xyz = (RGB, XYZ) if ng or extra.get("review") else (GOOD_RGB, GOOD_XYZ)
     outcome = recorder.record(
         decision(request_id, ng=ng, received_at=received_at, **extra), Evidence(rgb, xyz, anomaly_map(ng))
     )

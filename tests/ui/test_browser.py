@@ -321,6 +321,22 @@ def test_log_in_see_a_new_ng_part_live_review_it_and_log_out(
     after = stats_row(driver, "demo")
     assert after == {"reviewed-ng": "2", "confirmed": "1", "false-reject": "1", "frr": "50.0 %", "cnr": "50.0 %"}
 
+    # A part in the review band: first in the list, marked REVIEW, and counted in the stats' band columns.
+    recorder = recorder_for(live.data_dir)
+    try:
+        record(recorder, "in-band", ng=False, review=True, received_at=now - timedelta(hours=2))
+    finally:
+        recorder.db_engine.dispose()
+    driver.get(f"{live.base_url}/ui/")
+    band_first = "return document.querySelector('#parts-body tr').dataset.requestId === 'in-band';"
+    wait_for(driver, lambda d: d.execute_script(band_first), "listing the REVIEW part first", live)
+    first = driver.find_element(By.CSS_SELECTOR, "#parts-body tr")
+    assert first.get_attribute("class") == "review" and first.find_element(By.CLASS_NAME, "verdict").text == "REVIEW"
+    driver.get(f"{live.base_url}/ui/stats")
+    band = driver.find_element(By.CSS_SELECTOR, '#stats tr[data-model="demo"]')
+    assert band.find_element(By.CLASS_NAME, "review").text == "1"
+    assert band.find_element(By.CLASS_NAME, "review-reviewed").text == "0"
+
     # Log out: back at the login form, and the list wants a login again.
     driver.find_element(By.ID, "logout").click()
     wait_for(driver, lambda d: d.find_elements(By.ID, "login-button"), "on the login form after logout", live)

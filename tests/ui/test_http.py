@@ -307,8 +307,37 @@ def test_stats_give_false_reject_and_confirmed_rates_per_model(client: TestClien
     row = re.search(r'<tr data-model="demo">(.*?)</tr>', page, re.S)
     assert row, page
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
-    # parts, NG, reviewed NG, confirmed, false rejects, FRR, confirmed-NG rate, missed (req-old is 30 h old: in)
-    assert cells[1:] == ["7", "4", "3", "1", "2", "66.7 %", "33.3 %", "1"]
+    # parts, NG, reviewed NG, confirmed, false rejects, FRR, confirmed-NG rate, missed (req-old is 30 h old: in),
+    # then the review band: sent to review, reviewed, found defective, found good
+    assert cells[1:] == ["7", "4", "3", "1", "2", "66.7 %", "33.3 %", "1", "0", "0", "0", "0"]  # no review band
+
+
+def test_review_parts_come_first_and_the_stats_say_how_their_reviews_came_out(client: TestClient) -> None:
+    recorder = client.app.state.service.records.recorder  # type: ignore[attr-defined]
+    record(recorder, "band-old", ng=False, review=True, received_at=NOW - timedelta(minutes=55))
+    record(recorder, "band-new", ng=False, review=True, received_at=NOW - timedelta(minutes=1))
+    csrf = login(client)
+    parts = client.get("/ui/api/parts").json()["parts"]
+    assert [p["request_id"] for p in parts][:5] == ["band-new", "band-old", "req-4", "req-2", "req-0"]
+    assert [p["verdict"] for p in parts][:3] == ["review", "review", "ng"]
+    only = client.get("/ui/api/parts", params={"verdict": "review"}).json()["parts"]
+    assert [p["request_id"] for p in only] == ["band-new", "band-old"]
+    page = client.get("/ui/").text
+    assert page.index('data-request-id="band-new"') < page.index('data-request-id="req-4"')
+    assert '<tr class="review" data-request-id="band-new">' in page
+    # A REVIEW part is reviewed as an NG one is (confirmed / false reject); the next part waiting is one too.
+    part = client.get("/ui/parts/band-new").text
+    assert ">REVIEW</span>" in part and 'data-key="c"' in part and 'data-key="f"' in part
+    assert 'id="next-part" href="/ui/parts/band-old"' in part
+    assert review(client, "band-new", "confirmed", csrf) == 303
+    assert review(client, "band-old", "false_reject", csrf) == 303
+    assert review(client, "req-0", "confirmed", csrf) == 303
+    row = re.search(r'<tr data-model="demo">(.*?)</tr>', client.get("/ui/stats").text, re.S)
+    assert row
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    # parts 9, not accepted 6 (REVIEW included), reviewed 3: 2 confirmed, 1 false reject; then the band:
+    # 2 sent to review, both reviewed, one found defective, one good
+    assert cells[1:] == ["9", "6", "3", "2", "1", "33.3 %", "66.7 %", "0", "2", "2", "1", "1"]
 
 
 def test_with_audit_off_the_station_and_the_results_api_say_so_alike(tmp_path: Path, users_file: Path) -> None:

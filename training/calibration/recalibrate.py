@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from service.engine import Engine, EngineError, ModelLoadError
 from service.lifecycle.rate import DEFAULT as DEFAULT_FALSE_REJECT_RATE
-from service.lifecycle.rate import add_false_reject_rate_argument, check_false_reject_rate
+from service.lifecycle.rate import add_false_reject_rate_argument, check_false_reject_rate, false_reject_rate_arg
 from service.lifecycle.thresholds import (
     DEFAULT_CONFIDENCE,
     DEFAULT_METHOD,
     METHODS,
+    REVIEW_RATE,
     CalibrationInputError,
     Method,
     calibrate_scores,
@@ -94,8 +95,10 @@ def calibrate_model(
     min_defect_area_mm2: float | None = None,
     min_defect_length_mm: float | None = None,
     progress: bool = True,
+    review_rate: float | None = REVIEW_RATE,
 ) -> dict[str, Any]:
-    """Score the good parts, recompute both thresholds, write the new version; returns a summary."""
+    """Score the good parts, recompute both thresholds and the review band (`review_rate`: its upper edge's
+    false-reject rate; None: no band), write the new version; returns a summary."""
     if not (0.5 <= confidence < 1.0):
         raise CalibrateError(f"--confidence must be in [0.5, 1), got {confidence}")
     try:
@@ -132,6 +135,7 @@ def calibrate_model(
             method=chosen,
             confidence=confidence,
             source=f"{len(samples)} good parts in {good}",
+            review_rate=review_rate,
         )
     except CalibrationInputError as exc:
         raise CalibrateError(str(exc)) from exc
@@ -155,6 +159,7 @@ def calibrate_model(
         "false_reject_rate_interval": calibration.false_reject_rate_interval,
         "pixel_threshold": calibration.pixel_threshold,
         "method": chosen,
+        "review_band": calibration.review_band,
     }
 
 
@@ -181,6 +186,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also set the length rule: NG only with a region this long, mm (default: as the manifest); with "
         "both rules set, a region meeting either minimum makes a part NG",
     )
+    band = p.add_mutually_exclusive_group()
+    band.add_argument(
+        "--review-false-reject-rate",
+        type=false_reject_rate_arg,
+        default=REVIEW_RATE,
+        help="the review band's upper edge: share of good parts rejected outright (NG), below the threshold's "
+        "rate; parts between the threshold and it answer REVIEW (default: %(default)s)",
+    )
+    band.add_argument("--no-review-band", action="store_true", help="no review band: OK / NG only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -196,16 +210,24 @@ def run(args: argparse.Namespace) -> int:
             min_defect_area_mm2=args.min_defect_area_mm2,
             min_defect_length_mm=args.min_defect_length_mm,
             progress=not args.no_progress,
+            review_rate=None if args.no_review_band else args.review_false_reject_rate,
         )
     except CalibrateError as exc:
         log.error("calibrate: %s", exc)
         return 2
     lo, hi = summary["false_reject_rate_interval"]
+    review = summary["review_band"]
+    band = (
+        f"review band up to {review['upper']:.5f} (NG above it: expected {review['expected_false_reject_rate']:.2%} "
+        f"of good parts; REVIEW: {review['expected_review_rate']:.2%})"
+        if review is not None
+        else "no review band"
+    )
     print(
         f"{summary['model']}: version {summary['version']}, threshold {summary['threshold']} "
         f"({summary['method']}, {summary['n_parts']} good parts, {summary['parts_above_old_threshold']} of them "
         f"above the old threshold); expected false-reject rate {summary['expected_false_reject_rate']:.2%} "
-        f"(90 % interval {lo:.2%}-{hi:.2%}); pixel threshold {summary['pixel_threshold']:.5f}; "
+        f"(90 % interval {lo:.2%}-{hi:.2%}); pixel threshold {summary['pixel_threshold']:.5f}; {band}; "
         f"previous version kept in {summary['archived']}"
     )
     return 0

@@ -73,6 +73,8 @@ def evaluate_model(engine: Engine, test: PreparedSplit, *, batch_size: int = 8) 
         **result,
     }
     result["selection"] = json.loads(manifest.selection) if manifest.selection.startswith("{") else {}
+    if model.review_threshold is not None:
+        result["review_band"] = band_rates(scores, test.defects, model.threshold, model.review_threshold)
     return result
 
 
@@ -130,6 +132,36 @@ def verdict_rates(scores: np.ndarray, defects: list[str], threshold: float) -> d
     }
 
 
+def band_rates(scores: np.ndarray, defects: list[str], threshold: float, upper: float) -> dict[str, Any]:
+    """OK / REVIEW / NG on the test split with a review band (threshold, upper]: per kind of part (good,
+    defective), how many the line accepts, sends to a person, rejects outright. The band's false rejects
+    are the good parts above `upper`; its detection counts REVIEW and NG alike (neither is accepted)."""
+    s = np.asarray(scores)
+    good = np.asarray(defects) == "good"
+    review = (s > threshold) & (s <= upper)
+    ng = s > upper
+
+    def counts(selected: np.ndarray) -> dict[str, int]:
+        return {
+            "ok": int((selected & ~review & ~ng).sum()),
+            "review": int((selected & review).sum()),
+            "ng": int((selected & ng).sum()),
+        }
+
+    n = len(s)
+    return {
+        "threshold": float(threshold),
+        "upper": float(upper),
+        "good": counts(good),
+        "defective": counts(~good),
+        "share_sent_to_review": float(review.mean()) if n else None,
+        "test_false_reject_rate": float(ng[good].mean()) if good.any() else None,
+        "test_false_reject_rate_upper95": binomial_upper_bound(int(ng[good].sum()), int(good.sum())),
+        "test_detection_rate": float((review | ng)[~good].mean()) if (~good).any() else None,
+        "test_detection_rate_without_review": float(ng[~good].mean()) if (~good).any() else None,
+    }
+
+
 def region_rates(maps: np.ndarray, gt: np.ndarray, labels: np.ndarray, pixel_threshold: float) -> dict[str, Any]:
     """At the calibrated pixel threshold (model resolution): how many good parts show any region, and how
     many defective parts show one touching their ground truth."""
@@ -184,6 +216,23 @@ def markdown_table(result: dict[str, Any]) -> str:
             "defective parts with a region on the defect "
             f"{fmt(px['defective_parts_with_a_region_on_the_defect'], '.1%')}, "
             f"defect-pixel recall {fmt(px['defect_pixel_recall'], '.1%')}.",
+        ]
+    band = result.get("review_band")
+    if band:
+        g, d = band["good"], band["defective"]
+        lines += [
+            "",
+            f"With the review band ({band['threshold']:.4f}, {band['upper']:.4f}]: OK / REVIEW / NG",
+            "",
+            "| parts | OK | REVIEW | NG |",
+            "|---|---|---|---|",
+            f"| good | {g['ok']} | {g['review']} | {g['ng']} |",
+            f"| defective | {d['ok']} | {d['review']} | {d['ng']} |",
+            "",
+            f"Sent to review: {fmt(band['share_sent_to_review'], '.1%')} of the parts; false rejects (good parts "
+            f"NG) {fmt(band['test_false_reject_rate'], '.1%')}; detection (defective parts not accepted) "
+            f"{fmt(band['test_detection_rate'], '.1%')}, of which NG outright "
+            f"{fmt(band['test_detection_rate_without_review'], '.1%')}.",
         ]
     lines += ["", f"Model selection: {sel.get('method', '?')} (epoch {sel.get('epoch', '?')})."]
     return "\n".join(lines) + "\n"

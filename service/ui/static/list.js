@@ -20,7 +20,7 @@
   function renderParts(parts) {
     const rows = parts.map(function (p) {
       const tr = document.createElement("tr");
-      tr.className = p.is_anomalous ? "ng" : "ok";
+      tr.className = p.verdict;
       tr.dataset.requestId = p.request_id;
       cell(tr, p.created.slice(0, 19).replace("T", " "));
       const link = document.createElement("a");
@@ -28,7 +28,7 @@
       link.textContent = p.part_id || p.request_id;
       cell(tr, "").appendChild(link);
       cell(tr, p.model + " " + p.model_version);
-      cell(tr, p.is_anomalous ? "NG" : "OK", "verdict");
+      cell(tr, p.verdict.toUpperCase(), "verdict");
       cell(tr, p.score.toFixed(4) + " / " + p.threshold.toFixed(4));
       cell(tr, p.review ? p.review.outcome.replace("_", " ") : "", "review");
       return tr;
