@@ -1,6 +1,6 @@
 """POST /v1/predict (and its alias POST /predict): one part's RGB image + point cloud → score, verdict, map.
 
-The form is read by the route itself (`service.api.forms.read_form`: at most 2 files and 4 fields, each name
+The form is read by the route itself (`service.api.forms.read_form`: at most 2 files and 5 fields, each name
 once, no undeclared field), after the request was admitted from its headers (`service.api.gate`); its text
 fields are validated by `PredictFields` (`part_id` printable, see `schemas.PartId`). The request body the
 OpenAPI contract shows is declared here (`PREDICT_FORM_SCHEMA`), since FastAPI does not parse the form.
