@@ -54,6 +54,10 @@ COMPOSE_ONLY = """\
 # TLS_PORT=443
 # TLS_CERTIFICATE=internal
 # TLS_CERTS_DIR=./docker/caddy/certs
+# OPC UA relay of the `plc` profile (docker compose --profile plc up, with BRIDGENET_OPCUA_URL set): the
+# port and the interface it is published on (loopback; the line network's interface where PLCs connect).
+# OPCUA_PORT=4840
+# OPCUA_BIND=127.0.0.1
 # PROMETHEUS_RETENTION=30d
 # GPU index of the service and of the training container.
 # BRIDGENET_GPU_DEVICE=0

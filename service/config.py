@@ -37,7 +37,7 @@ _SECRET_FIELDS = (
     "mqtt_password",
     "mqtt_secret",
 )
-_URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https")}
+_URL_SCHEMES = {"mqtt_url": ("mqtt", "mqtts"), "webhook_url": ("http", "https"), "opcua_url": ("opc.tcp",)}
 
 
 class SettingsError(ValueError):
@@ -246,6 +246,29 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Dead letters kept per destination; the oldest beyond are deleted."
     )
 
+    # PLC interface (service.plc; docs/DEPLOYMENT.md "Connecting a PLC"): an OPC UA server with one
+    # Machine Vision `VisionSystem` per model. Signed and encrypted (Basic256Sha256) with user names and
+    # passwords when a key pair is set; anonymous and unencrypted only in development.
+    opcua_url: str | None = Field(
+        default=None,
+        description="opc.tcp://host:port the OPC UA server listens on, e.g. opc.tcp://0.0.0.0:4840; unset: off",
+    )
+    opcua_cert_file: Path | None = Field(
+        default=None, description="The OPC UA server's certificate (DER or PEM); with the key: Basic256Sha256 only."
+    )
+    opcua_key_file: Path | None = Field(default=None, description="The OPC UA server's private key (PEM).")
+    opcua_users_file: Path | None = Field(
+        default=None,
+        description="Users allowed on the OPC UA server (python -m service users add --file ...); unset: the "
+        "review station's users file.",
+    )
+    opcua_buffer_size: int = Field(
+        default=16, ge=1, le=10_000, description="Unacknowledged results kept ready per model; more wait (overrun)."
+    )
+    opcua_result_ttl_s: float = Field(
+        default=3600.0, gt=0, description="An unacknowledged result leaves the buffer (dead letter) after this long."
+    )
+
     # Ray Serve (service.cluster): how often each replica copies its metrics into Ray's, which every node
     # exports (Ray's agents export every few seconds too, so a shorter interval mostly costs CPU).
     cluster_metrics_interval_s: float = Field(
@@ -363,20 +386,28 @@ class Settings(BaseSettings):
             raise ValueError(f"expected model names mapped to finite thresholds, got {bad}")
         return value
 
-    @field_validator(*_SECRET_FIELDS, "mqtt_username", "mqtt_ca_file", mode="before")
+    @field_validator(
+        *_SECRET_FIELDS,
+        "mqtt_username",
+        "mqtt_ca_file",
+        "opcua_url",
+        "opcua_cert_file",
+        "opcua_key_file",
+        mode="before",
+    )
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         # Compose passes `${BRIDGENET_API_KEY:-}`: an empty key means "no key", never "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("mqtt_ca_file")
+    @field_validator("mqtt_ca_file", "opcua_cert_file", "opcua_key_file", "opcua_users_file")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file")
         return value
 
-    @field_validator("mqtt_url", "webhook_url")
+    @field_validator("mqtt_url", "webhook_url", "opcua_url")
     @classmethod
     def _url_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
         schemes = _URL_SCHEMES[info.field_name or ""]
@@ -416,6 +447,7 @@ class Settings(BaseSettings):
             problems.append(f"{env_name('require_cuda')} contradicts {env_name('providers')}=cpu")
         if self.batch_wait_ms / 1000.0 >= self.request_timeout_s:
             problems.append(f"{env_name('batch_wait_ms')} must be shorter than {env_name('request_timeout_s')}")
+        problems.extend(self._opcua_problems())
         if self.environment == "production":
             key = self.api_key.get_secret_value() if self.api_key else ""
             if not key and not self.allow_anonymous:
@@ -427,6 +459,26 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _opcua_problems(self) -> list[str]:
+        """A key pair comes whole, and outside development the OPC UA server never runs without one."""
+        if (self.opcua_cert_file is None) != (self.opcua_key_file is None):
+            return [f"{env_name('opcua_cert_file')} and {env_name('opcua_key_file')} go together; set both or neither"]
+        if self.opcua_url and self.audit == "off":
+            return [f"{env_name('opcua_url')} needs {env_name('audit')}=on: the PLC's results come from the outbox"]
+        if self.opcua_url and self.workers > 1:
+            # Each worker would bind the same OPC UA port and hand the same results out twice.
+            return [
+                f"{env_name('opcua_url')} is set, but the PLC interface runs in one process only "
+                f"({env_name('workers')}={self.workers}); serve it with {env_name('workers')}=1"
+            ]
+        if self.opcua_url and self.opcua_cert_file is None and self.environment != "development":
+            return [
+                f"{env_name('opcua_url')} in {env_name('environment')}={self.environment} needs "
+                f"{env_name('opcua_cert_file')} and {env_name('opcua_key_file')}: anonymous, unencrypted OPC UA is "
+                "for development only"
+            ]
+        return []
 
     def _production_key_problems(self) -> list[str]:
         """Each configured key long enough, and no value shared by two roles (one key, one role)."""

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +40,9 @@ from service.metrics import Metrics
 from service.metrics_server import start_metrics_server
 from service.recipes import RECIPES_DIR, RecipeCatalog
 from service.records.runtime import Records
+
+if TYPE_CHECKING:
+    from service.plc.server import PlcServer
 from service.ui.routes import mount_ui
 from service.workers_dir import WorkerSlot
 
@@ -109,6 +113,26 @@ async def watch_workers(state: ServiceState) -> None:
         state.on_fatal(state.fatal)
 
 
+async def start_plc(state: ServiceState, recipes: RecipeCatalog | None) -> PlcServer:
+    """The OPC UA server over the records' outbox; `recipes`: the catalog its VisionSystems switch."""
+    # Imported here: asyncua takes a second to import, and only a service with an OPC UA address needs it.
+    from service.plc.server import PlcServer
+
+    records = state.records
+    if records is None or records.recorder is None:
+        raise RuntimeError("the OPC UA server needs the audit trail (BRIDGENET_AUDIT=on)")
+    plc = await PlcServer.start(
+        state.settings,
+        state.engine,
+        records.recorder.db_engine,
+        state.metrics.plc,
+        recipes,
+        push_metrics=state.metrics.records,
+    )
+    records.commit_listeners.append(plc.handshake.wake)
+    return plc
+
+
 def create_app(
     settings: Settings | None = None, engine: Engine | None = None, worker: WorkerSlot | None = None
 ) -> FastAPI:
@@ -167,8 +191,13 @@ def create_app(
             db_engine = records.recorder.db_engine if records.recorder is not None else None
             await run_in_threadpool(watch.attach, db_engine)
             state.shadow = await run_in_threadpool(start_shadow, settings, engine, metrics, records)
-        except Exception as exc:
+            if settings.opcua_url:  # after the records: the PLC's results come from their outbox
+                state.plc = await start_plc(state, state.recipes)
+        except Exception as exc:  # e.g. the OPC UA port is taken: stop what started, and the start-up with it
             log.error("start-up failed: %s", exc)
+            shadow, state.shadow = state.shadow, None
+            if shadow is not None:
+                await run_in_threadpool(shadow.stop)
             await records.stop()
             state.records = None
             engine.stop()
@@ -195,6 +224,9 @@ def create_app(
             shadow, state.shadow = state.shadow, None
             if shadow is not None:
                 await run_in_threadpool(shadow.stop)
+            plc, state.plc = state.plc, None
+            if plc is not None:
+                await plc.stop()
             records, state.records = state.records, None
             if records is not None:
                 await records.stop()

@@ -105,6 +105,45 @@ class RecordsMetrics:
             self.push_dead_lettered.labels(destination=destination, reason=reason)
 
 
+class PlcMetrics:
+    """Collectors of the OPC UA result handshake (service.plc), by model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.unacknowledged = Gauge(
+            "bridgenet_plc_unacknowledged_results",
+            "Results made ready to the PLC and not acknowledged yet, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "bridgenet_plc_waiting_results",
+            "Results held back because the model's result buffer is full (an overrun in progress), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.overruns = Counter(
+            "bridgenet_plc_overruns_total",
+            "Results that found the model's result buffer full and had to wait for acknowledgements, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.acknowledged = Counter(
+            "bridgenet_plc_acknowledged_total", "Results the PLC acknowledged, by model.", ["model"], registry=r
+        )
+        self.expired = Counter(
+            "bridgenet_plc_expired_total",
+            "Results unacknowledged past BRIDGENET_OPCUA_RESULT_TTL_S, moved to the dead letters, by model.",
+            ["model"],
+            registry=r,
+        )
+
+    def declare_model(self, model: str) -> None:
+        """Expose a model's series from the start (dashboards see zeros, not gaps)."""
+        for collector in (self.unacknowledged, self.waiting, self.overruns, self.acknowledged, self.expired):
+            collector.labels(model=model)
+
+
 # ---- A model's life on the line (service.lifecycle): the drift watch and the shadow candidate.
 DRIFT_QUANTILES = ("0.1", "0.5", "0.9")
 
@@ -283,6 +322,8 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.records = RecordsMetrics(r)
+        self.plc = PlcMetrics(r)
+
         self.lifecycle = LifecycleMetrics(r)
 
     def observe_prediction(self, result: PredictResult) -> None:

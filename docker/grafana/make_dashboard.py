@@ -495,6 +495,39 @@ def traceability_row(y: int) -> list[Panel]:
     ]
 
 
+# ---- PLC interface (service.plc): the OPC UA result handshake, per model.
+def plc_row(y: int) -> list[Panel]:
+    """Results the PLC has not acknowledged yet, those held back by a full buffer, overruns and expiries."""
+    return [
+        row("PLC (OPC UA)", y),
+        timeseries(
+            "Unacknowledged results",
+            (0, y + 1, 12, 7),
+            [
+                target("sum by (model) (bridgenet_plc_unacknowledged_results)", "{{model}} ready"),
+                target("sum by (model) (bridgenet_plc_waiting_results)", "{{model}} waiting (overrun)", "B"),
+            ],
+            "short",
+            min=0,
+            description="Results made ready to the PLC and not acknowledged (AcknowledgeResult), and those held "
+            "back because the buffer is full. Waiting above 0: the PLC stopped acknowledging; nothing is lost, "
+            "they are made ready in order as it acknowledges.",
+        ),
+        timeseries(
+            "Overruns and expiries",
+            (12, y + 1, 12, 7),
+            [
+                target(f"sum by (model) (increase(bridgenet_plc_overruns_total[{RATE}]))", "{{model}} overruns"),
+                target(f"sum by (model) (increase(bridgenet_plc_expired_total[{RATE}]))", "{{model}} expired", "B"),
+            ],
+            "short",
+            min=0,
+            description="Results that found the buffer full, and results unacknowledged past "
+            "BRIDGENET_OPCUA_RESULT_TTL_S (moved to the dead letters; POST /v1/admin/push/retry re-queues them).",
+        ),
+    ]
+
+
 def build_dashboard() -> Panel:
     """The whole dashboard as a JSON-ready dict, panel ids assigned in reading order."""
     panels = [
@@ -508,6 +541,7 @@ def build_dashboard() -> Panel:
         *drift_row(53),
     ]
     panels += traceability_row(61)
+    panels += plc_row(69)
     for number, p in enumerate(panels, start=1):
         p["id"] = number
     model_var = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -22,6 +22,9 @@ from service.metrics import Metrics
 from service.recipes import RecipeCatalog
 from service.records.runtime import Records
 from service.workers_dir import WorkerSlot
+
+if TYPE_CHECKING:  # asyncua takes a second to import: only a service with BRIDGENET_OPCUA_URL loads it
+    from service.plc.server import PlcServer
 
 NOT_READY_RETRY_AFTER_S = 5  # model loading and warm-up take seconds (minutes for a first CUDA session)
 
@@ -41,6 +44,7 @@ class ServiceState:
     recipes: RecipeCatalog = field(default_factory=lambda: RecipeCatalog(None))  # loaded by the lifespan
     admission: Admission | None = None
     records: Records | None = None  # the audit trail and push (service.records), set by the lifespan
+    plc: PlcServer | None = None  # the OPC UA server (service.plc) when BRIDGENET_OPCUA_URL is set
     after_prediction: list[AfterPrediction] = field(default_factory=list)
     # A dead worker (service.main.watch_workers): why, and how the process is told to stop (set by
     # `python -m service`; tests leave it None and see /readyz 503).

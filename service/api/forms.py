@@ -36,11 +36,11 @@ class FormLimitError(ApiError):
 
 @dataclass(frozen=True)
 class FormLimits:
-    """What one predict form may hold: the two uploads (rgb, xyz) and four text fields (model, recipe,
-    part_id, map encoding)."""
+    """What one predict form may hold: the two uploads (rgb, xyz) and five text fields (model, recipe,
+    part_id, meas_id, map encoding)."""
 
     max_files: int = 2
-    max_fields: int = 4
+    max_fields: int = 5
 
 
 PREDICT_FORM = FormLimits()

@@ -1,6 +1,6 @@
 """POST /v1/predict (and its alias POST /predict): one part's RGB image + point cloud → score, verdict, map.
 
-The form is read by the route itself (`service.api.forms.read_form`: at most 2 files and 3 fields, each name
+The form is read by the route itself (`service.api.forms.read_form`: at most 2 files and 5 fields, each name
 once, no undeclared field), after the request was admitted from its headers (`service.api.gate`); its text
 fields are validated by `PredictFields` (`part_id` printable, see `schemas.PartId`). The request body the
 OpenAPI contract shows is declared here (`PREDICT_FORM_SCHEMA`), since FastAPI does not parse the form.
@@ -40,6 +40,7 @@ class PredictFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     part_id: PartId | None = None
+    meas_id: PartId | None = None
     model: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX_LENGTH)
     recipe: str | None = Field(default=None, pattern=RECIPE_ID)
     return_map: ReturnMap = "none"
@@ -66,6 +67,13 @@ PREDICT_FORM_SCHEMA: dict[str, Any] = {
             "maxLength": PART_ID_MAX_LENGTH,
             "description": "Echoed back and logged. Printable text: no control, bidirectional or other "
             "invisible formatting characters (422 otherwise).",
+        },
+        "meas_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": PART_ID_MAX_LENGTH,
+            "description": "The line's measurement id (OPC 40100 MeasId): passed to the PLC interface and pushed "
+            "results (MQTT, webhook) with this result; printable text as part_id.",
         },
         "model": {
             "type": "string",
@@ -213,6 +221,7 @@ async def predict(http: Request, state: ReadyState) -> PredictResponse:
             anomaly_map=served.result.prediction.model_map,  # the model's S×S map: 10× less to encode at 800 px
             model_sha256=served.result.prediction.model_sha256,
             client=http.client.host if http.client else None,
+            meas_id=fields.meas_id,
         )
     if state.shadow is not None:  # queued, never waited for: a full queue skips the part (and counts it)
         state.shadow.submit(

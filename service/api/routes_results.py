@@ -143,11 +143,26 @@ class ArchiveStatus(BaseModel):
     max_bytes: int
 
 
+class PlcBuffer(BaseModel):
+    capacity: int = Field(description="Results kept ready at most (BRIDGENET_OPCUA_BUFFER_SIZE).")
+    unacknowledged: int = Field(description="Results made ready to the PLC and not acknowledged yet.")
+    waiting: int = Field(description="Results held back because the buffer is full: an overrun in progress.")
+    overrun: bool = Field(description="Results are waiting (the VisionSystem shows Error, code 2).")
+    overruns: int = Field(description="Results that found the buffer full since the start.")
+    acknowledged: int = Field(description="Results acknowledged since the start.")
+    expired: int = Field(description="Results unacknowledged past BRIDGENET_OPCUA_RESULT_TTL_S (dead letters).")
+    oldest_result_id: str | None = Field(description="The result the PLC should read and acknowledge next.")
+    oldest_age_s: float | None
+
+
 class StatusResponse(BaseModel):
     audit: Literal["on", "off"]
     database: str | None = Field(description="sqlite or postgresql.")
     archive: ArchiveStatus | None
-    push: dict[str, PushBacklog] = Field(description="By destination (mqtt, webhook).")
+    push: dict[str, PushBacklog] = Field(description="By destination (mqtt, webhook, opcua).")
+    plc: dict[str, PlcBuffer] | None = Field(
+        default=None, description="The OPC UA result handshake by model; null when BRIDGENET_OPCUA_URL is unset."
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -397,9 +412,9 @@ def service_status(
         str | None, Header(alias=ADMIN_KEY_HEADER, description="BRIDGENET_ADMIN_KEY: shows delivery errors")
     ] = None,
 ) -> StatusResponse:
-    """The audit trail and the push backlog: a push destination that is down shows here (and in
-    bridgenet_push_backlog), never in /readyz, so the line keeps running. Delivery errors name internal
-    hosts: they are shown with the admin key only."""
+    """The audit trail, the push backlog and the PLC's acknowledgement state: a push destination that is
+    down shows here (and in bridgenet_push_backlog), never in /readyz, so the line keeps running. Delivery
+    errors name internal hosts: they are shown with the admin key only."""
     status = records.status()
     if admin_key is not None:
         check_admin_key(state.settings.admin_key, admin_key, f"send no {ADMIN_KEY_HEADER}")
@@ -407,4 +422,5 @@ def service_status(
         for backlog in status["push"].values():
             if backlog.get("last_error") is not None:
                 backlog["last_error"] = HIDDEN_ERROR
+    status["plc"] = state.plc.handshake.status() if state.plc is not None else None
     return StatusResponse.model_validate(status)

@@ -103,6 +103,18 @@ def shared_port_problem(settings: Settings, max_replicas: int) -> str | None:
     return None
 
 
+def shared_opcua_problem(settings: Settings, max_replicas: int) -> str | None:
+    """Why the OPC UA server (BRIDGENET_OPCUA_URL) cannot run with `max_replicas` replicas, or None: each
+    would bind its port and announce the same outbox's results to the PLC."""
+    if max_replicas > 1 and settings.opcua_url:
+        return (
+            f"{env_name('opcua_url')} is set, but the PLC interface runs in one replica only ({max_replicas} "
+            "would each bind its port and announce the same results): unset it, or serve the PLC from a "
+            "single-replica service"
+        )
+    return None
+
+
 def deployment_options(settings: Settings, scale: Scale) -> dict[str, Any]:
     """Ray Serve options of the deployment, from the service's own limits (kept in one place)."""
     capacity = settings.max_inflight + settings.max_queue
@@ -218,7 +230,7 @@ InspectionReplica = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress()(_Repl
 def build(settings: Settings, scale: Scale, *, bind_settings: bool = True) -> Application:
     """The Serve application for `settings` at `scale`; refuses what cannot work before anything starts.
     `bind_settings=False`: each replica reads its settings from its own environment instead."""
-    for check in (shared_database_problem, shared_port_problem):
+    for check in (shared_database_problem, shared_port_problem, shared_opcua_problem):
         problem = check(settings, scale.max_replicas)
         if problem:
             raise ClusterConfigError(problem)

@@ -206,7 +206,7 @@ class Dispatcher:
                         self.metrics.push_failures.labels(destination=name).inc()
                     if exc.permanent:
                         log.error("push to %s refused %s for good, dead-lettered: %s", name, request_id, exc)
-                        await asyncio.to_thread(_kill_rows, self.db_engine, [row_id], "refused", str(exc))
+                        await asyncio.to_thread(dead_letter_rows, self.db_engine, [row_id], "refused", str(exc))
                         self._count_dead(name, "refused", 1)
                         failures = 0
                         continue
@@ -217,7 +217,7 @@ class Dispatcher:
                     await asyncio.sleep(delay)
                     break  # read the head again: the bounds may have moved this row to the dead letters
                 failures = 0
-                await asyncio.to_thread(_delete, self.db_engine, row_id)
+                await asyncio.to_thread(delete_row, self.db_engine, row_id)
                 if self.metrics is not None:
                     self.metrics.push_delivered.labels(destination=name).inc()
 
@@ -274,7 +274,8 @@ def _count(db_engine: Engine, destination: str) -> int:
         return int(session.scalar(query) or 0)
 
 
-def _delete(db_engine: Engine, row_id: int) -> None:
+def delete_row(db_engine: Engine, row_id: int) -> None:
+    """Remove a delivered (or acknowledged) outbox row."""
     with Session(db_engine) as session, session.begin():
         session.execute(delete(OutboxRow).where(OutboxRow.id == row_id))
 
@@ -319,7 +320,8 @@ def _deleted(session: Session, statement: Delete) -> int:
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
-def _kill_rows(db_engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
+def dead_letter_rows(db_engine: Engine, row_ids: list[int], reason: str, error: str) -> None:
+    """Move the outbox rows `row_ids` to the dead letters with `reason` and `error` (one transaction)."""
     with Session(db_engine) as session, session.begin():
         _move_to_dead(session, OutboxRow.id.in_(row_ids), reason, error)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,9 @@ from service.records.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# The outbox rows of the PLC interface (service.plc.handshake reads them; it deletes one when acknowledged).
+PLC_DESTINATION = "opcua"
 
 PRUNE_EVERY_S = 3600.0
 # With several workers each archive view misses the others' files between two counts of the folder.
@@ -60,7 +63,12 @@ def destinations_from(settings: Settings) -> list[Destination]:
 
 
 def decision_from_answer(
-    answer: Mapping[str, Any], *, model_sha256: str, received_at: datetime | None = None, client: str | None = None
+    answer: Mapping[str, Any],
+    *,
+    model_sha256: str,
+    received_at: datetime | None = None,
+    client: str | None = None,
+    meas_id: str | None = None,
 ) -> DecisionRecord:
     """A record from the predict answer (its JSON form). `received_at` defaults to now − timings_ms.total.
     The rule comes from the answer's `decision.rule` (an answer recorded before that field: `decision_rule`,
@@ -87,6 +95,7 @@ def decision_from_answer(
         ),
         regions=tuple(answer.get("regions") or ()),
         client=client,
+        meas_id=meas_id,
         verdict=answer.get("verdict"),
         recipe=(answer.get("recipe") or {}).get("id"),
         recipe_version=(answer.get("recipe") or {}).get("version"),
@@ -105,6 +114,8 @@ class Records:
         self.dispatcher = dispatcher
         self._pruner: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
+        # Called (from the writer's thread) after a commit that queued push: the dispatcher, the PLC handshake.
+        self.commit_listeners: list[Callable[[], None]] = [dispatcher.wake] if dispatcher is not None else []
 
     @property
     def enabled(self) -> bool:
@@ -141,12 +152,13 @@ class Records:
             archive=archive,
             archive_policy=settings.archive,
             retention=timedelta(days=settings.retention_days),
-            destinations=tuple(d.name for d in destinations),
+            destinations=tuple(d.name for d in destinations) + ((PLC_DESTINATION,) if settings.opcua_url else ()),
             push_on=settings.push_on,
+            every_result=(PLC_DESTINATION,),  # the PLC waits for a verdict on every part, OK ones too
             metrics=metrics.records,
-            on_commit=dispatcher.wake if dispatcher else None,
         )
         records = cls(recorder, dispatcher)
+        recorder.on_commit = records._committed
         await asyncio.to_thread(recorder.prune)
         await asyncio.to_thread(recorder.sweep_orphans)
         if dispatcher is not None:
@@ -162,6 +174,10 @@ class Records:
             [d.name for d in destinations] or "nowhere",
         )
         return records
+
+    def _committed(self) -> None:
+        for listener in self.commit_listeners:
+            listener()
 
     async def stop(self) -> None:
         for task in (self._pruner, self._resync):
@@ -211,6 +227,7 @@ class Records:
         model_sha256: str,
         client: str | None = None,
         received_at: datetime | None = None,
+        meas_id: str | None = None,
     ) -> RecordOutcome | None:
         """Record one answered prediction (JSON form of the predict answer) with its evidence; returns once
         committed. `model_sha256`: of the model file that scored the part, as the engine verified it at load
@@ -218,7 +235,9 @@ class Records:
         Raises store.RecordError when the record cannot be written. None when audit is off."""
         if self.recorder is None:
             return None
-        decision = decision_from_answer(answer, model_sha256=model_sha256, received_at=received_at, client=client)
+        decision = decision_from_answer(
+            answer, model_sha256=model_sha256, received_at=received_at, client=client, meas_id=meas_id
+        )
         return await asyncio.to_thread(self.recorder.record, decision, Evidence(rgb, xyz, anomaly_map))
 
     def requeue_dead_letters(self, destination: str | None = None) -> dict[str, int]:

@@ -81,6 +81,7 @@ class DecisionRecord:
     verdict: str | None = None  # "ok", "review" or "ng"; None: from is_anomalous (no review band)
     recipe: str | None = None
     recipe_version: str | None = None
+    meas_id: str | None = None  # the client's measurement id (predict's `meas_id`), pushed, not stored
 
     @property
     def verdict_value(self) -> str:
@@ -89,8 +90,9 @@ class DecisionRecord:
         return "ng" if self.is_anomalous else "ok"
 
     def payload(self) -> dict[str, Any]:
-        """The pushed message: the predict answer's fields without the map, plus `created`."""
-        return {
+        """The pushed message: the predict answer's fields without the map, plus `created` (and `meas_id`
+        when the client gave one)."""
+        out = {
             "request_id": self.request_id,
             "part_id": self.part_id,
             "created": utc(self.received_at).isoformat(),
@@ -107,6 +109,9 @@ class DecisionRecord:
             "timings_ms": dict(self.timings_ms),
             "provider": self.provider,
         }
+        if self.meas_id is not None:
+            out["meas_id"] = self.meas_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ class Recorder:
     retention: timedelta = timedelta(days=90)
     destinations: tuple[str, ...] = ()
     push_on: PushPolicy = "all"
+    every_result: tuple[str, ...] = ()  # destinations that get every result whatever `push_on` says (the PLC)
     metrics: RecordsMetrics | None = None
     on_commit: Callable[[], None] | None = None
     _prune_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -203,7 +209,9 @@ class Recorder:
             "xyz_sha256": shas[1],
             "map_sha256": shas[2],
         }
-        pushed = self.destinations if (self.push_on == "all" or decision.is_anomalous) else ()
+        pushed = tuple(
+            d for d in self.destinations if self.push_on == "all" or decision.is_anomalous or d in self.every_result
+        )
         # Serialised once: every destination and every retry sends these very bytes.
         payload = json.dumps(decision.payload(), separators=(",", ":"), allow_nan=False)
         created = datetime.now(UTC)

@@ -103,6 +103,13 @@ def test_a_separate_metrics_port_is_refused_for_several_replicas(tmp_path: Path)
     assert problem is not None and "BRIDGENET_METRICS_PORT" in problem and "unset it" in problem
 
 
+def test_the_opcua_server_is_refused_for_several_replicas(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, opcua_url="opc.tcp://0.0.0.0:4840")
+    assert cluster.shared_opcua_problem(settings, 1) is None
+    problem = cluster.shared_opcua_problem(settings, 2)
+    assert problem is not None and "BRIDGENET_OPCUA_URL" in problem and "one replica" in problem
+
+
 def test_the_cli_refuses_sqlite_for_two_replicas_before_starting_ray(tmp_path: Path) -> None:
     write_fake_model(tmp_path)
     env = clean_env(

@@ -138,8 +138,9 @@ def live_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def service_env(model: LiveModel, data_dir: Path, webhook_url: str, candidate: Path | None = None) -> dict[str, str]:
     """The parent's environment without any BRIDGENET_* (a developer's shell must not leak in), plus the
     settings of this run: one model, CPU provider, development mode without an API key, the audit trail in
-    `data_dir`, results pushed to a webhook (so the push panels have a destination to show) and, with
-    `candidate`, that model folder shadowing the model (so the shadow panel has parts to show)."""
+    `data_dir`, results pushed to a webhook (so the push panels have a destination to show), an OPC UA
+    server on a free loopback port (so the PLC panels have their series) and, with `candidate`, that model
+    folder shadowing the model (so the shadow panel has parts to show)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
     env.update(
         BRIDGENET_MODELS_DIR=str(model.models_dir),
@@ -151,6 +152,7 @@ def service_env(model: LiveModel, data_dir: Path, webhook_url: str, candidate: P
         BRIDGENET_LOG_LEVEL="INFO",
         BRIDGENET_DATA_DIR=str(data_dir),
         BRIDGENET_WEBHOOK_URL=webhook_url,
+        BRIDGENET_OPCUA_URL=f"opc.tcp://127.0.0.1:{free_port()}",
     )
     if candidate is not None:
         env["BRIDGENET_SHADOW"] = json.dumps({model.name: str(candidate)})

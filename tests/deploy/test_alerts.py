@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "BridgeNetStuckPrediction",
     "BridgeNetInvalidModelOutput",
     "BridgeNetModelDrifting",
+    "BridgeNetPlcResultsWaiting",
 }
 
 

@@ -31,7 +31,7 @@ _spec.loader.exec_module(make_env_example)
 # Folders docker creates on first use; data and runs exist only where training ran, models is filled by
 # `python -m training export` (or ships the demo model).
 RUNTIME_FOLDERS = {REPO_ROOT / "data", REPO_ROOT / "runs", REPO_ROOT / "models"}
-THIRD_PARTY = ("prometheus", "grafana", "dcgm-exporter", "mosquitto")
+THIRD_PARTY = ("prometheus", "grafana", "dcgm-exporter", "mosquitto", "opcua")
 COMPOSE_METRICS_PORT = 9100
 
 
@@ -79,11 +79,21 @@ def gpu_devices(definition: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_compose_files_parse_and_name_the_stack() -> None:
     services = load(COMPOSE)["services"]
-    assert set(services) == {"service", "prometheus", "grafana", "dcgm-exporter", "train", "mosquitto", "tls-proxy"}
+    assert set(services) == {
+        "service",
+        "prometheus",
+        "grafana",
+        "dcgm-exporter",
+        "train",
+        "mosquitto",
+        "tls-proxy",
+        "opcua",
+    }
     assert load(COMPOSE_CPU)["services"]["service-cpu"]["extends"]["service"] == "bridgenet-service"
     assert services["train"]["profiles"] == ["train"]
     assert services["mosquitto"]["profiles"] == ["mqtt"]  # the line's broker, only when asked for
     assert services["tls-proxy"]["profiles"] == ["tls"]  # TLS in front, only when asked for
+    assert services["opcua"]["profiles"] == ["plc"]  # the OPC UA port published, only when asked for
 
 
 @pytest.mark.parametrize(
@@ -404,3 +414,16 @@ def test_tls_profile_puts_caddy_in_front_at_the_address_the_service_trusts(varia
     # The proxy's body cap is at least what the service itself accepts for a prediction.
     cap = re.search(r"max_size (\d+)MB", caddyfile)
     assert cap and int(cap.group(1)) * 1_000_000 >= max_body_bytes(Settings())
+
+
+@pytest.mark.parametrize("variant", sorted(FILES))
+def test_plc_profile_publishes_the_opcua_port_where_told(variant: str) -> None:
+    env = GRAFANA_PASSWORD | {"OPCUA_BIND": "192.0.2.10", "BRIDGENET_OPCUA_URL": "opc.tcp://0.0.0.0:4840"}
+    result = compose(*FILES[variant], "--profile", "plc", "config", extra_env=env)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    relay = resolved["opcua"]
+    assert relay["profiles"] == ["plc"] and "TCP:service:4840" in relay["command"]
+    assert relay["ports"] == ["192.0.2.10:4840:4840/tcp"]
+    service = resolved["service" if variant == "gpu" else "service-cpu"]
+    assert service["environment"]["BRIDGENET_OPCUA_URL"] == "opc.tcp://0.0.0.0:4840"

@@ -48,6 +48,11 @@ EXPECTED_METRICS = {
     "bridgenet_drift_status",
     "bridgenet_drift_implied_false_reject_rate",
     "bridgenet_shadow_scored_total",
+    # PLC row (service.plc).
+    "bridgenet_plc_unacknowledged_results",
+    "bridgenet_plc_waiting_results",
+    "bridgenet_plc_overruns_total",
+    "bridgenet_plc_expired_total",
 }
 
 

@@ -57,6 +57,11 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         0.04
     )
     shadow = Counter("bridgenet_shadow_scored", "", ["model", "agreement"], registry=reg)
+    # PLC: 3 results unacknowledged, 1 waiting behind the full buffer, an overrun now and then.
+    Gauge("bridgenet_plc_unacknowledged_results", "", ["model"], registry=reg).labels("bolt").set(3)
+    Gauge("bridgenet_plc_waiting_results", "", ["model"], registry=reg).labels("bolt").set(1)
+    overruns = Counter("bridgenet_plc_overruns", "", ["model"], registry=reg)
+    Counter("bridgenet_plc_expired", "", ["model"], registry=reg).labels("bolt")
     for name, value in (("DCGM_FI_DEV_GPU_UTIL", 40), ("DCGM_FI_DEV_FB_USED", 3000), ("DCGM_FI_DEV_FB_FREE", 138000)):
         Gauge(name, "", ["gpu"], registry=reg).labels("0").set(value)
     ProcessCollector(registry=reg)
@@ -71,6 +76,7 @@ def fake_exporter_state() -> tuple[CollectorRegistry, Callable[[], None]]:
         push_failures.labels("webhook").inc(1)
         shadow.labels("bolt", "agree").inc(8)
         shadow.labels("bolt", "disagree").inc(1)
+        overruns.labels("bolt").inc(1)
         latency.observe(0.001)  # the refusal: fast, and only in the all-requests histogram
         for _ in range(9):
             latency.observe(0.08)

@@ -1,4 +1,4 @@
-"""The predict form as the route reads it: part_id printable, 2 files and 3 fields at most, each once, no
+"""The predict form as the route reads it: part_id printable, 2 files and 4 fields at most, each once, no
 undeclared field, files where files belong; POST /predict is the same operation as POST /v1/predict."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_a_part_id_with_control_or_bidi_characters_is_refused(client: TestClient
         ([*files(), ("rgb", ("b.png", PNG, "image/png"))], {}, "Too many files"),
         (
             files(),
-            {"part_id": "a", "model": "fake", "recipe": "r", "return_map": "none", "extra": "x"},
+            {"part_id": "a", "meas_id": "m", "model": "fake", "recipe": "r", "return_map": "none", "extra": "x"},
             "Too many fields",
         ),
         ([*files(), ("part_id", ("x.bin", b"x", "text/plain"))], {"part_id": "a"}, "Too many files"),
@@ -93,5 +93,12 @@ def test_the_contract_shows_the_form_on_both_paths(client: TestClient) -> None:
     for path in ("/v1/predict", "/predict"):
         body = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert body["required"] == ["rgb", "xyz"] and body["additionalProperties"] is False
-        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "model", "recipe", "return_map"}
+        assert set(body["properties"]) == {"rgb", "xyz", "part_id", "meas_id", "model", "recipe", "return_map"}
         assert {"400", "408", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
+
+
+def test_meas_id_is_printable_text(client: TestClient) -> None:
+    answer = client.post("/v1/predict", files=files(), data={"meas_id": "m\u202e1"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "invalid_field" and "meas_id" in answer.json()["error"]["message"]
+    assert client.post("/v1/predict", files=files(), data={"meas_id": "batch-7/42"}).status_code == 200
