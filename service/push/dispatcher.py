@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,15 +142,30 @@ class Dispatcher:
         return _try_file_lock(self.lock_dir, destination)
 
     async def _take_lock(self, destination: str) -> Connection | int | None:
-        """`_try_lock` in a thread. A cancel (stop) cannot stop the thread: what it may still take is
-        released when it ends, instead of being left to the garbage collector (or held)."""
-        attempt = asyncio.ensure_future(asyncio.to_thread(self._try_lock, destination))
+        """`_try_lock` in a thread. A cancel (stop) cannot stop the thread, so whichever side comes second
+        releases what the thread took: the thread, when the caller has gone; the caller, when the thread
+        handed a lock over that the cancel keeps it from returning. Nothing is left to the garbage collector
+        (nor held by a stopped dispatcher), whether or not the event loop still runs."""
+        guard = threading.Lock()
+        handed: list[Connection | int | None] = []
+        gone = False
+
+        def attempt() -> Connection | int | None:
+            lock = self._try_lock(destination)
+            with guard:
+                if not gone:
+                    handed.append(lock)
+                    return lock
+            _release(lock)
+            return None
+
         try:
-            return await asyncio.shield(attempt)
+            return await asyncio.to_thread(attempt)
         except asyncio.CancelledError:
-            attempt.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else _release(done.result())
-            )
+            with guard:
+                gone = True
+                taken = handed[0] if handed else None
+            _release(taken)
             raise
 
     async def _run(self, destination: Destination) -> None:

@@ -110,7 +110,7 @@ def test_every_dashboard_metric_is_exported(live_service: LiveService) -> None:
 
     predictions = [s for s in families["bridgenet_predictions"].samples if s.name == "bridgenet_predictions_total"]
     assert [s.labels["model"] for s in predictions] == [live_service.model.name] * len(predictions)
-    assert {s.labels["verdict"] for s in predictions} <= {"ok", "ng"}
+    assert {s.labels["verdict"] for s in predictions} <= {"ok", "review", "ng"}
     assert sum(s.value for s in predictions) >= 1
 
 

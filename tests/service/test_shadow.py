@@ -53,8 +53,8 @@ def test_the_candidate_scores_every_part_and_the_disagreements_are_listed_with_t
         listed = client.get("/v1/results").json()["results"]
         assert all(r["shadow"]["version"] == "1" for r in listed)
         csv_text = client.get("/v1/results.csv").text.splitlines()
-        assert csv_text[0].endswith("shadow_version,shadow_score,shadow_verdict")
-        assert csv_text[1].split(",")[-3::2] == ["1", "ng"]
+        assert csv_text[0].endswith("shadow_version,shadow_score,shadow_verdict,recipe,recipe_version")
+        assert csv_text[1].split(",")[-5:-2:2] == ["1", "ng"]
 
         assert state.records is not None and state.records.recorder is not None
         add_review(state.records.recorder.db_engine, answer["request_id"], "missed_defect", operator="ana")
