@@ -59,6 +59,7 @@ from service.records.tables import DeadLetterRow, OutboxRow
 log = logging.getLogger(__name__)
 
 BATCH = 100
+RECANCEL_S = 0.5  # stop(): how long a cancelled delivery task gets to end before it is cancelled again
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,15 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Cancel the delivery tasks (what is undelivered stays in the outbox) and close the destinations."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        tasks = list(self._tasks)
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            # Cancelled again until they end: on Python 3.11 a cancel that lands in the step where an awaited
+            # asyncio.wait_for completes is dropped (ours, or a library's: aiomqtt waits for each PUBACK that
+            # way), and the task would go on delivering and polling.
+            _, pending = await asyncio.wait(tasks, timeout=RECANCEL_S)
+            tasks = list(pending)
         self._tasks.clear()
         for d in self.destinations:
             await d.close()

@@ -339,3 +339,47 @@ def test_stop_ends_the_delivery_task_even_when_a_wake_lands_with_it(db_url: str)
         engine.dispose()
 
     asyncio.run(scenario())
+
+
+class AckedDestination:
+    """Waits in `send` for an acknowledgement through asyncio.wait_for, as aiomqtt waits for a PUBACK."""
+
+    name = "acked"
+
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()
+        self.ack = asyncio.Event()
+
+    async def send(self, request_id: str, payload: str) -> None:
+        self.sending.set()
+        await asyncio.wait_for(self.ack.wait(), 30.0)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_stop_ends_the_delivery_task_even_when_an_acknowledgement_lands_with_it(db_url: str) -> None:
+    """The acknowledgement a destination waits for can complete in the very loop step that stop()'s cancel
+    lands in; on Python 3.11 the cancel is then dropped inside the destination's wait_for. stop() must end
+    the task all the same, whatever the interleaving."""
+
+    async def scenario() -> None:
+        engine = create_db_engine(db_url)
+        migrate(engine)
+        for steps in range(6):  # how many loop steps the acknowledgement gets before the cancel
+            for i in range(5):
+                destination = AckedDestination()
+                dispatcher = Dispatcher(engine, [destination], None, FAST, poll_s=30.0)
+                recorder = Recorder(engine, destinations=("acked",), on_commit=dispatcher.wake)
+                await dispatcher.start()
+                await asyncio.to_thread(recorder.record, decision(steps * 10 + i))
+                async with asyncio.timeout(10.0):
+                    await destination.sending.wait()
+                destination.ack.set()
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                async with asyncio.timeout(5.0):
+                    await dispatcher.stop()
+        engine.dispose()
+
+    asyncio.run(scenario())
