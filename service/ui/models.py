@@ -1,6 +1,7 @@
 """The review station's model page (/ui/models/NAME): the versions a model folder holds, its audit trail
 (promotions, rollbacks, saved calibrations: who, when, from, to, why), and for admins the commissioning
-from the line's recorded parts: propose, see both score distributions with the thresholds, save, promote.
+from the line's recorded parts: propose, see both score distributions with the thresholds, save, promote;
+and the switches themselves: promote a stored version, roll back to the previous one.
 
 The page's buttons call the JSON routes below with the session's CSRF token in a header; they run the
 same code as the admin API (service.api.routes_commission, routes_lifecycle), with `ui:<user>` as the actor.
@@ -28,6 +29,7 @@ from service.api.routes_lifecycle import (
     NAME_PATTERN,
     ModelEvent,
     PromoteRequest,
+    RollbackRequest,
     VersionNotFoundApiError,
     switch_version,
 )
@@ -112,6 +114,12 @@ async def save_calibration(
 async def promote_version(request: Request, state: State, name: ModelName, body: PromoteRequest) -> ModelEvent:
     session = _admin(request)
     return await switch_version(state, name, body.version, f"ui:{session.user}", body.reason)
+
+
+@router.post("/api/models/{name}/rollback", response_model=ModelEvent)
+async def rollback_version(request: Request, state: State, name: ModelName, body: RollbackRequest) -> ModelEvent:
+    session = _admin(request)
+    return await switch_version(state, name, None, f"ui:{session.user}", body.reason)
 
 
 class EventsResponse(BaseModel):

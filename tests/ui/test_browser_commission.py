@@ -40,10 +40,9 @@ PASSWORD = "correct horse battery admin"
 ADMIN_KEY = "browser-admin-key-0123456789"
 
 
-@pytest.fixture(scope="module")
-def live_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """`python -m service` on a copy of the demo model (promotion renames its files) with an admin user."""
-    folder = tmp_path_factory.mktemp("commission-service")
+def demo_line_env(folder: Path, **extra: str) -> dict[str, str]:
+    """The environment of `python -m service` on a copy of the demo model under `folder` (promotion renames
+    its files) with an admin user and the records in `folder / "data"`; `extra` adds BRIDGENET_ settings."""
     models = folder / "models"
     shutil.copytree(DEMO, models / "demo", ignore=shutil.ignore_patterns("sample", "history"))
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BRIDGENET_")}
@@ -54,7 +53,26 @@ def live_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         BRIDGENET_INTRA_OP_THREADS="1", BRIDGENET_ADMIN_KEY=ADMIN_KEY, BRIDGENET_USERS_FILE=str(users_file),
         BRIDGENET_DATA_DIR=str(folder / "data"), BRIDGENET_COMMISSION_MIN_PARTS="100",
     )  # fmt: skip
-    with serve(folder, env, folder / "data") as live:
+    env.update(extra)
+    return env
+
+
+def log_in_as_admin(driver: Any, live: Live, path: str) -> None:
+    """Open `path` of the live service and log in as the admin on the form it redirects to."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{live.base_url}{path}")
+    wait_for(driver, lambda d: d.find_elements(By.ID, "login-button"), "on the login form", live)
+    driver.find_element(By.ID, "username-input").send_keys(ADMIN_USER)
+    driver.find_element(By.ID, "password-input").send_keys(PASSWORD)
+    driver.find_element(By.ID, "login-button").click()
+
+
+@pytest.fixture(scope="module")
+def live_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """`python -m service` on a copy of the demo model with an admin user."""
+    folder = tmp_path_factory.mktemp("commission-service")
+    with serve(folder, demo_line_env(folder), folder / "data") as live:
         yield live
 
 
@@ -95,11 +113,7 @@ def test_an_admin_commissions_saves_and_promotes_from_the_page(
     seed_line(live, manifest.version, sha, manifest.threshold.value)
     new = str(int(manifest.version) + 1)  # what saving writes
 
-    driver.get(f"{live.base_url}/ui/models/demo")
-    wait_for(driver, lambda d: d.find_elements(By.ID, "login-button"), "on the login form", live)
-    driver.find_element(By.ID, "username-input").send_keys(ADMIN_USER)
-    driver.find_element(By.ID, "password-input").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login-button").click()
+    log_in_as_admin(driver, live, "/ui/models/demo")
     wait_for(driver, lambda d: d.find_elements(By.ID, "commission-form"), "on the model page", live)
 
     driver.find_element(By.ID, "last").send_keys("270")

@@ -57,6 +57,9 @@ def test_a_reviewer_sees_versions_and_events_but_cannot_commission(client: TestC
     assert 'id="commission"' not in page.text
     answer = client.post(f"{API}/calibrations", json={}, headers={"X-CSRF-Token": csrf})
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "role_not_allowed"
+    assert 'class="promote-version"' not in page.text and 'id="rollback"' not in page.text
+    rollback = client.post(f"{API}/rollback", json={}, headers={"X-CSRF-Token": csrf})
+    assert rollback.status_code == 403 and rollback.json()["error"]["code"] == "role_not_allowed"
 
 
 def test_an_admin_proposes_saves_and_promotes_and_the_events_say_who(client: TestClient) -> None:
@@ -82,3 +85,13 @@ def test_an_admin_proposes_saves_and_promotes_and_the_events_say_who(client: Tes
     assert page.count('data-action="') == 2 and "ui:adam" in page
     active = re.search(r'<tr data-version="([^"]+)">\s*<td>[^<]*</td>\s*<td><strong>active', page)
     assert active and active.group(1) == "2"
+    assert 'class="promote-version" data-version="1"' in page and 'id="rollback">Roll back to 1<' in page
+
+    assert client.post(f"{API}/rollback", json={"reason": "r3"}).status_code == 403  # no CSRF token
+    rolled = client.post(f"{API}/rollback", json={"reason": "r3"}, headers=headers)
+    assert rolled.status_code == 200, rolled.text
+    assert (rolled.json()["from_version"], rolled.json()["to_version"]) == ("2", "1")
+    events = client.get(f"{API}/events").json()["events"]
+    assert (events[0]["action"], events[0]["actor"], events[0]["reason"]) == ("rollback", "ui:adam", "r3")
+    active = re.search(r'<tr data-version="([^"]+)">\s*<td>[^<]*</td>\s*<td><strong>active', client.get(PAGE).text)
+    assert active and active.group(1) == "1"

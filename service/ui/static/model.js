@@ -1,7 +1,8 @@
 // The model page's commissioning: ask for a proposal from the line's records, plot both score distributions
 // with the active and proposed thresholds (SVG drawn here: no inline script or style, no CDN), show the
 // figures side by side, save the proposal as a new version and promote it (then reload: the events table
-// and the versions show the change).
+// and the versions show the change). The versions table's buttons promote a stored version or roll back to
+// the previous one, the same way.
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
@@ -29,8 +30,8 @@
     return data;
   }
 
-  function fail(error) {
-    const p = byId("commission-error");
+  function fail(error, where) {
+    const p = byId(where || "commission-error");
     p.textContent = error.message;
     p.hidden = false;
   }
@@ -127,6 +128,24 @@
       warnings.append(li);
     }
   }
+
+  const base = "/ui/api/models/" + encodeURIComponent(model);
+
+  async function switchVersion(action, body) {
+    byId("switch-error").hidden = true;
+    try {
+      await call(base + "/" + action, { ...body, reason: byId("switch-reason").value });
+    } catch (error) {
+      return fail(error, "switch-error");
+    }
+    window.location.reload();
+  }
+
+  for (const button of document.querySelectorAll("button.promote-version")) {
+    button.addEventListener("click", () => switchVersion("promote", { version: button.dataset.version }));
+  }
+  const rollback = byId("rollback");
+  if (rollback) rollback.addEventListener("click", () => switchVersion("rollback", {}));
 
   byId("commission-form").addEventListener("submit", async (event) => {
     event.preventDefault();
