@@ -43,6 +43,9 @@ Files = dict[str, tuple[str, bytes, str]]
 # Dashboard series of the audit trail and push (service.records): BRIDGENET_AUDIT is off here (two replicas
 # refuse SQLite; tests/records covers them on PostgreSQL), so they have no data to show.
 TRACEABILITY_METRICS = ("bridgenet_audit_", "bridgenet_archive_", "bridgenet_push_")
+# Features these deployments do not configure: a shadow candidate (BRIDGENET_SHADOW) and the PLC interface
+# (BRIDGENET_OPCUA_URL, one process only); tests/service and tests/plc cover their panels' series.
+UNCONFIGURED_METRICS = ("bridgenet_shadow_", "bridgenet_plc_")
 
 
 def settings_env(models_dir: Path, default_model: str) -> dict[str, str]:
@@ -207,6 +210,8 @@ def _dashboard_gaps(port: int) -> list[tuple[str, list[float]]]:
         if "DCGM_" in expr:
             continue
         if any(name in expr for name in TRACEABILITY_METRICS):  # the audit trail is off in these deployments
+            continue
+        if any(name in expr for name in UNCONFIGURED_METRICS):
             continue
         values = [float(r["value"][1]) for r in _query(port, substitute_variables(expr, GRAFANA_VARIABLES))]
         # Per-model ratios are NaN for a model without parts in the window (the demo model here), as on one host.

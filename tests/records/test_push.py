@@ -292,10 +292,6 @@ def test_mqtt_with_a_password_file_and_a_signed_payload(tmp_path: Path) -> None:
         broker.stop()
 
 
-@pytest.mark.skip(
-    reason="KNOWN DEFECT, not a pass: still hangs in about one run in forty (the PLC does not get the message"
-    " over TLS in time); one cause, a push stop() that never ended, is fixed and tested below"
-)
 @pytest.mark.timeout(120)
 def test_mqtts_with_credentials_in_the_url_and_a_self_signed_certificate(tmp_path: Path) -> None:
     cert, key = self_signed_certificate(tmp_path)
