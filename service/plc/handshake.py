@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from service.cancellation import cancel_until_done, in_thread
 from service.metrics import PlcMetrics, RecordsMetrics
 from service.plc.buffer import Entry, ResultBuffer
 from service.plc.results import PayloadError, PlcResult, parse_result
@@ -85,11 +86,8 @@ class Handshake:
         self._task = asyncio.create_task(self._run(), name="plc-handshake")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_until_done(self._task)
+        self._task = None
 
     def wake(self) -> None:
         loop = self._loop
@@ -99,7 +97,8 @@ class Handshake:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):  # not wait_for: see service.cancellation
+                    await self._event.wait()
             self._event.clear()
             try:
                 await self.read_outbox()
@@ -110,10 +109,10 @@ class Handshake:
         """Take the new rows into the buffers, then expire what is past its time to live."""
         async with self._lock:
             changed: set[str] = set()
-            ids = await asyncio.to_thread(_row_ids, self.db_engine)
+            ids = await in_thread(_row_ids, self.db_engine)
             new = [row_id for row_id in ids if row_id not in self._known]
             for start in range(0, len(new), BATCH):
-                rows = await asyncio.to_thread(_rows, self.db_engine, new[start : start + BATCH])
+                rows = await in_thread(_rows, self.db_engine, new[start : start + BATCH])
                 for row_id, payload, queued_at in rows:
                     model = await self._take(row_id, payload, queued_at)
                     if model is not None:
@@ -153,7 +152,7 @@ class Handshake:
         await self._dead_letter([row_id], "refused", error)
 
     async def _dead_letter(self, row_ids: list[int], reason: str, error: str) -> None:
-        await asyncio.to_thread(dead_letter_rows, self.db_engine, row_ids, reason, error)
+        await in_thread(dead_letter_rows, self.db_engine, row_ids, reason, error)
         if self.push_metrics is not None:
             self.push_metrics.push_dead_lettered.labels(destination=DESTINATION, reason=reason).inc(len(row_ids))
 
@@ -185,7 +184,7 @@ class Handshake:
         async with self._lock:
             buffer = self.buffers[model]
             entry = buffer.ready_entry(result_id)
-            await asyncio.to_thread(delete_row, self.db_engine, entry.row_id)  # first: a failure keeps it ready
+            await in_thread(delete_row, self.db_engine, entry.row_id)  # first: a failure keeps it ready
             buffer.remove(result_id)
             self._known.discard(entry.row_id)
             if self.metrics is not None:

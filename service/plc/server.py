@@ -9,7 +9,6 @@ SignAndEncrypt and every session logs in with a user name and password from the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from sqlalchemy import Engine as DbEngine
 
+from service.cancellation import cancel_until_done
 from service.config import Settings
 from service.engine import Engine
 from service.metrics import PlcMetrics, RecordsMetrics
@@ -184,9 +184,6 @@ class PlcServer:
                 log.exception("OPC UA: state refresh failed")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await cancel_until_done(self._watch)
         await self.handshake.stop()
         await self.server.stop()

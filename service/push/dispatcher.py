@@ -52,6 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from service.cancellation import cancel_until_done, in_thread
 from service.metrics import RecordsMetrics
 from service.push.destinations import DeliveryError, Destination
 from service.records.tables import DeadLetterRow, OutboxRow
@@ -59,7 +60,6 @@ from service.records.tables import DeadLetterRow, OutboxRow
 log = logging.getLogger(__name__)
 
 BATCH = 100
-RECANCEL_S = 0.5  # stop(): how long a cancelled delivery task gets to end before it is cancelled again
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Cancel the delivery tasks (what is undelivered stays in the outbox) and close the destinations."""
-        tasks = list(self._tasks)
-        while tasks:
-            for task in tasks:
-                task.cancel()
-            # Cancelled again until they end: on Python 3.11 a cancel that lands in the step where an awaited
-            # asyncio.wait_for completes is dropped (ours, or a library's: aiomqtt waits for each PUBACK that
-            # way), and the task would go on delivering and polling.
-            _, pending = await asyncio.wait(tasks, timeout=RECANCEL_S)
-            tasks = list(pending)
+        await cancel_until_done(*self._tasks)
         self._tasks.clear()
         for d in self.destinations:
             await d.close()
@@ -201,9 +193,7 @@ class Dispatcher:
 
     async def _idle(self, name: str) -> None:
         event = self._events[name]
-        # asyncio.timeout, not wait_for: on Python 3.11, when a wake() completes the wait in the loop step
-        # that stop()'s cancel lands in, wait_for returns the wait's result and drops the cancel; the task
-        # then went on polling and stop() (a shutdown) waited for it for ever.
+        # asyncio.timeout, not wait_for: see service.cancellation (a wake landing with stop()'s cancel).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.poll_s):
                 await event.wait()
@@ -217,8 +207,8 @@ class Dispatcher:
         failures = 0
         while True:
             await self._apply_bounds(name)
-            rows = await asyncio.to_thread(_head, self.db_engine, name, BATCH)
-            self._set_backlog(name, await asyncio.to_thread(_count, self.db_engine, name))
+            rows = await in_thread(_head, self.db_engine, name, BATCH)
+            self._set_backlog(name, await in_thread(_count, self.db_engine, name))
             if not rows:
                 return
             for row_id, request_id, payload in rows:
@@ -229,23 +219,23 @@ class Dispatcher:
                         self.metrics.push_failures.labels(destination=name).inc()
                     if exc.permanent:
                         log.error("push to %s refused %s for good, dead-lettered: %s", name, request_id, exc)
-                        await asyncio.to_thread(dead_letter_rows, self.db_engine, [row_id], "refused", str(exc))
+                        await in_thread(dead_letter_rows, self.db_engine, [row_id], "refused", str(exc))
                         self._count_dead(name, "refused", 1)
                         failures = 0
                         continue
                     failures += 1
                     delay = self.backoff.delay(failures)
                     log.warning("push to %s failed (attempt %d, retry in %.1f s): %s", name, failures, delay, exc)
-                    await asyncio.to_thread(_note_failure, self.db_engine, row_id, str(exc))
+                    await in_thread(_note_failure, self.db_engine, row_id, str(exc))
                     await asyncio.sleep(delay)
                     break  # read the head again: the bounds may have moved this row to the dead letters
                 failures = 0
-                await asyncio.to_thread(delete_row, self.db_engine, row_id)
+                await in_thread(delete_row, self.db_engine, row_id)
                 if self.metrics is not None:
                     self.metrics.push_delivered.labels(destination=name).inc()
 
     async def _apply_bounds(self, name: str) -> None:
-        expired, overflow, pruned = await asyncio.to_thread(_enforce_bounds, self.db_engine, name, self.bounds)
+        expired, overflow, pruned = await in_thread(_enforce_bounds, self.db_engine, name, self.bounds)
         if expired:
             log.error("push to %s: %d result(s) older than %s dead-lettered", name, expired, self.bounds.max_age)
             self._count_dead(name, "expired", expired)
@@ -265,7 +255,7 @@ class Dispatcher:
                 self.bounds.max_dead_letters,
             )
         if self.metrics is not None:
-            dead = await asyncio.to_thread(_count_dead, self.db_engine, name)
+            dead = await in_thread(_count_dead, self.db_engine, name)
             self.metrics.push_dead_letters.labels(destination=name).set(dead)
 
     def _count_dead(self, name: str, reason: str, n: int) -> None:

@@ -8,7 +8,6 @@ shutdown. With `BRIDGENET_AUDIT=off` the same object exists and does nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
+from service.cancellation import cancel_until_done, in_thread
 from service.config import Settings
 from service.metrics import Metrics
 from service.push.destinations import Destination, MqttDestination, WebhookDestination
@@ -180,11 +180,7 @@ class Records:
             listener()
 
     async def stop(self) -> None:
-        for task in (self._pruner, self._resync):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_until_done(self._pruner, self._resync)
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self.recorder is not None:
@@ -195,8 +191,8 @@ class Records:
         while True:
             await asyncio.sleep(PRUNE_EVERY_S)
             try:
-                await asyncio.to_thread(self.recorder.prune)
-                await asyncio.to_thread(self.recorder.sweep_orphans)
+                await in_thread(self.recorder.prune)
+                await in_thread(self.recorder.sweep_orphans)
             except Exception:  # retention must not end for good over one failed pass
                 log.exception("evidence retention pass failed")
 
@@ -204,7 +200,7 @@ class Records:
         while True:
             await asyncio.sleep(ARCHIVE_RESYNC_S)
             try:
-                size = await asyncio.to_thread(archive.resync)
+                size = await in_thread(archive.resync)
             except OSError:  # counted again at the next pass
                 log.exception("counting the evidence archive failed")
                 continue

@@ -3,6 +3,7 @@ postgresql on free loopback ports, and a small webhook receiver in a thread."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -173,17 +175,24 @@ class Postgres:
         import psycopg
 
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with psycopg.connect(
-                    f"host=127.0.0.1 port={self.port} user=bridgenet dbname=postgres", connect_timeout=2
-                ):
-                    return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"postgres took no session within {START_TIMEOUT_S} s: {tail}") from exc
-                time.sleep(0.05)
+        try:
+            while True:
+                try:
+                    with psycopg.connect(
+                        f"host=127.0.0.1 port={self.port} user=bridgenet dbname=postgres", connect_timeout=2
+                    ):
+                        return
+                except psycopg.OperationalError as exc:
+                    if time.monotonic() > deadline:
+                        tail = log_path.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"postgres took no session within {START_TIMEOUT_S} s: {tail}") from exc
+                    time.sleep(0.05)
+        finally:
+            # A refused attempt ("the database system is starting up") leaves psycopg's half-made connection
+            # to the garbage collector, whose ResourceWarning would then fail whichever later test it lands in.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://bridgenet@127.0.0.1:{self.port}/{database}"

@@ -228,13 +228,13 @@ def form_client(models_dir: Path) -> Iterator[TestClient]:
         yield c
 
 
-def test_form_limits_two_files_four_fields_each_name_once(form_client: TestClient) -> None:
+def test_form_limits_two_files_five_fields_each_name_once(form_client: TestClient) -> None:
     ok = form_client.post("/test/form", files=FILES, data={"model": "fake", "part_id": "A1", "map": "png"})
     assert ok.status_code == 200 and ok.json()["names"] == ["map", "model", "part_id", "rgb", "xyz"]
     third_file = {**FILES, "extra": ("x.png", b"x", "image/png")}
     for files, data, words in (
         (third_file, {}, "Too many files"),
-        (FILES, {"model": "a", "part_id": "b", "map": "png", "x": "y", "z": "w"}, "Too many fields"),
+        (FILES, {"model": "a", "part_id": "b", "map": "png", "x": "y", "z": "w", "w": "v"}, "Too many fields"),
         ([("rgb", FILES["rgb"]), ("rgb", FILES["rgb"])], {}, "'rgb' is given more than once"),
         (FILES, {"modell": "typo"}, "unknown form field 'modell'"),
     ):

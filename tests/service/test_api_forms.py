@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from service.api.forms import MAX_FIELD_BYTES, FormFile, FormLimitError, FormLimits, read_form
 
-KNOWN = ("rgb", "xyz", "part_id", "model", "return_map")
+KNOWN = ("rgb", "xyz", "part_id", "model", "recipe", "meas_id", "return_map")
 
 
 def _body(files: dict[str, Any], data: dict[str, str]) -> tuple[bytes, str]:
@@ -72,7 +72,9 @@ def test_limits_and_repeated_names_are_422() -> None:
     with pytest.raises(FormLimitError, match=r"Too many files\. Maximum number of files is 2"):
         _read(*_body(three, {}))
     with pytest.raises(FormLimitError, match="Too many fields"):
-        _read(*_body({}, {"part_id": "a", "model": "b", "recipe": "r", "return_map": "png", "rgb": "d"}))
+        _read(
+            *_body({}, {"part_id": "a", "model": "b", "recipe": "r", "meas_id": "m", "return_map": "png", "rgb": "d"})
+        )
     body = (
         b'--b\r\nContent-Disposition: form-data; name="part_id"\r\n\r\none\r\n'
         b'--b\r\nContent-Disposition: form-data; name="part_id"\r\n\r\ntwo\r\n--b--\r\n'

@@ -20,6 +20,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # The threshold rule, the calibration record, the false-reject rate's range and the writing of a new
     # version: one definition for training and the service's commissioning from recorded parts.
     "service.lifecycle": ("calibration/", "config.py", "evaluation/", "export/", "runs.py", "train/cli.py"),
+    # evaluate measures regions with the service's own cut and footprint (region sizes per defect type)
+    "service.postprocessing": ("evaluation/region_sizes.py",),
 }
 
 
