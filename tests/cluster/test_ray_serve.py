@@ -375,7 +375,13 @@ def test_a_killed_replica_fails_only_its_requests_and_is_replaced(deployment: De
             break
         time.sleep(2.0)
     assert states == {"RUNNING": 2}, states
+    # Ray's router may send a run of requests to one replica (a fresh one is the least loaded): ask until both
+    # have answered, within a bound.
+    after: set[str] = set()
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
-        after = {predict(client, deployment.url, fake_part(i)).headers["X-Served-By"] for i in range(16)}
+        for i in range(64):
+            after.add(predict(client, deployment.url, fake_part(i)).headers["X-Served-By"])
+            if len(after) == 2 and i >= 15:
+                break
     assert len(after) == 2 and len(after - before) == 1, (before, after)
     assert victim not in head.replica_pids(APP)
