@@ -200,7 +200,8 @@ def test_the_bundled_demo_model_loads_with_its_calibration() -> None:
     demo = Path(__file__).resolve().parents[2] / "models" / "demo"
     session = ort.InferenceSession(str(demo / MODEL_FILE), providers=["CPUExecutionProvider"])
     m = load_model_dir(demo, session.get_modelmeta().custom_metadata_map)
-    assert m.schema_version == 3 and m.review_band is None  # calibrated before the review band: OK / NG
+    assert m.schema_version == 4 and m.review_band is not None  # OK / REVIEW / NG, as `calibrate` writes it
+    assert m.threshold.value < m.review_band.upper
     assert m.pixel_threshold is not None and m.calibration is not None
 
 
@@ -209,7 +210,7 @@ def test_a_schema_2_model_folder_still_loads(tmp_path: Path) -> None:
     real ONNX file, loads through the same checks the service runs at start."""
     ort = pytest.importorskip("onnxruntime")
     stored = json.loads((Path(__file__).resolve().parents[2] / "models" / "demo" / MANIFEST_FILE).read_text())
-    data = {k: v for k, v in stored.items() if k not in ("onnx_sha256", "min_defect_length_mm")}
+    data = {k: v for k, v in stored.items() if k not in ("onnx_sha256", "min_defect_length_mm", "review_band")}
     m = Manifest.model_validate({**data, "schema_version": 2})
     folder = save_identity_model(tmp_path / "demo", m)
     assert json.loads((folder / MANIFEST_FILE).read_text())["schema_version"] == 2
