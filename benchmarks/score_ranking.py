@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.evaluation.metrics import image_auroc
+from training.evaluation.metrics import image_auroc, per_defect_image_auroc
 
 
 def best_detection(scores: np.ndarray, defective: np.ndarray, false_rejects: int) -> tuple[float, int]:
@@ -68,13 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or Path(run.config.data)
     test = prepare_split(data, run.config.category, "test", run.config.preprocessing, progress=False)
     scores, maps = score_with_torch(run.model, test.rgb, test.depth)
-    defects = np.array(test.defects)
-    defective = defects != "good"
+    defective = test.labels
     threshold, caught = best_detection(scores, defective, args.false_rejects)
-    per_type = {
-        d: image_auroc(defects[~defective | (defects == d)] == d, scores[~defective | (defects == d)])
-        for d in sorted(set(defects) - {"good"})
-    }
+    per_type = per_defect_image_auroc(test.defects, scores)
     places = peak_places(maps[~defective], test.foreground[~defective], args.band_px)
     result = {
         "run": str(args.run),
