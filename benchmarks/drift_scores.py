@@ -2,7 +2,7 @@
 texture), once, with an exported model through the service's engine; `bench_drift.py` replays the cached scores.
 
 Run from the repository root:
-    python benchmarks/drift_scores.py --model models/demo --data out/puck100 --category puck \
+    python benchmarks/drift_scores.py --model models/demo --data out/puck960 --category puck \
         --out benchmarks/results/drift_scores.json
 Each good part of the test split (unseen in training and calibration) is scored as it is and under each shift;
 the validation split's good parts are scored too (they are what the model was calibrated on). Per part the
