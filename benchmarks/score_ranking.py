@@ -1,13 +1,19 @@
 """How well a trained run ranks its test split, independent of any calibration: I-AUROC per defect type,
 the detection at the best threshold that lets at most K good test parts through as NG (an upper bound for
-every calibration rule), and where on the part the good parts score highest.
+every calibration rule), where on the part the good parts score highest, and optionally what a threshold
+calibrated on other good parts catches.
 
 Run from the repository root:
-    python benchmarks/score_ranking.py --run RUN [--data ROOT] [--false-rejects 2] [--band-px 8] [--json OUT]
+    python benchmarks/score_ranking.py --run RUN [--data ROOT] [--false-rejects 2] [--band-px 8]
+        [--weights selected|last] [--calibrate-on ROOT/CATEGORY/SPLIT [--false-reject-rate 0.01]] [--json OUT]
 The test split is read from the run's own data folder unless --data says otherwise, and scored with the
-run's PyTorch model (as `python -m training evaluate --run`). "Where" takes each good part's anomaly-map
-maximum and says whether it lies on the background, within --band-px pixels (at the model's resolution) of
-the part's outline, or inside the part, from the preprocessing's foreground mask.
+run's PyTorch model (as `python -m training evaluate --run`): its validation-selected weights, or with
+`--weights last` those of its last epoch (the resumable checkpoint), to tell the epoch from the training.
+`--calibrate-on` also scores a split of good parts (the line's, for example), puts the threshold there as
+`calibrate` would (the default method at --false-reject-rate), and counts the test parts above it.
+"Where" takes each good part's anomaly-map maximum and says whether it lies on the background, within
+--band-px pixels (at the model's resolution) of the part's outline, or inside the part, from the
+preprocessing's foreground mask.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.lifecycle.thresholds import DEFAULT_METHOD, estimate
 from training.evaluation.metrics import image_auroc, per_defect_image_auroc
 
 
@@ -51,12 +59,27 @@ def peak_places(maps: np.ndarray, foreground: np.ndarray, band_px: int) -> dict[
     return counts
 
 
+def use_last_epoch(run_dir: Path, model: torch.nn.Module) -> int:
+    """Load the run's last finished epoch (its resumable checkpoint) into `model`; returns that epoch."""
+    from training import runs
+
+    checkpoint = run_dir / runs.CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} not found: --weights last needs the run's resumable checkpoint")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    runs.load_trainable_state(model, saved["trainer"]["model"])
+    return int(saved["epoch"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a finished training run folder")
     p.add_argument("--data", type=Path, default=None, help="data root (default: the run's)")
     p.add_argument("--false-rejects", type=int, default=2, help="good test parts allowed above the threshold")
     p.add_argument("--band-px", type=int, default=8, help="outline band half-width, pixels at the model's size")
+    p.add_argument("--weights", choices=("selected", "last"), default="selected", help="which epoch's weights")
+    p.add_argument("--calibrate-on", type=Path, default=None, help="a split folder of good parts: ROOT/CATEGORY/SPLIT")
+    p.add_argument("--false-reject-rate", type=float, default=0.01, help="the --calibrate-on threshold's target")
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = p.parse_args(argv)
 
@@ -65,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.scoring.torch_model import score_with_torch
 
     run = runs.load_run(args.run)
+    epoch = use_last_epoch(args.run, run.model) if args.weights == "last" else run.report["selection"]["epoch"]
     data = args.data or Path(run.config.data)
     test = prepare_split(data, run.config.category, "test", run.config.preprocessing, progress=False)
     scores, maps = score_with_torch(run.model, test.rgb, test.depth)
@@ -83,15 +107,39 @@ def main(argv: list[str] | None = None) -> int:
         "defective_parts": int(defective.sum()),
         "good_part_peaks": places,
         "band_px": args.band_px,
+        "weights": args.weights,
+        "epoch": epoch,
     }
+    line = ""
+    if args.calibrate_on is not None:
+        good = prepare_split(
+            args.calibrate_on.parent.parent,
+            args.calibrate_on.parent.name,
+            args.calibrate_on.name,
+            run.config.preprocessing,
+            progress=False,
+        )
+        good_scores, _ = score_with_torch(run.model, good.rgb, good.depth)
+        found = estimate(DEFAULT_METHOD, good_scores, args.false_reject_rate).threshold
+        result["calibrated"] = {
+            "on": str(args.calibrate_on),
+            "parts": len(good_scores),
+            "method": DEFAULT_METHOD,
+            "false_reject_rate": args.false_reject_rate,
+            "threshold": found,
+            "good_ng": int((scores[~defective] > found).sum()),
+            "detected": int((scores[defective] > found).sum()),
+        }
+        line = f" | {result['calibrated']['good_ng']} / {result['calibrated']['detected']} (t {found:.4f})"
     print(
         f"| run | I-AUROC | {' | '.join(per_type)} | best at ≤ {args.false_rejects} good NG "
-        "| good peaks outline / inside |"
+        "| good peaks outline / inside |" + (" calibrated: good NG / detected |" if line else "")
     )
-    print("|---|---|" + "---|" * len(per_type) + "---|---|")
+    print("|---|---|" + "---|" * len(per_type) + "---|---|" + ("---|" if line else ""))
     print(
-        f"| {args.run.name} | {result['image_auroc']:.3f} | {' | '.join(f'{v:.3f}' for v in per_type.values())} | "
-        f"{caught}/{result['defective_parts']} (t {threshold:.4f}) | {places['outline']} / {places['inside']} |"
+        f"| {args.run.name} ({args.weights}, epoch {epoch}) | {result['image_auroc']:.3f} | "
+        f"{' | '.join(f'{v:.3f}' for v in per_type.values())} | "
+        f"{caught}/{result['defective_parts']} (t {threshold:.4f}) | {places['outline']} / {places['inside']}{line} |"
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
