@@ -10,13 +10,13 @@ DEMO_RUN ?= out/demo-run
 DEMO_LINE ?= out/puck-line
 
 # The bundled models/demo is today's default training configuration (MGAG on, mixed depth anomalies) for
-# 50 epochs of 48 parts each, drawn afresh each epoch from 960 good training parts (`synth --seed 0 --test-good 100` with
-# `--train 960`: the same validation and test parts, since every part has its own seed). On its 100-good-part
-# test split it reaches I-AUROC 0.988 and catches 35 of 40 at the line-calibrated threshold (the 48-part run
-# before: 0.958, 26 of 40); how much of that the parts bring and how much the selected epoch is measured in
-# docs/RESULTS.md "The bundled demo model". It is trained on one thread: PyTorch's sums depend on the thread
-# count, so on two threads the same seed gives a slightly different model. One epoch takes about 20 s on one
-# core; validated every second epoch, as the bundled model was.
+# 50 epochs of 48 parts each, drawn afresh each epoch from 960 good training parts (`synth --seed 0
+# --test-good 100` with `--train 960`: the same validation and test parts, since every part has its own
+# seed). On its 100-good-part test split it reaches I-AUROC 0.988 and catches 35 of 40 at the line-calibrated
+# threshold (the 48-part run before: 0.958, 26 of 40); much of that step is the epoch its validation
+# selected, not the parts (docs/RESULTS.md "The bundled demo model"). It is trained on one thread:
+# PyTorch's sums depend on the thread count, so on two threads the same seed gives a slightly different
+# model. One epoch takes about 20 s on one core; validated every second epoch, as the bundled model was.
 DEMO_EPOCHS ?= 50
 DEMO_TRAIN_PARTS ?= 960
 DEMO_TRAIN_ARGS ?= --eval-every 2 --samples-per-epoch 48
