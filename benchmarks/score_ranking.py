@@ -25,7 +25,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,18 +58,6 @@ def peak_places(maps: np.ndarray, foreground: np.ndarray, band_px: int) -> dict[
     return counts
 
 
-def use_last_epoch(run_dir: Path, model: torch.nn.Module) -> int:
-    """Load the run's last finished epoch (its resumable checkpoint) into `model`; returns that epoch."""
-    from training import runs
-
-    checkpoint = run_dir / runs.CHECKPOINT_FILE
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} not found: --weights last needs the run's resumable checkpoint")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    runs.load_trainable_state(model, saved["trainer"]["model"])
-    return int(saved["epoch"])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a finished training run folder")
@@ -88,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.scoring.torch_model import score_with_torch
 
     run = runs.load_run(args.run)
-    epoch = use_last_epoch(args.run, run.model) if args.weights == "last" else run.report["selection"]["epoch"]
+    epoch = runs.load_last_epoch(args.run, run.model) if args.weights == "last" else run.report["selection"]["epoch"]
     data = args.data or Path(run.config.data)
     test = prepare_split(data, run.config.category, "test", run.config.preprocessing, progress=False)
     scores, maps = score_with_torch(run.model, test.rgb, test.depth)

@@ -69,6 +69,17 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         raise ValueError(f"saved weights do not fit the model: missing {missing}, unexpected {result.unexpected_keys}")
 
 
+def load_last_epoch(path: Path, model: torch.nn.Module) -> int:
+    """Load a run's last finished epoch (from its resumable checkpoint) into `model`; returns that epoch.
+    Its model file holds the selected weights, which may be an earlier epoch's or an average."""
+    checkpoint = path / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} not found: the run's last epoch is kept only in its checkpoint")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    load_trainable_state(model, saved["trainer"]["model"])
+    return int(saved["epoch"])
+
+
 def load_run(path: Path, *, device: str = "cpu") -> Run:
     """Rebuild a finished run's model from its folder. Raises FileNotFoundError naming what is missing."""
     config = TrainConfig.load(path / CONFIG_FILE)

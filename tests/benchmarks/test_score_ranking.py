@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from score_ranking import best_detection, main, peak_places, use_last_epoch
+from score_ranking import best_detection, main, peak_places
 
 from tests.training.tiny_run import tiny_data, tiny_run
 from training import runs
@@ -65,15 +65,15 @@ def test_calibrating_on_the_validation_split_gives_the_runs_own_threshold(
 
 
 @pytest.mark.slow
-def test_last_weights_are_the_checkpoints(tiny: tuple[Path, Path]) -> None:
+def test_the_last_epochs_weights_are_the_checkpoints(tiny: tuple[Path, Path]) -> None:
     _, run = tiny
     model = runs.load_run(run).model
     with torch.no_grad():  # whatever epoch was selected, nothing of it may survive the load
         for parameter in model.parameters():
             parameter.zero_()
-    assert use_last_epoch(run, model) == 2
+    assert runs.load_last_epoch(run, model) == 2
     saved = torch.load(run / runs.CHECKPOINT_FILE, map_location="cpu", weights_only=True)["trainer"]["model"]
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items())
-    with pytest.raises(FileNotFoundError, match="resumable checkpoint"):
-        use_last_epoch(run.parent, model)
+    with pytest.raises(FileNotFoundError, match="kept only in its checkpoint"):
+        runs.load_last_epoch(run.parent, model)
