@@ -13,6 +13,7 @@ from service.lifecycle.calibration import Calibration
 from training.config import TrainConfig
 from training.model.backbones import BACKBONES, build_backbone
 from training.model.bridgenet import BridgeNet
+from training.model.ensemble import HeadEnsemble
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.pt"  # the selected weights (adaptor + discriminator), no backbone
@@ -31,7 +32,7 @@ class Run:
 
     path: Path
     config: TrainConfig
-    model: BridgeNet
+    model: BridgeNet | HeadEnsemble
     calibration: Calibration
     report: dict[str, Any]
 
@@ -55,6 +56,18 @@ def build_model(config: TrainConfig, *, pretrained: bool = True) -> BridgeNet:
         modalities=config.modalities,
         image_size=config.image_size,
     )
+
+
+def build_ensemble(config: TrainConfig, n_members: int) -> HeadEnsemble:
+    """`n_members` networks of `config` on one backbone (loaded once), as a `HeadEnsemble`."""
+    first = build_model(config)
+    others = [
+        BridgeNet(
+            first.backbone, feature_dim=first.feature_dim, modalities=first.modalities, image_size=first.image_size
+        )
+        for _ in range(n_members - 1)
+    ]
+    return HeadEnsemble([first, *others])
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -86,9 +99,15 @@ def load_run(path: Path, *, device: str = "cpu") -> Run:
     model_file = path / MODEL_FILE
     if not model_file.is_file():
         raise FileNotFoundError(f"{model_file} not found: the run has not finished training")
-    model = build_model(config)
     saved = torch.load(model_file, map_location="cpu", weights_only=True)
-    load_trainable_state(model, saved["state"])
+    model: BridgeNet | HeadEnsemble
+    if "members" in saved:  # an ensemble's model file (training.train.ensemble): one state per member
+        model = build_ensemble(config, len(saved["members"]))
+        for member, state in zip(model.members, saved["members"], strict=True):
+            load_trainable_state(member, state)
+    else:
+        model = build_model(config)
+        load_trainable_state(model, saved["state"])
     model.to(device).eval()
     calibration = Calibration.from_dict(_read_json(path / CALIBRATION_FILE))
     report = _read_json(path / REPORT_FILE)

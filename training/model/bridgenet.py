@@ -185,6 +185,11 @@ class BridgeNet(nn.Module):
         fused = self.fuse(*self.embed(rgb, depth))
         batch = fused.shape[0]
         patch = self.discriminate_rows(self.adapt_rows(self.to_rows(fused))).reshape(batch, self.grid, self.grid)
+        return self.outputs(patch)
+
+    def outputs(self, patch: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw patch scores (B, h, w) -> (scores (B,), maps (B, S, S)), as `forward` returns them."""
+        batch = patch.shape[0]
         scores = patch.reshape(batch, -1).amax(dim=1)
         size = (self.image_size, self.image_size)
         maps = F.interpolate(patch.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
