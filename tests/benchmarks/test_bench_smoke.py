@@ -444,3 +444,16 @@ def test_drift_on_cached_scores(fake_dir: Path, tmp_path: Path) -> None:
     up = data["shifts"]["up 4 sd"]
     assert up["detected"] == 3 and 0 < up["delay_median"] <= 300
     assert "| up 4 sd |" in proc.stdout
+
+
+def test_models_quick(fake_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models.json"
+    proc, data = run_script("bench_models.py", "--quick", "--model-dirs", fake_dir, fake_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "× first (paired)" in proc.stdout
+    assert_machine(data)
+    first, second = data["models"]
+    assert first["paired_ratio"] == 1.0 and second["paired_ratio"] > 0 and first["n"] == data["repeats"] == 3
+    assert_stats(first)
+    proc, _ = run_script("bench_models.py", "--quick", "--model-dirs", fake_dir, "--out", out)
+    assert proc.returncode != 0 and "at least two" in proc.stderr
