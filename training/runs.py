@@ -84,7 +84,7 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 def load_last_epoch(path: Path, model: torch.nn.Module) -> int:
     """Load a run's last finished epoch (from its resumable checkpoint) into `model`; returns that epoch.
-    Its model file holds the selected weights, which may be an earlier epoch's or an average."""
+    Its model file holds the selected weights, which may be an earlier epoch's."""
     checkpoint = path / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} not found: the run's last epoch is kept only in its checkpoint")
