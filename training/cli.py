@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("training.data.check", "report what a data set holds before training"),
     "convert-eyecandies": ("training.data.convert_eyecandies", "convert an Eyecandies category to our layout"),
     "train": ("training.train.cli", "train a BridgeNet model"),
-    "ensemble": ("training.train.ensemble", "combine runs of different seeds into one model (mean of their heads)"),
+    "ensemble": ("training.train.ensemble", "combine runs of several seeds into one model"),
     "evaluate": ("training.evaluation.evaluate", "evaluate a trained run on the test split"),
     "export": ("training.export.exporter", "export a trained run to ONNX + manifest"),
     "import-reviews": ("training.data.import_reviews", "turn reviewed parts from a service into training data"),
