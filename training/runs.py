@@ -83,7 +83,12 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 def load_last_epoch(path: Path, model: torch.nn.Module) -> int:
     """Load a run's last finished epoch (from its resumable checkpoint) into `model`; returns that epoch.
-    Its model file holds the selected weights, which may be an earlier epoch's."""
+    Its model file holds the selected weights, which may be an earlier epoch's. An ensemble has no epochs of
+    its own (its members' runs do): ValueError."""
+    if isinstance(model, HeadEnsemble):
+        raise ValueError(
+            f"{path} is an ensemble: it has no last epoch of its own; ask each member's run for its last epoch"
+        )
     checkpoint = path / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} not found: the run's last epoch is kept only in its checkpoint")

@@ -81,6 +81,8 @@ def test_an_ensemble_run_is_calibrated_evaluated_and_exported_like_a_run(data: P
     for member, folder in zip(run.model.heads, members, strict=True):
         saved = torch.load(Path(folder) / runs.MODEL_FILE, weights_only=True)["state"]
         assert all(torch.equal(member.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(ValueError, match="no last epoch of its own"):
+        runs.load_last_epoch(out, run.model)
     report = json.loads((out / "report.json").read_text())
     selection = report["selection"]
     assert selection["method"] == "ensemble" and [m["seed"] for m in selection["members"]] == [0, 1]
